@@ -1,0 +1,24 @@
+# tibalance: is a weak class helped by Textual-Inversion images?
+# Table of contents only; the helpers live in rules/common.smk.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/baseline.smk"
+include: "rules/analysis.smk"
+include: "rules/seeds.smk"
+
+
+rule all:
+    input:
+        all_targets,
+    default_target: True

@@ -1,0 +1,29 @@
+checkpoint analyse_confusion:
+    input:
+        predictions="results/baseline/predictions.csv",
+        classes="results/data/classes.json",
+    output:
+        per_class=report(
+            "results/analysis/per_class.csv",
+            caption="../workflow/report/per_class.rst",
+            category="1. Baseline",
+        ),
+        confusion=report(
+            "results/analysis/confusion.png",
+            caption="../workflow/report/confusion.rst",
+            category="1. Baseline",
+        ),
+        weak="results/analysis/weak_classes.json",
+    params:
+        analysis=config["analysis"],
+    log:
+        "logs/analyse_confusion.log",
+    benchmark:
+        "benchmarks/analyse_confusion.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/analyse_confusion.py"

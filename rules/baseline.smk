@@ -1,0 +1,25 @@
+rule train_baseline:
+    input:
+        manifest="results/data/manifest.csv",
+        classes="results/data/classes.json",
+    output:
+        model="results/baseline/model.pt",
+        predictions="results/baseline/predictions.csv",
+        metrics="results/baseline/metrics.json",
+        meta="results/baseline/train_baseline.meta.json",
+    params:
+        classifier=config["classifier"],
+        seed=SEED,
+    log:
+        "logs/train_baseline.log",
+    benchmark:
+        "benchmarks/train_baseline.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/train_baseline.py"

@@ -1,0 +1,25 @@
+rule select_seeds:
+    input:
+        manifest="results/data/manifest.csv",
+        model="results/baseline/model.pt",
+    output:
+        seeds="results/seeds/{cls}/seeds.csv",
+        sheet=report(
+            "results/seeds/{cls}/contact_sheet.png",
+            caption="../workflow/report/seeds.rst",
+            category="2. Seeds",
+            subcategory="{cls}",
+        ),
+    params:
+        seeds=seeds_params,
+    log:
+        "logs/select_seeds/{cls}.log",
+    benchmark:
+        "benchmarks/select_seeds/{cls}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/select_seeds.py"

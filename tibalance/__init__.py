@@ -1,0 +1,1 @@
+"""tibalance: Textual-Inversion data balancing study."""

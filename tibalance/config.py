@@ -1,0 +1,70 @@
+"""Config checks that run when the DAG is parsed, and the per-class settings merge.
+
+Everything here raises TibalanceError with one line naming the key at fault."""
+from __future__ import annotations
+
+import copy
+import re
+
+from .util import TibalanceError, slugify
+
+# settings sections that a class may override under `classes: <class>:`
+PER_CLASS_SECTIONS = ("seeds", "ti", "sampling")
+
+
+def format_validation_error(err, configfile: str) -> str:
+    """One line from a jsonschema ValidationError: file, dotted key, problem."""
+    path = ".".join(str(p) for p in err.absolute_path)
+    if err.validator == "additionalProperties":
+        extra = re.findall(r"'([^']+)' (?:was|were) unexpected", err.message)
+        names = re.findall(r"'([^']+)'", err.message.split("(")[-1]) if not extra else extra
+        key = ".".join(filter(None, [path, names[0] if names else "?"]))
+        return f"{configfile}: unknown key '{key}'"
+    if err.validator == "required":
+        missing = re.findall(r"'([^']+)' is a required property", err.message)
+        key = ".".join(filter(None, [path, missing[0] if missing else "?"]))
+        return f"{configfile}: missing key '{key}'"
+    return f"{configfile}: key '{path or '<top>'}': {err.message}"
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def class_settings(config: dict, section: str, cls: str) -> dict:
+    """The global `section` settings with class `cls`'s overrides merged in.
+
+    Only this class's entry is read, so editing another class changes nothing here."""
+    per_class = normalised_classes(config).get(cls, {})
+    return deep_merge(config.get(section, {}) or {}, per_class.get(section, {}) or {})
+
+
+def normalised_classes(config: dict) -> dict:
+    """`classes:` keyed by slug (users may write 'sword lily' or 'sword_lily')."""
+    return {slugify(k): v or {} for k, v in (config.get("classes") or {}).items()}
+
+
+def check_class_names(config: dict, known_names: list[str]) -> None:
+    """Every class named in the config must exist in the dataset."""
+    known = {slugify(n) for n in known_names}
+
+    def need(name, key):
+        if slugify(name) not in known:
+            raise TibalanceError(f"{key}: unknown class {name!r} (not in data.source {config['data']['source']})")
+
+    an = config.get("analysis", {})
+    for key in ("classes", "include", "exclude"):
+        for n in an.get(key) or []:
+            need(n, f"analysis.{key}")
+    if an.get("strategy") == "explicit" and not an.get("classes"):
+        raise TibalanceError("analysis.classes: strategy 'explicit' needs a non-empty class list")
+    for n in (config.get("data", {}).get("imbalance", {}) or {}).get("fractions", {}) or {}:
+        need(n, "data.imbalance.fractions")
+    for n in (config.get("classes") or {}):
+        need(n, "classes")

@@ -1,0 +1,104 @@
+"""One function per DAG job, with plain arguments. workflow/scripts/*.py call
+these; the tests call them too."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from .util import Sidecar, TibalanceError, read_json, write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+
+def prepare_data(data_cfg: dict, seed: int, manifest: str, classes: str, skipped: str,
+                 image_dir: str, meta: str) -> None:
+    from .data import build_manifest
+
+    side = Sidecar(seed)
+    m = build_manifest(data_cfg, seed, manifest, classes, skipped, image_dir)
+    side.write(meta, images=len(m))
+
+
+def split_metrics(df: pd.DataFrame, classes: list[str]) -> dict:
+    from .analysis import per_class_metrics
+
+    out = {}
+    for split, grp in df.groupby("split", sort=True):
+        pc = per_class_metrics(grp["label"], grp["pred"], classes)
+        present = pc[pc["support"] > 0]
+        out[split] = {"accuracy": float((grp["label"] == grp["pred"]).mean()),
+                      "macro_f1": float(present["f1"].mean()),
+                      "n": int(len(grp))}
+    return out
+
+
+def evaluate(clf, manifest: pd.DataFrame, splits=("val", "test")) -> pd.DataFrame:
+    """Per-image predictions of a classifier on the given splits."""
+    from .classifier import predict
+
+    ev = manifest[manifest["split"].isin(splits)].reset_index(drop=True)
+    probs, _ = predict(clf, list(ev["path"]))
+    idx = {c: i for i, c in enumerate(clf.classes)}
+    pred_i = probs.argmax(1)
+    ev = ev.assign(pred=[clf.classes[i] for i in pred_i],
+                   confidence=probs[np.arange(len(ev)), pred_i],
+                   prob_true=probs[np.arange(len(ev)), [idx[l] for l in ev["label"]]])
+    return ev[["path", "label", "split", "pred", "confidence", "prob_true"]]
+
+
+def train_baseline(manifest: str, classes: str, clf_cfg: dict, seed: int,
+                   model_out: str, predictions_out: str, metrics_out: str, meta: str) -> None:
+    from .classifier import train_classifier
+    from .data import load_manifest
+
+    side = Sidecar(seed)
+    m = load_manifest(manifest)
+    order = read_json(classes)["classes"]
+    train = m[m["split"] == "train"]
+    clf = train_classifier(train["path"], train["label"], order, clf_cfg, seed, progress_desc="baseline")
+    clf.save(model_out)
+    pred = evaluate(clf, m)
+    write_csv(pred, predictions_out)
+    metrics = split_metrics(pred, order)
+    write_json(metrics_out, metrics)
+    log.info("baseline: %s", metrics)
+    side.write(meta, train_images=len(train))
+
+
+def analyse_confusion(predictions: str, classes: str, analysis_cfg: dict,
+                      per_class_out: str, confusion_out: str, weak_out: str) -> list[str]:
+    from .analysis import analyse
+
+    order = read_json(classes)["classes"]
+    pred = pd.read_csv(predictions, dtype={"label": str, "pred": str, "split": str})
+    weak = analyse(pred, order, analysis_cfg, per_class_out, confusion_out, weak_out)
+    log.info("weak classes: %s", weak)
+    return weak
+
+
+def select_seeds(cls: str, manifest: str, model: str, seeds_cfg: dict,
+                 seeds_out: str, sheet_out: str) -> None:
+    from .classifier import TrainedClassifier, predict
+    from .data import load_manifest
+    from .seeds import contact_sheet, select_seed_indices
+
+    m = load_manifest(manifest)
+    cand = m[(m["split"] == "train") & (m["label"] == cls)].reset_index(drop=True)
+    if cand.empty:
+        raise TibalanceError(f"select_seeds: class {cls!r} has no training images in {manifest}")
+    clf = TrainedClassifier.load(model)
+    probs, feats = predict(clf, list(cand["path"]))
+    conf = probs[:, clf.classes.index(cls)]
+    n = int(seeds_cfg.get("n", 8))
+    idx, note = select_seed_indices(feats, conf, n, float(seeds_cfg.get("candidate_fraction", 0.5)))
+    if len(idx) < n:
+        log.warning("class %s: %s", cls, note)
+    else:
+        log.info("class %s: %s", cls, note)
+    out = pd.DataFrame({"rank": range(len(idx)), "path": cand["path"][idx].to_list(),
+                        "prob_true": conf[idx]})
+    write_csv(out, seeds_out)
+    contact_sheet(list(out["path"]), sheet_out,
+                  captions=[f"p={p:.2f}" for p in out["prob_true"]])

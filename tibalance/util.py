@@ -1,0 +1,135 @@
+"""Small helpers shared by every stage: errors, seeds, deterministic files, sidecars."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class TibalanceError(Exception):
+    """A user-facing error: its message is one line naming the file, class or key at fault."""
+
+
+def slugify(name: str) -> str:
+    """Map a class name (spaces, slashes, capitals) to a safe wildcard value.
+
+    'T-shirt/top' -> 't_shirt_top', 'sword lily' -> 'sword_lily'.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
+    if not slug:
+        raise TibalanceError(f"class name {name!r} has no letters or digits to build a slug from")
+    return slug
+
+
+def derive_seed(base_seed: int, *keys: Any) -> int:
+    """A seed derived from the base seed and names (never positions).
+
+    Adding a class to the weak list does not reseed the others.
+    """
+    text = ":".join([str(int(base_seed))] + [str(k) for k in keys])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def pick_device(preference: str = "auto"):
+    """'auto' -> cuda when present, else cpu. On a multi-GPU workstation the job's
+    device comes from CUDA_VISIBLE_DEVICES (see tibalance.gpu)."""
+    import torch
+
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise TibalanceError(f"device {preference!r} requested but no CUDA GPU is visible; set device: auto or cpu")
+    return torch.device(preference)
+
+
+def dumps_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, fixed float formatting, trailing newline."""
+    return json.dumps(_round_floats(obj), sort_keys=True, indent=2) + "\n"
+
+
+def _round_floats(obj: Any, ndigits: int = 6) -> Any:
+    if isinstance(obj, float):
+        return float(f"{obj:.{ndigits}g}")
+    if isinstance(obj, dict):
+        return {str(k): _round_floats(v, ndigits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_round_floats(v, ndigits) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _round_floats(obj.item(), ndigits)
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(dumps_json(obj))
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def write_csv(df, path: str | os.PathLike, float_format: str = "%.6g") -> None:
+    """Deterministic CSV (fixed float format, no index) written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    df.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n")
+    os.replace(tmp, path)
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(dumps_json(obj).encode()).hexdigest()[:16]
+
+
+class Sidecar:
+    """Collects what a job needs to be reproduced and writes it as JSON at the end."""
+
+    def __init__(self, seed: int | None = None, **extra: Any):
+        self.t0 = time.time()
+        self.info: dict[str, Any] = {"seed": seed, **extra}
+
+    def write(self, path: str | os.PathLike, **extra: Any) -> None:
+        import torch
+
+        info = dict(self.info)
+        info.update(extra)
+        versions = {"python": platform.python_version(), "torch": torch.__version__}
+        for mod in ("torchvision", "diffusers", "transformers", "torch_fidelity", "numpy", "pandas"):
+            m = sys.modules.get(mod)
+            if m is not None:
+                versions[mod] = getattr(m, "__version__", "?")
+        info["versions"] = versions
+        info["device"] = (
+            torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+        )
+        info["host"] = platform.node()
+        info["wall_seconds"] = round(time.time() - self.t0, 3)
+        write_json(path, info)
