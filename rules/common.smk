@@ -22,7 +22,8 @@ def _fail(msg):
 try:
     validate(config, "../config/schema.yaml")
 except WorkflowError as e:
-    err = next((a for a in e.args if hasattr(a, "absolute_path")), None)
+    err = e.__context__  # the jsonschema ValidationError validate() caught
+    err = err if hasattr(err, "absolute_path") else None
     _fail(format_validation_error(err, CONFIGFILE) if err is not None else f"{CONFIGFILE}: {e}")
 
 try:

@@ -315,9 +315,10 @@ def imbalance_counts(counts: dict[str, int], order: list[str], imb: dict) -> dic
     if kind == "fraction":
         fracs = imb.get("fractions", {})
         out = dict(counts)
-        for cls, f in fracs.items():
+        for name, f in fracs.items():
+            cls = slugify(name)
             if cls not in counts:
-                raise TibalanceError(f"data.imbalance.fractions: unknown class {cls!r}")
+                raise TibalanceError(f"data.imbalance.fractions: unknown class {name!r}")
             out[cls] = min(counts[cls], max(floor, int(round(counts[cls] * float(f)))))
         return out
     if kind == "long_tail":
@@ -367,11 +368,19 @@ def build_manifest(data_cfg: dict, seed: int, out_manifest: str, out_classes: st
     check_root(data_cfg)
     src = load_source(data_cfg, seed)
     order = list(src.names)
+    skipped = []
+    if not src.arrays:  # file-based: screen unreadable files before any split is drawn
+        reasons = [check_image(p) for p in src.records["ref"]]
+        for (split, cls, ref), reason in zip(src.records[["split", "label", "ref"]].itertuples(index=False), reasons):
+            if reason:
+                log.warning("skipping unreadable image %s (%s)", ref, reason)
+                skipped.append((ref, cls, split, reason))
+        src.records = src.records[[r is None for r in reasons]].reset_index(drop=True)
     rec = make_splits(src.records, data_cfg.get("val_fraction", 0.1), data_cfg.get("test_fraction", 0.2), seed)
     rec = cap_per_class(rec, data_cfg.get("max_per_class") or {}, seed)
     rec = apply_imbalance(rec, order, data_cfg.get("imbalance") or {}, seed)
 
-    rows, skipped = [], []
+    rows = []
     for split, cls, ref in rec[["split", "label", "ref"]].itertuples(index=False):
         if src.arrays:
             arr = src.arrays[_array_split(split, src.arrays)][int(ref)]
@@ -381,11 +390,6 @@ def build_manifest(data_cfg: dict, seed: int, out_manifest: str, out_classes: st
                 Image.fromarray(arr).save(path)
             rows.append((str(path), cls, split))
         else:
-            reason = check_image(ref)
-            if reason:
-                log.warning("skipping unreadable image %s (%s)", ref, reason)
-                skipped.append((ref, cls, split, reason))
-                continue
             rows.append((ref, cls, split))
     manifest = pd.DataFrame(rows, columns=["path", "label", "split"])
     manifest["split"] = pd.Categorical(manifest["split"], SPLITS, ordered=True)

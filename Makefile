@@ -1,0 +1,36 @@
+# `make demo` and `make test` do all set-up on a fresh machine.
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+SNAKEMAKE := $(VENV)/bin/snakemake
+CORES     ?= all
+FMNIST    := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo test install demo-data clean-demo
+
+install: $(VENV)/.installed
+
+# uv takes the standard PyPI torch (the local CPU wheel breaks torchvision).
+$(VENV)/.installed: pyproject.toml
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	uv venv --allow-existing -p python3 $(VENV)
+	uv pip install -p $(PY) -e '.[test]'
+	@touch $@
+
+# Debian's dataset-fashion-mnist where apt is usable; else the demo falls back
+# to torchvision's download (config/demo-download.yaml).
+demo-data:
+	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || true; fi
+
+demo: install demo-data
+	@extra=""; [ -f $(FMNIST) ] || extra="config/demo-download.yaml"; \
+	$(SNAKEMAKE) --configfile config/demo.yaml $$extra --cores $(CORES) && \
+	echo "" && echo "Demo finished. Results are under results/:" && \
+	echo "  results/analysis/per_class.csv, results/analysis/confusion.png, results/analysis/weak_classes.json" && \
+	echo "  results/seeds/<class>/contact_sheet.png"
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean-demo:
+	rm -rf results logs benchmarks/*/ benchmarks/*.tsv .snakemake
