@@ -16,6 +16,9 @@ include: "rules/data.smk"
 include: "rules/baseline.smk"
 include: "rules/analysis.smk"
 include: "rules/seeds.smk"
+include: "rules/generator.smk"
+include: "rules/inversion.smk"
+include: "rules/sampling.smk"
 
 
 rule all:

@@ -8,6 +8,9 @@ sys.path.insert(0, workflow.basedir)
 
 from tibalance.config import check_class_names, class_settings, format_validation_error
 from tibalance.data import check_root, dataset_class_names
+from tibalance.generator import check_model, is_local
+from tibalance.inversion import TI_DEFAULTS
+from tibalance.sampling import SAMPLING_DEFAULTS
 from tibalance.util import TibalanceError, derive_seed, read_json
 
 
@@ -26,7 +29,15 @@ except WorkflowError as e:
     err = err if hasattr(err, "absolute_path") else None
     _fail(format_validation_error(err, CONFIGFILE) if err is not None else f"{CONFIGFILE}: {e}")
 
+# the Stable Diffusion pipeline: built offline (tiny) or a local folder / hub id
+if config["generator"]["build"] == "tiny":
+    MODEL = "results/generator/tiny_sd"
+else:
+    MODEL = config["generator"]["model"]
+
 try:
+    if config["generator"]["build"] == "none":
+        check_model(MODEL)
     check_root(config["data"])
     check_class_names(config, dataset_class_names(config["data"]))
 except TibalanceError as e:
@@ -35,6 +46,7 @@ except TibalanceError as e:
 
 wildcard_constraints:
     cls=r"[a-z0-9_]+",
+    method=r"ti|raw",
 
 
 SEED = config["seed"]
@@ -53,9 +65,37 @@ def seeds_params(wildcards):
     return class_settings(config, "seeds", wildcards.cls)
 
 
+def generator_files(wildcards):
+    return [f"{MODEL}/model_index.json"] if is_local(MODEL) else []
+
+
+def ti_params(wildcards):
+    return {**TI_DEFAULTS, **class_settings(config, "ti", wildcards.cls)}
+
+
+def sampling_params(wildcards):
+    return {**SAMPLING_DEFAULTS, **class_settings(config, "sampling", wildcards.cls)}
+
+
+def token_params(wildcards):
+    """What the ti sampling needs of the class's inversion settings (raw: nothing)."""
+    if wildcards.method != "ti":
+        return {}
+    ti = ti_params(wildcards)
+    return {"placeholder": ti["placeholder"].format(cls=wildcards.cls), "num_vectors": ti["num_vectors"]}
+
+
+def sample_inputs(wildcards):
+    if wildcards.method == "ti":
+        return {"embeds": f"results/inversion/{wildcards.cls}/learned_embeds.safetensors"}
+    return {}
+
+
 def all_targets(wildcards):
     weak = weak_classes()
     return (
         ["results/analysis/per_class.csv", "results/analysis/confusion.png"]
         + expand("results/seeds/{cls}/contact_sheet.png", cls=weak)
+        + expand("results/inversion/{cls}/preview.png", cls=weak)
+        + expand("results/samples/grid/{cls}.png", cls=weak)
     )

@@ -59,6 +59,8 @@ def contact_sheet(paths: list[str], out_png: str, tile: int = 128, cols: int | N
     sheet = Image.new("RGB", (cols * tile, rows * (tile + cap_h)), "white")
     draw = ImageDraw.Draw(sheet)
     for i, p in enumerate(paths):
+        if p is None:  # an empty cell
+            continue
         with Image.open(p) as im:
             im = im.convert("RGB").resize((tile, tile), Image.BICUBIC)
         x, y = (i % cols) * tile, (i // cols) * (tile + cap_h)

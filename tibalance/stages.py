@@ -102,3 +102,55 @@ def select_seeds(cls: str, manifest: str, model: str, seeds_cfg: dict,
     write_csv(out, seeds_out)
     contact_sheet(list(out["path"]), sheet_out,
                   captions=[f"p={p:.2f}" for p in out["prob_true"]])
+
+
+# --------------------------------------------------------------------------- generative half
+
+def build_generator(tiny_cfg: dict, seed: int, out_dir: str, meta: str) -> None:
+    from .generator import build_tiny
+
+    side = Sidecar(seed)
+    build_tiny(out_dir, tiny_cfg, seed)
+    side.write(meta, kind="tiny", settings=tiny_cfg)
+
+
+def _seed_paths(cls: str, seeds_csv: str) -> list[str]:
+    seeds = pd.read_csv(seeds_csv, dtype=str)
+    if seeds.empty:
+        raise TibalanceError(f"class {cls}: seed list {seeds_csv} is empty")
+    return list(seeds["path"])
+
+
+def textual_inversion(cls: str, classes: str, seeds_csv: str, model: str, ti_cfg: dict, seed: int,
+                      embeds_out: str, loss_out: str, preview_out: str, resume_dir: str, meta: str) -> None:
+    from .inversion import train_textual_inversion
+
+    side = Sidecar(seed)
+    name = read_json(classes)["names"][cls]
+    result = train_textual_inversion(model, _seed_paths(cls, seeds_csv), cls, name, ti_cfg, seed,
+                                     embeds_out, loss_out, preview_out, resume_dir)
+    side.write(meta, **result)
+
+
+def sample(cls: str, method: str, classes: str, manifest: str, model: str, sampling_cfg: dict, seed: int,
+           out_csv: str, image_dir: str, meta: str, embeds: str | None = None,
+           placeholder: str | None = None, num_vectors: int = 1) -> None:
+    from .sampling import sample_class
+
+    side = Sidecar(seed)
+    name = read_json(classes)["names"][cls]
+    new = sample_class(model, method, cls, name, sampling_cfg, seed, manifest, out_csv, image_dir,
+                       embeds=embeds, placeholder=placeholder, num_vectors=num_vectors)
+    side.write(meta, generated=new)
+
+
+def sample_grid(cls: str, seeds_csv: str, raw_csv: str, ti_csv: str, out_png: str, per_row: int = 8) -> None:
+    """Rows: real seed images | raw-SD images | TI images."""
+    from .seeds import contact_sheet
+
+    paths, caps = [], []
+    for label, csv in (("real", seeds_csv), ("raw", raw_csv), ("ti", ti_csv)):
+        row = list(pd.read_csv(csv, dtype=str)["path"])[:per_row]
+        paths += row + [None] * (per_row - len(row))
+        caps += [label] * per_row
+    contact_sheet(paths, out_png, cols=per_row, captions=caps)

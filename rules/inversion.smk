@@ -1,0 +1,34 @@
+rule textual_inversion:
+    input:
+        seeds="results/seeds/{cls}/seeds.csv",
+        classes="results/data/classes.json",
+        generator=generator_files,
+    output:
+        embeds="results/inversion/{cls}/learned_embeds.safetensors",
+        loss="results/inversion/{cls}/loss.csv",
+        preview=report(
+            "results/inversion/{cls}/preview.png",
+            caption="../workflow/report/preview.rst",
+            category="3. Textual inversion",
+            subcategory="{cls}",
+        ),
+        meta="results/inversion/{cls}/textual_inversion.meta.json",
+    params:
+        ti=ti_params,
+        seed=class_seed,
+        model=MODEL,
+        # not an output: Snakemake would delete it when a job fails, and a
+        # restarted job must find it to resume
+        resume_dir="results/inversion/{cls}/resume",
+    log:
+        "logs/textual_inversion/{cls}.log",
+    benchmark:
+        "benchmarks/textual_inversion/{cls}.tsv"
+    resources:
+        gpu=1,
+        mem_mb=24000,
+        runtime=120,
+    conda:
+        "../envs/diffusion.yaml"
+    script:
+        "../workflow/scripts/textual_inversion.py"

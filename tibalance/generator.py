@@ -1,0 +1,161 @@
+"""Stable Diffusion pipelines: load one (hub id or local save_pretrained folder),
+or build the tiny offline one (real SD architecture classes, random weights,
+the real CLIP BPE vocabulary)."""
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from .util import TibalanceError, seed_everything
+
+log = logging.getLogger(__name__)
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_local(model: str) -> bool:
+    """A local folder, as opposed to a hub id ('owner/name')."""
+    return os.path.exists(model) or not HUB_ID.match(model) or model.startswith(("results/", "resources/"))
+
+
+def check_model(model: str, key: str = "generator.model") -> None:
+    """One-line error when a local generator folder does not exist."""
+    if is_local(model) and not (Path(model) / "model_index.json").is_file():
+        what = "does not exist" if not os.path.exists(model) else "has no model_index.json (not a save_pretrained folder)"
+        raise TibalanceError(f"{key}: generator folder {model} {what}")
+
+
+def open_clip_vocab_path() -> Path:
+    import open_clip
+
+    path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    if not path.is_file():
+        raise TibalanceError(f"open-clip-torch ships no CLIP vocabulary at {path}")
+    return path
+
+
+def write_clip_tokenizer_files(out_dir: Path, bpe_path: Path | None = None) -> tuple[Path, Path]:
+    """vocab.json + merges.txt of SD's CLIPTokenizer, from open_clip's BPE file.
+
+    The 49,408 ids are laid out as in open_clip's SimpleTokenizer (and OpenAI
+    CLIP): 256 byte tokens, the same with '</w>', 48,894 merges, then
+    <|startoftext|> and <|endoftext|>."""
+    from open_clip.tokenizer import bytes_to_unicode
+
+    bpe_path = bpe_path or open_clip_vocab_path()
+    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab_file, merges_file = out_dir / "vocab.json", out_dir / "merges.txt"
+    vocab_file.write_text(json.dumps({v: i for i, v in enumerate(vocab)}, ensure_ascii=False))
+    merges_file.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    return vocab_file, merges_file
+
+
+def clip_tokenizer(work_dir: Path):
+    from transformers import CLIPTokenizer
+
+    vocab_file, merges_file = write_clip_tokenizer_files(work_dir)
+    tok = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
+    if len(tok) != 49408:
+        raise TibalanceError(f"CLIP tokenizer built from {vocab_file} has {len(tok)} tokens, expected 49408")
+    return tok
+
+
+TINY_DEFAULTS = {
+    "resolution": 32,
+    "unet_channels": [32, 64],
+    "vae_channels": [32, 64],
+    "text_hidden": 32,
+    "text_layers": 2,
+    "attention_head_dim": 8,
+    "latent_channels": 4,
+}
+
+
+def build_tiny_pipeline(cfg: dict | None = None, seed: int = 0):
+    """A Stable-Diffusion-architecture pipeline with random weights: real
+    UNet2DConditionModel / AutoencoderKL / PNDM scheduler (SD 1.5's settings) and
+    CLIPTextModel / CLIPTokenizer with the real 49,408-token vocabulary."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    c = {**TINY_DEFAULTS, **(cfg or {})}
+    seed_everything(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = clip_tokenizer(Path(tmp))
+    hidden = int(c["text_hidden"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
+        num_hidden_layers=int(c["text_layers"]), num_attention_heads=max(1, hidden // 16),
+        max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        projection_dim=hidden, hidden_act="quick_gelu"))
+    vae_ch = [int(x) for x in c["vae_channels"]]
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=int(c["latent_channels"]),
+        down_block_types=["DownEncoderBlock2D"] * len(vae_ch), up_block_types=["UpDecoderBlock2D"] * len(vae_ch),
+        block_out_channels=vae_ch, layers_per_block=1, norm_num_groups=min(32, vae_ch[0]),
+        sample_size=int(c["resolution"]))
+    unet_ch = [int(x) for x in c["unet_channels"]]
+    n = len(unet_ch)
+    latent_size = int(c["resolution"]) // 2 ** (len(vae_ch) - 1)
+    unet = UNet2DConditionModel(
+        sample_size=latent_size, in_channels=int(c["latent_channels"]), out_channels=int(c["latent_channels"]),
+        down_block_types=["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
+        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
+        block_out_channels=unet_ch, layers_per_block=1, cross_attention_dim=hidden,
+        attention_head_dim=int(c["attention_head_dim"]), norm_num_groups=min(32, unet_ch[0]))
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
+                              set_alpha_to_one=False)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def build_tiny(out_dir: str, cfg: dict | None = None, seed: int = 0) -> None:
+    pipe = build_tiny_pipeline(cfg, seed)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    log.info("tiny SD pipeline saved to %s", out_dir)
+
+
+def load_pipeline(model: str, device=None, dtype=None):
+    """StableDiffusionPipeline from a local save_pretrained folder or a hub id.
+
+    Offline users of a hub id get a one-line error naming the setting."""
+    from diffusers import StableDiffusionPipeline
+
+    check_model(model)
+    kwargs = dict(safety_checker=None, requires_safety_checker=False)
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(model, **kwargs)
+    except (OSError, ValueError) as e:
+        if is_local(model):
+            raise TibalanceError(f"generator.model: {model} could not be loaded ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:160]})") from e
+        raise TibalanceError(f"generator.model: hub id {model!r} could not be loaded (offline? not in the "
+                             f"HF cache?); set generator.model to a local save_pretrained folder") from e
+    pipe.set_progress_bar_config(disable=True)
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def half_dtype(device) -> torch.dtype | None:
+    """bf16 on GPUs that have it, else fp16 on GPU; None (fp32) on CPU."""
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

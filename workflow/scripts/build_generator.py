@@ -1,0 +1,13 @@
+import sys
+
+sys.path.insert(0, snakemake.scriptdir + "/../..")  # the tibalance package, also inside conda envs
+from tibalance import smk, stages
+
+smk.run(
+    snakemake,
+    stages.build_generator,
+    tiny_cfg=snakemake.params.tiny,
+    seed=snakemake.params.seed,
+    out_dir=snakemake.params.out_dir,
+    meta=snakemake.output.meta,
+)

@@ -1,0 +1,21 @@
+import sys
+
+sys.path.insert(0, snakemake.scriptdir + "/../..")  # the tibalance package, also inside conda envs
+from tibalance import smk, stages
+
+smk.run(
+    snakemake,
+    stages.sample,
+    cls=snakemake.wildcards.cls,
+    method=snakemake.wildcards.method,
+    classes=snakemake.input.classes,
+    manifest=snakemake.input.manifest,
+    model=snakemake.params.model,
+    sampling_cfg=snakemake.params.sampling,
+    seed=snakemake.params.seed,
+    out_csv=snakemake.output.samples,
+    image_dir=snakemake.params.image_dir,
+    meta=snakemake.output.meta,
+    embeds=snakemake.input.get("embeds"),
+    **snakemake.params.token,
+)

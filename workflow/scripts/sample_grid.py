@@ -1,0 +1,14 @@
+import sys
+
+sys.path.insert(0, snakemake.scriptdir + "/../..")  # the tibalance package, also inside conda envs
+from tibalance import smk, stages
+
+smk.run(
+    snakemake,
+    stages.sample_grid,
+    cls=snakemake.wildcards.cls,
+    seeds_csv=snakemake.input.seeds,
+    raw_csv=snakemake.input.raw,
+    ti_csv=snakemake.input.ti,
+    out_png=snakemake.output[0],
+)
