@@ -15,7 +15,7 @@ checkpoint analyse_confusion:
         ),
         weak="results/analysis/weak_classes.json",
     params:
-        analysis=config["analysis"],
+        analysis=section("analysis"),
     log:
         "logs/analyse_confusion.log",
     benchmark:

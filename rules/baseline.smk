@@ -8,7 +8,7 @@ rule train_baseline:
         metrics="results/baseline/metrics.json",
         meta="results/baseline/train_baseline.meta.json",
     params:
-        classifier=config["classifier"],
+        classifier=section("classifier"),
         seed=SEED,
     log:
         "logs/train_baseline.log",

@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
-from tibalance.config import check_class_names, class_settings, format_validation_error
+from tibalance.config import canonical, check_class_names, class_settings, format_validation_error
 from tibalance.data import check_root, dataset_class_names
 from tibalance.generator import check_model, is_local
 from tibalance.inversion import TI_DEFAULTS
@@ -52,6 +52,12 @@ wildcard_constraints:
 SEED = config["seed"]
 
 
+def section(name):
+    """A config section as a params value: keys sorted, so that only a change of
+    value (not of key order) reruns the jobs that use it."""
+    return canonical(config[name])
+
+
 def weak_classes():
     """Slugs of the weak classes, read from the analysis checkpoint's JSON."""
     return read_json(checkpoints.analyse_confusion.get().output.weak)["classes"]
@@ -70,11 +76,11 @@ def generator_files(wildcards):
 
 
 def ti_params(wildcards):
-    return {**TI_DEFAULTS, **class_settings(config, "ti", wildcards.cls)}
+    return canonical({**TI_DEFAULTS, **class_settings(config, "ti", wildcards.cls)})
 
 
 def sampling_params(wildcards):
-    return {**SAMPLING_DEFAULTS, **class_settings(config, "sampling", wildcards.cls)}
+    return canonical({**SAMPLING_DEFAULTS, **class_settings(config, "sampling", wildcards.cls)})
 
 
 def token_params(wildcards):

@@ -5,7 +5,7 @@ rule prepare_data:
         skipped="results/data/skipped.csv",
         meta="results/data/prepare_data.meta.json",
     params:
-        data=config["data"],
+        data=section("data"),
         seed=SEED,
         image_dir="results/data/images",
     log:

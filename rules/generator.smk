@@ -4,7 +4,7 @@ rule build_generator:
         model="results/generator/tiny_sd/model_index.json",
         meta="results/generator/build_generator.meta.json",
     params:
-        tiny=config["generator"]["tiny"],
+        tiny=canonical(config["generator"]["tiny"]),
         seed=SEED,
         out_dir="results/generator/tiny_sd",
     log:

@@ -27,6 +27,9 @@ def _bad_config(tmp_path, edit):
     (lambda c: c["analysis"].update(strategy="explicit", classes=["circle", "hexagon"]),
      "analysis.classes: unknown class 'hexagon'"),
     (lambda c: c.update(classes={"pentagon": {"seeds": {"n": 3}}}), "classes: unknown class 'pentagon'"),
+    (lambda c: c.update(classes={"circle": {"ti": {"stepz": 3}}}), "bad.yaml: unknown key 'classes.circle.ti.stepz'"),
+    (lambda c: c.update(generator={"model": "/no/such/sd"}),
+     "generator.model: generator folder /no/such/sd does not exist"),
 ])
 def test_bad_config_stops_with_one_line(tmp_path, edit, message):
     p = snakemake(tmp_path, "-n", configfiles=[_bad_config(tmp_path, edit)], check=False)
@@ -75,6 +78,58 @@ def test_tiny_dag_outputs(tiny_run):
         assert sheet.size[0] == 128 * len(seeds)
     log = (wd / "logs/select_seeds/triangle.log").read_text()
     assert "only 4 training images (< 5 asked): took them all" in log
+
+
+def test_tiny_dag_inversion_and_sampling(tiny_run):
+    from safetensors.torch import load_file
+
+    wd, _ = tiny_run
+    res = wd / "results"
+    weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
+    assert len(weak) >= 2
+    for cls in weak:
+        emb = load_file(res / f"inversion/{cls}/learned_embeds.safetensors")
+        assert list(emb) == [f"<{cls}>"] and emb[f"<{cls}>"].shape == (1, 32)
+        loss = pd.read_csv(res / f"inversion/{cls}/loss.csv")
+        assert list(loss.step) == list(range(1, 7))
+        for method, subject in (("ti", f"<{cls}>"), ("raw", cls)):
+            table = pd.read_csv(res / f"samples/{method}/{cls}/samples.csv")
+            assert len(table) == 4 and set(table.label) == {cls}
+            assert all(p.endswith(subject) for p in table.prompt)
+            for p in table.path:
+                assert Image.open(wd / p).size == (32, 32)
+        assert Image.open(res / f"samples/grid/{cls}.png").size == (8 * 128, 3 * 142)
+        assert json.loads((res / f"inversion/{cls}/textual_inversion.meta.json").read_text())["steps"] == 6
+
+
+def _planned_jobs(output):
+    """(rule, wildcards) of each job a dry run lists."""
+    jobs, rule = [], None
+    for line in output.splitlines():
+        if line.startswith(("rule ", "localrule ", "checkpoint ")):
+            rule = line.split()[1].rstrip(":")
+            jobs.append([rule, ""])
+        elif line.strip().startswith("wildcards:") and jobs:
+            jobs[-1][1] = line.split(":", 1)[1].strip()
+    return [tuple(j) for j in jobs]
+
+
+def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
+    wd, _ = tiny_run
+    weak = json.loads((wd / "results/analysis/weak_classes.json").read_text())["classes"]
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["classes"] = {weak[0]: {"ti": {"initializer": "shape", "steps": 4}}}
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", configfiles=[edited])
+    jobs = _planned_jobs(p.stdout + p.stderr)
+    cls = weak[0]
+    assert sorted(jobs) == sorted([
+        ("textual_inversion", f"cls={cls}"),
+        ("sample", f"method=ti, cls={cls}"),
+        ("sample_grid", f"cls={cls}"),
+        ("all", ""),
+    ]), jobs
 
 
 def test_second_run_has_nothing_to_do(tiny_run):

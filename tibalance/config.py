@@ -27,6 +27,18 @@ def format_validation_error(err, configfile: str) -> str:
     return f"{configfile}: key '{path or '<top>'}': {err.message}"
 
 
+def canonical(obj):
+    """The same settings with dict keys sorted, recursively.
+
+    Snakemake compares params by repr(): without this, reordering keys in a
+    config file (or a YAML round trip) would rerun jobs whose settings did not change."""
+    if isinstance(obj, dict):
+        return {k: canonical(obj[k]) for k in sorted(obj, key=str)}
+    if isinstance(obj, (list, tuple)):
+        return [canonical(v) for v in obj]
+    return obj
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in (override or {}).items():
@@ -42,7 +54,7 @@ def class_settings(config: dict, section: str, cls: str) -> dict:
 
     Only this class's entry is read, so editing another class changes nothing here."""
     per_class = normalised_classes(config).get(cls, {})
-    return deep_merge(config.get(section, {}) or {}, per_class.get(section, {}) or {})
+    return canonical(deep_merge(config.get(section, {}) or {}, per_class.get(section, {}) or {}))
 
 
 def normalised_classes(config: dict) -> dict:

@@ -133,11 +133,13 @@ class _Rows:
 
 def train_textual_inversion(model: str, seed_paths: list[str], cls: str, cls_name: str, settings: dict,
                             seed: int, embeds_out: str, loss_out: str, preview_out: str,
-                            resume_dir: str, stop_after: int | None = None) -> dict:
+                            resume_dir: str, stop_after: int | None = None,
+                            return_pipeline: bool = False) -> dict:
     """Learn `<cls>` from seed_paths; writes learned_embeds.safetensors (diffusers'
     load_textual_inversion format), a loss CSV and a preview grid.
 
-    stop_after: end the run after that many steps (tests use it to simulate a kill)."""
+    stop_after: end the run after that many steps (tests use it to simulate a kill).
+    return_pipeline: also return the trained pipeline (tests inspect its weights)."""
     import pandas as pd
     from safetensors.torch import save_file
 
@@ -306,7 +308,10 @@ def train_textual_inversion(model: str, seed_paths: list[str], cls: str, cls_nam
     image_grid(images, preview_out)
     if ckpt_path.exists():
         ckpt_path.unlink()  # done: a rerun with new settings must start from step 0
-    return {"final_loss": history[-1][1] if history else None, "steps": steps}
+    result = {"final_loss": history[-1][1] if history else None, "steps": steps}
+    if return_pipeline:
+        result["pipeline"] = pipe
+    return result
 
 
 def image_grid(images: list[Image.Image], out_png: str, tile: int = 128, cols: int | None = None) -> None:

@@ -1,0 +1,151 @@
+"""Textual inversion and sampling on the tiny offline SD pipeline."""
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from tibalance.generator import build_tiny, check_model, clip_tokenizer, load_pipeline
+from tibalance.inversion import train_textual_inversion
+from tibalance.sampling import n_images_for, sample_class
+from tibalance.util import TibalanceError
+
+TI = dict(steps=6, resolution=32, batch_size=2, augment_variants=2, checkpoint_every=3,
+          preview_images=2, preview_steps=2, lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sd") / "tiny_sd"
+    build_tiny(str(path), {"resolution": 32}, seed=0)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def seed_images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("seeds")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        p = d / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def _ti(tiny_sd, seeds, out, **kw):
+    return train_textual_inversion(tiny_sd, seeds, "ankle_boot", "Ankle boot", {**TI, **kw.pop("settings", {})},
+                                   7, str(out / "e.safetensors"), str(out / "loss.csv"), str(out / "p.png"),
+                                   str(out / "resume"), **kw)
+
+
+def test_tokenizer_is_real_clip_vocabulary():
+    import open_clip
+
+    tok = clip_tokenizer(__import__("pathlib").Path(__import__("tempfile").mkdtemp()))
+    assert len(tok) == 49408
+    text = "a photo of a shirt, a type of flower"
+    assert tok(text).input_ids[1:-1] == open_clip.tokenizer.SimpleTokenizer().encode(text)
+    for word in ("shirt", "flower", "boot"):
+        assert len(tok.encode(word, add_special_tokens=False)) == 1
+
+
+def test_only_the_new_token_trains(tiny_sd, seed_images, tmp_path):
+    ref = load_pipeline(tiny_sd)
+    res = _ti(tiny_sd, seed_images, tmp_path, return_pipeline=True)
+    pipe = res["pipeline"]
+    tid = pipe.tokenizer.convert_tokens_to_ids("<ankle_boot>")
+    assert tid == 49408  # appended after the CLIP vocabulary
+    w = pipe.text_encoder.get_input_embeddings().weight.detach().cpu()
+    w0 = ref.text_encoder.get_input_embeddings().weight.detach()
+    assert torch.equal(w[:49408], w0)  # every other row bit-identical
+    boot = w0[pipe.tokenizer.convert_tokens_to_ids("boot</w>")]
+    assert not torch.allclose(w[tid], boot)  # it started at 'boot' and moved
+    for name in ("unet", "vae", "text_encoder"):
+        sd, sd0 = getattr(pipe, name).state_dict(), getattr(ref, name).state_dict()
+        for k, v in sd0.items():
+            if "token_embedding" in k:
+                continue
+            assert torch.equal(sd[k].cpu(), v), f"{name}.{k} changed"
+    saved = load_file(tmp_path / "e.safetensors")
+    assert list(saved) == ["<ankle_boot>"] and torch.equal(saved["<ankle_boot>"][0], w[tid])
+    loss = pd.read_csv(tmp_path / "loss.csv")
+    assert list(loss.step) == [1, 2, 3, 4, 5, 6] and loss.loss.notna().all()
+    assert Image.open(tmp_path / "p.png").size == (256, 128)
+    assert not (tmp_path / "resume" / "checkpoint.pt").exists()  # finished runs leave no checkpoint
+
+
+def test_saved_embedding_loads_and_changes_the_image(tiny_sd, seed_images, tmp_path):
+    _ti(tiny_sd, seed_images, tmp_path, settings={"lr": 0.5})
+    pipe = load_pipeline(tiny_sd)
+
+    def image(prompt):
+        out = pipe(prompt, num_inference_steps=2, height=32, width=32, output_type="np",
+                   generator=torch.Generator().manual_seed(0)).images[0]
+        return out
+
+    before = image("a photo of a boot")
+    pipe.load_textual_inversion(str(tmp_path / "e.safetensors"))
+    assert "<ankle_boot>" in pipe.tokenizer.get_vocab()
+    with_token = image("a photo of a <ankle_boot>")
+    assert np.abs(with_token - before).max() > 1e-3
+    assert np.allclose(image("a photo of a boot"), before)  # other prompts unaffected
+
+
+def test_resume_continues_at_the_saved_step(tiny_sd, seed_images, tmp_path, caplog):
+    full = tmp_path / "full"
+    _ti(tiny_sd, seed_images, full)
+    part = tmp_path / "part"
+    assert _ti(tiny_sd, seed_images, part, stop_after=4) == {"stopped_at": 4}  # the "kill"
+    assert (part / "resume" / "checkpoint.pt").exists() and not (part / "e.safetensors").exists()
+    with caplog.at_level(logging.INFO):
+        _ti(tiny_sd, seed_images, part)
+    assert "at step 4" in caplog.text
+    a, b = pd.read_csv(full / "loss.csv"), pd.read_csv(part / "loss.csv")
+    pd.testing.assert_frame_equal(a, b)  # same losses: it continued, it did not restart
+    assert torch.equal(load_file(full / "e.safetensors")["<ankle_boot>"],
+                       load_file(part / "e.safetensors")["<ankle_boot>"])
+    # a checkpoint made with other settings is ignored, not resumed
+    _ti(tiny_sd, seed_images, tmp_path / "x", stop_after=3)
+    with caplog.at_level(logging.INFO):
+        caplog.clear()
+        _ti(tiny_sd, seed_images, tmp_path / "x", settings={"lr": 0.01})
+    assert "ignoring checkpoint" in caplog.text
+
+
+def test_empty_seed_list_and_missing_generator(tiny_sd, tmp_path):
+    with pytest.raises(TibalanceError, match="class 'ankle_boot' has an empty seed list"):
+        _ti(tiny_sd, [], tmp_path)
+    with pytest.raises(TibalanceError, match="generator.model: generator folder /no/such/sd does not exist"):
+        check_model("/no/such/sd")
+    check_model("stable-diffusion-v1-5/stable-diffusion-v1-5")  # a hub id is not a local path
+
+
+def test_sampling_is_resumable_and_paired(tiny_sd, seed_images, tmp_path):
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"path": ["x"] * 7, "label": ["a"] * 5 + ["b"] * 2, "split": ["train"] * 7}).to_csv(manifest, index=False)
+    assert n_images_for("median", "b", pd.read_csv(manifest)) == 1  # median of {5, 2} is 3.5 -> 3, minus 2
+    _ti(tiny_sd, seed_images, tmp_path)
+    s = {"n_images": 3, "batch_size": 2, "steps": 2, "resolution": 32}
+    kw = dict(embeds=str(tmp_path / "e.safetensors"), placeholder="<ankle_boot>")
+    args = (tiny_sd, "ti", "ankle_boot", "Ankle boot", s, 0, str(manifest), str(tmp_path / "ti.csv"))
+    assert sample_class(*args, str(tmp_path / "ti"), **kw) == 3
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "ti").glob("*.png")}
+    assert sample_class(*args, str(tmp_path / "ti"), **kw) == 0  # second run: no new image
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ti").glob("*.png")} == mtimes
+    # more images: only the new ones are generated
+    assert sample_class(tiny_sd, "ti", "ankle_boot", "Ankle boot", {**s, "n_images": 4}, 0, str(manifest),
+                        str(tmp_path / "ti.csv"), str(tmp_path / "ti"), **kw) == 1
+    # another guidance scale makes different images: the old ones are discarded
+    assert sample_class(tiny_sd, "ti", "ankle_boot", "Ankle boot", {**s, "guidance_scale": 1.0}, 0, str(manifest),
+                        str(tmp_path / "ti.csv"), str(tmp_path / "ti"), **kw) == 3
+    table = pd.read_csv(tmp_path / "ti.csv")
+    assert list(table.prompt) == ["a photo of a <ankle_boot>"] * 3 and table.seed.is_unique
+    # raw uses the plain name (or prompt_name) and the same per-image seeds
+    sample_class(tiny_sd, "raw", "ankle_boot", "Ankle boot", {**s, "prompt_name": "boot"}, 0, str(manifest),
+                 str(tmp_path / "raw.csv"), str(tmp_path / "raw"))
+    raw = pd.read_csv(tmp_path / "raw.csv")
+    assert list(raw.prompt) == ["a photo of a boot"] * 3 and list(raw.seed) == list(table.seed)
