@@ -27,7 +27,7 @@ demo: install demo-data
 	$(SNAKEMAKE) --configfile config/demo.yaml $$extra --cores $(CORES) && \
 	echo "" && echo "Demo finished. Results are under results/:" && \
 	echo "  results/analysis/per_class.csv, results/analysis/confusion.png, results/analysis/weak_classes.json" && \
-	echo "  results/seeds/<class>/contact_sheet.png"
+	echo "  results/seeds/<class>/contact_sheet.png, results/inversion/<class>/, results/samples/grid/<class>.png"
 
 test: install
 	$(PY) -m pytest -q tests

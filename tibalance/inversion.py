@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .generator import half_dtype, load_pipeline
+from .seeds import contact_sheet
 from .util import TibalanceError, file_digest, fingerprint, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def initializer_word(cls_name: str, setting: str) -> str | None:
     if setting == "random":
         return None
     if setting == "auto":
-        words = [w for w in __import__("re").split(r"[^A-Za-z0-9]+", cls_name) if w]
+        words = [w for w in re.split(r"[^A-Za-z0-9]+", cls_name) if w]
         return (words[-1] if words else cls_name).lower()
     return setting
 
@@ -305,7 +307,7 @@ def train_textual_inversion(model: str, seed_paths: list[str], cls: str, cls_nam
         images = pipe([templates[0].format(subject)] * n_prev, num_inference_steps=int(s["preview_steps"]),
                       height=res, width=res,
                       generator=[torch.Generator().manual_seed(seed + i) for i in range(n_prev)]).images
-    image_grid(images, preview_out)
+    contact_sheet(images, preview_out)
     if ckpt_path.exists():
         ckpt_path.unlink()  # done: a rerun with new settings must start from step 0
     result = {"final_loss": history[-1][1] if history else None, "steps": steps}
@@ -313,12 +315,3 @@ def train_textual_inversion(model: str, seed_paths: list[str], cls: str, cls_nam
         result["pipeline"] = pipe
     return result
 
-
-def image_grid(images: list[Image.Image], out_png: str, tile: int = 128, cols: int | None = None) -> None:
-    cols = cols or max(1, min(len(images), 8))
-    rows = max(1, math.ceil(len(images) / cols))
-    sheet = Image.new("RGB", (cols * tile, rows * tile), "white")
-    for i, im in enumerate(images):
-        sheet.paste(im.convert("RGB").resize((tile, tile), Image.BICUBIC), ((i % cols) * tile, (i // cols) * tile))
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out_png)

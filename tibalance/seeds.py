@@ -48,9 +48,10 @@ def select_seed_indices(features: np.ndarray, confidence: np.ndarray, n: int,
     return [int(order[i]) for i in picked], f"{n} of {n_cand} best-recognised of {total} training images"
 
 
-def contact_sheet(paths: list[str], out_png: str, tile: int = 128, cols: int | None = None,
+def contact_sheet(paths: list, out_png: str, tile: int = 128, cols: int | None = None,
                   captions: list[str] | None = None) -> None:
-    """A grid of the given images (a blank sheet with a note when there are none)."""
+    """A grid of images given as paths or PIL images; None leaves a cell empty."""
+    from pathlib import Path
     from PIL import ImageDraw
 
     cols = cols or max(1, min(len(paths), 8))
@@ -61,10 +62,14 @@ def contact_sheet(paths: list[str], out_png: str, tile: int = 128, cols: int | N
     for i, p in enumerate(paths):
         if p is None:  # an empty cell
             continue
-        with Image.open(p) as im:
-            im = im.convert("RGB").resize((tile, tile), Image.BICUBIC)
+        if isinstance(p, Image.Image):
+            im = p.convert("RGB").resize((tile, tile), Image.BICUBIC)
+        else:
+            with Image.open(p) as raw:
+                im = raw.convert("RGB").resize((tile, tile), Image.BICUBIC)
         x, y = (i % cols) * tile, (i // cols) * (tile + cap_h)
         sheet.paste(im, (x, y))
         if captions:
             draw.text((x + 2, y + tile + 1), captions[i][:22], fill="black")
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out_png)
