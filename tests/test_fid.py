@@ -1,0 +1,58 @@
+"""FID/KID through torch-fidelity with the classifier's features (offline)."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tibalance.classifier import TrainedClassifier, build_model
+from tibalance.data import draw_synthetic
+from tibalance.fid import fid_kid
+from tibalance.util import TibalanceError
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fid")
+    torch.manual_seed(0)
+    ckpt = d / "clf.pt"
+    TrainedClassifier(build_model("resnet18", 3), ["a", "b", "c"], "resnet18", 32).save(str(ckpt))
+    out = {}
+    for name, cls, seed in (("circles", "circle", 0), ("circles2", "circle", 1), ("stripes", "stripes", 2)):
+        rng = np.random.default_rng(seed)
+        paths = []
+        for i in range(24):
+            p = d / f"{name}{i}.png"
+            Image.fromarray(draw_synthetic(cls, rng, 32)).save(p)
+            paths.append(str(p))
+        out[name] = paths
+    return str(ckpt), out, d
+
+
+def test_fid_kid_of_a_set_with_itself_is_zero_and_grows_with_difference(sets):
+    ckpt, s, d = sets
+    same = fid_kid(s["circles"], s["circles"], "classifier", classifier=ckpt)
+    near = fid_kid(s["circles"], s["circles2"], "classifier", classifier=ckpt)
+    far = fid_kid(s["circles"], s["stripes"], "classifier", classifier=ckpt)
+    assert abs(same["fid"]) < 1e-3
+    # KID is an unbiased estimate over random subsets: ~0 (noise) for a set with itself
+    assert abs(same["kid_mean"]) < 0.1 * far["kid_mean"]
+    assert far["fid"] > near["fid"] > same["fid"]
+    assert far["kid_mean"] > near["kid_mean"] > same["kid_mean"]
+    assert far["network"] == "classifier" and far["n_real"] == far["n_fake"] == 24
+
+
+def test_real_features_are_cached_per_class(sets):
+    ckpt, s, d = sets
+    cache = d / "cache"
+    a = fid_kid(s["circles"], s["stripes"], "classifier", classifier=ckpt, cache_root=str(cache),
+                real_cache_name="circle-real")
+    assert any(cache.rglob("*circle-real-classifier*"))
+    b = fid_kid(s["circles"], s["stripes"], "classifier", classifier=ckpt, cache_root=str(cache),
+                real_cache_name="circle-real")
+    assert a["fid"] == pytest.approx(b["fid"])
+
+
+def test_too_few_images_is_a_clear_error(sets):
+    ckpt, s, _ = sets
+    with pytest.raises(TibalanceError, match="need at least 2 real"):
+        fid_kid(s["circles"][:1], s["stripes"], "classifier", classifier=ckpt)
