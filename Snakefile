@@ -19,6 +19,7 @@ include: "rules/seeds.smk"
 include: "rules/generator.smk"
 include: "rules/inversion.smk"
 include: "rules/sampling.smk"
+include: "rules/evaluation.smk"
 
 
 rule all:

@@ -46,7 +46,8 @@ except TibalanceError as e:
 
 wildcard_constraints:
     cls=r"[a-z0-9_]+",
-    method=r"ti|raw",
+    method=r"ti|raw|baseline|oversample|raw_sd",
+    seed=r"\d+",
 
 
 SEED = config["seed"]
@@ -97,9 +98,36 @@ def sample_inputs(wildcards):
     return {}
 
 
+def retrain_synthetic(wildcards):
+    """Sample tables the method trains on (oversample: raw, for the target counts)."""
+    kind = {"raw_sd": "raw", "oversample": "raw", "ti": "ti"}.get(wildcards.method)
+    if kind is None:
+        return []
+    return expand("results/samples/{kind}/{cls}/samples.csv", kind=kind, cls=weak_classes())
+
+
+def retrain_classifier(wildcards):
+    """The baseline's recipe, with the retrain section's overrides (same for every method)."""
+    return canonical({**config["classifier"], **config["retrain"].get("classifier", {})})
+
+
+def retrain_runs(wildcards):
+    return expand(
+        "results/retrain/{method}/seed{seed}/metrics.json",
+        method=config["retrain"]["methods"],
+        seed=config["retrain"]["seeds"],
+    )
+
+
+def fid_files(wildcards):
+    return expand("results/fid/{cls}.json", cls=weak_classes())
+
+
 def all_targets(wildcards):
     weak = weak_classes()
     return (
+        ["results/tables/summary.md", "results/tables/per_class.md"]
+        +
         ["results/analysis/per_class.csv", "results/analysis/confusion.png"]
         + expand("results/seeds/{cls}/contact_sheet.png", cls=weak)
         + expand("results/inversion/{cls}/preview.png", cls=weak)

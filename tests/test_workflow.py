@@ -102,6 +102,38 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
         assert json.loads((res / f"inversion/{cls}/textual_inversion.meta.json").read_text())["steps"] == 6
 
 
+def test_tables_match_the_per_seed_runs(tiny_run):
+    import numpy as np
+
+    wd, _ = tiny_run
+    res = wd / "results"
+    weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
+    summary = pd.read_csv(res / "tables/summary.csv").set_index("method")
+    assert list(summary.index) == ["baseline", "oversample", "raw_sd", "ti"]
+    for method in summary.index:
+        runs = [json.loads((res / f"retrain/{method}/seed{s}/metrics.json").read_text()) for s in (0, 1)]
+        acc = [r["accuracy"] for r in runs]
+        assert summary.loc[method, "accuracy_mean"] == pytest.approx(np.mean(acc), abs=1e-5)
+        assert summary.loc[method, "accuracy_std"] == pytest.approx(np.std(acc, ddof=1), abs=1e-5)
+        assert summary.loc[method, "seeds"] == 2
+        counts = runs[0]["train_counts"]
+        for cls in weak:  # mix 'add': 4 synthetic images on top of the real ones
+            if method in ("raw_sd", "ti", "oversample"):
+                base = json.loads((res / "retrain/baseline/seed0/metrics.json").read_text())["train_counts"][cls]
+                assert counts[cls] == base + 4
+    per_class = pd.read_csv(res / "tables/per_class.csv").set_index("class")
+    assert sorted(per_class.index) == sorted(weak)
+    for cls in weak:
+        fid = json.loads((res / f"fid/{cls}.json").read_text())["rows"]
+        assert {(r["method"], r["network"]) for r in fid} == {("raw", "classifier"), ("ti", "classifier")}
+        assert per_class.loc[cls, "fid_ti_classifier"] == pytest.approx(
+            next(r["fid"] for r in fid if r["method"] == "ti"), rel=1e-4)
+        assert per_class.loc[cls, "n_ti_classifier"] == "4 vs 24"
+    md = (res / "tables/summary.md").read_text()
+    assert "± " in md and all(m in md for m in ("baseline", "oversample", "raw_sd", "ti"))
+    assert Image.open(res / "plots/accuracy_change.png").size[0] > 100
+
+
 def _planned_jobs(output):
     """(rule, wildcards) of each job a dry run lists."""
     jobs, rule = [], None
@@ -124,10 +156,17 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
     p = snakemake(wd, "-n", configfiles=[edited])
     jobs = _planned_jobs(p.stdout + p.stderr)
     cls = weak[0]
+    # the class's own inversion, ti sampling, grid and fid; the retraining runs
+    # that train on ti images; the report. No other class's job, and not the
+    # baseline / oversample / raw_sd runs (they do not use ti images).
     assert sorted(jobs) == sorted([
         ("textual_inversion", f"cls={cls}"),
         ("sample", f"method=ti, cls={cls}"),
         ("sample_grid", f"cls={cls}"),
+        ("fid", f"cls={cls}"),
+        ("retrain", "method=ti, seed=0"),
+        ("retrain", "method=ti, seed=1"),
+        ("report", ""),
         ("all", ""),
     ]), jobs
 

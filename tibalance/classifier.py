@@ -83,8 +83,11 @@ class ImageCache:
 
 class ImageListDataset(Dataset):
     def __init__(self, paths, labels, transform, cache: ImageCache, augment_flags=None,
-                 classic_transform=None):
+                 classic_transform=None, alternatives=None, replace_p: float = 0.0):
         self.paths, self.labels = list(paths), list(labels)
+        # alternatives[i]: images that may stand in for image i (probability replace_p, drawn anew each epoch)
+        self.alternatives = list(alternatives) if alternatives is not None else None
+        self.replace_p = float(replace_p)
         self.transform, self.cache = transform, cache
         self.augment_flags = list(augment_flags) if augment_flags is not None else None
         self.classic_transform = classic_transform
@@ -93,7 +96,11 @@ class ImageListDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        im = self.cache.get(self.paths[i])
+        path = self.paths[i]
+        alts = self.alternatives[i] if self.alternatives is not None else None
+        if isinstance(alts, list) and alts and float(torch.rand(1)) < self.replace_p:
+            path = alts[int(torch.randint(len(alts), (1,)))]
+        im = self.cache.get(path)
         tf = self.transform
         if self.augment_flags is not None and self.augment_flags[i] and self.classic_transform is not None:
             tf = self.classic_transform
@@ -132,7 +139,8 @@ def _load_size(image_size: int) -> int:
 
 
 def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
-                     augment_flags=None, progress_desc: str = "train") -> TrainedClassifier:
+                     augment_flags=None, progress_desc: str = "train", alternatives=None,
+                     replace_p: float = 0.0) -> TrainedClassifier:
     """Train a ResNet on (paths, labels); labels are class slugs.
 
     cfg: arch, pretrained, image_size, epochs, batch_size, lr, momentum,
@@ -146,7 +154,7 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     size = int(cfg["image_size"])
     cache = ImageCache(_load_size(size))
     ds = ImageListDataset(paths, y, train_transform(size), cache, augment_flags,
-                          train_transform(size, "classic"))
+                          train_transform(size, "classic"), alternatives, replace_p)
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(ds, batch_size=int(cfg["batch_size"]), shuffle=True, generator=g,
                         num_workers=int(cfg.get("num_workers", 0)), drop_last=len(ds) > int(cfg["batch_size"]),

@@ -154,3 +154,118 @@ def sample_grid(cls: str, seeds_csv: str, raw_csv: str, ti_csv: str, out_png: st
         paths += row + [None] * (per_row - len(row))
         caps += [label] * per_row
     contact_sheet(paths, out_png, cols=per_row, captions=caps)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def fid(cls: str, manifest: str, model: str, raw_csv: str, ti_csv: str, metrics_cfg: dict,
+        out_json: str, cache_root: str) -> None:
+    """FID/KID of the class's raw and ti images against its real val+test images."""
+    from .data import load_manifest
+    from .fid import fid_kid
+    from .util import pick_device
+
+    m = load_manifest(manifest)
+    real = list(m[(m["label"] == cls) & m["split"].isin(["val", "test"])]["path"])
+    device = str(pick_device("auto"))
+    rows = []
+    for network in metrics_cfg.get("networks", ["classifier"]):
+        for method, csv in (("raw", raw_csv), ("ti", ti_csv)):
+            fake = list(pd.read_csv(csv, dtype=str)["path"])
+            r = fid_kid(real, fake, network, classifier=model, inception_weights=metrics_cfg.get("inception_weights"),
+                        cache_root=cache_root, real_cache_name=f"{cls}-real", device=device)
+            rows.append({"method": method, **r})
+            log.info("class %s %s %s: FID %.3f KID %.4f", cls, method, network, r["fid"], r["kid_mean"])
+    write_json(out_json, {"class": cls, "rows": rows})
+
+
+def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synthetic_csvs: list[str],
+            clf_cfg: dict, retrain_cfg: dict, metrics_out: str, meta: str) -> None:
+    from .analysis import per_class_metrics
+    from .classifier import train_classifier
+    from .data import load_manifest
+    from .retrain import build_training_set
+
+    side = Sidecar(seed)
+    m = load_manifest(manifest)
+    order = read_json(classes)["classes"]
+    weak_classes = read_json(weak)["classes"]
+    synthetic: dict[str, list[str]] = {}
+    for csv in synthetic_csvs:
+        t = pd.read_csv(csv, dtype=str)
+        for label, grp in t.groupby("label"):
+            synthetic.setdefault(label, []).extend(grp["path"])
+    train = m[m["split"] == "train"]
+    ts = build_training_set(train, weak_classes, method, synthetic, retrain_cfg.get("mix", "add"), seed)
+    clf = train_classifier(ts["path"], ts["label"], order, clf_cfg, seed, augment_flags=ts["classic"],
+                           progress_desc=f"{method} seed {seed}", alternatives=ts["alternatives"],
+                           replace_p=float(retrain_cfg.get("replace_p", 0.5)))
+    pred = evaluate(clf, m, splits=("test",))
+    pc = per_class_metrics(pred["label"], pred["pred"], order).set_index("class")
+    metrics = {"method": method, "seed": seed, **split_metrics(pred, order)["test"],
+               "per_class_accuracy": pc["accuracy"].to_dict(),
+               "weak_accuracy": float(pc.loc[weak_classes, "accuracy"].mean()) if weak_classes else float("nan"),
+               "train_counts": ts.groupby("label").size().to_dict()}
+    write_json(metrics_out, metrics)
+    side.write(meta, train_images=len(ts))
+
+
+def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summary_md: str,
+           per_class_csv: str, per_class_md: str, acc_plot: str, fid_plot: str) -> None:
+    from pathlib import Path
+
+    from .retrain import per_class_table, summary_table, to_markdown
+
+    weak_classes = read_json(weak)["classes"]
+    run_rows = [read_json(p) for p in runs]
+    fid_rows = {}
+    for p in fids:
+        d = read_json(p)
+        fid_rows[d["class"]] = d["rows"]
+    summary = summary_table(run_rows)
+    per_class = per_class_table(run_rows, weak_classes, fid_rows)
+    write_csv(summary, summary_csv)
+    write_csv(per_class, per_class_csv)
+    Path(summary_md).write_text(to_markdown(summary))
+    Path(per_class_md).write_text(to_markdown(per_class))
+    _plots(per_class, fid_rows, acc_plot, fid_plot)
+
+
+def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [c[4:-5] for c in per_class.columns if c.startswith("acc_") and c.endswith("_mean")]
+    others = [m for m in methods if m != "baseline"]
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(per_class) + 2), 3.5))
+    x = np.arange(len(per_class))
+    for i, meth in enumerate(others):
+        delta = per_class[f"acc_{meth}_mean"] - per_class["acc_baseline_mean"]
+        ax.bar(x + (i - (len(others) - 1) / 2) * 0.8 / max(1, len(others)), delta, 0.8 / max(1, len(others)),
+               yerr=per_class[f"acc_{meth}_std"], label=meth)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, per_class["class"])
+    ax.set_ylabel("test accuracy − baseline")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(acc_plot, dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for network in sorted({r["network"] for rows in fid_rows.values() for r in rows}):
+        pts = [(next(r["fid"] for r in rows if r["method"] == "raw" and r["network"] == network),
+                next(r["fid"] for r in rows if r["method"] == "ti" and r["network"] == network), cls)
+               for cls, rows in fid_rows.items()]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=network)
+        for raw, ti, cls in pts:
+            ax.annotate(cls, (raw, ti), fontsize=8)
+    lim = ax.get_xlim()[1] if fid_rows else 1
+    ax.plot([0, lim], [0, lim], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("FID raw SD")
+    ax.set_ylabel("FID textual inversion")
+    ax.legend(title="features")
+    fig.tight_layout()
+    fig.savefig(fid_plot, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,75 @@
+rule fid:
+    input:
+        manifest="results/data/manifest.csv",
+        model="results/baseline/model.pt",
+        raw="results/samples/raw/{cls}/samples.csv",
+        ti="results/samples/ti/{cls}/samples.csv",
+    output:
+        "results/fid/{cls}.json",
+    params:
+        metrics=section("metrics"),
+        cache_root="results/fid/cache",
+    log:
+        "logs/fid/{cls}.log",
+    benchmark:
+        "benchmarks/fid/{cls}.tsv"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/diffusion.yaml"
+    script:
+        "../workflow/scripts/fid.py"
+
+
+rule retrain:
+    input:
+        manifest="results/data/manifest.csv",
+        classes="results/data/classes.json",
+        weak="results/analysis/weak_classes.json",
+        synthetic=retrain_synthetic,
+    output:
+        metrics="results/retrain/{method}/seed{seed}/metrics.json",
+        meta="results/retrain/{method}/seed{seed}/retrain.meta.json",
+    params:
+        classifier=retrain_classifier,
+        retrain=section("retrain"),
+    log:
+        "logs/retrain/{method}/seed{seed}.log",
+    benchmark:
+        "benchmarks/retrain/{method}/seed{seed}.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/retrain.py"
+
+
+rule report:
+    input:
+        runs=retrain_runs,
+        fids=fid_files,
+        weak="results/analysis/weak_classes.json",
+    output:
+        summary_csv="results/tables/summary.csv",
+        summary_md=report("results/tables/summary.md", caption="../workflow/report/summary.rst", category="5. Results"),
+        per_class_csv="results/tables/per_class.csv",
+        per_class_md=report("results/tables/per_class.md", caption="../workflow/report/per_class_table.rst", category="5. Results"),
+        acc_plot=report("results/plots/accuracy_change.png", caption="../workflow/report/accuracy_change.rst", category="5. Results"),
+        fid_plot=report("results/plots/fid_raw_vs_ti.png", caption="../workflow/report/fid_plot.rst", category="5. Results"),
+    log:
+        "logs/report.log",
+    benchmark:
+        "benchmarks/report.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/report.py"

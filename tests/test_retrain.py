@@ -1,0 +1,49 @@
+import pandas as pd
+import pytest
+
+from tibalance.retrain import build_training_set, summary_table, to_markdown
+
+TRAIN = pd.DataFrame({"path": [f"a{i}" for i in range(10)] + ["w0", "w1"], "label": ["a"] * 10 + ["w"] * 2})
+SYNTH = {"w": [f"s{i}" for i in range(5)]}
+
+
+def counts(df):
+    return df.groupby("label").size().to_dict()
+
+
+def test_mixing_modes_give_the_promised_class_counts():
+    assert counts(build_training_set(TRAIN, ["w"], "baseline", SYNTH)) == {"a": 10, "w": 2}
+    add = build_training_set(TRAIN, ["w"], "ti", SYNTH, "add")
+    assert counts(add) == {"a": 10, "w": 7} and set(add[add.label == "w"].path) == {"w0", "w1", *SYNTH["w"]}
+    over = build_training_set(TRAIN, ["w"], "oversample", SYNTH)
+    assert counts(over) == {"a": 10, "w": 7}  # real images repeated up to real + synthetic count
+    assert set(over[over.label == "w"].path) == {"w0", "w1"} and over[over.classic].label.eq("w").all()
+    assert over.classic.sum() == 5
+    rep = build_training_set(TRAIN, ["w"], "raw_sd", SYNTH, "replace")
+    assert counts(rep) == {"a": 10, "w": 2}  # counts unchanged, weak images may be swapped
+    assert all(a == SYNTH["w"] for a in rep[rep.label == "w"].alternatives)
+    assert rep[rep.label == "a"].alternatives.isna().all()
+
+
+def test_replace_mode_swaps_with_probability_p(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tibalance.classifier import ImageCache, ImageListDataset
+
+    real, fake = tmp_path / "r.png", tmp_path / "f.png"
+    Image.new("RGB", (8, 8), (0, 0, 0)).save(real)
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(fake)
+    ds = ImageListDataset([str(real)] * 400, [0] * 400, lambda im: np.asarray(im).mean(), ImageCache(8),
+                          alternatives=[[str(fake)]] * 400, replace_p=0.5)
+    torch.manual_seed(0)
+    swapped = np.mean([ds[i][0] > 128 for i in range(400)])
+    assert 0.4 < swapped < 0.6
+
+
+def test_summary_mean_std():
+    runs = [{"method": "ti", "accuracy": a, "macro_f1": a, "weak_accuracy": a} for a in (0.5, 0.7)]
+    s = summary_table(runs).iloc[0]
+    assert s.accuracy_mean == pytest.approx(0.6) and s.accuracy_std == pytest.approx(0.1414213, rel=1e-5)
+    assert "0.6000 ± 0.1414" in to_markdown(summary_table(runs))

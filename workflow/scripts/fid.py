@@ -1,0 +1,17 @@
+import sys
+
+sys.path.insert(0, snakemake.scriptdir + "/../..")  # the tibalance package, also inside conda envs
+from tibalance import smk, stages
+
+smk.run(
+    snakemake,
+    stages.fid,
+    cls=snakemake.wildcards.cls,
+    manifest=snakemake.input.manifest,
+    model=snakemake.input.model,
+    raw_csv=snakemake.input.raw,
+    ti_csv=snakemake.input.ti,
+    metrics_cfg=snakemake.params.metrics,
+    out_json=snakemake.output[0],
+    cache_root=snakemake.params.cache_root,
+)

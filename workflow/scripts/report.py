@@ -1,0 +1,13 @@
+import sys
+
+sys.path.insert(0, snakemake.scriptdir + "/../..")  # the tibalance package, also inside conda envs
+from tibalance import smk, stages
+
+smk.run(
+    snakemake,
+    stages.report,
+    runs=list(snakemake.input.runs),
+    fids=list(snakemake.input.fids),
+    weak=snakemake.input.weak,
+    **{k: snakemake.output[k] for k in ("summary_csv", "summary_md", "per_class_csv", "per_class_md", "acc_plot", "fid_plot")},
+)
