@@ -134,6 +134,14 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     assert Image.open(res / "plots/accuracy_change.png").size[0] > 100
 
 
+def test_snakemake_report(tiny_run):
+    wd, _ = tiny_run
+    snakemake(wd, "--report", str(wd / "report.html"), cores=1)
+    html = (wd / "report.html").read_text(errors="replace")
+    for name in ("summary.md", "per_class.md", "accuracy_change.png", "fid_raw_vs_ti.png", "confusion.png"):
+        assert name in html
+
+
 def _planned_jobs(output):
     """(rule, wildcards) of each job a dry run lists."""
     jobs, rule = [], None
