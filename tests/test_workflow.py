@@ -40,6 +40,15 @@ def test_bad_config_stops_with_one_line(tmp_path, edit, message):
     assert not (tmp_path / "results").exists()
 
 
+def test_given_configfile_replaces_the_default_one(tmp_path):
+    """In the repo layout config/config.yaml exists; --configfile must not be merged with it."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/config.yaml").write_text((REPO / "config/config.yaml").read_text())
+    p = snakemake(tmp_path, "-n", configfiles=[TINY], check=False)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "extended by additional config" not in p.stdout + p.stderr
+
+
 def test_tiny_dag_outputs(tiny_run):
     wd, _ = tiny_run
     res = wd / "results"
