@@ -56,3 +56,22 @@ def test_too_few_images_is_a_clear_error(sets):
     ckpt, s, _ = sets
     with pytest.raises(TibalanceError, match="need at least 2 real"):
         fid_kid(s["circles"][:1], s["stripes"], "classifier", classifier=ckpt)
+
+
+def test_inception_from_a_local_weights_file(sets, tmp_path, monkeypatch):
+    """The standard network through metrics.inception_weights (here a locally
+    created random-weights file: no Inception weights exist offline)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with monkeypatch.context() as m:
+        m.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+        m.setattr("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", lambda *a, **k: {})
+        torch.manual_seed(0)
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    weights = tmp_path / "inception.pth"
+    torch.save(net.state_dict(), weights)
+    _, s, _ = sets
+    same = fid_kid(s["circles"][:12], s["circles"][:12], "inception", inception_weights=str(weights))
+    far = fid_kid(s["circles"][:12], s["stripes"][:12], "inception", inception_weights=str(weights))
+    assert same["network"] == "inception" and abs(same["fid"]) < 1e-3
+    assert far["fid"] > same["fid"]
