@@ -1,5 +1,7 @@
 # tibalance: is a weak class helped by Textual-Inversion images?
 # Table of contents only; the helpers live in rules/common.smk.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -9,10 +11,19 @@ min_version("9.0")
 # so nothing of the Flowers-102 study leaks into the demo or a user's study
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 report: "workflow/report/workflow.rst"
+
+
+# cheap aggregation jobs run in the main process, also on a cluster
+localrules:
+    all,
+    analyse_confusion,
+    sample_grid,
+    report,
+
 
 
 include: "rules/common.smk"
@@ -28,5 +39,6 @@ include: "rules/evaluation.smk"
 
 rule all:
     input:
+        quality_targets(),  # before the checkpoint: pretraining starts beside the baseline
         all_targets,
     default_target: True

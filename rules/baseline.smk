@@ -14,7 +14,7 @@ rule train_baseline:
         "logs/train_baseline.log",
     benchmark:
         "benchmarks/train_baseline.tsv"
-    threads: workflow.cores
+    threads: 8
     resources:
         gpu=1,
         mem_mb=16000,

@@ -10,6 +10,7 @@ from tibalance.config import canonical, check_class_names, class_settings, forma
 from tibalance.data import check_root, dataset_class_names
 from tibalance.generator import check_model, is_local
 from tibalance.inversion import TI_DEFAULTS
+from tibalance.pretrain import PRETRAIN_DEFAULTS
 from tibalance.sampling import SAMPLING_DEFAULTS
 from tibalance.util import TibalanceError, derive_seed, read_json
 
@@ -32,6 +33,8 @@ except WorkflowError as e:
 # the Stable Diffusion pipeline: built offline (tiny) or a local folder / hub id
 if config["generator"]["build"] == "tiny":
     MODEL = "results/generator/tiny_sd"
+elif config["generator"]["build"] == "pretrain":
+    MODEL = "results/generator/pretrained_sd"
 else:
     MODEL = config["generator"]["model"]
 
@@ -121,6 +124,20 @@ def retrain_runs(wildcards):
 
 def fid_files(wildcards):
     return expand("results/fid/{cls}.json", cls=weak_classes())
+
+
+def pretrain_params(wildcards):
+    return canonical({**PRETRAIN_DEFAULTS, **config["generator"].get("pretrain", {})})
+
+
+def quality_targets():
+    if config["generator"]["build"] != "pretrain":
+        return []
+    return ["results/tables/generator_quality.md", "results/generator/quality_samples.png"]
+
+
+def ti_loss_files(wildcards):
+    return expand("results/inversion/{cls}/loss.csv", cls=weak_classes())
 
 
 def all_targets(wildcards):

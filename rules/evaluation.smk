@@ -13,6 +13,7 @@ rule fid:
         "logs/fid/{cls}.log",
     benchmark:
         "benchmarks/fid/{cls}.tsv"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,
@@ -39,7 +40,7 @@ rule retrain:
         "logs/retrain/{method}/seed{seed}.log",
     benchmark:
         "benchmarks/retrain/{method}/seed{seed}.tsv"
-    threads: workflow.cores
+    threads: 8
     resources:
         gpu=1,
         mem_mb=16000,
@@ -54,6 +55,7 @@ rule report:
     input:
         runs=retrain_runs,
         fids=fid_files,
+        ti_losses=ti_loss_files,
         weak="results/analysis/weak_classes.json",
     output:
         summary_csv="results/tables/summary.csv",

@@ -18,3 +18,72 @@ rule build_generator:
         "../envs/diffusion.yaml"
     script:
         "../workflow/scripts/build_generator.py"
+
+
+# Only when generator.build is 'pretrain': the offline demo's generator learns
+# the dataset's majority classes (a miniature of SD knowing the common classes).
+rule pretrain_generator:
+    input:
+        manifest="results/data/manifest.csv",
+        classes="results/data/classes.json",
+    output:
+        model="results/generator/pretrained_sd/model_index.json",
+        loss="results/generator/pretrain_loss.csv",
+        meta="results/generator/pretrain_generator.meta.json",
+    params:
+        tiny=canonical(config["generator"]["tiny"]),
+        pretrain=pretrain_params,
+        seed=SEED,
+        out_dir="results/generator/pretrained_sd",
+    log:
+        "logs/pretrain_generator.log",
+    benchmark:
+        "benchmarks/pretrain_generator.tsv"
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/diffusion.yaml"
+    script:
+        "../workflow/scripts/pretrain_generator.py"
+
+
+# How often the baseline classifier recognises the pretrained generator's
+# images of each class it learned: its quality, measured rather than assumed.
+rule generator_quality:
+    input:
+        generator="results/generator/pretrained_sd/model_index.json",
+        model="results/baseline/model.pt",
+        classes="results/data/classes.json",
+        meta="results/generator/pretrain_generator.meta.json",
+    output:
+        csv="results/tables/generator_quality.csv",
+        md=report(
+            "results/tables/generator_quality.md",
+            caption="../workflow/report/generator_quality.rst",
+            category="6. Generator",
+        ),
+        grid=report(
+            "results/generator/quality_samples.png",
+            caption="../workflow/report/generator_samples.rst",
+            category="6. Generator",
+        ),
+    params:
+        pretrain=pretrain_params,
+        seed=SEED,
+        model=MODEL,
+    log:
+        "logs/generator_quality.log",
+    benchmark:
+        "benchmarks/generator_quality.tsv"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/diffusion.yaml"
+    script:
+        "../workflow/scripts/generator_quality.py"

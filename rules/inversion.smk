@@ -24,6 +24,7 @@ rule textual_inversion:
         "logs/textual_inversion/{cls}.log",
     benchmark:
         "benchmarks/textual_inversion/{cls}.tsv"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=24000,

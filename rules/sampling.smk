@@ -19,6 +19,7 @@ rule sample:
         "logs/sample/{method}/{cls}.log",
     benchmark:
         "benchmarks/sample/{method}/{cls}.tsv"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=16000,

@@ -14,8 +14,8 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 def snakemake(workdir, *args, configfiles=(TINY,), check=True, cores=2):
     """Run the real workflow (repo Snakefile) in `workdir`."""
     # --configfile takes a list: it goes last so it cannot swallow a target
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", str(cores),
-           *args, "--configfile", *[str(c) for c in configfiles]]
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           *(["--cores", str(cores)] if cores is not None else []), *args, "--configfile", *[str(c) for c in configfiles]]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and p.returncode != 0:

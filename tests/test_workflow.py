@@ -125,6 +125,9 @@ def test_tables_match_the_per_seed_runs(tiny_run):
         assert summary.loc[method, "accuracy_mean"] == pytest.approx(np.mean(acc), abs=1e-5)
         assert summary.loc[method, "accuracy_std"] == pytest.approx(np.std(acc, ddof=1), abs=1e-5)
         assert summary.loc[method, "seeds"] == 2
+        for cls in weak:  # each weak class's accuracy, e.g. the rare class's, per method
+            assert summary.loc[method, f"acc_{cls}_mean"] == pytest.approx(
+                np.mean([r["per_class_accuracy"][cls] for r in runs]), abs=1e-5)
         counts = runs[0]["train_counts"]
         for cls in weak:  # mix 'add': 4 synthetic images on top of the real ones
             if method in ("raw_sd", "ti", "oversample"):
@@ -138,6 +141,9 @@ def test_tables_match_the_per_seed_runs(tiny_run):
         assert per_class.loc[cls, "fid_ti_classifier"] == pytest.approx(
             next(r["fid"] for r in fid if r["method"] == "ti"), rel=1e-4)
         assert per_class.loc[cls, "n_ti_classifier"] == "4 vs 24"
+        loss = pd.read_csv(res / f"inversion/{cls}/loss.csv")["loss"]  # 6 steps: first and last 10% = 1 step
+        assert per_class.loc[cls, "ti_loss_first10pct"] == pytest.approx(loss.iloc[0], rel=1e-4)
+        assert per_class.loc[cls, "ti_loss_last10pct"] == pytest.approx(loss.iloc[-1], rel=1e-4)
     md = (res / "tables/summary.md").read_text()
     assert "± " in md and all(m in md for m in ("baseline", "oversample", "raw_sd", "ti"))
     assert Image.open(res / "plots/accuracy_change.png").size[0] > 100
@@ -210,3 +216,31 @@ def test_demo_config_finds_the_rare_class(tmp_path):
     assert train["shirt"] == 3 and train["coat"] == 300  # 1% of the capped 300
     weak = json.loads((tmp_path / "results/analysis/weak_classes.json").read_text())["classes"]
     assert "shirt" in weak
+
+
+def test_pretrained_generator_through_the_dag(tiny_run, tmp_path):
+    """generator.build: pretrain adds two jobs: pretraining on the majority
+    classes (data already there: nothing upstream reruns) and the baseline's
+    accuracy on its images; everything else of the run stays as it was."""
+    import shutil
+
+    wd0, _ = tiny_run
+    wd = tmp_path / "run"
+    shutil.copytree(wd0, wd, symlinks=True)
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["generator"] = {"build": "pretrain", "tiny": {"resolution": 32, "vae_channels": [16, 32]},
+                        "pretrain": {"vae_steps": 20, "unet_steps": 30, "batch_size": 16,
+                                     "quality_images": 4, "quality_steps": 2}}
+    edited = tmp_path / "pretrain.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    target = "results/tables/generator_quality.md"
+    p = snakemake(wd, "-n", target, configfiles=[edited])
+    assert sorted(r for r, _ in _planned_jobs(p.stdout + p.stderr)) == ["generator_quality", "pretrain_generator"]
+    snakemake(wd, target, configfiles=[edited])
+    q = pd.read_csv(wd / "results/tables/generator_quality.csv")
+    learned = json.loads((wd / "results/generator/pretrain_generator.meta.json").read_text())["classes"]
+    assert "triangle" not in learned  # the rare class (10% of its images) is unknown to it
+    assert list(q["class"]) == learned + ["all (mean)"]
+    assert q["accuracy"].between(0, 1).all() and (q["n"].iloc[:-1] == 4).all()
+    assert (wd / "results/generator/pretrained_sd/model_index.json").exists()
+    assert "Chance level" in (wd / target).read_text()

@@ -80,3 +80,7 @@ def check_class_names(config: dict, known_names: list[str]) -> None:
         need(n, "data.imbalance.fractions")
     for n in (config.get("classes") or {}):
         need(n, "classes")
+    excl = ((config.get("generator") or {}).get("pretrain") or {}).get("exclude", "auto")
+    if excl != "auto":
+        for n in excl:
+            need(n, "generator.pretrain.exclude")

@@ -310,7 +310,7 @@ def train_textual_inversion(model: str, seed_paths: list[str], cls: str, cls_nam
     contact_sheet(images, preview_out)
     if ckpt_path.exists():
         ckpt_path.unlink()  # done: a rerun with new settings must start from step 0
-    result = {"final_loss": history[-1][1] if history else None, "steps": steps}
+    result = {"final_loss": history[-1][1] if history else None, "steps": steps, "resumed_from_step": start}
     if return_pipeline:
         result["pipeline"] = pipe
     return result

@@ -53,19 +53,25 @@ def _mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def summary_table(runs: list[dict]) -> pd.DataFrame:
-    """Per method: test accuracy, macro-F1 and the weak classes' mean accuracy, mean ± std over seeds."""
+def summary_table(runs: list[dict], weak: list[str] | None = None) -> pd.DataFrame:
+    """Per method: test accuracy, macro-F1, the weak classes' mean accuracy and
+    each weak class's accuracy (`acc_<class>`), mean ± std over seeds."""
     rows = []
     for method in [m for m in METHODS if any(r["method"] == m for r in runs)]:
         rs = [r for r in runs if r["method"] == method]
         row = {"method": method, "seeds": len(rs)}
         for key in ("accuracy", "macro_f1", "weak_accuracy"):
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(r[key] for r in rs)
+        for cls in weak or []:
+            row[f"acc_{cls}_mean"], row[f"acc_{cls}_std"] = _mean_std(r["per_class_accuracy"][cls] for r in rs)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def per_class_table(runs: list[dict], weak: list[str], fid: dict[str, list[dict]]) -> pd.DataFrame:
+def per_class_table(runs: list[dict], weak: list[str], fid: dict[str, list[dict]],
+                    ti_loss: dict[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+    """Per weak class: accuracy of every method (mean/std over seeds), FID/KID of
+    raw and ti images, and the TI loss over the first and last 10% of its steps."""
     rows = []
     for cls in weak:
         row = {"class": cls}
@@ -76,6 +82,8 @@ def per_class_table(runs: list[dict], weak: list[str], fid: dict[str, list[dict]
             pre = f"{f['method']}_{f['network']}"
             row[f"fid_{pre}"], row[f"kid_{pre}"] = f["fid"], f["kid_mean"]
             row[f"n_{pre}"] = f"{f['n_fake']} vs {f['n_real']}"
+        if ti_loss and cls in ti_loss:
+            row["ti_loss_first10pct"], row["ti_loss_last10pct"] = ti_loss[cls]
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -23,6 +23,7 @@ def run(snakemake, fn, **kwargs) -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        _claim_resources(snakemake)
         fn(**kwargs)
     except TibalanceError as e:
         msg = f"tibalance: {e}"
@@ -30,3 +31,19 @@ def run(snakemake, fn, **kwargs) -> None:
         if sys.stderr is not terminal:
             print(msg, file=terminal)
         sys.exit(1)
+
+
+def _claim_resources(snakemake) -> None:
+    """Threads as Snakemake granted them; a GPU job takes a free device of its own."""
+    threads = int(getattr(snakemake, "threads", 1) or 1)
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+    except ImportError:  # pragma: no cover - every environment has torch
+        pass
+    ngpu = int(getattr(snakemake.resources, "gpu", 0) or 0)
+    if ngpu:
+        from . import gpu
+
+        gpu.claim(ngpu)

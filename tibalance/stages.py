@@ -114,6 +114,42 @@ def build_generator(tiny_cfg: dict, seed: int, out_dir: str, meta: str) -> None:
     side.write(meta, kind="tiny", settings=tiny_cfg)
 
 
+def pretrain_generator(manifest: str, classes: str, tiny_cfg: dict, pretrain_cfg: dict, seed: int,
+                       out_dir: str, loss_out: str, meta: str) -> None:
+    from .pretrain import pretrain
+    from .util import pick_device
+
+    side = Sidecar(seed)
+    device = pick_device(pretrain_cfg.get("device", "auto"))
+    result = pretrain(manifest, read_json(classes), out_dir, tiny_cfg, pretrain_cfg, seed, device=device,
+                      loss_out=loss_out)
+    side.write(meta, kind="pretrain", settings={"tiny": tiny_cfg, "pretrain": pretrain_cfg}, **result)
+
+
+def generator_quality(model: str, classifier: str, classes: str, pretrain_meta: str, pretrain_cfg: dict, seed: int,
+                      out_csv: str, out_md: str, grid_png: str) -> None:
+    """The baseline classifier's accuracy on the generator's images of each class it learned."""
+    from pathlib import Path
+
+    from .pretrain import generator_quality as quality
+    from .retrain import to_markdown
+    from .util import pick_device
+
+    learned = read_json(pretrain_meta)["classes"]
+    df = quality(model, classifier, read_json(classes), learned, pretrain_cfg["template"],
+                 int(pretrain_cfg["quality_images"]), int(pretrain_cfg["quality_steps"]),
+                 float(pretrain_cfg["quality_guidance"]), seed, device=pick_device(pretrain_cfg.get("device", "auto")),
+                 grid_out=grid_png)
+    total = {"class": "all (mean)", "prompt": "", "n": int(df["n"].sum()), "accuracy": float(df["accuracy"].mean()),
+             "most_often": "", "most_often_share": float("nan")}
+    df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+    write_csv(df, out_csv)
+    chance = 1.0 / len(read_json(classes)["classes"])
+    Path(out_md).write_text(to_markdown(df.fillna("")) + f"\nChance level: {chance:.4f} "
+                            f"(the classifier knows {len(read_json(classes)['classes'])} classes).\n")
+    log.info("generator quality: mean accuracy %.3f over %d classes", total["accuracy"], len(learned))
+
+
 def _seed_paths(cls: str, seeds_csv: str) -> list[str]:
     seeds = pd.read_csv(seeds_csv, dtype=str)
     if seeds.empty:
@@ -211,7 +247,8 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
 
 
 def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summary_md: str,
-           per_class_csv: str, per_class_md: str, acc_plot: str, fid_plot: str) -> None:
+           per_class_csv: str, per_class_md: str, acc_plot: str, fid_plot: str,
+           ti_losses: list[str] | None = None) -> None:
     from pathlib import Path
 
     from .retrain import per_class_table, summary_table, to_markdown
@@ -222,8 +259,14 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
     for p in fids:
         d = read_json(p)
         fid_rows[d["class"]] = d["rows"]
-    summary = summary_table(run_rows)
-    per_class = per_class_table(run_rows, weak_classes, fid_rows)
+    summary = summary_table(run_rows, weak_classes)
+    loss_rows = {}
+    for p in ti_losses or []:
+        cls = Path(p).parent.name
+        loss = pd.read_csv(p)["loss"].to_numpy()
+        k = max(1, len(loss) // 10)
+        loss_rows[cls] = (float(loss[:k].mean()), float(loss[-k:].mean()))
+    per_class = per_class_table(run_rows, weak_classes, fid_rows, loss_rows)
     write_csv(summary, summary_csv)
     write_csv(per_class, per_class_csv)
     Path(summary_md).write_text(to_markdown(summary))

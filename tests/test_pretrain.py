@@ -1,0 +1,76 @@
+"""The offline demo's generator: a short pretraining lowers the denoising loss,
+never sees the rare class, and saves a folder StableDiffusionPipeline loads."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tibalance.pretrain import generator_quality, majority_classes, pretrain
+from tibalance.util import TibalanceError
+
+ARCH = {"resolution": 32, "vae_channels": [16, 32], "unet_channels": [32, 64], "text_hidden": 32}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_run, tmp_path_factory):
+    wd, _ = tiny_run
+    out = tmp_path_factory.mktemp("pretrained") / "sd"
+    classes = json.loads((wd / "results/data/classes.json").read_text())
+    cwd = os.getcwd()
+    os.chdir(wd)  # manifest paths are relative to the run directory
+    try:
+        result = pretrain("results/data/manifest.csv", classes, str(out), ARCH,
+                          {"vae_steps": 40, "unet_steps": 80, "batch_size": 16, "warmup_steps": 5, "lr": 2e-3},
+                          seed=0, loss_out=str(out) + "_loss.csv")
+    finally:
+        os.chdir(cwd)
+    return wd, out, classes, result
+
+
+def test_short_pretraining_lowers_the_denoising_loss(pretrained):
+    _, out, _, result = pretrained
+    loss = pd.read_csv(str(out) + "_loss.csv")
+    unet = loss[loss["phase"] == "unet"]["loss"].to_numpy()
+    vae = loss[loss["phase"] == "vae"]["loss"].to_numpy()
+    assert len(unet) == 80 and len(vae) == 40
+    assert unet[-8:].mean() < 0.8 * unet[:8].mean()
+    assert vae[-4:].mean() < vae[:4].mean()
+    assert result["unet_loss_last_10pct"] < result["unet_loss_first_10pct"]
+
+
+def test_it_never_sees_the_rare_class(pretrained):
+    _, _, classes, result = pretrained
+    assert "triangle" not in result["classes"]  # cut to 10%: not a majority class
+    assert set(result["classes"]) == set(classes["classes"]) - {"triangle"}
+    assert all("triangle" not in c for c in result["captions"])
+    assert majority_classes(classes, ["circle"]) == [c for c in classes["classes"] if c != "circle"]
+    with pytest.raises(TibalanceError, match="generator.pretrain.exclude: unknown class"):
+        majority_classes(classes, ["hexagon"])
+
+
+def test_saved_folder_loads_as_a_stable_diffusion_pipeline(pretrained):
+    from diffusers import StableDiffusionPipeline
+
+    _, out, _, result = pretrained
+    pipe = StableDiffusionPipeline.from_pretrained(str(out), safety_checker=None, requires_safety_checker=False)
+    assert type(pipe.vae).__name__ == "AutoencoderKL" and type(pipe.unet).__name__ == "UNet2DConditionModel"
+    assert type(pipe.text_encoder).__name__ == "CLIPTextModel" and len(pipe.tokenizer) == 49408
+    assert pipe.vae.config.scaling_factor == pytest.approx(result["scaling_factor"], rel=1e-5)
+    assert result["scaling_factor"] != 0.18215  # measured on its own latents, not SD's constant
+    img = pipe("a photo of a circle", num_inference_steps=2, height=32, width=32,
+               generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert img.shape == (1, 32, 32, 3) and np.isfinite(img).all()
+
+
+def test_quality_table_uses_the_baseline_classifier(pretrained):
+    wd, out, classes, result = pretrained
+    df = generator_quality(str(out), str(wd / "results/baseline/model.pt"), classes, result["classes"],
+                           "a photo of a {}", n_per_class=3, steps=2, guidance_scale=2.0, seed=0,
+                           grid_out=str(out) + "_grid.png")
+    assert list(df["class"]) == result["classes"]
+    assert (df["n"] == 3).all() and df["accuracy"].between(0, 1).all()
+    assert set(df["most_often"]) <= set(classes["classes"])
+    assert os.path.getsize(str(out) + "_grid.png") > 0

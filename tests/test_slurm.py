@@ -1,0 +1,210 @@
+"""The DAG through a real SLURM controller (Debian's slurm-wlm), via the
+executor plugin and profiles/slurm — the way a user sends it to a cluster.
+
+Runs wherever a single-node SLURM can be started (root, slurm-wlm and munge
+installed); on CI (CI=true) it must run, so a missing SLURM fails there."""
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import slurm_cluster
+from conftest import REPO, TINY, snakemake
+
+PROFILE = REPO / "profiles" / "slurm"
+# what a cluster without accounting needs; the rest comes from the profile
+SLURM_ARGS = ["--workflow-profile", str(PROFILE), "--slurm-no-account", "--slurm-status-command", "squeue",
+              "--slurm-init-seconds-before-status-checks", "1", "--max-threads", "2"]
+LOCAL_RULES = {"all", "analyse_confusion", "sample_grid", "report"}
+GPU_RULES = {"textual_inversion", "sample", "train_baseline", "retrain", "fid"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    why = slurm_cluster.unavailable()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"SLURM test must run on CI: {why}")
+        pytest.skip(why)
+    c = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm")).start()
+    yield c
+    c.stop()
+
+
+def _jobs(log: str):
+    """{snakemake jobid: rule} and {snakemake jobid: SLURM job id} from a run's output."""
+    rules, slurm = {}, {}
+    current = None
+    for line in log.splitlines():
+        m = re.match(r"^(local)?(rule|checkpoint) (\w+):$", line)
+        if m:
+            current = (m.group(3), bool(m.group(1)))
+            continue
+        m = re.match(r"^\s+jobid: (\d+)$", line)
+        if m and current:
+            rules[m.group(1)] = current
+            current = None
+            continue
+        m = re.match(r"^Job (\d+) has been submitted with SLURM jobid (\d+)", line)
+        if m:
+            slurm.setdefault(m.group(1), []).append(m.group(2))
+    return rules, slurm
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("tiny_slurm")
+    p = snakemake(wd, *SLURM_ARGS, cores=None)
+    return wd, p
+
+
+def test_every_non_local_job_goes_through_sbatch(cluster, slurm_run):
+    wd, p = slurm_run
+    rules, slurm = _jobs(p.stdout + p.stderr)
+    assert {r for r, _ in rules.values()} >= GPU_RULES | {"prepare_data", "select_seeds", "analyse_confusion"}
+    for jobid, (rule, local) in rules.items():
+        if rule in LOCAL_RULES:
+            assert local and jobid not in slurm, f"{rule} should run in the main process"
+            continue
+        assert jobid in slurm, f"job {jobid} ({rule}) was not submitted through sbatch"
+        for sid in slurm[jobid]:
+            rec = cluster.job(sid)
+            assert rec["Comment"].startswith(f"rule_{rule}"), rec["Comment"]
+            assert rec["JobState"] == "COMPLETED", (rule, rec["JobState"])
+            gres = rec.get("TresPerJob", "")
+            if rule in GPU_RULES:
+                assert "gpu:1" in gres, f"{rule} asked for no GPU: {gres!r}"
+            else:
+                assert "gpu" not in gres, f"{rule} asked for a GPU: {gres!r}"
+    # the jobs themselves ran inside SLURM: their sidecars name the SLURM job
+    submitted = {sid for sids in slurm.values() for sid in sids}
+    metas = list((wd / "results").rglob("*.meta.json"))
+    assert len(metas) >= 10
+    for meta in metas:
+        assert yaml.safe_load(meta.read_text())["slurm_job_id"] in submitted, meta
+
+
+# deterministic outputs: the same on a workstation and on the cluster
+COMPARED = ["data/manifest.csv", "analysis/per_class.csv", "analysis/weak_classes.json",
+            "seeds/*/seeds.csv", "inversion/*/loss.csv", "inversion/*/learned_embeds.safetensors",
+            "samples/*/*/samples.csv", "fid/*.json", "retrain/*/*/metrics.json", "tables/*.csv"]
+
+
+def test_results_match_a_local_run(slurm_run, tiny_run):
+    wd, _ = slurm_run
+    local, _ = tiny_run
+    n = 0
+    for pattern in COMPARED:
+        here = sorted(p.relative_to(local) for p in (local / "results").glob(pattern))
+        there = sorted(p.relative_to(wd) for p in (wd / "results").glob(pattern))
+        assert here and here == there, pattern
+        for rel in here:
+            assert (local / rel).read_bytes() == (wd / rel).read_bytes(), f"{rel} differs"
+            n += 1
+    assert n >= 20
+
+
+def _checkpoint_step(path: Path):
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+    except Exception:  # being written
+        return None
+
+
+def test_scancelled_inversion_resumes_from_its_checkpoint(cluster, slurm_run, tmp_path):
+    wd, _ = slurm_run
+    cls = "triangle"
+    overlay = tmp_path / "longer_ti.yaml"
+    overlay.write_text(yaml.safe_dump({"classes": {cls: {"ti": {"steps": 400, "checkpoint_every": 10}}}}))
+    target = f"results/inversion/{cls}/learned_embeds.safetensors"
+    ckpt = wd / "results" / "inversion" / cls / "resume" / "checkpoint.pt"
+    args = [*SLURM_ARGS, "--retries", "0", target]
+
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        p=snakemake(wd, *args, configfiles=(TINY, overlay), cores=None, check=False)))
+    t.start()
+    deadline = time.time() + 300
+    step = None
+    while time.time() < deadline and step is None:
+        time.sleep(0.5)
+        if ckpt.exists():
+            step = _checkpoint_step(ckpt)
+    assert step is not None, "no checkpoint appeared"
+    running = [j for j, state, comment in cluster.queue() if comment.startswith("rule_textual_inversion")]
+    assert len(running) == 1, cluster.queue()
+    cluster.scancel(running[0])
+    t.join(timeout=300)
+    p = result["p"]
+    assert p.returncode != 0, "the cancelled job should fail the run"
+    assert cluster.job(running[0])["JobState"] == "CANCELLED"
+    killed_at = _checkpoint_step(ckpt)
+    assert killed_at is not None and 10 <= killed_at < 400
+    assert not (wd / target).exists()
+
+    p = snakemake(wd, *args, configfiles=(TINY, overlay), cores=None)
+    meta = yaml.safe_load((wd / "results" / "inversion" / cls / "textual_inversion.meta.json").read_text())
+    assert meta["resumed_from_step"] >= killed_at > 0
+    assert meta["steps"] == 400
+    log = (wd / "logs" / "textual_inversion" / f"{cls}.log").read_text()
+    assert f"at step {meta['resumed_from_step']}" in log
+    loss = pd.read_csv(wd / "results" / "inversion" / cls / "loss.csv")
+    assert list(loss["step"]) == list(range(1, 401))
+    assert not ckpt.exists()  # finished: removed
+
+
+def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
+    """`snakemake --workflow-profile profiles/slurm -n` on config/config.yaml:
+    before the weak classes are known the baseline is the GPU job; once the
+    confusion checkpoint is resolved the TI and sampling jobs show theirs."""
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+           "--workflow-profile", str(PROFILE), "-n"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    jobs = _dry_run_jobs(p.stdout + p.stderr)
+    assert "gpu=1" in jobs["train_baseline"][0]
+    assert "gpu" not in jobs["prepare_data"][0]
+
+    # resolve the checkpoint as a finished analysis would have left it
+    weak = ["sword_lily", "pink_primrose"]
+    res = tmp_path / "results"
+    files = {"data/manifest.csv": "path,label,split\n", "data/classes.json": "{}", "data/skipped.csv": "path,reason\n",
+             "data/prepare_data.meta.json": "{}", "baseline/model.pt": "", "baseline/predictions.csv": "",
+             "baseline/metrics.json": "{}", "baseline/train_baseline.meta.json": "{}",
+             "analysis/per_class.csv": "", "analysis/confusion.png": "",
+             "analysis/weak_classes.json": yaml.safe_dump({"classes": weak})}
+    for i, (rel, text) in enumerate(files.items()):
+        (res / rel).parent.mkdir(parents=True, exist_ok=True)
+        (res / rel).write_text(text)
+        os.utime(res / rel, (1e9 + i, 1e9 + i))  # in DAG order: nothing upstream is newer
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    jobs = _dry_run_jobs(p.stdout + p.stderr)
+    assert len(jobs["textual_inversion"]) == len(weak)
+    assert len(jobs["sample"]) == 2 * len(weak)
+    for rule in ("textual_inversion", "sample", "retrain", "fid"):
+        assert all("gpu=1" in r for r in jobs[rule]), rule
+    assert all("gpu" not in r for r in jobs["select_seeds"])
+    assert "train_baseline" not in jobs and "prepare_data" not in jobs
+
+
+def _dry_run_jobs(text: str) -> dict[str, list[str]]:
+    """{rule: [resources line of each job]} from a dry run's output."""
+    jobs, rule = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^(local)?(rule|checkpoint) (\w+):$", line)
+        if m:
+            rule = m.group(3)
+        elif rule and line.strip().startswith("resources:"):
+            jobs.setdefault(rule, []).append(line)
+            rule = None
+    return jobs

@@ -1,0 +1,259 @@
+"""The offline demo's generator: a small text-conditioned latent diffusion model
+pretrained on the demo dataset's majority classes.
+
+Same classes as Stable Diffusion (AutoencoderKL, UNet2DConditionModel,
+CLIPTextModel with the real CLIP vocabulary, SD 1.5's noise schedule), saved
+with `save_pretrained`, so the rest of the DAG loads it like SD 1.5. It never
+sees the rare classes: like SD with a flower it has no name for, its `raw`
+prompts for them are a fair "raw SD" row, and textual inversion has something
+to learn from the seed images.
+
+Two phases: the VAE learns to reconstruct (its latent scale is then measured,
+as SD's `scaling_factor`), then UNet and text encoder learn to denoise latents
+conditioned on "a photo of a <class name>", with captions dropped for
+classifier-free guidance and an EMA of the weights, which is what is saved.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .generator import build_tiny_pipeline
+from .util import TibalanceError, seed_everything
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_DEFAULTS = {
+    "exclude": "auto",          # classes it never sees: 'auto' = fewer than half the largest class's train images
+    "template": "a photo of a {}",
+    "vae_steps": 400,
+    "vae_lr": 1.0e-3,
+    "kl_weight": 1.0e-6,
+    "unet_steps": 3000,
+    "lr": 1.0e-3,
+    "warmup_steps": 100,
+    "batch_size": 64,
+    "caption_dropout": 0.1,     # empty caption, for classifier-free guidance
+    "ema_decay": 0.999,
+    "train_text_encoder": True,
+    "hflip": True,
+    "device": "auto",
+    "quality_images": 32,
+    "quality_steps": 25,
+    "quality_guidance": 4.0,
+}
+
+
+def majority_classes(classes_json: dict, exclude) -> list[str]:
+    counts = {c: classes_json["counts"][c].get("train", 0) for c in classes_json["classes"]}
+    if exclude == "auto":
+        top = max(counts.values())
+        keep = [c for c in classes_json["classes"] if counts[c] >= 0.5 * top]
+    else:
+        from .util import slugify
+
+        exclude = [slugify(e) for e in exclude]
+        unknown = sorted(set(exclude) - set(counts))
+        if unknown:
+            raise TibalanceError(f"generator.pretrain.exclude: unknown class(es) {', '.join(unknown)}")
+        keep = [c for c in classes_json["classes"] if c not in set(exclude)]
+    if not keep:
+        raise TibalanceError("generator.pretrain.exclude leaves no class to pretrain on")
+    return keep
+
+
+def load_images(paths: list[str], res: int) -> torch.Tensor:
+    """[N, 3, res, res] in [-1, 1]."""
+    arr = np.stack([np.asarray(Image.open(p).convert("RGB").resize((res, res), Image.BICUBIC)) for p in paths])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return f
+
+
+class _EMA:
+    def __init__(self, modules: list[torch.nn.Module], decay: float):
+        self.decay = decay
+        self.shadow = [copy.deepcopy(m).eval().requires_grad_(False) for m in modules]
+        self.modules = modules
+
+    @torch.no_grad()
+    def update(self, step: int):
+        d = min(self.decay, (1 + step) / (10 + step))
+        for s, m in zip(self.shadow, self.modules):
+            for ps, pm in zip(s.parameters(), m.parameters()):
+                ps.lerp_(pm.detach(), 1 - d)
+            for bs, bm in zip(s.buffers(), m.buffers()):
+                bs.copy_(bm)
+
+
+def pretrain(manifest_csv: str, classes_json: dict, out_dir: str, arch_cfg: dict, cfg: dict, seed: int,
+             device: torch.device | str = "cpu", loss_out: str | None = None) -> dict:
+    """Train the demo generator; returns a summary (classes, losses)."""
+    from diffusers import DDPMScheduler
+
+    c = {**PRETRAIN_DEFAULTS, **cfg}
+    device = torch.device(device)
+    seed_everything(seed)
+    gen = torch.Generator().manual_seed(seed)
+    pipe = build_tiny_pipeline(arch_cfg, seed)
+    res = int(pipe.vae.config.sample_size)
+    keep = majority_classes(classes_json, c["exclude"])
+    man = pd.read_csv(manifest_csv, dtype=str)
+    man = man[(man["split"] == "train") & man["label"].isin(keep)].reset_index(drop=True)
+    if man.empty:
+        raise TibalanceError(f"{manifest_csv}: no train images of the classes to pretrain on")
+    log.info("pretraining on %d train images of %d classes (never sees: %s)", len(man), len(keep),
+             ", ".join(sorted(set(classes_json["classes"]) - set(keep))) or "-")
+    x_all = load_images(list(man["path"]), res)
+    labels = [keep.index(lbl) for lbl in man["label"]]
+    names = classes_json["names"]
+    captions = [c["template"].format(names[k].lower()) for k in keep]
+    bs = int(c["batch_size"])
+    history = []
+
+    def batch():
+        idx = torch.randint(0, len(x_all), (bs,), generator=gen)
+        x = x_all[idx]
+        if c["hflip"]:
+            flip = torch.rand(bs, generator=gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x.to(device), idx
+
+    # ---- phase 1: the VAE reconstructs
+    vae = pipe.vae.to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=float(c["vae_lr"]), weight_decay=0.0)
+    steps = int(c["vae_steps"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(50, steps // 10 + 1), steps))
+    for step in tqdm(range(1, steps + 1), desc="pretrain VAE", mininterval=5.0):
+        x, _ = batch()
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
+        rec = vae.decode(z).sample
+        loss = F.mse_loss(rec, x) + float(c["kl_weight"]) * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append(("vae", step, float(loss.item())))
+    vae.eval().requires_grad_(False)
+
+    # latents once (the posterior's mean and std, as in textual inversion), and SD's scaling factor
+    def encode(x):
+        means, stds = [], []
+        with torch.no_grad():
+            for i in range(0, len(x), 256):
+                post = vae.encode(x[i:i + 256].to(device)).latent_dist
+                means.append(post.mean.cpu())
+                stds.append(post.std.cpu())
+        return torch.cat(means), torch.cat(stds)
+
+    lat_mean, lat_std = encode(x_all)
+    lat_labels = list(labels)
+    if c["hflip"]:
+        m2, s2 = encode(x_all.flip(-1))
+        lat_mean, lat_std, lat_labels = torch.cat([lat_mean, m2]), torch.cat([lat_std, s2]), lat_labels * 2
+    with torch.no_grad():
+        rec = vae.decode(lat_mean[:256].to(device)).sample.cpu()
+    rec_mse = float(F.mse_loss(rec, x_all[:256]))
+    scaling = float(1.0 / lat_mean.std())
+    vae.register_to_config(scaling_factor=scaling)
+    log.info("VAE: reconstruction MSE %.4f; latent std %.3f -> scaling_factor %.4f", rec_mse, 1 / scaling, scaling)
+
+    # ---- phase 2: UNet + text encoder denoise, conditioned on the class caption
+    unet, te, tok = pipe.unet.to(device).train(), pipe.text_encoder.to(device), pipe.tokenizer
+    te.train(bool(c["train_text_encoder"])).requires_grad_(bool(c["train_text_encoder"]))
+    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    ids_all = tok(captions + [""], padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(device)
+    empty = len(captions)
+    params = list(unet.parameters()) + (list(te.parameters()) if c["train_text_encoder"] else [])
+    opt = torch.optim.AdamW(params, lr=float(c["lr"]), weight_decay=1e-2)
+    steps = int(c["unet_steps"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(int(c["warmup_steps"]), steps))
+    ema = _EMA([unet, te], float(c["ema_decay"]))
+    lab = torch.tensor(lat_labels)
+    for step in tqdm(range(1, steps + 1), desc="pretrain UNet", mininterval=5.0):
+        idx = torch.randint(0, len(lat_mean), (bs,), generator=gen)
+        z = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=gen)) * scaling
+        z = z.to(device)
+        noise = torch.randn(z.shape, generator=gen).to(device)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (bs,), generator=gen).to(device)
+        which = lab[idx].clone()
+        drop = torch.rand(bs, generator=gen) < float(c["caption_dropout"])
+        which[drop] = empty
+        cond = te(ids_all[which.to(device)])[0]
+        pred = unet(noise_sched.add_noise(z, noise, t), t, cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema.update(step)
+        history.append(("unet", step, float(loss.item())))
+
+    pipe.unet, pipe.text_encoder = ema.shadow[0], ema.shadow[1]
+    pipe.vae = vae
+    pipe.to("cpu")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    if loss_out:
+        pd.DataFrame(history, columns=["phase", "step", "loss"]).to_csv(loss_out, index=False, float_format="%.6g")
+    unet_losses = [h[2] for h in history if h[0] == "unet"]
+    k = max(1, len(unet_losses) // 10)
+    return {"classes": keep, "captions": captions, "scaling_factor": scaling,
+            "vae_reconstruction_mse": rec_mse, "images": len(x_all),
+            "unet_loss_first_10pct": float(np.mean(unet_losses[:k])) if unet_losses else None,
+            "unet_loss_last_10pct": float(np.mean(unet_losses[-k:])) if unet_losses else None}
+
+
+@torch.no_grad()
+def generator_quality(model: str, classifier: str, classes_json: dict, classes: list[str], template: str,
+                      n_per_class: int, steps: int, guidance_scale: float, seed: int, device="cpu",
+                      grid_out: str | None = None, batch_size: int = 64) -> pd.DataFrame:
+    """How often the baseline classifier recognises the generator's images of each
+    class: one row per class (n, accuracy, the class it is most often taken for)."""
+    from .classifier import TrainedClassifier, eval_transform
+    from .generator import load_pipeline
+    from .seeds import contact_sheet
+
+    pipe = load_pipeline(model, device=device)
+    res = int(pipe.vae.config.sample_size)
+    clf = TrainedClassifier.load(classifier, device=device)
+    tf = eval_transform(clf.image_size)
+    rows, grid = [], []
+    for k, cls in enumerate(classes):
+        prompt = template.format(classes_json["names"][cls].lower())
+        images = []
+        for i in range(0, n_per_class, batch_size):
+            n = min(batch_size, n_per_class - i)
+            gens = [torch.Generator().manual_seed(seed + 1000 * k + i + j) for j in range(n)]
+            images += pipe([prompt] * n, num_inference_steps=steps, guidance_scale=guidance_scale,
+                           height=res, width=res, generator=gens).images
+        x = torch.stack([tf(im.convert("RGB")) for im in images]).to(device)
+        pred = clf.model(x).argmax(1).cpu().numpy()
+        names = [clf.classes[p] for p in pred]
+        top = pd.Series(names).value_counts()
+        rows.append({"class": cls, "prompt": prompt, "n": len(images),
+                     "accuracy": float(np.mean([p == cls for p in names])),
+                     "most_often": top.index[0], "most_often_share": float(top.iloc[0] / len(names))})
+        grid += images[:8] + [None] * (8 - len(images[:8]))
+    if grid_out:
+        contact_sheet(grid, grid_out, tile=64, cols=8,
+                      captions=[f"{r['class']} {r['accuracy']:.0%}" if j == 0 else "" for r in rows for j in range(8)])
+    return pd.DataFrame(rows)

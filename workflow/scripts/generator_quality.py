@@ -1,0 +1,18 @@
+import sys
+
+sys.path.insert(0, snakemake.scriptdir + "/../..")  # the tibalance package, also inside conda envs
+from tibalance import smk, stages
+
+smk.run(
+    snakemake,
+    stages.generator_quality,
+    model=snakemake.params.model,
+    classifier=snakemake.input.model,
+    classes=snakemake.input.classes,
+    pretrain_meta=snakemake.input.meta,
+    pretrain_cfg=snakemake.params.pretrain,
+    seed=snakemake.params.seed,
+    out_csv=snakemake.output.csv,
+    out_md=snakemake.output.md,
+    grid_png=snakemake.output.grid,
+)

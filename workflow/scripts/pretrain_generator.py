@@ -1,0 +1,17 @@
+import sys
+
+sys.path.insert(0, snakemake.scriptdir + "/../..")  # the tibalance package, also inside conda envs
+from tibalance import smk, stages
+
+smk.run(
+    snakemake,
+    stages.pretrain_generator,
+    manifest=snakemake.input.manifest,
+    classes=snakemake.input.classes,
+    tiny_cfg=snakemake.params.tiny,
+    pretrain_cfg=snakemake.params.pretrain,
+    seed=snakemake.params.seed,
+    out_dir=snakemake.params.out_dir,
+    loss_out=snakemake.output.loss,
+    meta=snakemake.output.meta,
+)
