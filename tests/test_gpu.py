@@ -64,3 +64,34 @@ def test_no_gpu_no_slurm_means_nothing_to_claim(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "42")  # the scheduler chose the job's GPU
     assert gpu.claim(1, lock_dir=str(tmp_path)) is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_local_profile_gives_each_gpu_job_a_device(tiny_run, tmp_path):
+    """Through the workflow (profiles/local, gpu=2, two visible devices): every
+    GPU job claims one device before it starts and records it in its sidecar."""
+    import os
+    import shutil
+
+    from conftest import snakemake
+
+    wd0, _ = tiny_run
+    wd = tmp_path / "run"
+    shutil.copytree(wd0, wd, symlinks=True)
+    weak = json.loads((wd / "results/analysis/weak_classes.json").read_text())["classes"]
+    targets = [f"results/inversion/{c}/learned_embeds.safetensors" for c in weak]
+    env_before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = "0,1"
+    os.environ["TIBALANCE_GPU_LOCK_DIR"] = str(tmp_path / "locks")
+    try:
+        snakemake(wd, "--workflow-profile", str(REPO / "profiles/local"), "--force", *targets)
+    finally:
+        os.environ.pop("TIBALANCE_GPU_LOCK_DIR")
+        if env_before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES")
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = env_before
+    for c in weak:
+        meta = json.loads((wd / f"results/inversion/{c}/textual_inversion.meta.json").read_text())
+        assert meta["cuda_visible_devices"] in {"0", "1"}
+        assert f"GPU {meta['cuda_visible_devices']} claimed (of 0,1)" in (wd / f"logs/textual_inversion/{c}.log").read_text()
+    assert sorted(f.name for f in (tmp_path / "locks").iterdir()) in (["gpu0.lock"], ["gpu0.lock", "gpu1.lock"])
