@@ -140,6 +140,10 @@ def ti_loss_files(wildcards):
     return expand("results/inversion/{cls}/loss.csv", cls=weak_classes())
 
 
+def ti_meta_files(wildcards):
+    return expand("results/inversion/{cls}/textual_inversion.meta.json", cls=weak_classes())
+
+
 def all_targets(wildcards):
     weak = weak_classes()
     return (

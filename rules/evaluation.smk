@@ -56,6 +56,7 @@ rule report:
         runs=retrain_runs,
         fids=fid_files,
         ti_losses=ti_loss_files,
+        ti_metas=ti_meta_files,
         weak="results/analysis/weak_classes.json",
     output:
         summary_csv="results/tables/summary.csv",

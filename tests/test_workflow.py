@@ -144,6 +144,9 @@ def test_tables_match_the_per_seed_runs(tiny_run):
         loss = pd.read_csv(res / f"inversion/{cls}/loss.csv")["loss"]  # 6 steps: first and last 10% = 1 step
         assert per_class.loc[cls, "ti_loss_first10pct"] == pytest.approx(loss.iloc[0], rel=1e-4)
         assert per_class.loc[cls, "ti_loss_last10pct"] == pytest.approx(loss.iloc[-1], rel=1e-4)
+        meta = json.loads((res / f"inversion/{cls}/textual_inversion.meta.json").read_text())
+        assert per_class.loc[cls, "ti_eval_loss_start"] == pytest.approx(meta["eval_loss_start"], rel=1e-4)
+        assert per_class.loc[cls, "ti_eval_loss_end"] == pytest.approx(meta["eval_loss_end"], rel=1e-4)
     md = (res / "tables/summary.md").read_text()
     assert "± " in md and all(m in md for m in ("baseline", "oversample", "raw_sd", "ti"))
     assert Image.open(res / "plots/accuracy_change.png").size[0] > 100

@@ -221,8 +221,40 @@ def train_textual_inversion(model: str, seed_paths: list[str], cls: str, cls_nam
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(s["lr_schedule"], int(s["warmup_steps"]), steps))
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
+    # ---- a fixed evaluation batch: the seed latents at evenly spread timesteps with
+    # fixed noise. The training loss is dominated by the random timestep of each
+    # step; this one changes only with the learned token.
+    pred_type = noise_sched.config.prediction_type
+    eval_gen = torch.Generator().manual_seed(seed + 7919)
+    n_eval = max(16, min(64, lat_mean.shape[0]))
+    e_idx = torch.arange(n_eval) % lat_mean.shape[0]
+    e_lat = lat_mean[e_idx.to(lat_mean.device)] * scaling
+    e_noise = torch.randn(e_lat.shape, generator=eval_gen).to(device)
+    n_train_t = noise_sched.config.num_train_timesteps
+    e_t = torch.linspace(0.05 * n_train_t, 0.95 * n_train_t, n_eval).long().to(device)
+    e_prompts = [templates[i % len(templates)].format(subject) for i in range(n_eval)]
+    e_ids = tok(e_prompts, padding="max_length", truncation=True, max_length=tok.model_max_length,
+                return_tensors="pt").input_ids.to(device)
+
+    @torch.no_grad()
+    def eval_loss() -> float:
+        total = 0.0
+        for i in range(0, n_eval, 16):
+            sl = slice(i, i + 16)
+            lat, noise, t = e_lat[sl].to(device), e_noise[sl], e_t[sl]
+            with autocast_ctx():
+                cond = te(e_ids[sl])[0]
+                pred = unet(noise_sched.add_noise(lat, noise, t).to(unet.dtype), t, cond.to(unet.dtype)).sample
+            target = noise if pred_type == "epsilon" else noise_sched.get_velocity(lat, noise, t)
+            total += float(F.mse_loss(pred.float(), target.float(), reduction="sum"))
+        return total / e_lat.numel()
+
+    def autocast_ctx():
+        return torch.autocast(device.type, dtype=wdtype, enabled=wdtype is not None)
+
     # ---- resume
     start, history = 0, []
+    eval_start = None
     ckpt_path = Path(resume_dir) / "checkpoint.pt"
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -240,6 +272,7 @@ def train_textual_inversion(model: str, seed_paths: list[str], cls: str, cls_nam
             py_rng.setstate(ck["py_rng"])
             torch.set_rng_state(ck["torch_rng"])
             start, history = int(ck["step"]), list(ck["history"])
+            eval_start = ck.get("eval_start")
             log.info("resuming from checkpoint %s at step %d", ckpt_path, start)
         else:
             log.info("ignoring checkpoint %s: it was made with other settings or seeds", ckpt_path)
@@ -250,16 +283,17 @@ def train_textual_inversion(model: str, seed_paths: list[str], cls: str, cls_nam
               "exp_avg": st["exp_avg"][token_ids].cpu().clone() if st else None,
               "exp_avg_sq": st["exp_avg_sq"][token_ids].cpu().clone() if st else None,
               "sched": sched.state_dict(), "gen": gen.get_state(), "py_rng": py_rng.getstate(),
-              "torch_rng": torch.get_rng_state()}
+              "torch_rng": torch.get_rng_state(), "eval_start": eval_start}
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save(ck, tmp)
         os.replace(tmp, ckpt_path)
 
     # ---- training
+    if eval_start is None:
+        eval_start = eval_loss()
     bs = int(s["batch_size"])
     n_lat = lat_mean.shape[0]
-    pred_type = noise_sched.config.prediction_type
     every = int(s["checkpoint_every"])
     bar = tqdm(total=steps, initial=start, desc=f"TI {cls}", mininterval=2.0)
     autocast = torch.autocast(device.type, dtype=wdtype, enabled=wdtype is not None)
@@ -295,6 +329,9 @@ def train_textual_inversion(model: str, seed_paths: list[str], cls: str, cls_nam
             return {"stopped_at": step}
     bar.close()
 
+    eval_end = eval_loss()
+    log.info("fixed-batch denoising loss on the seed images: %.5f at the start, %.5f at the end",
+             eval_start, eval_end)
     learned = rows.learned()
     Path(embeds_out).parent.mkdir(parents=True, exist_ok=True)
     save_file({placeholder: learned.contiguous()}, embeds_out)
@@ -310,7 +347,8 @@ def train_textual_inversion(model: str, seed_paths: list[str], cls: str, cls_nam
     contact_sheet(images, preview_out)
     if ckpt_path.exists():
         ckpt_path.unlink()  # done: a rerun with new settings must start from step 0
-    result = {"final_loss": history[-1][1] if history else None, "steps": steps, "resumed_from_step": start}
+    result = {"final_loss": history[-1][1] if history else None, "steps": steps, "resumed_from_step": start,
+              "eval_loss_start": eval_start, "eval_loss_end": eval_end}
     if return_pipeline:
         result["pipeline"] = pipe
     return result

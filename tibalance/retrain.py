@@ -69,9 +69,10 @@ def summary_table(runs: list[dict], weak: list[str] | None = None) -> pd.DataFra
 
 
 def per_class_table(runs: list[dict], weak: list[str], fid: dict[str, list[dict]],
-                    ti_loss: dict[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+                    ti_loss: dict[str, dict[str, float]] | None = None) -> pd.DataFrame:
     """Per weak class: accuracy of every method (mean/std over seeds), FID/KID of
-    raw and ti images, and the TI loss over the first and last 10% of its steps."""
+    raw and ti images, and the TI loss: training loss over the first and last 10%
+    of its steps, and the fixed-batch denoising loss before and after."""
     rows = []
     for cls in weak:
         row = {"class": cls}
@@ -83,7 +84,7 @@ def per_class_table(runs: list[dict], weak: list[str], fid: dict[str, list[dict]
             row[f"fid_{pre}"], row[f"kid_{pre}"] = f["fid"], f["kid_mean"]
             row[f"n_{pre}"] = f"{f['n_fake']} vs {f['n_real']}"
         if ti_loss and cls in ti_loss:
-            row["ti_loss_first10pct"], row["ti_loss_last10pct"] = ti_loss[cls]
+            row.update(ti_loss[cls])
         rows.append(row)
     return pd.DataFrame(rows)
 

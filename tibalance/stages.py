@@ -248,7 +248,7 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
 
 def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summary_md: str,
            per_class_csv: str, per_class_md: str, acc_plot: str, fid_plot: str,
-           ti_losses: list[str] | None = None) -> None:
+           ti_losses: list[str] | None = None, ti_metas: list[str] | None = None) -> None:
     from pathlib import Path
 
     from .retrain import per_class_table, summary_table, to_markdown
@@ -265,7 +265,12 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
         cls = Path(p).parent.name
         loss = pd.read_csv(p)["loss"].to_numpy()
         k = max(1, len(loss) // 10)
-        loss_rows[cls] = (float(loss[:k].mean()), float(loss[-k:].mean()))
+        loss_rows[cls] = {"ti_loss_first10pct": float(loss[:k].mean()), "ti_loss_last10pct": float(loss[-k:].mean())}
+    for p in ti_metas or []:
+        m = read_json(p)
+        if m.get("eval_loss_start") is not None:
+            loss_rows.setdefault(Path(p).parent.name, {}).update(
+                {"ti_eval_loss_start": m["eval_loss_start"], "ti_eval_loss_end": m["eval_loss_end"]})
     per_class = per_class_table(run_rows, weak_classes, fid_rows, loss_rows)
     write_csv(summary, summary_csv)
     write_csv(per_class, per_class_csv)

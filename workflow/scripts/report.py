@@ -10,5 +10,6 @@ smk.run(
     fids=list(snakemake.input.fids),
     weak=snakemake.input.weak,
     ti_losses=list(snakemake.input.ti_losses),
+    ti_metas=list(snakemake.input.ti_metas),
     **{k: snakemake.output[k] for k in ("summary_csv", "summary_md", "per_class_csv", "per_class_md", "acc_plot", "fid_plot")},
 )
