@@ -167,9 +167,10 @@ def pretrain(manifest_csv: str, classes_json: dict, out_dir: str, arch_cfg: dict
     if c["hflip"]:
         m2, s2 = encode(x_all.flip(-1))
         lat_mean, lat_std, lat_labels = torch.cat([lat_mean, m2]), torch.cat([lat_std, s2]), lat_labels * 2
+    n_rec = min(256, len(x_all))  # the first latents are those of the unflipped images
     with torch.no_grad():
-        rec = vae.decode(lat_mean[:256].to(device)).sample.cpu()
-    rec_mse = float(F.mse_loss(rec, x_all[:256]))
+        rec = vae.decode(lat_mean[:n_rec].to(device)).sample.cpu()
+    rec_mse = float(F.mse_loss(rec, x_all[:n_rec]))
     scaling = float(1.0 / lat_mean.std())
     vae.register_to_config(scaling_factor=scaling)
     log.info("VAE: reconstruction MSE %.4f; latent std %.3f -> scaling_factor %.4f", rec_mse, 1 / scaling, scaling)
