@@ -57,7 +57,7 @@ SlurmdParameters=config_overrides
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
-MinJobAge=600
+MinJobAge=65000
 ReturnToService=2
 GresTypes=gpu
 SchedulerParameters=sched_interval=1
