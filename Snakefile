@@ -34,6 +34,7 @@ include: "rules/seeds.smk"
 include: "rules/generator.smk"
 include: "rules/inversion.smk"
 include: "rules/sampling.smk"
+include: "rules/judge.smk"
 include: "rules/evaluation.smk"
 
 

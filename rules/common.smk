@@ -8,9 +8,11 @@ sys.path.insert(0, workflow.basedir)
 
 from tibalance.config import canonical, check_class_names, class_settings, format_validation_error
 from tibalance.data import check_root, dataset_class_names
+from tibalance.filtering import FILTER_DEFAULTS
 from tibalance.generator import check_model, is_local
 from tibalance.inversion import TI_DEFAULTS
 from tibalance.pretrain import PRETRAIN_DEFAULTS
+from tibalance.retrain import SAMPLE_KIND, ablation_variants, parse_variant
 from tibalance.sampling import SAMPLING_DEFAULTS
 from tibalance.util import TibalanceError, derive_seed, read_json
 
@@ -38,7 +40,13 @@ elif config["generator"]["build"] == "pretrain":
 else:
     MODEL = config["generator"]["model"]
 
+# the class-fidelity judge: a given checkpoint, one trained on images the study
+# does not use (judge.train_per_class > 0), or none
+JUDGE = config["judge"].get("model") or ("results/judge/model.pt" if config["judge"]["train_per_class"] else None)
+
 try:
+    if config["judge"].get("model") and not os.path.isfile(config["judge"]["model"]):
+        raise TibalanceError(f"judge.model: judge checkpoint {config['judge']['model']} does not exist")
     if config["generator"]["build"] == "none":
         check_model(MODEL)
     check_root(config["data"])
@@ -49,11 +57,16 @@ except TibalanceError as e:
 
 wildcard_constraints:
     cls=r"[a-z0-9_]+",
-    method=r"ti|raw|baseline|oversample|raw_sd",
+    method=r"ti_i2i|ti|raw|baseline|oversample|raw_sd",
     seed=r"\d+",
+    variant=r"(n\d+|balanced)-(filter|nofilter)",
 
 
 SEED = config["seed"]
+
+# sampling modes the study generates: raw and ti always (grids, FID), ti_i2i
+# (real-image-guided) when its retraining method is part of the study
+SAMPLE_KINDS = ["raw", "ti"] + (["ti_i2i"] if "ti_i2i" in config["retrain"]["methods"] else [])
 
 
 def section(name):
@@ -87,26 +100,43 @@ def sampling_params(wildcards):
     return canonical({**SAMPLING_DEFAULTS, **class_settings(config, "sampling", wildcards.cls)})
 
 
+def filter_params(wildcards):
+    return canonical({**FILTER_DEFAULTS, **class_settings(config, "filter", wildcards.cls)})
+
+
 def token_params(wildcards):
-    """What the ti sampling needs of the class's inversion settings (raw: nothing)."""
-    if wildcards.method != "ti":
+    """What the ti / ti_i2i sampling needs of the class's inversion settings (raw: nothing)."""
+    if wildcards.method not in ("ti", "ti_i2i"):
         return {}
     ti = ti_params(wildcards)
     return {"placeholder": ti["placeholder"].format(cls=wildcards.cls), "num_vectors": ti["num_vectors"]}
 
 
 def sample_inputs(wildcards):
-    if wildcards.method == "ti":
+    if wildcards.method in ("ti", "ti_i2i"):
         return {"embeds": f"results/inversion/{wildcards.cls}/learned_embeds.safetensors"}
     return {}
 
 
+def class_samples(wildcards):
+    """{mode: sample table} of one class, for its grid and FID."""
+    return {kind: f"results/samples/{kind}/{wildcards.cls}/samples.csv" for kind in SAMPLE_KINDS}
+
+
+def class_filtered(wildcards):
+    """{mode: filtered sample table} of one class, for the judge."""
+    return {kind: f"results/samples/{kind}/{wildcards.cls}/filtered.csv" for kind in SAMPLE_KINDS}
+
+
 def retrain_synthetic(wildcards):
-    """Sample tables the method trains on (oversample: raw, for the target counts)."""
-    kind = {"raw_sd": "raw", "oversample": "raw", "ti": "ti"}.get(wildcards.method)
+    """Sample tables the method trains on: the filtered ones (their kept images);
+    oversample: the raw tables, whose size is the balanced count it repeats up to."""
+    if wildcards.method == "oversample":
+        return expand("results/samples/raw/{cls}/samples.csv", cls=weak_classes())
+    kind = SAMPLE_KIND.get(wildcards.method)
     if kind is None:
         return []
-    return expand("results/samples/{kind}/{cls}/samples.csv", kind=kind, cls=weak_classes())
+    return expand("results/samples/{kind}/{cls}/filtered.csv", kind=kind, cls=weak_classes())
 
 
 def retrain_classifier(wildcards):
@@ -122,8 +152,33 @@ def retrain_runs(wildcards):
     )
 
 
+def ablation_runs(wildcards):
+    ab = config["ablation"]
+    if not ab["methods"]:
+        return []
+    return expand(
+        "results/ablation/{method}/{variant}/seed{seed}/metrics.json",
+        method=ab["methods"],
+        variant=ablation_variants(ab["counts"]),
+        seed=ab.get("seeds") or config["retrain"]["seeds"],
+    )
+
+
 def fid_files(wildcards):
     return expand("results/fid/{cls}.json", cls=weak_classes())
+
+
+def filtered_files(wildcards):
+    return expand("results/samples/{kind}/{cls}/filtered.csv", kind=SAMPLE_KINDS, cls=weak_classes())
+
+
+def judge_files(wildcards):
+    return expand("results/judge/{cls}.json", cls=weak_classes()) if JUDGE else []
+
+
+def judge_train_classifier():
+    """The judge's recipe: the classifier's, with the judge section's overrides."""
+    return canonical({**config["classifier"], **config["judge"].get("classifier", {})})
 
 
 def pretrain_params(wildcards):

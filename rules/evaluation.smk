@@ -1,9 +1,8 @@
 rule fid:
     input:
+        unpack(class_samples),  # raw, ti (and ti_i2i)
         manifest="results/data/manifest.csv",
         model="results/baseline/model.pt",
-        raw="results/samples/raw/{cls}/samples.csv",
-        ti="results/samples/ti/{cls}/samples.csv",
     output:
         "results/fid/{cls}.json",
     params:
@@ -51,10 +50,43 @@ rule retrain:
         "../workflow/scripts/retrain.py"
 
 
+# The ablation (config `ablation`): the same retraining on the first N synthetic
+# images and/or without the filter, reusing the study's samples.
+rule retrain_ablation:
+    input:
+        manifest="results/data/manifest.csv",
+        classes="results/data/classes.json",
+        weak="results/analysis/weak_classes.json",
+        synthetic=retrain_synthetic,
+    output:
+        metrics="results/ablation/{method}/{variant}/seed{seed}/metrics.json",
+        meta="results/ablation/{method}/{variant}/seed{seed}/retrain.meta.json",
+    params:
+        classifier=retrain_classifier,
+        retrain=section("retrain"),
+        variant=lambda wildcards: parse_variant(wildcards.variant),
+    log:
+        "logs/retrain_ablation/{method}/{variant}/seed{seed}.log",
+    benchmark:
+        "benchmarks/retrain_ablation/{method}/{variant}/seed{seed}.tsv"
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/retrain.py"
+
+
 rule report:
     input:
         runs=retrain_runs,
+        ablation=ablation_runs,
         fids=fid_files,
+        filtered=filtered_files,
+        judges=judge_files,
         ti_losses=ti_loss_files,
         ti_metas=ti_meta_files,
         weak="results/analysis/weak_classes.json",
@@ -65,6 +97,8 @@ rule report:
         per_class_md=report("results/tables/per_class.md", caption="../workflow/report/per_class_table.rst", category="5. Results"),
         acc_plot=report("results/plots/accuracy_change.png", caption="../workflow/report/accuracy_change.rst", category="5. Results"),
         fid_plot=report("results/plots/fid_raw_vs_ti.png", caption="../workflow/report/fid_plot.rst", category="5. Results"),
+        ablation_csv="results/tables/ablation.csv",
+        ablation_md=report("results/tables/ablation.md", caption="../workflow/report/ablation.rst", category="5. Results"),
     log:
         "logs/report.log",
     benchmark:

@@ -32,9 +32,8 @@ rule sample:
 
 rule sample_grid:
     input:
+        unpack(class_samples),  # raw, ti (and ti_i2i): one row each
         seeds="results/seeds/{cls}/seeds.csv",
-        raw="results/samples/raw/{cls}/samples.csv",
-        ti="results/samples/ti/{cls}/samples.csv",
     output:
         report(
             "results/samples/grid/{cls}.png",
@@ -53,3 +52,29 @@ rule sample_grid:
         "../envs/torch.yaml"
     script:
         "../workflow/scripts/sample_grid.py"
+
+
+# A score and a kept flag for every synthetic image, from the study's training
+# images only (never val or test); retraining uses the kept ones.
+rule filter_samples:
+    input:
+        samples="results/samples/{method}/{cls}/samples.csv",
+        manifest="results/data/manifest.csv",
+        model="results/baseline/model.pt",
+    output:
+        filtered="results/samples/{method}/{cls}/filtered.csv",
+        meta="results/samples/{method}/{cls}/filter.meta.json",
+    params:
+        filter=filter_params,
+    log:
+        "logs/filter_samples/{method}/{cls}.log",
+    benchmark:
+        "benchmarks/filter_samples/{method}/{cls}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/filter_samples.py"

@@ -149,3 +149,52 @@ def test_sampling_is_resumable_and_paired(tiny_sd, seed_images, tmp_path):
                  str(tmp_path / "raw.csv"), str(tmp_path / "raw"))
     raw = pd.read_csv(tmp_path / "raw.csv")
     assert list(raw.prompt) == ["a photo of a boot"] * 3 and list(raw.seed) == list(table.seed)
+
+
+def test_fewer_images_leave_no_stale_ones_and_zero_is_clean(tiny_sd, tmp_path):
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"path": ["x"], "label": ["a"], "split": ["train"]}).to_csv(manifest, index=False)
+    s = {"n_images": 3, "batch_size": 3, "steps": 2, "resolution": 32}
+    args = (tiny_sd, "raw", "a", "a", s, 0, str(manifest), str(tmp_path / "raw.csv"), str(tmp_path / "raw"))
+    assert sample_class(*args) == 3
+    assert sample_class(tiny_sd, "raw", "a", "a", {**s, "n_images": 0}, 0, str(manifest), str(tmp_path / "raw.csv"),
+                        str(tmp_path / "raw")) == 0
+    assert list((tmp_path / "raw").glob("*.png")) == []  # the earlier run's images are gone
+    assert pd.read_csv(tmp_path / "raw.csv").empty
+
+
+def test_image_to_image_starts_from_the_real_images(tiny_sd, seed_images, tmp_path):
+    """ti_i2i: image i starts from real training image i mod n of the class; its
+    output depends on that image and on the strength; seeds pair with ti."""
+    _ti(tiny_sd, seed_images, tmp_path)
+    kw = dict(embeds=str(tmp_path / "e.safetensors"), placeholder="<ankle_boot>")
+    s = {"n_images": 4, "batch_size": 4, "steps": 4, "resolution": 32, "strength": 0.5}
+
+    def run(name, real, settings):
+        manifest = tmp_path / f"{name}.m.csv"
+        rows = [(p, "ankle_boot", "train") for p in real] + [("/no/such/test.png", "ankle_boot", "test"),
+                                                            ("/no/such/other.png", "bag", "train")]
+        pd.DataFrame(rows, columns=["path", "label", "split"]).to_csv(manifest, index=False)
+        sample_class(tiny_sd, "ti_i2i", "ankle_boot", "Ankle boot", settings, 0, str(manifest),
+                     str(tmp_path / f"{name}.csv"), str(tmp_path / name), **kw)
+        table = pd.read_csv(tmp_path / f"{name}.csv")
+        return table, np.stack([np.asarray(Image.open(p), dtype=np.float32) for p in table.path])
+
+    table, base = run("base", seed_images, s)
+    assert list(table.start_image) == [sorted(seed_images)[i % 3] for i in range(4)]
+    assert all(p == "a photo of a <ankle_boot>" for p in table.prompt)
+    # another first real image changes image 0 (and 3, which starts from it too), not images 1 and 2
+    other = tmp_path / "other.png"
+    Image.fromarray(np.full((28, 28, 3), 255, np.uint8)).save(other)
+    swapped = [str(other)] + sorted(seed_images)[1:]
+    table2, imgs2 = run("swapped", swapped, s)
+    assert list(table2.start_image) == [sorted(swapped)[i % 3] for i in range(4)]
+    changed = [not np.array_equal(a, b) for a, b in zip(base, imgs2)]
+    moved = [sorted(swapped)[i % 3] != sorted(seed_images)[i % 3] for i in range(4)]
+    assert changed == moved and any(moved)
+    _, strong = run("strong", seed_images, {**s, "strength": 0.9})
+    assert all(not np.array_equal(a, b) for a, b in zip(base, strong))
+    ti = pd.DataFrame({"seed": table.seed})
+    sample_class(tiny_sd, "ti", "ankle_boot", "Ankle boot", s, 0, str(tmp_path / "base.m.csv"),
+                 str(tmp_path / "ti.csv"), str(tmp_path / "ti"), **kw)
+    assert list(pd.read_csv(tmp_path / "ti.csv").seed) == list(ti.seed)  # paired with text-to-image

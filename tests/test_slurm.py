@@ -24,7 +24,7 @@ PROFILE = REPO / "profiles" / "slurm"
 SLURM_ARGS = ["--workflow-profile", str(PROFILE), "--slurm-no-account", "--slurm-status-command", "squeue",
               "--slurm-init-seconds-before-status-checks", "1", "--max-threads", "2"]
 LOCAL_RULES = {"all", "analyse_confusion", "sample_grid", "report"}
-GPU_RULES = {"textual_inversion", "sample", "train_baseline", "retrain", "fid"}
+GPU_RULES = {"textual_inversion", "sample", "train_baseline", "retrain", "fid", "train_judge"}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_every_non_local_job_goes_through_sbatch(cluster, slurm_run):
 # deterministic outputs: the same on a workstation and on the cluster
 COMPARED = ["data/manifest.csv", "analysis/per_class.csv", "analysis/weak_classes.json",
             "seeds/*/seeds.csv", "inversion/*/loss.csv", "inversion/*/learned_embeds.safetensors",
-            "samples/*/*/samples.csv", "fid/*.json", "retrain/*/*/metrics.json", "tables/*.csv"]
+            "samples/*/*/samples.csv", "samples/*/*/filtered.csv", "judge/*.json", "fid/*.json", "retrain/*/*/metrics.json", "tables/*.csv"]
 
 
 def test_results_match_a_local_run(slurm_run, tiny_run):

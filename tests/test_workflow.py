@@ -94,6 +94,7 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
 
     wd, _ = tiny_run
     res = wd / "results"
+    m = pd.read_csv(res / "data/manifest.csv")
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
     assert len(weak) >= 2
     for cls in weak:
@@ -101,13 +102,18 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
         assert list(emb) == [f"<{cls}>"] and emb[f"<{cls}>"].shape == (1, 32)
         loss = pd.read_csv(res / f"inversion/{cls}/loss.csv")
         assert list(loss.step) == list(range(1, 7))
-        for method, subject in (("ti", f"<{cls}>"), ("raw", cls)):
+        n_train = int(((m.split == "train") & (m.label == cls)).sum())
+        for method, subject in (("ti", f"<{cls}>"), ("raw", cls), ("ti_i2i", f"<{cls}>")):
             table = pd.read_csv(res / f"samples/{method}/{cls}/samples.csv")
-            assert len(table) == 4 and set(table.label) == {cls}
+            assert len(table) == max(0, 8 - n_train)  # refilled to 8: a class at 40 gets none
+            assert set(table.label) <= {cls}
             assert all(p.endswith(subject) for p in table.prompt)
             for p in table.path:
                 assert Image.open(wd / p).size == (32, 32)
-        assert Image.open(res / f"samples/grid/{cls}.png").size == (8 * 128, 3 * 142)
+            if method == "ti_i2i":  # each starts from one of the class's real training images
+                real = set(m[(m.split == "train") & (m.label == cls)].path)
+                assert set(table.start_image) <= real and (len(table) == 0 or len(set(table.start_image)) > 1)
+        assert Image.open(res / f"samples/grid/{cls}.png").size == (8 * 128, 4 * 142)
         assert json.loads((res / f"inversion/{cls}/textual_inversion.meta.json").read_text())["steps"] == 6
 
 
@@ -118,29 +124,59 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     res = wd / "results"
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
     summary = pd.read_csv(res / "tables/summary.csv").set_index("method")
-    assert list(summary.index) == ["baseline", "oversample", "raw_sd", "ti"]
+    assert list(summary.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i"]
+    runs = {(meth, s): json.loads((res / f"retrain/{meth}/seed{s}/metrics.json").read_text())
+            for meth in summary.index for s in (0, 1)}
+    base_counts = runs["baseline", 0]["train_counts"]
     for method in summary.index:
-        runs = [json.loads((res / f"retrain/{method}/seed{s}/metrics.json").read_text()) for s in (0, 1)]
-        acc = [r["accuracy"] for r in runs]
+        acc = [runs[method, s]["accuracy"] for s in (0, 1)]
         assert summary.loc[method, "accuracy_mean"] == pytest.approx(np.mean(acc), abs=1e-5)
         assert summary.loc[method, "accuracy_std"] == pytest.approx(np.std(acc, ddof=1), abs=1e-5)
         assert summary.loc[method, "seeds"] == 2
         for cls in weak:  # each weak class's accuracy, e.g. the rare class's, per method
-            assert summary.loc[method, f"acc_{cls}_mean"] == pytest.approx(
-                np.mean([r["per_class_accuracy"][cls] for r in runs]), abs=1e-5)
-        counts = runs[0]["train_counts"]
-        for cls in weak:  # mix 'add': 4 synthetic images on top of the real ones
-            if method in ("raw_sd", "ti", "oversample"):
-                base = json.loads((res / "retrain/baseline/seed0/metrics.json").read_text())["train_counts"][cls]
-                assert counts[cls] == base + 4
+            per_seed = [runs[method, s]["per_class_accuracy"][cls] for s in (0, 1)]
+            assert summary.loc[method, f"acc_{cls}_mean"] == pytest.approx(np.mean(per_seed), abs=1e-5)
+            # the paired difference to baseline, seed by seed
+            d = [per_seed[s] - runs["baseline", s]["per_class_accuracy"][cls] for s in (0, 1)]
+            if method == "baseline":
+                assert np.isnan(summary.loc[method, f"delta_{cls}_mean"])
+                continue
+            assert summary.loc[method, f"delta_{cls}_mean"] == pytest.approx(np.mean(d), abs=1e-5)
+            assert summary.loc[method, f"delta_{cls}_std"] == pytest.approx(np.std(d, ddof=1), abs=1e-5)
+            assert summary.loc[method, f"improved_{cls}"] == f"{sum(x > 0 for x in d)}/2"
+        counts = runs[method, 0]["train_counts"]
+        for cls in weak:  # mix 'add': the kept synthetic images (oversample: the balanced count) on top
+            kind = {"raw_sd": "raw", "ti": "ti", "ti_i2i": "ti_i2i", "oversample": "raw"}.get(method)
+            if kind is None:
+                continue
+            filtered = pd.read_csv(res / f"samples/{kind}/{cls}/filtered.csv")
+            assert list(filtered.kept) == list(filtered.score >= 0.5)
+            added = len(filtered) if method == "oversample" else int(filtered.kept.sum())
+            assert counts[cls] == base_counts[cls] + added
     per_class = pd.read_csv(res / "tables/per_class.csv").set_index("class")
     assert sorted(per_class.index) == sorted(weak)
+    n_train = pd.read_csv(res / "data/manifest.csv").query("split == 'train'").groupby("label").size()
     for cls in weak:
+        n = max(0, 8 - int(n_train[cls]))
         fid = json.loads((res / f"fid/{cls}.json").read_text())["rows"]
-        assert {(r["method"], r["network"]) for r in fid} == {("raw", "classifier"), ("ti", "classifier")}
-        assert per_class.loc[cls, "fid_ti_classifier"] == pytest.approx(
-            next(r["fid"] for r in fid if r["method"] == "ti"), rel=1e-4)
-        assert per_class.loc[cls, "n_ti_classifier"] == "4 vs 24"
+        assert {(r["method"], r["network"]) for r in fid} == {
+            ("raw", "classifier"), ("ti", "classifier"), ("ti_i2i", "classifier")}
+        for kind in ("raw", "ti", "ti_i2i"):
+            assert per_class.loc[cls, f"n_{kind}_classifier"] == f"{n} vs 24"
+            f = next(r for r in fid if r["method"] == kind)
+            if n >= 2:
+                assert float(per_class.loc[cls, f"fid_{kind}_classifier"]) == pytest.approx(f["fid"], rel=1e-4)
+            else:  # a class at its target: no FID, and the tables say so
+                assert f["fid"] is None and "not computed" in f["note"]
+                assert per_class.loc[cls, f"fid_{kind}_classifier"] == "n/a"
+                assert per_class.loc[cls, f"kept_{kind}"] == "0/0 (0 images)"
+            kept = pd.read_csv(res / f"samples/{kind}/{cls}/filtered.csv").kept
+            if n:
+                assert per_class.loc[cls, f"kept_{kind}"] == f"{int(kept.sum())}/{n} ({kept.sum() / n:.2f})"
+            judge = json.loads((res / f"judge/{cls}.json").read_text())[kind]
+            assert judge["n"] == n and (judge["share"] is None) == (n == 0)
+            if n:
+                assert float(per_class.loc[cls, f"judge_{kind}"]) == pytest.approx(judge["share"], abs=1e-4)
         loss = pd.read_csv(res / f"inversion/{cls}/loss.csv")["loss"]  # 6 steps: first and last 10% = 1 step
         assert per_class.loc[cls, "ti_loss_first10pct"] == pytest.approx(loss.iloc[0], rel=1e-4)
         assert per_class.loc[cls, "ti_loss_last10pct"] == pytest.approx(loss.iloc[-1], rel=1e-4)
@@ -148,8 +184,21 @@ def test_tables_match_the_per_seed_runs(tiny_run):
         assert per_class.loc[cls, "ti_eval_loss_start"] == pytest.approx(meta["eval_loss_start"], rel=1e-4)
         assert per_class.loc[cls, "ti_eval_loss_end"] == pytest.approx(meta["eval_loss_end"], rel=1e-4)
     md = (res / "tables/summary.md").read_text()
-    assert "± " in md and all(m in md for m in ("baseline", "oversample", "raw_sd", "ti"))
+    assert "± " in md and all(m in md for m in ("baseline", "oversample", "raw_sd", "ti", "ti_i2i", "delta_"))
     assert Image.open(res / "plots/accuracy_change.png").size[0] > 100
+
+
+def test_judge_learns_only_from_images_the_study_does_not_use(tiny_run):
+    wd, _ = tiny_run
+    res = wd / "results"
+    m = pd.read_csv(res / "data/manifest.csv")
+    pool = pd.read_csv(res / "judge/pool.csv")
+    assert not set(pool.path) & set(m.path)  # none of the study's train, val or test images
+    assert all("/test/" not in p for p in pool.path)
+    assert pool.groupby("label").size().max() <= 20 and set(pool.label) == set(m.label)
+    metrics = json.loads((res / "judge/metrics.json").read_text())
+    assert metrics["train_counts"] == pool.groupby("label").size().to_dict()
+    assert 0 <= metrics["val_accuracy"] <= 1
 
 
 def test_snakemake_report(tiny_run):
@@ -182,16 +231,23 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
     p = snakemake(wd, "-n", configfiles=[edited])
     jobs = _planned_jobs(p.stdout + p.stderr)
     cls = weak[0]
-    # the class's own inversion, ti sampling, grid and fid; the retraining runs
-    # that train on ti images; the report. No other class's job, and not the
-    # baseline / oversample / raw_sd runs (they do not use ti images).
+    # the class's own inversion, ti and ti_i2i sampling, their filters, its
+    # judge, grid and fid; the retraining runs that train on those images; the
+    # report. No other class's job, and not the baseline / oversample / raw_sd
+    # runs (they do not use the token's images).
     assert sorted(jobs) == sorted([
         ("textual_inversion", f"cls={cls}"),
         ("sample", f"method=ti, cls={cls}"),
+        ("sample", f"method=ti_i2i, cls={cls}"),
+        ("filter_samples", f"method=ti, cls={cls}"),
+        ("filter_samples", f"method=ti_i2i, cls={cls}"),
+        ("judge", f"cls={cls}"),
         ("sample_grid", f"cls={cls}"),
         ("fid", f"cls={cls}"),
         ("retrain", "method=ti, seed=0"),
         ("retrain", "method=ti, seed=1"),
+        ("retrain", "method=ti_i2i, seed=0"),
+        ("retrain", "method=ti_i2i, seed=1"),
         ("report", ""),
         ("all", ""),
     ]), jobs

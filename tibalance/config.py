@@ -9,7 +9,7 @@ import re
 from .util import TibalanceError, slugify
 
 # settings sections that a class may override under `classes: <class>:`
-PER_CLASS_SECTIONS = ("seeds", "ti", "sampling")
+PER_CLASS_SECTIONS = ("seeds", "ti", "sampling", "filter")
 
 
 def format_validation_error(err, configfile: str) -> str:

@@ -365,33 +365,9 @@ def check_image(path: str | os.PathLike) -> str | None:
 def build_manifest(data_cfg: dict, seed: int, out_manifest: str, out_classes: str,
                    out_skipped: str, image_dir: str) -> pd.DataFrame:
     """Run the whole data stage; returns the manifest (path, label, split)."""
-    check_root(data_cfg)
-    src = load_source(data_cfg, seed)
+    src, rec, _, skipped = select_records(data_cfg, seed)
     order = list(src.names)
-    skipped = []
-    if not src.arrays:  # file-based: screen unreadable files before any split is drawn
-        reasons = [check_image(p) for p in src.records["ref"]]
-        for (split, cls, ref), reason in zip(src.records[["split", "label", "ref"]].itertuples(index=False), reasons):
-            if reason:
-                log.warning("skipping unreadable image %s (%s)", ref, reason)
-                skipped.append((ref, cls, split, reason))
-        src.records = src.records[[r is None for r in reasons]].reset_index(drop=True)
-    rec = make_splits(src.records, data_cfg.get("val_fraction", 0.1), data_cfg.get("test_fraction", 0.2), seed)
-    rec = cap_per_class(rec, data_cfg.get("max_per_class") or {}, seed)
-    rec = apply_imbalance(rec, order, data_cfg.get("imbalance") or {}, seed)
-
-    rows = []
-    for split, cls, ref in rec[["split", "label", "ref"]].itertuples(index=False):
-        if src.arrays:
-            arr = src.arrays[_array_split(split, src.arrays)][int(ref)]
-            path = Path(image_dir) / split / cls / f"{int(ref):06d}.png"
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(arr).save(path)
-            rows.append((str(path), cls, split))
-        else:
-            rows.append((ref, cls, split))
-    manifest = pd.DataFrame(rows, columns=["path", "label", "split"])
+    manifest = pd.DataFrame(_materialise(src, rec, image_dir), columns=["path", "label", "split"])
     manifest["split"] = pd.Categorical(manifest["split"], SPLITS, ordered=True)
     manifest["label"] = pd.Categorical(manifest["label"], order, ordered=True)
     manifest = manifest.sort_values(["split", "label", "path"]).astype(str).reset_index(drop=True)
@@ -411,6 +387,71 @@ def build_manifest(data_cfg: dict, seed: int, out_manifest: str, out_classes: st
     log.info("manifest: %d images (%s), %d skipped", len(manifest),
              manifest.groupby("split").size().to_dict(), len(skipped))
     return manifest
+
+
+def select_records(data_cfg: dict, seed: int):
+    """(source, the study's records, the unused records, skipped files).
+
+    The unused records are the train/val-side images that the caps and the
+    imbalance left out (never test): what an independent judge may learn from."""
+    check_root(data_cfg)
+    src = load_source(data_cfg, seed)
+    order = list(src.names)
+    skipped = []
+    if not src.arrays:  # file-based: screen unreadable files before any split is drawn
+        reasons = [check_image(p) for p in src.records["ref"]]
+        for (split, cls, ref), reason in zip(src.records[["split", "label", "ref"]].itertuples(index=False), reasons):
+            if reason:
+                log.warning("skipping unreadable image %s (%s)", ref, reason)
+                skipped.append((ref, cls, split, reason))
+        src.records = src.records[[r is None for r in reasons]].reset_index(drop=True)
+    split_rec = make_splits(src.records, data_cfg.get("val_fraction", 0.1), data_cfg.get("test_fraction", 0.2), seed)
+    rec = cap_per_class(split_rec, data_cfg.get("max_per_class") or {}, seed)
+    rec = apply_imbalance(rec, order, data_cfg.get("imbalance") or {}, seed)
+    unused = split_rec[split_rec["split"].isin(["train", "val"]) & ~split_rec.index.isin(rec.index)]
+    return src, rec, unused, skipped
+
+
+def _materialise(src: SourceData, rec: pd.DataFrame, image_dir: str) -> list[tuple[str, str, str]]:
+    """(path, label, split) per record; array images are written as PNGs once."""
+    rows = []
+    for split, cls, ref in rec[["split", "label", "ref"]].itertuples(index=False):
+        if src.arrays:
+            arr = src.arrays[_array_split(split, src.arrays)][int(ref)]
+            path = Path(image_dir) / split / cls / f"{int(ref):06d}.png"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(path)
+            rows.append((str(path), cls, split))
+        else:
+            rows.append((ref, cls, split))
+    return rows
+
+
+def build_judge_pool(data_cfg: dict, seed: int, per_class: int, out_csv: str, image_dir: str) -> pd.DataFrame:
+    """Up to `per_class` images per class that the study does not use (the images
+    the caps and the imbalance left out of train/val; never the test split), for
+    training a judge classifier that takes no part in the study."""
+    src, _, unused, _ = select_records(data_cfg, seed)
+    keep = []
+    for cls, grp in unused.groupby("label", sort=True):
+        idx = grp.index.to_numpy()
+        if len(idx) > per_class:
+            rng = np.random.default_rng(derive_seed(seed, "judge_pool", cls))
+            idx = np.sort(rng.choice(idx, size=per_class, replace=False))
+        keep.append(idx)
+    pool = unused.loc[np.sort(np.concatenate(keep))] if keep else unused
+    rows = _materialise(src, pool, image_dir)
+    df = pd.DataFrame([(p, c) for p, c, _ in rows], columns=["path", "label"]).sort_values(["label", "path"])
+    missing = [c for c in src.names if c not in set(df["label"])]
+    if df.empty:
+        raise TibalanceError("judge: the data source leaves no train/val image unused to train a judge on; "
+                             "set judge.model to a checkpoint or judge.train_per_class: 0")
+    if missing:
+        log.warning("judge: no unused images of %s: the judge cannot recognise them", ", ".join(missing))
+    write_csv(df.reset_index(drop=True), out_csv)
+    log.info("judge pool: %d images (%s)", len(df), df.groupby("label").size().to_dict())
+    return df
 
 
 def _array_split(split: str, arrays: dict) -> str:

@@ -24,6 +24,7 @@ from .util import TibalanceError
 log = logging.getLogger(__name__)
 
 CLASSIFIER_EXTRACTOR = "tibalance-classifier"
+MIN_IMAGES = 2  # FID needs a covariance: below this on either side it is not computed
 INCEPTION_EXTRACTOR = "inception-v3-compat"
 
 
@@ -103,8 +104,8 @@ def fid_kid(real_paths: list[str], fake_paths: list[str], network: str, *, class
     cache_root and real_cache_name, the real side's features are computed once."""
     import torch_fidelity
 
-    if len(real_paths) < 2 or len(fake_paths) < 2:
-        raise TibalanceError(f"fid: need at least 2 real and 2 synthetic images (got {len(real_paths)} real, "
+    if len(real_paths) < MIN_IMAGES or len(fake_paths) < MIN_IMAGES:
+        raise TibalanceError(f"fid: need at least {MIN_IMAGES} real and {MIN_IMAGES} synthetic images (got {len(real_paths)} real, "
                              f"{len(fake_paths)} synthetic)")
     if network == "classifier":
         register_classifier_extractor()

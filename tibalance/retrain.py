@@ -6,7 +6,9 @@ import pandas as pd
 
 from .util import TibalanceError, derive_seed
 
-METHODS = ("baseline", "oversample", "raw_sd", "ti")
+METHODS = ("baseline", "oversample", "raw_sd", "ti", "ti_i2i")
+# the sampling mode whose images a method trains on
+SAMPLE_KIND = {"raw_sd": "raw", "ti": "ti", "ti_i2i": "ti_i2i"}
 
 
 def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthetic: dict[str, list[str]],
@@ -17,8 +19,8 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
     - baseline: the real training images;
     - oversample: each weak class's real images repeated (classic augmentation)
       up to real + as many images as its synthetic set holds;
-    - raw_sd / ti with mix 'add': the synthetic images added;
-    - raw_sd / ti with mix 'replace': class counts unchanged; each real image of a
+    - raw_sd / ti / ti_i2i with mix 'add': the synthetic images added;
+    - raw_sd / ti / ti_i2i with mix 'replace': class counts unchanged; each real image of a
       weak class may be swapped for one of the class's synthetic images."""
     if method not in METHODS:
         raise TibalanceError(f"retrain.methods: unknown method {method!r} ({', '.join(METHODS)})")
@@ -53,10 +55,20 @@ def _mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def paired_deltas(runs: list[dict], method: str, cls: str) -> list[float]:
+    """Per seed: the class's accuracy under `method` minus under `baseline` (seeds both have)."""
+    base = {r["seed"]: r["per_class_accuracy"][cls] for r in runs if r["method"] == "baseline"}
+    return [r["per_class_accuracy"][cls] - base[r["seed"]] for r in sorted(runs, key=lambda r: r["seed"])
+            if r["method"] == method and r["seed"] in base]
+
+
 def summary_table(runs: list[dict], weak: list[str] | None = None) -> pd.DataFrame:
     """Per method: test accuracy, macro-F1, the weak classes' mean accuracy and
-    each weak class's accuracy (`acc_<class>`), mean ± std over seeds."""
+    each weak class's accuracy (`acc_<class>`), mean ± std over seeds; and per
+    weak class the paired difference to `baseline` over seeds (`delta_<class>`,
+    mean ± std) with on how many seeds it was positive (`improved_<class>`)."""
     rows = []
+    has_baseline = any(r["method"] == "baseline" for r in runs)
     for method in [m for m in METHODS if any(r["method"] == m for r in runs)]:
         rs = [r for r in runs if r["method"] == method]
         row = {"method": method, "seeds": len(rs)}
@@ -64,24 +76,98 @@ def summary_table(runs: list[dict], weak: list[str] | None = None) -> pd.DataFra
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(r[key] for r in rs)
         for cls in weak or []:
             row[f"acc_{cls}_mean"], row[f"acc_{cls}_std"] = _mean_std(r["per_class_accuracy"][cls] for r in rs)
+        for cls in (weak or []) if has_baseline else []:
+            d = paired_deltas(runs, method, cls) if method != "baseline" else []
+            row[f"delta_{cls}_mean"], row[f"delta_{cls}_std"] = _mean_std(d) if d else (float("nan"), float("nan"))
+            row[f"improved_{cls}"] = f"{sum(x > 0 for x in d)}/{len(d)}" if d else ""
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def ablation_variants(counts: list[int]) -> list[str]:
+    """Ablation cells besides the study's own (balanced count, filter on):
+    every count x filter on/off, and the balanced count without the filter."""
+    cells = [f"n{c}-{f}" for c in counts for f in ("filter", "nofilter")]
+    return cells + ["balanced-nofilter"]
+
+
+def parse_variant(name: str) -> dict:
+    """'n100-nofilter' -> {"name": ..., "limit": 100, "filter": False}; 'balanced-filter' -> limit None."""
+    count, filt = name.split("-")
+    if filt not in ("filter", "nofilter") or not (count == "balanced" or count[1:].isdigit()):
+        raise TibalanceError(f"ablation: unknown variant {name!r}")
+    return {"name": name, "limit": None if count == "balanced" else int(count[1:]), "filter": filt == "filter"}
+
+
+def ablation_table(runs: list[dict], main_runs: list[dict], weak: list[str]) -> pd.DataFrame:
+    """Per method x synthetic count x filter: each weak class's test accuracy and
+    its paired difference to the `baseline` run of the same seed (mean ± std over
+    seeds, on how many it improved). The study's own cell (balanced, filter on)
+    comes from the main runs, over the ablation's seeds."""
+    seeds = sorted({r["seed"] for r in runs})
+    cells: dict[tuple, list[dict]] = {}
+    for r in runs:
+        cells.setdefault((r["method"], r["variant"]["name"]), []).append(r)
+    for method in sorted({r["method"] for r in runs}):
+        main = [r for r in main_runs if r["method"] == method and r["seed"] in seeds]
+        if main:
+            cells[(method, "balanced-filter")] = main
+    base = [r for r in main_runs if r["method"] == "baseline"]
+    rows = []
+    for (method, name), rs in sorted(cells.items(), key=lambda kv: (METHODS.index(kv[0][0]), kv[0][1])):
+        v = parse_variant(name)
+        row = {"method": method, "synthetic": "balanced" if v["limit"] is None else str(v["limit"]),
+               "filter": "on" if v["filter"] else "off", "seeds": len(rs)}
+        for cls in weak:
+            row[f"acc_{cls}_mean"], row[f"acc_{cls}_std"] = _mean_std(r["per_class_accuracy"][cls] for r in rs)
+            d = paired_deltas(base + rs, method, cls)
+            row[f"delta_{cls}_mean"], row[f"delta_{cls}_std"] = _mean_std(d) if d else (float("nan"), float("nan"))
+            row[f"improved_{cls}"] = f"{sum(x > 0 for x in d)}/{len(d)}" if d else ""
+            row[f"n_{cls}"] = rs[0]["train_counts"].get(cls, 0)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(v) -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+
 def per_class_table(runs: list[dict], weak: list[str], fid: dict[str, list[dict]],
-                    ti_loss: dict[str, dict[str, float]] | None = None) -> pd.DataFrame:
-    """Per weak class: accuracy of every method (mean/std over seeds), FID/KID of
-    raw and ti images, and the TI loss: training loss over the first and last 10%
-    of its steps, and the fixed-batch denoising loss before and after."""
+                    ti_loss: dict[str, dict[str, float]] | None = None,
+                    kept: dict[str, dict[str, tuple[int, int]]] | None = None,
+                    judge: dict[str, dict] | None = None) -> pd.DataFrame:
+    """Per weak class: accuracy of every method (mean/std over seeds); per
+    sampling mode the number of synthetic images, the filter's kept share, the
+    judge's class-fidelity share (all images / kept ones, and where the rest
+    went) and FID/KID; and the TI loss: training loss over the first and last
+    10% of its steps, and the fixed-batch denoising loss before and after."""
     rows = []
     for cls in weak:
         row = {"class": cls}
         for method in [m for m in METHODS if any(r["method"] == m for r in runs)]:
             row[f"acc_{method}_mean"], row[f"acc_{method}_std"] = _mean_std(
                 r["per_class_accuracy"][cls] for r in runs if r["method"] == method)
+        kinds = sorted({k for k in (kept or {}).get(cls, {})} | {f["method"] for f in fid.get(cls, [])},
+                       key=lambda k: ("raw", "ti", "ti_i2i").index(k) if k in ("raw", "ti", "ti_i2i") else 9)
+        j = (judge or {}).get(cls)
+        if j is not None:
+            row["judge_real_val"] = _fmt(j["real_val"]["share"])
+        for kind in kinds:
+            if kept and kind in kept.get(cls, {}):
+                n_kept, n = kept[cls][kind]
+                row[f"n_{kind}"] = n
+                row[f"kept_{kind}"] = f"{n_kept}/{n}" + (f" ({n_kept / n:.2f})" if n else " (0 images)")
+            if j is not None and kind in j:
+                jk = j[kind]
+                row[f"judge_{kind}"] = _fmt(jk["share"]) if jk["n"] else "(0 images)"
+                row[f"judge_{kind}_kept"] = _fmt(jk["share_kept"]) if jk.get("n_kept") else ""
+                row[f"judge_{kind}_others"] = ", ".join(f"{c} {v:.2f}" for c, v in jk["others"].items())
         for f in fid.get(cls, []):
             pre = f"{f['method']}_{f['network']}"
-            row[f"fid_{pre}"], row[f"kid_{pre}"] = f["fid"], f["kid_mean"]
+            if f["fid"] is None:
+                row[f"fid_{pre}"] = row[f"kid_{pre}"] = "n/a"
+            else:
+                row[f"fid_{pre}"], row[f"kid_{pre}"] = f["fid"], f["kid_mean"]
             row[f"n_{pre}"] = f"{f['n_fake']} vs {f['n_real']}"
         if ti_loss and cls in ti_loss:
             row.update(ti_loss[cls])
@@ -96,9 +182,9 @@ def to_markdown(df: pd.DataFrame, pm_pairs: bool = True) -> str:
         if c.endswith("_std") and pm_pairs and c[:-4] + "_mean" in cols:
             continue
         if c.endswith("_mean") and pm_pairs and c[:-5] + "_std" in cols:
-            out[c[:-5]] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(df[c], df[c[:-5] + "_std"])]
+            out[c[:-5]] = ["" if np.isnan(m) else f"{m:.4f} ± {s:.4f}" for m, s in zip(df[c], df[c[:-5] + "_std"])]
         else:
-            out[c] = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in df[c]]
+            out[c] = [_fmt(v) if isinstance(v, float) else ("" if v is None else str(v)) for v in df[c]]
     keys = list(out)
     lines = ["| " + " | ".join(keys) + " |", "| " + " | ".join("---" for _ in keys) + " |"]
     for i in range(len(df)):

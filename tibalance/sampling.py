@@ -1,8 +1,13 @@
-"""Sampling: synthetic images of a weak class, with the learned token (`ti`) or
-with the class's plain name (`raw`, the raw-SD comparison row).
+"""Sampling: synthetic images of a weak class, in one of three modes:
+
+- `raw`: text-to-image with the class's plain name (the raw-SD comparison row);
+- `ti`: text-to-image with the learned token;
+- `ti_i2i`: image-to-image from the class's real training images with the
+  learned token (real-image-guided, as DA-Fusion): image i starts from real
+  image i mod n, noised to `strength` of the schedule, then denoised.
 
 One seed per image (derived from the base seed, class and image index, the same
-for raw and ti so the rows are paired), batched, half precision on GPU, a
+for every mode so the rows are paired), batched, half precision on GPU, a
 few-step scheduler. Resumable: images already written with the same settings
 are kept and not generated again."""
 from __future__ import annotations
@@ -24,7 +29,9 @@ from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_de
 log = logging.getLogger(__name__)
 
 SAMPLING_DEFAULTS = {
-    "n_images": 100,          # an integer, or "median": bring the class up to the median class size
+    # a count per class, or a target the class is refilled to: "median" / "max"
+    # (the median / largest train class size) or {"fill_to": N}
+    "n_images": 100,
     "batch_size": 8,
     "scheduler": "dpmpp",     # dpmpp (DPM-Solver++) | ddim | euler | pndm
     "steps": 25,
@@ -33,18 +40,47 @@ SAMPLING_DEFAULTS = {
     "templates": ["a photo of a {}"],
     "negative_prompt": "",
     "prompt_name": None,      # raw prompts use this instead of the class name (e.g. sword lily -> gladiolus)
+    "strength": 0.5,          # ti_i2i: how far each real image is noised before denoising (0: kept, 1: pure noise)
     "device": "auto",
 }
 
 
+MODES = ("raw", "ti", "ti_i2i")
+
+
 def n_images_for(setting, cls: str, manifest: pd.DataFrame) -> int:
-    """Absolute count, or 'median': the median train class size minus the class's own."""
+    """How many synthetic images class `cls` gets.
+
+    An integer is a count. 'median', 'max' or {'fill_to': N} is a target: the
+    class is refilled to the median / largest train class size (or N), so a
+    class already at the target gets 0 images."""
+    if isinstance(setting, bool):
+        raise TibalanceError(f"sampling.n_images: {setting!r} for class {cls} is not a count or a target")
     if isinstance(setting, int):
         return setting
+    counts = manifest[manifest["split"] == "train"].groupby("label").size()
     if setting == "median":
-        counts = manifest[manifest["split"] == "train"].groupby("label").size()
-        return max(0, int(np.median(counts.to_numpy())) - int(counts.get(cls, 0)))
-    raise TibalanceError(f"sampling.n_images: {setting!r} for class {cls} is neither an integer nor 'median'")
+        target = int(np.median(counts.to_numpy()))
+    elif setting == "max":
+        target = int(counts.max())
+    elif isinstance(setting, dict) and isinstance(setting.get("fill_to"), int):
+        target = int(setting["fill_to"])
+    else:
+        raise TibalanceError(f"sampling.n_images: {setting!r} for class {cls} is neither an integer nor "
+                             "'median', 'max' or {fill_to: N}")
+    return max(0, target - int(counts.get(cls, 0)))
+
+
+def real_start_images(manifest: pd.DataFrame, cls: str) -> list[str]:
+    """The class's real training images, in a fixed order: ti_i2i's starting points."""
+    return sorted(manifest[(manifest["split"] == "train") & (manifest["label"] == cls)]["path"])
+
+
+def load_start_image(path: str, resolution: int):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB").resize((resolution, resolution), Image.BICUBIC)
 
 
 def make_scheduler(name: str, config):
@@ -71,23 +107,32 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     s = {**SAMPLING_DEFAULTS, **(settings or {})}
     m = pd.read_csv(manifest, dtype=str)
     n = n_images_for(s["n_images"], cls, m)
-    if method == "ti":
+    if method not in MODES:
+        raise TibalanceError(f"sample: unknown method {method!r} ({', '.join(MODES)})")
+    if method in ("ti", "ti_i2i"):
         if not embeds:
-            raise TibalanceError(f"sample: method ti for class {cls} needs learned embeddings")
+            raise TibalanceError(f"sample: method {method} for class {cls} needs learned embeddings")
         subject = expand_placeholder(placeholder, placeholder, num_vectors)
-    elif method == "raw":
-        subject = s["prompt_name"] or cls_name
     else:
-        raise TibalanceError(f"sample: unknown method {method!r} (ti or raw)")
+        subject = s["prompt_name"] or cls_name
     templates = list(s["templates"])
     prompts = [templates[i % len(templates)].format(subject) for i in range(n)]
     seeds = [image_seed(seed, cls, i) for i in range(n)]
+    res = int(s["resolution"])
+    starts: list[str | None] = [None] * n
+    if method == "ti_i2i":
+        real = real_start_images(m, cls)
+        if not real and n:
+            raise TibalanceError(f"sample: ti_i2i for class {cls} needs real training images; {manifest} has none")
+        starts = [real[i % len(real)] for i in range(n)]
 
     # images already on disk are reused only when everything that shapes them is unchanged
     out = Path(image_dir)
-    fp_settings = {k: s[k] for k in ("scheduler", "steps", "guidance_scale", "resolution", "negative_prompt")}
-    fp = fingerprint({"model": model, "method": method, "subject": subject, "settings": fp_settings,
-                      "embeds": file_digest(embeds) if embeds else None, "seed": seed, "templates": templates})
+    fp_keys = ["scheduler", "steps", "guidance_scale", "resolution", "negative_prompt"]
+    fp_keys += ["strength"] if method == "ti_i2i" else []
+    fp = fingerprint({"model": model, "method": method, "subject": subject, "settings": {k: s[k] for k in fp_keys},
+                      "embeds": file_digest(embeds) if embeds else None, "seed": seed, "templates": templates,
+                      "starts": sorted(set(p for p in starts if p)) or None})
     fp_file = out / "fingerprint.json"
     if out.exists() and (not fp_file.exists() or json.loads(fp_file.read_text()).get("fingerprint") != fp):
         log.info("settings changed: discarding the images in %s", out)
@@ -96,25 +141,37 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     fp_file.write_text(json.dumps({"fingerprint": fp}) + "\n")
 
     paths = [out / f"{i:05d}.png" for i in range(n)]
+    for stale in set(out.glob("*.png")) - set(paths):  # a smaller count leaves no image of a larger one
+        stale.unlink()
     todo = [i for i in range(n) if not paths[i].exists()]
     log.info("class %s, %s: %d images wanted, %d on disk, %d to generate", cls, method, n, n - len(todo), len(todo))
+    if n == 0:
+        log.info("class %s, %s: 0 images (the class is already at its target size)", cls, method)
     if todo:
         device = pick_device(s["device"])
         dtype = half_dtype(device)
         pipe = load_pipeline(model, device=device, dtype=dtype)
-        if method == "ti":
+        if method in ("ti", "ti_i2i"):
             pipe.load_textual_inversion(embeds, token=placeholder)
         pipe.scheduler = make_scheduler(s["scheduler"], pipe.scheduler.config)
-        res = int(s["resolution"])
+        if method == "ti_i2i":
+            from diffusers import StableDiffusionImg2ImgPipeline
+
+            pipe = StableDiffusionImg2ImgPipeline(**pipe.components)  # the same loaded weights
+            pipe.set_progress_bar_config(disable=True)
         bs = int(s["batch_size"])
         bar = tqdm(total=len(todo), desc=f"sample {method} {cls}", mininterval=2.0)
         for start in range(0, len(todo), bs):
             batch = todo[start:start + bs]
+            kwargs = dict(num_inference_steps=int(s["steps"]), guidance_scale=float(s["guidance_scale"]),
+                          negative_prompt=[s["negative_prompt"]] * len(batch) if s["negative_prompt"] else None,
+                          generator=[torch.Generator().manual_seed(seeds[i]) for i in batch])
+            if method == "ti_i2i":
+                kwargs.update(image=[load_start_image(starts[i], res) for i in batch], strength=float(s["strength"]))
+            else:
+                kwargs.update(height=res, width=res)
             with torch.no_grad():
-                images = pipe([prompts[i] for i in batch], height=res, width=res,
-                              num_inference_steps=int(s["steps"]), guidance_scale=float(s["guidance_scale"]),
-                              negative_prompt=[s["negative_prompt"]] * len(batch) if s["negative_prompt"] else None,
-                              generator=[torch.Generator().manual_seed(seeds[i]) for i in batch]).images
+                images = pipe([prompts[i] for i in batch], **kwargs).images
             for i, im in zip(batch, images):
                 tmp = paths[i].with_suffix(".tmp.png")
                 im.save(tmp)
@@ -122,5 +179,6 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
             bar.update(len(batch))
         bar.close()
     write_csv(pd.DataFrame({"index": range(n), "path": [str(p) for p in paths], "seed": seeds,
-                            "prompt": prompts, "label": cls, "method": method}), out_csv)
+                            "prompt": prompts, "label": cls, "method": method,
+                            "start_image": [p or "" for p in starts]}), out_csv)
     return len(todo)

@@ -47,3 +47,11 @@ def _claim_resources(snakemake) -> None:
         from . import gpu
 
         gpu.claim(ngpu)
+
+
+def modes(namedlist) -> dict[str, str]:
+    """{sampling mode: path} of the inputs named after a mode (raw, ti, ti_i2i)."""
+    from .sampling import MODES
+
+    keys = set(namedlist.keys())
+    return {m: namedlist[m] for m in MODES if m in keys}

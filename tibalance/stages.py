@@ -180,25 +180,28 @@ def sample(cls: str, method: str, classes: str, manifest: str, model: str, sampl
     side.write(meta, generated=new)
 
 
-def sample_grid(cls: str, seeds_csv: str, raw_csv: str, ti_csv: str, out_png: str, per_row: int = 8) -> None:
-    """Rows: real seed images | raw-SD images | TI images."""
+def sample_grid(cls: str, seeds_csv: str, sample_csvs: dict[str, str], out_png: str, per_row: int = 8) -> None:
+    """Rows: real seed images, then one row per sampling mode (raw, ti, ti_i2i)."""
     from .seeds import contact_sheet
 
     paths, caps = [], []
-    for label, csv in (("real", seeds_csv), ("raw", raw_csv), ("ti", ti_csv)):
+    for label, csv in [("real", seeds_csv)] + list(sample_csvs.items()):
         row = list(pd.read_csv(csv, dtype=str)["path"])[:per_row]
         paths += row + [None] * (per_row - len(row))
-        caps += [label] * per_row
+        caps += [label if row else f"{label}: 0 images"] + [label] * (per_row - 1)
     contact_sheet(paths, out_png, cols=per_row, captions=caps)
 
 
 # --------------------------------------------------------------------------- evaluation
 
-def fid(cls: str, manifest: str, model: str, raw_csv: str, ti_csv: str, metrics_cfg: dict,
+def fid(cls: str, manifest: str, model: str, sample_csvs: dict[str, str], metrics_cfg: dict,
         out_json: str, cache_root: str) -> None:
-    """FID/KID of the class's raw and ti images against its real val+test images."""
+    """FID/KID of each sampling mode's images against the class's real val+test images.
+
+    A set of fewer than 2 images (a class already at its target size gets 0)
+    has no FID: its row says so instead of stopping the job."""
     from .data import load_manifest
-    from .fid import fid_kid
+    from .fid import MIN_IMAGES, fid_kid
     from .util import pick_device
 
     m = load_manifest(manifest)
@@ -206,8 +209,14 @@ def fid(cls: str, manifest: str, model: str, raw_csv: str, ti_csv: str, metrics_
     device = str(pick_device("auto"))
     rows = []
     for network in metrics_cfg.get("networks", ["classifier"]):
-        for method, csv in (("raw", raw_csv), ("ti", ti_csv)):
+        for method, csv in sample_csvs.items():
             fake = list(pd.read_csv(csv, dtype=str)["path"])
+            if len(fake) < MIN_IMAGES or len(real) < MIN_IMAGES:
+                note = f"not computed: {len(fake)} synthetic and {len(real)} real images (needs {MIN_IMAGES} of each)"
+                rows.append({"method": method, "network": network, "fid": None, "kid_mean": None, "kid_std": None,
+                             "n_real": len(real), "n_fake": len(fake), "note": note})
+                log.info("class %s %s %s: FID %s", cls, method, network, note)
+                continue
             r = fid_kid(real, fake, network, classifier=model, inception_weights=metrics_cfg.get("inception_weights"),
                         cache_root=cache_root, real_cache_name=f"{cls}-real", device=device)
             rows.append({"method": method, **r})
@@ -215,8 +224,56 @@ def fid(cls: str, manifest: str, model: str, raw_csv: str, ti_csv: str, metrics_
     write_json(out_json, {"class": cls, "rows": rows})
 
 
+def filter_samples(cls: str, samples_csv: str, manifest: str, model: str, filter_cfg: dict, out_csv: str,
+                   meta: str) -> None:
+    from .filtering import filter_class
+
+    side = Sidecar(None)
+    side.write(meta, **filter_class(cls, samples_csv, manifest, model, filter_cfg, out_csv))
+
+
+def judge_pool(data_cfg: dict, seed: int, per_class: int, out_csv: str, image_dir: str) -> None:
+    from .data import build_judge_pool
+
+    build_judge_pool(data_cfg, seed, per_class, out_csv, image_dir)
+
+
+def train_judge(pool_csv: str, manifest: str, classes: str, clf_cfg: dict, seed: int,
+                model_out: str, metrics_out: str, meta: str) -> None:
+    from .judge import train_judge as train
+
+    side = Sidecar(seed)
+    metrics = train(pool_csv, manifest, classes, clf_cfg, seed, model_out, metrics_out)
+    side.write(meta, val_accuracy=metrics["val_accuracy"])
+
+
+def judge(cls: str, judge_model: str, manifest: str, filtered_csvs: dict[str, str], out_json: str) -> None:
+    from .judge import judge_class
+
+    judge_class(cls, judge_model, manifest, filtered_csvs, out_json)
+
+
+def read_synthetic(csvs: list[str], use_filter: bool = True, limit: int | None = None) -> dict[str, list[str]]:
+    """Synthetic image paths per class from sample tables; a filtered table
+    (with a `kept` column) contributes only its kept images unless use_filter
+    is False. limit: only the first `limit` images of each table (image i is
+    the same whatever the count: its seed and start image depend on i alone)."""
+    synthetic: dict[str, list[str]] = {}
+    for csv in csvs:
+        t = pd.read_csv(csv, dtype={"path": str, "label": str})
+        if limit is not None:
+            t = t.iloc[:limit]
+        if use_filter and "kept" in t:
+            t = t[t["kept"].astype(str).str.lower().eq("true")]
+        for label, grp in t.groupby("label"):
+            synthetic.setdefault(label, []).extend(grp["path"])
+    return synthetic
+
+
 def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synthetic_csvs: list[str],
-            clf_cfg: dict, retrain_cfg: dict, metrics_out: str, meta: str) -> None:
+            clf_cfg: dict, retrain_cfg: dict, metrics_out: str, meta: str, variant: dict | None = None) -> None:
+    """One retraining run. variant (the ablation): {"limit": N or None, "filter": bool}
+    trains on the first N synthetic images, with or without the filter."""
     from .analysis import per_class_metrics
     from .classifier import train_classifier
     from .data import load_manifest
@@ -226,11 +283,8 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
     m = load_manifest(manifest)
     order = read_json(classes)["classes"]
     weak_classes = read_json(weak)["classes"]
-    synthetic: dict[str, list[str]] = {}
-    for csv in synthetic_csvs:
-        t = pd.read_csv(csv, dtype=str)
-        for label, grp in t.groupby("label"):
-            synthetic.setdefault(label, []).extend(grp["path"])
+    variant = variant or {}
+    synthetic = read_synthetic(synthetic_csvs, use_filter=variant.get("filter", True), limit=variant.get("limit"))
     train = m[m["split"] == "train"]
     ts = build_training_set(train, weak_classes, method, synthetic, retrain_cfg.get("mix", "add"), seed)
     clf = train_classifier(ts["path"], ts["label"], order, clf_cfg, seed, augment_flags=ts["classic"],
@@ -238,7 +292,8 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
                            replace_p=float(retrain_cfg.get("replace_p", 0.5)))
     pred = evaluate(clf, m, splits=("test",))
     pc = per_class_metrics(pred["label"], pred["pred"], order).set_index("class")
-    metrics = {"method": method, "seed": seed, **split_metrics(pred, order)["test"],
+    metrics = {"method": method, "seed": seed, **({"variant": variant} if variant else {}),
+               **split_metrics(pred, order)["test"],
                "per_class_accuracy": pc["accuracy"].to_dict(),
                "weak_accuracy": float(pc.loc[weak_classes, "accuracy"].mean()) if weak_classes else float("nan"),
                "train_counts": ts.groupby("label").size().to_dict()}
@@ -248,10 +303,13 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
 
 def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summary_md: str,
            per_class_csv: str, per_class_md: str, acc_plot: str, fid_plot: str,
-           ti_losses: list[str] | None = None, ti_metas: list[str] | None = None) -> None:
+           ti_losses: list[str] | None = None, ti_metas: list[str] | None = None,
+           filtered: list[str] | None = None, judges: list[str] | None = None,
+           ablation: list[str] | None = None, ablation_csv: str | None = None,
+           ablation_md: str | None = None) -> None:
     from pathlib import Path
 
-    from .retrain import per_class_table, summary_table, to_markdown
+    from .retrain import ablation_table, per_class_table, summary_table, to_markdown
 
     weak_classes = read_json(weak)["classes"]
     run_rows = [read_json(p) for p in runs]
@@ -271,12 +329,24 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
         if m.get("eval_loss_start") is not None:
             loss_rows.setdefault(Path(p).parent.name, {}).update(
                 {"ti_eval_loss_start": m["eval_loss_start"], "ti_eval_loss_end": m["eval_loss_end"]})
-    per_class = per_class_table(run_rows, weak_classes, fid_rows, loss_rows)
+    kept: dict[str, dict[str, tuple[int, int]]] = {}
+    for p in filtered or []:  # results/samples/<kind>/<cls>/filtered.csv
+        kind, cls = Path(p).parts[-3], Path(p).parts[-2]
+        t = pd.read_csv(p, dtype={"path": str})
+        n_kept = int(t["kept"].astype(str).str.lower().eq("true").sum()) if len(t) else 0
+        kept.setdefault(cls, {})[kind] = (n_kept, len(t))
+    judge_rows = {read_json(p)["class"]: read_json(p) for p in judges or []}
+    per_class = per_class_table(run_rows, weak_classes, fid_rows, loss_rows, kept, judge_rows)
     write_csv(summary, summary_csv)
     write_csv(per_class, per_class_csv)
     Path(summary_md).write_text(to_markdown(summary))
     Path(per_class_md).write_text(to_markdown(per_class))
     _plots(per_class, fid_rows, acc_plot, fid_plot)
+    if ablation_csv:
+        ab = ablation_table([read_json(p) for p in ablation or []], run_rows, weak_classes)
+        write_csv(ab, ablation_csv)
+        Path(ablation_md).write_text(to_markdown(ab) if len(ab) else
+                                     "No ablation configured (config `ablation.methods` is empty).\n")
 
 
 def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str) -> None:
@@ -303,17 +373,23 @@ def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     for network in sorted({r["network"] for rows in fid_rows.values() for r in rows}):
-        pts = [(next(r["fid"] for r in rows if r["method"] == "raw" and r["network"] == network),
-                next(r["fid"] for r in rows if r["method"] == "ti" and r["network"] == network), cls)
-               for cls, rows in fid_rows.items()]
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=network)
-        for raw, ti, cls in pts:
-            ax.annotate(cls, (raw, ti), fontsize=8)
-    lim = ax.get_xlim()[1] if fid_rows else 1
+        for kind in ("ti", "ti_i2i"):
+            pts = []
+            for cls, rows in fid_rows.items():
+                by = {r["method"]: r["fid"] for r in rows if r["network"] == network}
+                if by.get("raw") is not None and by.get(kind) is not None:
+                    pts.append((by["raw"], by[kind], cls))
+            if not pts:
+                continue
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=f"{kind} ({network})")
+            for raw, other, cls in pts:
+                ax.annotate(cls, (raw, other), fontsize=8)
+    lim = max(ax.get_xlim()[1], ax.get_ylim()[1]) if fid_rows else 1
     ax.plot([0, lim], [0, lim], color="grey", lw=0.8, ls="--")
     ax.set_xlabel("FID raw SD")
-    ax.set_ylabel("FID textual inversion")
-    ax.legend(title="features")
+    ax.set_ylabel("FID learned token (ti, ti_i2i)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(title="mode (features)")
     fig.tight_layout()
     fig.savefig(fid_plot, dpi=100)
     plt.close(fig)

@@ -16,4 +16,5 @@ smk.run(
     retrain_cfg=snakemake.params.retrain,
     metrics_out=snakemake.output.metrics,
     meta=snakemake.output.meta,
+    variant=snakemake.params.get("variant"),
 )

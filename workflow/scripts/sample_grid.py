@@ -8,7 +8,6 @@ smk.run(
     stages.sample_grid,
     cls=snakemake.wildcards.cls,
     seeds_csv=snakemake.input.seeds,
-    raw_csv=snakemake.input.raw,
-    ti_csv=snakemake.input.ti,
+    sample_csvs=smk.modes(snakemake.input),
     out_png=snakemake.output[0],
 )

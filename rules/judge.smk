@@ -1,0 +1,74 @@
+# Class fidelity: a judge classifier that takes no part in the study says
+# which class each synthetic set shows. Only when config `judge` names a
+# checkpoint (judge.model) or asks for one to be trained (train_per_class > 0).
+
+
+# Images the study does not use (left out by the caps and the imbalance; never
+# the test split), up to train_per_class per class.
+rule judge_pool:
+    output:
+        pool="results/judge/pool.csv",
+    params:
+        data=section("data"),
+        seed=SEED,
+        per_class=config["judge"]["train_per_class"],
+        image_dir="results/judge/images",
+    log:
+        "logs/judge_pool.log",
+    benchmark:
+        "benchmarks/judge_pool.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/judge_pool.py"
+
+
+rule train_judge:
+    input:
+        pool="results/judge/pool.csv",
+        manifest="results/data/manifest.csv",
+        classes="results/data/classes.json",
+    output:
+        model="results/judge/model.pt",
+        metrics="results/judge/metrics.json",
+        meta="results/judge/train_judge.meta.json",
+    params:
+        classifier=judge_train_classifier(),
+        seed=derive_seed(SEED, "judge"),
+    log:
+        "logs/train_judge.log",
+    benchmark:
+        "benchmarks/train_judge.tsv"
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/train_judge.py"
+
+
+rule judge:
+    input:
+        unpack(class_filtered),  # raw, ti (and ti_i2i), with the filter's kept flags
+        judge=JUDGE or [],
+        manifest="results/data/manifest.csv",
+    output:
+        "results/judge/{cls}.json",
+    log:
+        "logs/judge/{cls}.log",
+    benchmark:
+        "benchmarks/judge/{cls}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/judge.py"
