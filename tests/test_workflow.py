@@ -188,6 +188,30 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     assert Image.open(res / "plots/accuracy_change.png").size[0] > 100
 
 
+def test_ablation_runs_and_table(tiny_run):
+    """Each ablation cell trains on the first N images of the balanced set and/or
+    all of them regardless of the filter; its table row matches its runs."""
+    wd, _ = tiny_run
+    res = wd / "results"
+    weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
+    base = json.loads((res / "retrain/baseline/seed0/metrics.json").read_text())
+    table = pd.read_csv(res / "tables/ablation.csv", dtype={"synthetic": str})
+    assert sorted(zip(table.synthetic, table["filter"])) == sorted(
+        [("2", "on"), ("2", "off"), ("balanced", "off"), ("balanced", "on")])
+    for variant, limit, use_filter in (("n2-filter", 2, True), ("n2-nofilter", 2, False),
+                                       ("balanced-nofilter", None, False)):
+        run = json.loads((res / f"ablation/ti_i2i/{variant}/seed0/metrics.json").read_text())
+        assert run["variant"] == {"name": variant, "limit": limit, "filter": use_filter}
+        row = table[(table.synthetic == (str(limit) if limit else "balanced"))
+                    & (table["filter"] == ("on" if use_filter else "off"))].iloc[0]
+        for cls in weak:
+            f = pd.read_csv(res / f"samples/ti_i2i/{cls}/filtered.csv").iloc[:limit]
+            added = int(f.kept.sum()) if use_filter else len(f)
+            assert run["train_counts"][cls] == base["train_counts"][cls] + added == row[f"n_{cls}"]
+            assert row[f"delta_{cls}_mean"] == pytest.approx(
+                run["per_class_accuracy"][cls] - base["per_class_accuracy"][cls], abs=1e-5)
+
+
 def test_judge_learns_only_from_images_the_study_does_not_use(tiny_run):
     wd, _ = tiny_run
     res = wd / "results"
