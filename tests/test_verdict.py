@@ -69,14 +69,23 @@ def test_filter_keeps_by_its_recorded_score_and_never_reads_test_images(tmp_path
     fake = [_img(tmp_path / f"fake{i}.png", v) for i, v in enumerate([25, 28, 225, 228, 120])]
     samples = tmp_path / "samples.csv"
     pd.DataFrame({"path": fake, "label": "dark"}).to_csv(samples, index=False)
-    for settings in ({"method": "knn", "k": 3, "threshold": 0.5}, {"method": "prob", "threshold": 0.5}):
+    for settings in ({"method": "knn", "k": 3, "quantile": 0.25}, {"method": "prob", "threshold": 0.5}):
         out = tmp_path / f"filtered_{settings['method']}.csv"
         filter_class("dark", str(samples), str(manifest), str(tmp_path / "model.pt"), settings, str(out))
         t = pd.read_csv(out)
         assert list(t.path) == fake and t.score.notna().all()
-        assert list(t.kept) == list(t.score >= settings["threshold"])
+        assert list(t.kept) == list(t.score >= t.cutoff)
+    assert (pd.read_csv(tmp_path / "filtered_prob.csv").cutoff == 0.5).all()
     knn = pd.read_csv(tmp_path / "filtered_knn.csv")
-    assert knn.kept.tolist()[:4] == [True, True, False, False]  # the dark fakes kept, the light ones dropped
+    # the cutoff is the 0.25 quantile of the 12 real dark images' own (leave-one-out) scores
+    from tibalance.classifier import predict
+
+    _, feats = predict(clf, [r[0] for r in train])
+    own, other = feats[:12], feats[12:]
+    real = knn_scores(own, own, other, 3, leave_self_out=True)
+    assert knn.cutoff.iloc[0] == pytest.approx(np.quantile(real, 0.25), rel=1e-5)
+    assert knn.score[:2].min() > knn.score[2:4].max()  # the dark fakes score above the light ones
+    assert not knn.kept[2:4].any()  # the light fakes are dropped
     off = score_samples(pd.DataFrame({"path": fake}), pd.DataFrame(columns=["path", "label"]), "dark", clf,
                         {"method": "none"})
     assert off.kept.all() and off.score.isna().all()

@@ -150,7 +150,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
             if kind is None:
                 continue
             filtered = pd.read_csv(res / f"samples/{kind}/{cls}/filtered.csv")
-            assert list(filtered.kept) == list(filtered.score >= 0.5)
+            assert list(filtered.kept) == list(filtered.score >= filtered.cutoff)
             added = len(filtered) if method == "oversample" else int(filtered.kept.sum())
             assert counts[cls] == base_counts[cls] + added
     per_class = pd.read_csv(res / "tables/per_class.csv").set_index("class")
@@ -256,8 +256,8 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
     jobs = _planned_jobs(p.stdout + p.stderr)
     cls = weak[0]
     # the class's own inversion, ti and ti_i2i sampling, their filters, its
-    # judge, grid and fid; the retraining runs that train on those images; the
-    # report. No other class's job, and not the baseline / oversample / raw_sd
+    # judge, grid and fid; the retraining (and ablation) runs that train on
+    # those images; the report. No other class's job, and not the baseline / oversample / raw_sd
     # runs (they do not use the token's images).
     assert sorted(jobs) == sorted([
         ("textual_inversion", f"cls={cls}"),
@@ -272,6 +272,9 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
         ("retrain", "method=ti, seed=1"),
         ("retrain", "method=ti_i2i, seed=0"),
         ("retrain", "method=ti_i2i, seed=1"),
+        ("retrain_ablation", "method=ti_i2i, variant=n2-filter, seed=0"),
+        ("retrain_ablation", "method=ti_i2i, variant=n2-nofilter, seed=0"),
+        ("retrain_ablation", "method=ti_i2i, variant=balanced-nofilter, seed=0"),
         ("report", ""),
         ("all", ""),
     ]), jobs

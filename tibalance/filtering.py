@@ -3,12 +3,15 @@
 The filter looks only at the study's training images (never val or test), in
 the baseline classifier's feature space:
 
-- ``knn``: is the image nearer the class's real training images than any other
-  class's? score = d_other / (d_own + d_other), where d_own (d_other) is the mean
-  cosine distance to its k nearest real training images of the class (of the
-  other classes). 0.5 = half-way; kept when score >= threshold. Counting
-  neighbours per side, not in one pool, keeps a class with 10 real images from
-  being outvoted by classes with 1,000.
+- ``knn``: does the image fall within the class's region? score = d_other /
+  (d_own + d_other), where d_own (d_other) is the mean cosine distance to its k
+  nearest real training images of the class (of the other classes): 1 on the
+  class, 0 on another. A rare class is sparse (10 images against thousands),
+  so even its own real images score low; the cutoff is therefore calibrated on
+  them: each real training image of the class is scored the same way (itself
+  left out), and an image is kept when its score reaches the `quantile` of
+  those real scores (0.25: at least as on-class as the least typical quarter
+  of the real images). With fewer than 2 real images the cutoff is `threshold`.
 - ``prob``: the baseline classifier's probability of the class; kept when
   >= threshold.
 - ``none``: every image kept (score left empty): the filter switched off.
@@ -24,7 +27,7 @@ from .util import TibalanceError
 
 log = logging.getLogger(__name__)
 
-FILTER_DEFAULTS = {"method": "knn", "k": 5, "threshold": 0.5}
+FILTER_DEFAULTS = {"method": "knn", "k": 5, "quantile": 0.25, "threshold": 0.5}
 FILTER_METHODS = ("knn", "prob", "none")
 
 
@@ -40,17 +43,21 @@ def _mean_knn_distance(query: np.ndarray, ref: np.ndarray, k: int, exclude_self:
     return np.sort(d, axis=1)[:, :k].mean(axis=1)
 
 
-def knn_scores(feats: np.ndarray, own: np.ndarray, other: np.ndarray, k: int) -> np.ndarray:
-    """d_other / (d_own + d_other) for each row of feats (1: on the class, 0: on another)."""
+def knn_scores(feats: np.ndarray, own: np.ndarray, other: np.ndarray, k: int,
+               leave_self_out: bool = False) -> np.ndarray:
+    """d_other / (d_own + d_other) for each row of feats (1: on the class, 0: on another).
+
+    leave_self_out: feats are `own` itself; each row's own distance skips itself."""
     if len(own) == 0 or len(other) == 0:
         raise TibalanceError("filter: knn needs real training images of the class and of at least one other class")
-    d_own = _mean_knn_distance(feats, own, k)
+    d_own = _mean_knn_distance(feats, own, k, exclude_self=leave_self_out)
     d_other = _mean_knn_distance(feats, other, k)
     return d_other / np.maximum(d_own + d_other, 1e-12)
 
 
-def score_samples(samples: pd.DataFrame, train: pd.DataFrame, cls: str, classifier, settings: dict) -> pd.DataFrame:
-    """samples (path, ...) with `score` and `kept` added.
+def score_samples(samples: pd.DataFrame, train: pd.DataFrame, cls: str, classifier,
+                  settings: dict) -> pd.DataFrame:
+    """samples (path, ...) with `score`, `cutoff` and `kept` (score >= cutoff) added.
 
     train: the study's training rows (path, label) — the only real images read."""
     from .classifier import predict
@@ -62,17 +69,24 @@ def score_samples(samples: pd.DataFrame, train: pd.DataFrame, cls: str, classifi
     out = samples.copy()
     if method == "none" or out.empty:
         out["score"] = np.nan
+        out["cutoff"] = np.nan
         out["kept"] = True
         return out
     probs, feats = predict(classifier, list(out["path"]))
+    cutoff = float(s["threshold"])
     if method == "prob":
         score = probs[:, classifier.classes.index(cls)]
     else:
         is_own = (train["label"] == cls).to_numpy()
         _, real_feats = predict(classifier, list(train["path"]))
-        score = knn_scores(feats, real_feats[is_own], real_feats[~is_own], int(s["k"]))
+        own, other = real_feats[is_own], real_feats[~is_own]
+        k = int(s["k"])
+        score = knn_scores(feats, own, other, k)
+        if len(own) >= 2:  # the real images' own scores set the bar
+            cutoff = float(np.quantile(knn_scores(own, own, other, k, leave_self_out=True), float(s["quantile"])))
     out["score"] = score
-    out["kept"] = score >= float(s["threshold"])
+    out["cutoff"] = cutoff
+    out["kept"] = out["score"] >= cutoff
     return out
 
 
@@ -89,5 +103,7 @@ def filter_class(cls: str, samples_csv: str, manifest: str, model: str, settings
     scored = score_samples(samples, train, cls, clf, settings)
     write_csv(scored, out_csv)
     n, kept = len(scored), int(scored["kept"].sum())
-    log.info("class %s: kept %d of %d synthetic images (filter %s)", cls, kept, n, settings.get("method"))
-    return {"n": n, "kept": kept}
+    cutoff = float(scored["cutoff"].iloc[0]) if n else None
+    log.info("class %s: kept %d of %d synthetic images (filter %s, cutoff %s)", cls, kept, n,
+             settings.get("method"), cutoff)
+    return {"n": n, "kept": kept, "cutoff": cutoff}
