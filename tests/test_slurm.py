@@ -24,7 +24,7 @@ PROFILE = REPO / "profiles" / "slurm"
 SLURM_ARGS = ["--workflow-profile", str(PROFILE), "--slurm-no-account", "--slurm-status-command", "squeue",
               "--slurm-init-seconds-before-status-checks", "1", "--max-threads", "2"]
 LOCAL_RULES = {"all", "analyse_confusion", "sample_grid", "report"}
-GPU_RULES = {"textual_inversion", "sample", "train_baseline", "retrain", "fid", "train_judge"}
+GPU_RULES = {"textual_inversion", "sample", "train_baseline", "retrain", "retrain_ablation", "fid", "train_judge"}
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,9 @@ def test_results_match_a_local_run(slurm_run, tiny_run):
     local, _ = tiny_run
     n = 0
     for pattern in COMPARED:
-        here = sorted(p.relative_to(local) for p in (local / "results").glob(pattern))
-        there = sorted(p.relative_to(wd) for p in (wd / "results").glob(pattern))
+        # sidecars (*.meta.json) hold wall times and job ids: not compared
+        here = sorted(p.relative_to(local) for p in (local / "results").glob(pattern) if not p.name.endswith(".meta.json"))
+        there = sorted(p.relative_to(wd) for p in (wd / "results").glob(pattern) if not p.name.endswith(".meta.json"))
         assert here and here == there, pattern
         for rel in here:
             assert (local / rel).read_bytes() == (wd / rel).read_bytes(), f"{rel} differs"
