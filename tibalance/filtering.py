@@ -31,6 +31,11 @@ FILTER_DEFAULTS = {"method": "knn", "k": 5, "quantile": 0.25, "threshold": 0.5}
 FILTER_METHODS = ("knn", "prob", "none")
 
 
+def kept_mask(table: pd.DataFrame) -> pd.Series:
+    """The `kept` column of a filtered table as booleans (CSV round trips give strings)."""
+    return table["kept"].astype(str).str.lower().eq("true")
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 

@@ -47,6 +47,7 @@ def judge_class(cls: str, judge_model: str, manifest: str, filtered_csvs: dict[s
     """The judge's verdict on each of the class's synthetic sets (and its real val images)."""
     from .classifier import TrainedClassifier
     from .data import load_manifest
+    from .filtering import kept_mask
     from .util import pick_device, write_json
 
     clf = TrainedClassifier.load(judge_model, device=pick_device("auto"))
@@ -57,7 +58,7 @@ def judge_class(cls: str, judge_model: str, manifest: str, filtered_csvs: dict[s
     result = {"class": cls, "judge": judge_model, "real_val": share_table(cls, judge_predictions(clf, real_val))}
     for kind, csv in sorted(filtered_csvs.items()):
         t = pd.read_csv(csv, dtype={"path": str})
-        kept = t["kept"].astype(str).str.lower().eq("true").tolist() if "kept" in t else None
+        kept = kept_mask(t).tolist() if "kept" in t else None
         result[kind] = share_table(cls, judge_predictions(clf, list(t["path"])), kept)
         log.info("class %s, %s: judge sees the class in %s of %d images", cls, kind, result[kind]["share"], len(t))
     write_json(out_json, result)

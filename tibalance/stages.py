@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from .filtering import kept_mask
 from .util import Sidecar, TibalanceError, read_json, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,7 @@ def read_synthetic(csvs: list[str], use_filter: bool = True, limit: int | None =
         if limit is not None:
             t = t.iloc[:limit]
         if use_filter and "kept" in t:
-            t = t[t["kept"].astype(str).str.lower().eq("true")]
+            t = t[kept_mask(t)]
         for label, grp in t.groupby("label"):
             synthetic.setdefault(label, []).extend(grp["path"])
     return synthetic
@@ -333,7 +334,7 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
     for p in filtered or []:  # results/samples/<kind>/<cls>/filtered.csv
         kind, cls = Path(p).parts[-3], Path(p).parts[-2]
         t = pd.read_csv(p, dtype={"path": str})
-        n_kept = int(t["kept"].astype(str).str.lower().eq("true").sum()) if len(t) else 0
+        n_kept = int(kept_mask(t).sum()) if len(t) else 0
         kept.setdefault(cls, {})[kind] = (n_kept, len(t))
     judge_rows = {read_json(p)["class"]: read_json(p) for p in judges or []}
     per_class = per_class_table(run_rows, weak_classes, fid_rows, loss_rows, kept, judge_rows)
