@@ -193,7 +193,12 @@ def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     jobs = _dry_run_jobs(p.stdout + p.stderr)
     assert len(jobs["textual_inversion"]) == len(weak)
-    assert len(jobs["sample"]) == 2 * len(weak)
+    # one sampling job per weak class and mode: raw prompts, the token, and the
+    # real-image-guided mode where a retraining method uses it
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    modes = ["raw", "ti"] + (["ti_i2i"] if "ti_i2i" in cfg["retrain"]["methods"] else [])
+    assert len(jobs["sample"]) == len(modes) * len(weak)
+    assert len(jobs["filter_samples"]) == len(modes) * len(weak)
     for rule in ("textual_inversion", "sample", "retrain", "fid"):
         assert all("gpu=1" in r for r in jobs[rule]), rule
     assert all("gpu" not in r for r in jobs["select_seeds"])
