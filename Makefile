@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	uv venv --allow-existing -p python3 $(VENV)
-	uv pip install -p $(PY) -e '.[test]'
+	uv pip install --compile-bytecode -p $(PY) -e '.[test]'
 	@touch $@
 
 # Debian's dataset-fashion-mnist where apt is usable; else the demo falls back

@@ -23,6 +23,7 @@ localrules:
     analyse_confusion,
     sample_grid,
     report,
+    cost,
 
 
 

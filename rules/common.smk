@@ -10,10 +10,8 @@ from tibalance.config import canonical, check_class_names, class_settings, forma
 from tibalance.data import check_root, dataset_class_names
 from tibalance.filtering import FILTER_DEFAULTS
 from tibalance.generator import check_model, is_local
-from tibalance.inversion import TI_DEFAULTS
-from tibalance.pretrain import PRETRAIN_DEFAULTS
+from tibalance.defaults import PRETRAIN_DEFAULTS, SAMPLING_DEFAULTS, TI_DEFAULTS
 from tibalance.retrain import SAMPLE_KIND, ablation_variants, parse_variant
-from tibalance.sampling import SAMPLING_DEFAULTS
 from tibalance.util import TibalanceError, derive_seed, read_json
 
 
@@ -139,6 +137,11 @@ def retrain_synthetic(wildcards):
     return expand("results/samples/{kind}/{cls}/filtered.csv", kind=kind, cls=weak_classes())
 
 
+def retrain_init(wildcards):
+    """retrain.init: baseline -> every run fine-tunes the baseline classifier."""
+    return ["results/baseline/model.pt"] if config["retrain"]["init"] == "baseline" else []
+
+
 def retrain_classifier(wildcards):
     """The baseline's recipe, with the retrain section's overrides (same for every method)."""
     return canonical({**config["classifier"], **config["retrain"].get("classifier", {})})
@@ -202,10 +205,60 @@ def ti_meta_files(wildcards):
 def all_targets(wildcards):
     weak = weak_classes()
     return (
-        ["results/tables/summary.md", "results/tables/per_class.md"]
+        ["results/tables/summary.md", "results/tables/per_class.md", "results/tables/cost.md"]
         +
         ["results/analysis/per_class.csv", "results/analysis/confusion.png"]
         + expand("results/seeds/{cls}/contact_sheet.png", cls=weak)
         + expand("results/inversion/{cls}/preview.png", cls=weak)
         + expand("results/samples/grid/{cls}.png", cls=weak)
     )
+
+
+def study_jobs(wildcards):
+    """Every job of the study but the report and the cost table: its rule, weak
+    class, mode or method, benchmark file and sidecar (None where it writes none).
+    The benchmark file is the job's output: the cost table waits for them all."""
+    weak = weak_classes()
+    jobs = []
+
+    def add(rule, cls=None, method=None, **wc):
+        r = getattr(rules, rule)
+        wc = {**wc, **({"cls": cls} if cls else {}), **({"method": method} if method else {})}
+        fill = lambda pattern: expand(pattern, **wc)[0] if wc else str(pattern)
+        meta = r.output.get("meta") or r.output.get("sidecar")
+        jobs.append({"rule": rule, "class": cls, "method": method if "variant" not in wc else f"{method} {wc['variant']}",
+                     "benchmark": fill(r.benchmark), "meta": fill(meta) if meta else None})
+
+    for rule in ("prepare_data", "train_baseline", "analyse_confusion"):
+        add(rule)
+    if config["generator"]["build"] == "tiny":
+        add("build_generator")
+    elif config["generator"]["build"] == "pretrain":
+        add("pretrain_generator")
+        add("generator_quality")
+    for cls in weak:
+        add("select_seeds", cls)
+        add("textual_inversion", cls)
+        for kind in SAMPLE_KINDS:
+            add("sample", cls, kind)
+            add("filter_samples", cls, kind)
+        add("sample_grid", cls)
+        add("fid", cls)
+    if config["judge"]["train_per_class"] and not config["judge"].get("model"):
+        add("judge_pool")
+        add("train_judge")
+    if JUDGE:
+        for cls in weak:
+            add("judge", cls)
+    for method in config["retrain"]["methods"]:
+        for seed in config["retrain"]["seeds"]:
+            add("retrain", None, method, seed=seed)
+    for path in ablation_runs(wildcards):
+        _, _, method, variant, seed, _ = path.split("/")
+        add("retrain_ablation", None, method, variant=variant, seed=seed[4:])
+    return jobs
+
+
+def cost_inputs(wildcards):
+    jobs = study_jobs(wildcards)
+    return {"benchmarks": [j["benchmark"] for j in jobs], "metas": [j["meta"] for j in jobs if j["meta"]]}

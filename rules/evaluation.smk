@@ -4,7 +4,8 @@ rule fid:
         manifest="results/data/manifest.csv",
         model="results/baseline/model.pt",
     output:
-        "results/fid/{cls}.json",
+        fid="results/fid/{cls}.json",
+        meta="results/fid/{cls}.meta.json",
     params:
         metrics=section("metrics"),
         cache_root="results/fid/cache",
@@ -29,6 +30,7 @@ rule retrain:
         classes="results/data/classes.json",
         weak="results/analysis/weak_classes.json",
         synthetic=retrain_synthetic,
+        init=retrain_init,
     output:
         metrics="results/retrain/{method}/seed{seed}/metrics.json",
         meta="results/retrain/{method}/seed{seed}/retrain.meta.json",
@@ -58,6 +60,7 @@ rule retrain_ablation:
         classes="results/data/classes.json",
         weak="results/analysis/weak_classes.json",
         synthetic=retrain_synthetic,
+        init=retrain_init,
     output:
         metrics="results/ablation/{method}/{variant}/seed{seed}/metrics.json",
         meta="results/ablation/{method}/{variant}/seed{seed}/retrain.meta.json",
@@ -110,3 +113,26 @@ rule report:
         "../envs/torch.yaml"
     script:
         "../workflow/scripts/report.py"
+
+
+# What every job cost (wall, CPU, GPU seconds, peak memory), from the benchmark
+# files Snakemake wrote for each one: per stage, weak class and method.
+rule cost:
+    input:
+        unpack(cost_inputs),
+    output:
+        csv="results/tables/cost.csv",
+        methods_csv="results/tables/cost_methods.csv",
+        md=report("results/tables/cost.md", caption="../workflow/report/cost.rst", category="5. Results"),
+    params:
+        jobs=study_jobs,
+        methods=config["retrain"]["methods"],
+    log:
+        "logs/cost.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/cost.py"

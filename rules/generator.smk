@@ -70,6 +70,7 @@ rule generator_quality:
             caption="../workflow/report/generator_samples.rst",
             category="6. Generator",
         ),
+        sidecar="results/generator/generator_quality.meta.json",
     params:
         pretrain=pretrain_params,
         seed=SEED,

@@ -12,10 +12,16 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
 def snakemake(workdir, *args, configfiles=(TINY,), check=True, cores=2):
-    """Run the real workflow (repo Snakefile) in `workdir`."""
+    """Run the real workflow (repo Snakefile) in `workdir`.
+
+    One thread per job (--max-threads 1, also in the SLURM runs, so their
+    results match byte for byte): the tiny DAG's jobs spend their time starting
+    Python, so two of them side by side on 2 cores finish twice as fast."""
     # --configfile takes a list: it goes last so it cannot swallow a target
+    threads = [] if "--max-threads" in args else ["--max-threads", "1"]
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           *(["--cores", str(cores)] if cores is not None else []), *args, "--configfile", *[str(c) for c in configfiles]]
+           *(["--cores", str(cores)] if cores is not None else []), *threads, *args,
+           "--configfile", *[str(c) for c in configfiles]]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and p.returncode != 0:

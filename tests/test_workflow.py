@@ -226,11 +226,47 @@ def test_judge_learns_only_from_images_the_study_does_not_use(tiny_run):
     assert 0 <= metrics["val_accuracy"] <= 1
 
 
+def test_cost_table_sums_the_benchmark_files(tiny_run):
+    """Every job of the study has a row; the per-stage and per-method sums are
+    those of the benchmark files Snakemake wrote; on CPU no GPU-seconds."""
+    wd, _ = tiny_run
+    res = wd / "results"
+    weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
+
+    def wall(rel):
+        return float(pd.read_csv(wd / "benchmarks" / rel, sep="\t")["s"].iloc[0])
+
+    t = pd.read_csv(res / "tables/cost.csv", keep_default_na=False)
+    row = lambda stage, cls="", method="": t[(t.stage == stage) & (t["class"] == cls) & (t.method == method)].iloc[0]
+    assert row("train_baseline").wall_s == pytest.approx(wall("train_baseline.tsv"), abs=1e-6)
+    for cls in weak:
+        assert row("textual_inversion", cls).wall_s == pytest.approx(wall(f"textual_inversion/{cls}.tsv"), abs=1e-6)
+        for mode in ("raw", "ti", "ti_i2i"):
+            assert row("sample", cls, mode).wall_s == pytest.approx(wall(f"sample/{mode}/{cls}.tsv"), abs=1e-6)
+    r = row("retrain", "", "ti")
+    assert r.jobs == 2 and r.wall_s == pytest.approx(wall("retrain/ti/seed0.tsv") + wall("retrain/ti/seed1.tsv"))
+    assert len(t[t.stage == "retrain_ablation"]) == 3
+    total = t[t.stage == "total"].iloc[0]
+    assert total.jobs == len(list((wd / "benchmarks").rglob("*.tsv"))) - 1  # all but the report's own
+    assert total.wall_s == pytest.approx(t[t.stage != "total"].wall_s.sum())
+    assert (t.gpu_s == 0).all()  # this machine has no GPU
+
+    m = pd.read_csv(res / "tables/cost_methods.csv").set_index("method")
+    assert list(m.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i"]
+    ti = sum(wall(f"{stage}/{cls}.tsv") for cls in weak for stage in ("select_seeds", "textual_inversion")) + sum(
+        wall(f"{stage}/ti/{cls}.tsv") for cls in weak for stage in ("sample", "filter_samples"))
+    assert m.loc["ti", "synthetic_wall_s"] == pytest.approx(ti)
+    assert m.loc["baseline", "synthetic_wall_s"] == 0 and m.loc["ti", "retrain_runs"] == 2
+    assert m.loc["ti", "total_wall_s"] == pytest.approx(ti + r.wall_s)
+    md = (res / "tables/cost.md").read_text()
+    assert "textual_inversion" in md and "Per method" in md
+
+
 def test_snakemake_report(tiny_run):
     wd, _ = tiny_run
     snakemake(wd, "--report", str(wd / "report.html"), cores=1)
     html = (wd / "report.html").read_text(errors="replace")
-    for name in ("summary.md", "per_class.md", "accuracy_change.png", "fid_raw_vs_ti.png", "confusion.png"):
+    for name in ("summary.md", "per_class.md", "cost.md", "accuracy_change.png", "fid_raw_vs_ti.png", "confusion.png"):
         assert name in html
 
 
@@ -277,6 +313,7 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
         ("retrain_ablation", "method=ti_i2i, variant=n2-nofilter, seed=0"),
         ("retrain_ablation", "method=ti_i2i, variant=balanced-nofilter, seed=0"),
         ("report", ""),
+        ("cost", ""),
         ("all", ""),
     ]), jobs
 

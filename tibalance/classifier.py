@@ -140,12 +140,14 @@ def _load_size(image_size: int) -> int:
 
 def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                      augment_flags=None, progress_desc: str = "train", alternatives=None,
-                     replace_p: float = 0.0) -> TrainedClassifier:
+                     replace_p: float = 0.0, init: str | None = None) -> TrainedClassifier:
     """Train a ResNet on (paths, labels); labels are class slugs.
 
     cfg: arch, pretrained, image_size, epochs, batch_size, lr, momentum,
     weight_decay, label_smoothing, device, num_workers.
     augment_flags: per-image booleans; True images get the classic (heavy) augmentation.
+    init: a saved classifier (same architecture and classes) to fine-tune instead
+    of training from the recipe's initial weights.
     """
     seed_everything(seed)
     device = pick_device(cfg.get("device", "auto"))
@@ -160,7 +162,15 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                         num_workers=int(cfg.get("num_workers", 0)), drop_last=len(ds) > int(cfg["batch_size"]),
                         pin_memory=device.type == "cuda",
                         persistent_workers=int(cfg.get("num_workers", 0)) > 0)
-    model = build_model(cfg["arch"], len(classes), bool(cfg.get("pretrained", False))).to(device)
+    if init:
+        start = TrainedClassifier.load(init)
+        if start.arch != cfg["arch"] or start.classes != list(classes):
+            raise TibalanceError(f"{init}: a {start.arch} over {len(start.classes)} classes cannot start a "
+                                 f"{cfg['arch']} over {len(classes)} classes (retrain.init: baseline needs the "
+                                 f"baseline's architecture)")
+        model = start.model.to(device).train()
+    else:
+        model = build_model(cfg["arch"], len(classes), bool(cfg.get("pretrained", False))).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=float(cfg["lr"]), momentum=float(cfg.get("momentum", 0.9)),
                           weight_decay=float(cfg.get("weight_decay", 5e-4)), nesterov=True)

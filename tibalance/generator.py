@@ -10,8 +10,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
 from .util import TibalanceError, seed_everything
 
 log = logging.getLogger(__name__)
@@ -156,6 +154,8 @@ def load_pipeline(model: str, device=None, dtype=None):
 
 def half_dtype(device) -> torch.dtype | None:
     """bf16 on GPUs that have it, else fp16 on GPU; None (fp32) on CPU."""
+    import torch
+
     if torch.device(device).type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .generator import half_dtype, load_pipeline
 from .seeds import contact_sheet
 from .util import TibalanceError, file_digest, fingerprint, pick_device, seed_everything
+from .defaults import TI_DEFAULTS  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +43,6 @@ STYLE_TEMPLATES = [
     "a bright painting in the style of {}", "a good painting in the style of {}", "a rendition in the style of {}",
 ]
 
-TI_DEFAULTS = {
-    "placeholder": "<{cls}>",
-    "initializer": "auto",        # auto: the class name's last word; a word; or 'random'
-    "num_vectors": 1,
-    "steps": 500,
-    "lr": 5.0e-3,
-    "lr_schedule": "constant",    # constant | cosine | linear
-    "warmup_steps": 0,
-    "batch_size": 4,
-    "resolution": 512,
-    "learnable_property": "object",
-    "templates": None,            # None: the built-in list for learnable_property
-    "augment_variants": 8,        # augmented copies of each seed image encoded once
-    "mixed_precision": "auto",    # auto (bf16/fp16 on GPU, fp32 on CPU) | no | fp16 | bf16
-    "checkpoint_every": 100,
-    "preview_images": 4,
-    "preview_steps": 20,
-    "device": "auto",
-}
 
 
 def placeholder_tokens(placeholder: str, num_vectors: int) -> list[str]:

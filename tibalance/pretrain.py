@@ -29,28 +29,10 @@ from tqdm.auto import tqdm
 
 from .generator import build_tiny_pipeline
 from .util import TibalanceError, seed_everything
+from .defaults import PRETRAIN_DEFAULTS  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
 
-PRETRAIN_DEFAULTS = {
-    "exclude": "auto",          # classes it never sees: 'auto' = fewer than half the largest class's train images
-    "template": "a photo of a {}",
-    "vae_steps": 400,
-    "vae_lr": 1.0e-3,
-    "kl_weight": 1.0e-6,
-    "unet_steps": 3000,
-    "lr": 1.0e-3,
-    "warmup_steps": 100,
-    "batch_size": 64,
-    "caption_dropout": 0.1,     # empty caption, for classifier-free guidance
-    "ema_decay": 0.999,
-    "train_text_encoder": True,
-    "hflip": True,
-    "device": "auto",
-    "quality_images": 32,
-    "quality_steps": 25,
-    "quality_guidance": 4.0,
-}
 
 
 def majority_classes(classes_json: dict, exclude) -> list[str]:

@@ -25,27 +25,12 @@ from tqdm.auto import tqdm
 from .generator import half_dtype, load_pipeline
 from .inversion import expand_placeholder
 from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
+from .defaults import MODES, SAMPLING_DEFAULTS  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
 
-SAMPLING_DEFAULTS = {
-    # a count per class, or a target the class is refilled to: "median" / "max"
-    # (the median / largest train class size) or {"fill_to": N}
-    "n_images": 100,
-    "batch_size": 8,
-    "scheduler": "dpmpp",     # dpmpp (DPM-Solver++) | ddim | euler | pndm
-    "steps": 25,
-    "guidance_scale": 7.5,
-    "resolution": 512,
-    "templates": ["a photo of a {}"],
-    "negative_prompt": "",
-    "prompt_name": None,      # raw prompts use this instead of the class name (e.g. sword lily -> gladiolus)
-    "strength": 0.5,          # ti_i2i: how far each real image is noised before denoising (0: kept, 1: pure noise)
-    "device": "auto",
-}
 
 
-MODES = ("raw", "ti", "ti_i2i")
 
 
 def n_images_for(setting, cls: str, manifest: pd.DataFrame) -> int:

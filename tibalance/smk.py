@@ -49,6 +49,13 @@ def _claim_resources(snakemake) -> None:
         gpu.claim(ngpu)
 
 
+def single(item) -> str | None:
+    """An optional input given as a list of zero or one path: the path or None."""
+    if not item:
+        return None
+    return item if isinstance(item, str) else list(item)[0]
+
+
 def modes(namedlist) -> dict[str, str]:
     """{sampling mode: path} of the inputs named after a mode (raw, ti, ti_i2i)."""
     from .sampling import MODES

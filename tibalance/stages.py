@@ -128,7 +128,7 @@ def pretrain_generator(manifest: str, classes: str, tiny_cfg: dict, pretrain_cfg
 
 
 def generator_quality(model: str, classifier: str, classes: str, pretrain_meta: str, pretrain_cfg: dict, seed: int,
-                      out_csv: str, out_md: str, grid_png: str) -> None:
+                      out_csv: str, out_md: str, grid_png: str, meta: str | None = None) -> None:
     """The baseline classifier's accuracy on the generator's images of each class it learned."""
     from pathlib import Path
 
@@ -136,6 +136,7 @@ def generator_quality(model: str, classifier: str, classes: str, pretrain_meta: 
     from .retrain import to_markdown
     from .util import pick_device
 
+    side = Sidecar(seed)
     learned = read_json(pretrain_meta)["classes"]
     df = quality(model, classifier, read_json(classes), learned, pretrain_cfg["template"],
                  int(pretrain_cfg["quality_images"]), int(pretrain_cfg["quality_steps"]),
@@ -149,6 +150,8 @@ def generator_quality(model: str, classifier: str, classes: str, pretrain_meta: 
     Path(out_md).write_text(to_markdown(df.fillna("")) + f"\nChance level: {chance:.4f} "
                             f"(the classifier knows {len(read_json(classes)['classes'])} classes).\n")
     log.info("generator quality: mean accuracy %.3f over %d classes", total["accuracy"], len(learned))
+    if meta:
+        side.write(meta, accuracy=total["accuracy"])
 
 
 def _seed_paths(cls: str, seeds_csv: str) -> list[str]:
@@ -196,7 +199,7 @@ def sample_grid(cls: str, seeds_csv: str, sample_csvs: dict[str, str], out_png: 
 # --------------------------------------------------------------------------- evaluation
 
 def fid(cls: str, manifest: str, model: str, sample_csvs: dict[str, str], metrics_cfg: dict,
-        out_json: str, cache_root: str) -> None:
+        out_json: str, cache_root: str, meta: str | None = None) -> None:
     """FID/KID of each sampling mode's images against the class's real val+test images.
 
     A set of fewer than 2 images (a class already at its target size gets 0)
@@ -205,6 +208,7 @@ def fid(cls: str, manifest: str, model: str, sample_csvs: dict[str, str], metric
     from .fid import MIN_IMAGES, fid_kid
     from .util import pick_device
 
+    side = Sidecar()
     m = load_manifest(manifest)
     real = list(m[(m["label"] == cls) & m["split"].isin(["val", "test"])]["path"])
     device = str(pick_device("auto"))
@@ -223,6 +227,8 @@ def fid(cls: str, manifest: str, model: str, sample_csvs: dict[str, str], metric
             rows.append({"method": method, **r})
             log.info("class %s %s %s: FID %.3f KID %.4f", cls, method, network, r["fid"], r["kid_mean"])
     write_json(out_json, {"class": cls, "rows": rows})
+    if meta:
+        side.write(meta)
 
 
 def filter_samples(cls: str, samples_csv: str, manifest: str, model: str, filter_cfg: dict, out_csv: str,
@@ -272,9 +278,11 @@ def read_synthetic(csvs: list[str], use_filter: bool = True, limit: int | None =
 
 
 def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synthetic_csvs: list[str],
-            clf_cfg: dict, retrain_cfg: dict, metrics_out: str, meta: str, variant: dict | None = None) -> None:
+            clf_cfg: dict, retrain_cfg: dict, metrics_out: str, meta: str, variant: dict | None = None,
+            init_model: str | None = None) -> None:
     """One retraining run. variant (the ablation): {"limit": N or None, "filter": bool}
-    trains on the first N synthetic images, with or without the filter."""
+    trains on the first N synthetic images, with or without the filter. init_model:
+    the baseline classifier to fine-tune (retrain.init: baseline)."""
     from .analysis import per_class_metrics
     from .classifier import train_classifier
     from .data import load_manifest
@@ -290,7 +298,7 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
     ts = build_training_set(train, weak_classes, method, synthetic, retrain_cfg.get("mix", "add"), seed)
     clf = train_classifier(ts["path"], ts["label"], order, clf_cfg, seed, augment_flags=ts["classic"],
                            progress_desc=f"{method} seed {seed}", alternatives=ts["alternatives"],
-                           replace_p=float(retrain_cfg.get("replace_p", 0.5)))
+                           replace_p=float(retrain_cfg.get("replace_p", 0.5)), init=init_model)
     pred = evaluate(clf, m, splits=("test",))
     pc = per_class_metrics(pred["label"], pred["pred"], order).set_index("class")
     metrics = {"method": method, "seed": seed, **({"variant": variant} if variant else {}),
@@ -394,3 +402,17 @@ def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str
     fig.tight_layout()
     fig.savefig(fid_plot, dpi=100)
     plt.close(fig)
+
+
+def cost(jobs: list[dict], methods: list[str], out_csv: str, methods_csv: str, out_md: str) -> None:
+    """The cost tables from every job's benchmark file and sidecar."""
+    from pathlib import Path
+
+    from . import cost as c
+
+    rows = c.job_rows(jobs)
+    stages_t, methods_t = c.stage_table(rows), c.method_table(rows, methods)
+    write_csv(stages_t, out_csv)
+    write_csv(methods_t, methods_csv)
+    Path(out_md).write_text(c.markdown(stages_t, methods_t))
+    log.info("cost: %d jobs, %.1f min of job wall time", len(rows), rows["wall_s"].sum() / 60)

@@ -131,6 +131,7 @@ class Sidecar:
             torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
         )
         info["host"] = platform.node()
+        info["gpus"] = torch.cuda.device_count() if torch.cuda.is_available() else 0  # GPU-seconds = wall x gpus
         info["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
         info["slurm_job_id"] = os.environ.get("SLURM_JOB_ID")
         info["wall_seconds"] = round(time.time() - self.t0, 3)

@@ -11,6 +11,7 @@ smk.run(
     model=snakemake.input.model,
     sample_csvs=smk.modes(snakemake.input),
     metrics_cfg=snakemake.params.metrics,
-    out_json=snakemake.output[0],
+    out_json=snakemake.output.fid,
+    meta=snakemake.output.meta,
     cache_root=snakemake.params.cache_root,
 )

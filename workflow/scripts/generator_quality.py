@@ -15,4 +15,5 @@ smk.run(
     out_csv=snakemake.output.csv,
     out_md=snakemake.output.md,
     grid_png=snakemake.output.grid,
+    meta=snakemake.output.sidecar,
 )

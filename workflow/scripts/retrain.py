@@ -17,4 +17,5 @@ smk.run(
     metrics_out=snakemake.output.metrics,
     meta=snakemake.output.meta,
     variant=snakemake.params.get("variant"),
+    init_model=smk.single(snakemake.input.get("init")),
 )

@@ -1,0 +1,151 @@
+"""Classifier training throughput (images/s) and demo-generator pretraining
+speed (steps/s), for this checkout and, side by side, another git revision.
+
+    python benchmarks/bench_train.py                    # this checkout
+    python benchmarks/bench_train.py --against HEAD~3   # and HEAD~3, same data, same machine
+
+Measures the demo's recipe (ResNet-18 at 32 px, batch 128; the demo generator's
+architecture, batch 64) on Fashion-MNIST-sized images (Debian's idx files when
+installed, else random 28x28 images). Times exclude imports, model building and
+the first (warm-up) batches. A revision is benchmarked from a temporary
+`git worktree` in a subprocess, so both columns run the same script.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_images(out: Path, n: int) -> tuple[list[str], list[str]]:
+    """n 28x28 grey images as PNG files (Fashion-MNIST's first n when available), 10 classes."""
+    import gzip
+
+    import numpy as np
+    from PIL import Image
+
+    idx = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+    if idx.exists():
+        with gzip.open(idx) as f:
+            x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:n]
+    else:
+        x = np.random.default_rng(0).integers(0, 255, (n, 28, 28), dtype=np.uint8)
+    out.mkdir(parents=True, exist_ok=True)
+    paths, labels = [], []
+    for i, img in enumerate(x):
+        p = out / f"{i}.png"
+        Image.fromarray(img).save(p)
+        paths.append(str(p))
+        labels.append(f"c{i % 10}")
+    return paths, labels
+
+
+def bench_classifier(paths, labels, epochs: int, threads: int) -> dict:
+    import torch
+
+    from tibalance import classifier as C
+
+    torch.set_num_threads(threads)
+    classes = sorted(set(labels))
+    cfg = {"arch": "resnet18", "pretrained": False, "image_size": 32, "batch_size": 128, "lr": 0.05,
+           "epochs": 1, "device": "cpu"}
+    flags = [i % 10 == 0 for i in range(len(paths))]  # a tenth with the oversample method's heavy augmentation
+    C.train_classifier(paths[:256], labels[:256], classes, cfg, seed=0)  # warm-up
+    t0 = time.perf_counter()
+    C.train_classifier(paths, labels, classes, {**cfg, "epochs": epochs}, seed=0, augment_flags=flags)
+    dt = time.perf_counter() - t0
+    return {"classifier_images_per_s": round(epochs * len(paths) / dt, 1), "classifier_seconds": round(dt, 2)}
+
+
+def bench_pretrain(paths, labels, vae_steps: int, unet_steps: int, threads: int) -> dict:
+    import pandas as pd
+    import torch
+
+    from tibalance import pretrain as P
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / "m.csv"
+        pd.DataFrame({"path": paths, "label": labels, "split": "train"}).to_csv(manifest, index=False)
+        classes = sorted(set(labels))
+        cj = {"classes": classes, "names": {c: c for c in classes}, "counts": {c: {"train": labels.count(c)} for c in classes}}
+        arch = {"resolution": 32, "vae_channels": [16, 32, 32], "unet_channels": [64, 128], "text_hidden": 64}
+        cfg = {"batch_size": 64, "exclude": []}
+        times = {}
+        for name, steps in (("warm", (2, 2)), ("vae", (vae_steps, 0)), ("both", (vae_steps, unet_steps))):
+            t0 = time.perf_counter()
+            P.pretrain(str(manifest), cj, str(Path(tmp) / name), arch,
+                       {**cfg, "vae_steps": steps[0], "unet_steps": steps[1]}, seed=0)
+            times[name] = time.perf_counter() - t0
+        unet_s = times["both"] - times["vae"]
+        vae_s = times["vae"] - times["warm"]  # the fixed part (build, encode, save) cancels out roughly
+    return {"pretrain_vae_steps_per_s": round(vae_steps / max(vae_s, 1e-9), 2),
+            "pretrain_unet_steps_per_s": round(unet_steps / max(unet_s, 1e-9), 2)}
+
+
+def measure(args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, labels = make_images(Path(tmp) / "img", args.images)
+        out = {}
+        out.update(bench_classifier(paths, labels, args.epochs, args.threads))
+        out.update(bench_pretrain(paths, labels, args.vae_steps, args.unet_steps, args.threads))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--against", help="a git revision to benchmark beside this checkout")
+    ap.add_argument("--images", type=int, default=4000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--vae-steps", type=int, default=40)
+    ap.add_argument("--unet-steps", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one run, result as JSON (subprocess use)
+    args = ap.parse_args()
+    sys.path.insert(0, os.environ.get("TIBALANCE_SRC", str(REPO)))
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    if args.json:
+        print(json.dumps(measure(args)))
+        return
+
+    columns = {}
+    revs = [("this checkout", REPO)]
+    tmp = None
+    if args.against:
+        tmp = Path(tempfile.mkdtemp()) / "rev"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tmp), args.against],
+                       check=True, capture_output=True)
+        revs.insert(0, (args.against, tmp))
+    try:
+        for name, src in revs:
+            cmd = [sys.executable, __file__, "--json", *sys.argv[1:]]
+            cmd = [c for c in cmd if not c.startswith("--against")]
+            if args.against and args.against in cmd:
+                cmd.remove(args.against)
+            p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TIBALANCE_SRC": str(src)})
+            if p.returncode:
+                sys.exit(f"benchmark of {name} failed:\n{p.stderr[-3000:]}")
+            columns[name] = json.loads(p.stdout.strip().splitlines()[-1])
+    finally:
+        if tmp is not None:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp)], capture_output=True)
+    keys = list(next(iter(columns.values())))
+    print(f"{args.images} images, {args.epochs} epochs; pretraining {args.vae_steps} VAE + {args.unet_steps} UNet "
+          f"steps; {args.threads} threads")
+    print(f"{'':32}" + "".join(f"{n:>18}" for n in columns))
+    for k in keys:
+        print(f"{k:32}" + "".join(f"{columns[n].get(k, float('nan')):>18}" for n in columns))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""What the study cost: per stage, weak class and method, from the benchmark
+files Snakemake writes for every job (wall and CPU seconds, peak memory) and
+the jobs' sidecars (whether a GPU ran it: GPU-seconds = wall x GPUs held)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .util import read_json
+
+# the jobs each retraining method adds to the shared ones (data, baseline,
+# analysis, generator, FID, judge, grids): what one of its rows costs
+METHOD_STAGES = {
+    "baseline": {"retrain": None},
+    "oversample": {"retrain": None},
+    "raw_sd": {"sample": "raw", "filter_samples": "raw", "retrain": None},
+    "ti": {"select_seeds": None, "textual_inversion": None, "sample": "ti", "filter_samples": "ti", "retrain": None},
+    "ti_i2i": {"select_seeds": None, "textual_inversion": None, "sample": "ti_i2i", "filter_samples": "ti_i2i",
+               "retrain": None},
+}
+# stages whose jobs serve every method alike
+SHARED = "shared"
+
+
+def read_benchmark(path: str) -> dict:
+    """One job's benchmark file: wall and CPU seconds, peak RSS (MiB); the mean
+    over its lines where Snakemake repeated the job (benchmark repeats)."""
+    t = pd.read_csv(path, sep="\t")
+    t = t.apply(pd.to_numeric, errors="coerce")
+
+    def col(name):
+        v = t[name].mean() if name in t.columns and len(t) else float("nan")
+        return float(v)
+
+    return {"wall_s": col("s"), "cpu_s": col("cpu_time"), "max_rss_mib": col("max_rss")}
+
+
+def job_rows(jobs: list[dict]) -> pd.DataFrame:
+    """jobs: {rule, class, method, seed, benchmark, meta (or None)} -> one row per job."""
+    rows = []
+    for j in jobs:
+        b = read_benchmark(j["benchmark"])
+        gpus = 0
+        if j.get("meta"):
+            m = read_json(j["meta"])
+            gpus = int(m.get("gpus") or 0)
+        rows.append({"stage": j["rule"], "class": j.get("class") or "", "method": j.get("method") or "",
+                     **b, "gpu_s": b["wall_s"] * gpus if gpus else 0.0})
+    return pd.DataFrame(rows, columns=["stage", "class", "method", "wall_s", "cpu_s", "max_rss_mib", "gpu_s"])
+
+
+def stage_table(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Per stage, weak class and mode/method (seeds summed): jobs, seconds, peak memory."""
+    if not len(jobs):
+        return pd.DataFrame(columns=["stage", "class", "method", "jobs", "wall_s", "cpu_s", "gpu_s", "max_rss_mib"])
+    order = {s: i for i, s in enumerate(dict.fromkeys(jobs["stage"]))}
+    g = jobs.groupby(["stage", "class", "method"], sort=False, dropna=False)
+    t = g.agg(jobs=("wall_s", "size"), wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"), gpu_s=("gpu_s", "sum"),
+              max_rss_mib=("max_rss_mib", "max")).reset_index()
+    t["_o"] = t["stage"].map(order)
+    t = t.sort_values(["_o", "class", "method"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    total = {"stage": "total", "class": "", "method": "", "jobs": int(t["jobs"].sum()), "wall_s": t["wall_s"].sum(),
+             "cpu_s": t["cpu_s"].sum(), "gpu_s": t["gpu_s"].sum(), "max_rss_mib": t["max_rss_mib"].max()}
+    return pd.concat([t, pd.DataFrame([total])], ignore_index=True)
+
+
+def method_table(jobs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """Per retraining method: what producing its synthetic images cost per weak
+    class (seeds, inversion, sampling, filtering) and its retraining runs, in
+    wall/CPU/GPU seconds — the price of a row beside the shared stages."""
+    rows = []
+    for method in methods:
+        stages = METHOD_STAGES.get(method, {"retrain": None})
+        row = {"method": method}
+        for part, names in (("synthetic", [s for s in stages if s != "retrain"]), ("retrain", ["retrain"])):
+            sel = pd.Series(False, index=jobs.index)
+            for s in names:
+                mode = stages[s]
+                m = jobs["stage"] == s
+                if s == "retrain":
+                    m &= jobs["method"] == method
+                elif mode is not None:
+                    m &= jobs["method"] == mode
+                sel |= m
+            for k in ("wall_s", "cpu_s", "gpu_s"):
+                row[f"{part}_{k}"] = float(jobs.loc[sel, k].sum())
+            if part == "retrain":
+                row["retrain_runs"] = int(sel.sum())
+        row["total_wall_s"] = row["synthetic_wall_s"] + row["retrain_wall_s"]
+        row["total_gpu_s"] = row["synthetic_gpu_s"] + row["retrain_gpu_s"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _num(v, digits=1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(stages: pd.DataFrame, methods: pd.DataFrame) -> str:
+    def table(df):
+        cols = list(df.columns)
+        lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+        for _, r in df.iterrows():
+            lines.append("| " + " | ".join(_num(r[c], 0 if c == "max_rss_mib" else 1) for c in cols) + " |")
+        return "\n".join(lines)
+
+    total = stages[stages["stage"] == "total"]
+    head = ""
+    if len(total):
+        t = total.iloc[0]
+        head = (f"All {int(t['jobs'])} jobs: {t['wall_s'] / 60:.1f} min of job wall time "
+                f"({t['cpu_s'] / 60:.1f} CPU min, {t['gpu_s'] / 60:.1f} GPU min), peak memory "
+                f"{_num(t['max_rss_mib'], 0)} MiB. Jobs that ran side by side overlap in wall time.\n\n")
+    return ("# What the study cost\n\n" + head
+            + "## Per method: the jobs a row adds to the shared ones\n\n"
+            + "`synthetic`: seed selection, inversion, sampling and filtering of every weak class "
+            + "the method needs; `retrain`: its runs over all seeds. Seconds.\n\n"
+            + table(methods) + "\n\n## Per stage, weak class and mode or method (seeds summed)\n\n"
+            + "Seconds; peak memory in MiB (resident set of the largest job).\n\n" + table(stages) + "\n")

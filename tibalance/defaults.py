@@ -1,0 +1,64 @@
+"""Settings' defaults of the generative stages, in a module without heavy
+imports: the Snakefile reads them at parse time (every snakemake start, and on
+a cluster every job), which must not pay for importing torch."""
+
+TI_DEFAULTS = {
+    "placeholder": "<{cls}>",
+    "initializer": "auto",        # auto: the class name's last word; a word; or 'random'
+    "num_vectors": 1,
+    "steps": 500,
+    "lr": 5.0e-3,
+    "lr_schedule": "constant",    # constant | cosine | linear
+    "warmup_steps": 0,
+    "batch_size": 4,
+    "resolution": 512,
+    "learnable_property": "object",
+    "templates": None,            # None: the built-in list for learnable_property
+    "augment_variants": 8,        # augmented copies of each seed image encoded once
+    "mixed_precision": "auto",    # auto (bf16/fp16 on GPU, fp32 on CPU) | no | fp16 | bf16
+    "checkpoint_every": 100,
+    "preview_images": 4,
+    "preview_steps": 20,
+    "device": "auto",
+}
+
+
+PRETRAIN_DEFAULTS = {
+    "exclude": "auto",          # classes it never sees: 'auto' = fewer than half the largest class's train images
+    "template": "a photo of a {}",
+    "vae_steps": 400,
+    "vae_lr": 1.0e-3,
+    "kl_weight": 1.0e-6,
+    "unet_steps": 3000,
+    "lr": 1.0e-3,
+    "warmup_steps": 100,
+    "batch_size": 64,
+    "caption_dropout": 0.1,     # empty caption, for classifier-free guidance
+    "ema_decay": 0.999,
+    "train_text_encoder": True,
+    "hflip": True,
+    "device": "auto",
+    "quality_images": 32,
+    "quality_steps": 25,
+    "quality_guidance": 4.0,
+}
+
+
+SAMPLING_DEFAULTS = {
+    # a count per class, or a target the class is refilled to: "median" / "max"
+    # (the median / largest train class size) or {"fill_to": N}
+    "n_images": 100,
+    "batch_size": 8,
+    "scheduler": "dpmpp",     # dpmpp (DPM-Solver++) | ddim | euler | pndm
+    "steps": 25,
+    "guidance_scale": 7.5,
+    "resolution": 512,
+    "templates": ["a photo of a {}"],
+    "negative_prompt": "",
+    "prompt_name": None,      # raw prompts use this instead of the class name (e.g. sword lily -> gladiolus)
+    "strength": 0.5,          # ti_i2i: how far each real image is noised before denoising (0: kept, 1: pure noise)
+    "device": "auto",
+}
+
+
+MODES = ("raw", "ti", "ti_i2i")
