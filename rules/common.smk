@@ -139,7 +139,7 @@ def retrain_synthetic(wildcards):
 
 def retrain_init(wildcards):
     """retrain.init: baseline -> every run fine-tunes the baseline classifier."""
-    return ["results/baseline/model.pt"] if config["retrain"]["init"] == "baseline" else []
+    return ["results/baseline/model.pt"] if config["retrain"].get("init", "scratch") == "baseline" else []
 
 
 def retrain_classifier(wildcards):
@@ -216,8 +216,10 @@ def all_targets(wildcards):
 
 def study_jobs(wildcards):
     """Every job of the study but the report and the cost table: its rule, weak
-    class, mode or method, benchmark file and sidecar (None where it writes none).
-    The benchmark file is the job's output: the cost table waits for them all."""
+    class, mode or method, benchmark file, sidecar (None where it writes none)
+    and `done`: an output that exists once the job has run (its sidecar, else
+    its first output). The cost table waits for those, not for the benchmark
+    files: a deleted benchmark file must never make a finished job rerun."""
     weak = weak_classes()
     jobs = []
 
@@ -227,7 +229,8 @@ def study_jobs(wildcards):
         fill = lambda pattern: expand(pattern, **wc)[0] if wc else str(pattern)
         meta = r.output.get("meta") or r.output.get("sidecar")
         jobs.append({"rule": rule, "class": cls, "method": method if "variant" not in wc else f"{method} {wc['variant']}",
-                     "benchmark": fill(r.benchmark), "meta": fill(meta) if meta else None})
+                     "benchmark": fill(r.benchmark), "meta": fill(meta) if meta else None,
+                     "done": fill(meta or r.output[0])})
 
     for rule in ("prepare_data", "train_baseline", "analyse_confusion"):
         add(rule)
@@ -260,5 +263,4 @@ def study_jobs(wildcards):
 
 
 def cost_inputs(wildcards):
-    jobs = study_jobs(wildcards)
-    return {"benchmarks": [j["benchmark"] for j in jobs], "metas": [j["meta"] for j in jobs if j["meta"]]}
+    return [j["done"] for j in study_jobs(wildcards)]

@@ -119,7 +119,7 @@ rule report:
 # files Snakemake wrote for each one: per stage, weak class and method.
 rule cost:
     input:
-        unpack(cost_inputs),
+        cost_inputs,
     output:
         csv="results/tables/cost.csv",
         methods_csv="results/tables/cost_methods.csv",

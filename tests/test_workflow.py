@@ -247,9 +247,10 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert r.jobs == 2 and r.wall_s == pytest.approx(wall("retrain/ti/seed0.tsv") + wall("retrain/ti/seed1.tsv"))
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
-    assert total.jobs == len(list((wd / "benchmarks").rglob("*.tsv"))) - 1  # all but the report's own
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == 4 + 2 + len(weak) * 11 + 10 + 3
+    assert set(t[t.stage == "textual_inversion"]["class"]) == set(weak)  # the weak classes' jobs, no others
     assert total.wall_s == pytest.approx(t[t.stage != "total"].wall_s.sum())
-    assert (t.gpu_s == 0).all()  # this machine has no GPU
+    assert (t.gpu_s == 0).all()  # this machine has no GPU (and every job has its benchmark file)
 
     m = pd.read_csv(res / "tables/cost_methods.csv").set_index("method")
     assert list(m.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i"]
@@ -260,6 +261,23 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert m.loc["ti", "total_wall_s"] == pytest.approx(ti + r.wall_s)
     md = (res / "tables/cost.md").read_text()
     assert "textual_inversion" in md and "Per method" in md
+
+
+def test_a_deleted_benchmark_file_reruns_nothing(tiny_run, tmp_path):
+    """The cost table reads the benchmark files but waits for the jobs' outputs:
+    without a benchmark file nothing is recomputed, and the table says so."""
+    import shutil
+
+    wd0, _ = tiny_run
+    wd = tmp_path / "run"
+    shutil.copytree(wd0, wd, symlinks=True)
+    (wd / "benchmarks/train_baseline.tsv").unlink()
+    p = snakemake(wd, "-n")
+    assert "Nothing to be done" in p.stdout + p.stderr
+    snakemake(wd, "--forcerun", "cost", "results/tables/cost.md")
+    t = pd.read_csv(wd / "results/tables/cost.csv", keep_default_na=False)
+    assert t[t.stage == "train_baseline"].wall_s.iloc[0] == ""
+    assert "1 job(s) have no benchmark file" in (wd / "results/tables/cost.md").read_text()
 
 
 def test_snakemake_report(tiny_run):
@@ -316,6 +334,20 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
         ("cost", ""),
         ("all", ""),
     ]), jobs
+
+
+def test_fine_tuning_retrains_every_run_from_the_baseline(tiny_run, tmp_path):
+    """retrain.init: baseline plans every retraining and ablation run again, now
+    with the baseline classifier as an input, and nothing upstream of them."""
+    wd, _ = tiny_run
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["retrain"]["init"] = "baseline"
+    edited = tmp_path / "finetune.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", configfiles=[edited])
+    rules = sorted({r for r, _ in _planned_jobs(p.stdout + p.stderr)})
+    assert rules == ["all", "cost", "report", "retrain", "retrain_ablation"]
+    assert p.stdout.count("results/baseline/model.pt") >= 13  # an input of each of the 10 + 3 runs
 
 
 def test_second_run_has_nothing_to_do(tiny_run):

@@ -107,6 +107,92 @@ class ImageListDataset(Dataset):
         return tf(im), self.labels[i]
 
 
+class TensorBatches:
+    """The training input pipeline on tensors: every image decoded once into one
+    uint8 canvas [N, 3, H, W] (shorter side resized to the load size, padded to
+    the largest by repeating the edge), then each batch cropped, resized, flipped and normalised as
+    a whole: random-resized crops as boxes of `torchvision.ops.roi_align`
+    (bilinear, averaged over the input pixels each output pixel covers). The
+    images flagged for the classic augmentation then get perspective / rotation / colour jitter /
+    solarize one by one (torchvision.transforms.v2 on tensors). Same
+    augmentation family as the per-image PIL path (classifier.input: files)."""
+
+    SCALE, RATIO = (0.6, 1.0), (3 / 4, 4 / 3)
+
+    def __init__(self, paths, labels, size: int, load_size: int, batch_size: int, generator: torch.Generator,
+                 augment_flags=None, alternatives=None, replace_p: float = 0.0, drop_last: bool = True):
+        from torchvision.transforms import v2
+
+        cache = ImageCache(load_size)
+        paths = list(paths)
+        alternatives = list(alternatives) if alternatives is not None else None
+        uniq = list(dict.fromkeys(paths + [a for alts in (alternatives or []) if isinstance(alts, list) for a in alts]))
+        where = {p: i for i, p in enumerate(uniq)}
+        ims = [np.array(cache.get(p)) for p in uniq]
+        self.hw = torch.tensor([[im.shape[0], im.shape[1]] for im in ims], dtype=torch.float32)
+        H, W = int(self.hw[:, 0].max()), int(self.hw[:, 1].max())
+        self.canvas = torch.zeros((len(ims), 3, H, W), dtype=torch.uint8)
+        for i, im in enumerate(ims):
+            h, w = im.shape[:2]
+            self.canvas[i, :, :h, :w] = torch.from_numpy(im).permute(2, 0, 1)
+            # edge pixels repeated into the padding: bilinear samples within half a
+            # pixel of the image's border must not blend in the padding
+            self.canvas[i, :, h:, :w] = self.canvas[i, :, h - 1:h, :w]
+            self.canvas[i, :, :, w:] = self.canvas[i, :, :, w - 1:w]
+        self.index = torch.tensor([where[p] for p in paths])
+        self.labels = torch.as_tensor(list(labels))
+        self.flags = torch.as_tensor(list(augment_flags), dtype=torch.bool) if augment_flags is not None else None
+        self.alts = [[where[a] for a in alts] if isinstance(alts, list) and alts else None
+                     for alts in alternatives] if alternatives is not None else None
+        self.replace_p = float(replace_p)
+        self.size, self.batch_size, self.g, self.drop_last = size, batch_size, generator, drop_last
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self.classic = v2.Compose([v2.RandomPerspective(0.3, p=0.5), v2.RandomRotation(15),
+                                   v2.ColorJitter(0.3, 0.3, 0.3, 0.05), v2.RandomSolarize(0.75, p=0.2)])
+
+    def __len__(self):
+        n = len(self.index)
+        return n // self.batch_size if self.drop_last and n > self.batch_size else math.ceil(n / self.batch_size)
+
+    def _boxes(self, hw: torch.Tensor) -> torch.Tensor:
+        """torchvision's RandomResizedCrop parameters for each image (10 tries, else the whole image)."""
+        n, tries = len(hw), 10
+        area = (hw[:, 0] * hw[:, 1])[:, None] * torch.empty(n, tries).uniform_(*self.SCALE, generator=self.g)
+        logr = torch.empty(n, tries).uniform_(math.log(self.RATIO[0]), math.log(self.RATIO[1]), generator=self.g)
+        w = torch.sqrt(area * torch.exp(logr)).round()
+        h = torch.sqrt(area / torch.exp(logr)).round()
+        ok = (w <= hw[:, 1:2]) & (h <= hw[:, 0:1]) & (w > 0) & (h > 0)
+        first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
+        rows = torch.arange(n)
+        w = torch.where(first >= 0, w[rows, first.clamp(min=0)], hw[:, 1])
+        h = torch.where(first >= 0, h[rows, first.clamp(min=0)], hw[:, 0])
+        y0 = torch.floor(torch.rand(n, generator=self.g) * (hw[:, 0] - h + 1))
+        x0 = torch.floor(torch.rand(n, generator=self.g) * (hw[:, 1] - w + 1))
+        return torch.stack([rows.float(), x0, y0, x0 + w, y0 + h], 1)
+
+    def __iter__(self):
+        from torchvision.ops import roi_align
+
+        order = torch.randperm(len(self.index), generator=self.g)
+        for b in range(len(self)):
+            pos = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = self.index[pos].clone()
+            if self.alts is not None and self.replace_p > 0:
+                draw = torch.rand(len(pos), generator=self.g)
+                for k, p in enumerate(pos.tolist()):
+                    if self.alts[p] and float(draw[k]) < self.replace_p:
+                        idx[k] = self.alts[p][int(torch.randint(len(self.alts[p]), (1,), generator=self.g))]
+            x = self.canvas[idx].float()
+            x = roi_align(x, self._boxes(self.hw[idx]), (self.size, self.size), 1.0, -1, aligned=True)
+            flip = torch.rand(len(idx), generator=self.g) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x).div_(255.0).clamp_(0, 1)
+            if self.flags is not None:
+                for k in torch.nonzero(self.flags[pos]).flatten().tolist():
+                    x[k] = self.classic(x[k])
+            yield (x - self.mean) / self.std, self.labels[pos]
+
+
 @dataclass
 class TrainedClassifier:
     model: nn.Module
@@ -154,14 +240,17 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     index = {c: i for i, c in enumerate(classes)}
     y = [index[l] for l in labels]
     size = int(cfg["image_size"])
-    cache = ImageCache(_load_size(size))
-    ds = ImageListDataset(paths, y, train_transform(size), cache, augment_flags,
-                          train_transform(size, "classic"), alternatives, replace_p)
     g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(ds, batch_size=int(cfg["batch_size"]), shuffle=True, generator=g,
-                        num_workers=int(cfg.get("num_workers", 0)), drop_last=len(ds) > int(cfg["batch_size"]),
-                        pin_memory=device.type == "cuda",
-                        persistent_workers=int(cfg.get("num_workers", 0)) > 0)
+    bs = int(cfg["batch_size"])
+    if cfg.get("input", "files") == "memory":
+        loader = TensorBatches(paths, y, size, _load_size(size), bs, g, augment_flags, alternatives, replace_p)
+    else:  # files (default): decoded once too (ImageCache), augmented per image with PIL; num_workers apply
+        ds = ImageListDataset(paths, y, train_transform(size), ImageCache(_load_size(size)), augment_flags,
+                              train_transform(size, "classic"), alternatives, replace_p)
+        loader = DataLoader(ds, batch_size=bs, shuffle=True, generator=g,
+                            num_workers=int(cfg.get("num_workers", 0)), drop_last=len(ds) > bs,
+                            pin_memory=device.type == "cuda",
+                            persistent_workers=int(cfg.get("num_workers", 0)) > 0)
     if init:
         start = TrainedClassifier.load(init)
         if start.arch != cfg["arch"] or start.classes != list(classes):

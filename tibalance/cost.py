@@ -4,6 +4,7 @@ the jobs' sidecars (whether a GPU ran it: GPU-seconds = wall x GPUs held)."""
 from __future__ import annotations
 
 import math
+import os
 
 import pandas as pd
 
@@ -25,7 +26,10 @@ SHARED = "shared"
 
 def read_benchmark(path: str) -> dict:
     """One job's benchmark file: wall and CPU seconds, peak RSS (MiB); the mean
-    over its lines where Snakemake repeated the job (benchmark repeats)."""
+    over its lines where Snakemake repeated the job (benchmark repeats). A
+    missing file (deleted, or a job run before benchmarks were kept) gives NaN."""
+    if not os.path.exists(path):
+        return {"wall_s": float("nan"), "cpu_s": float("nan"), "max_rss_mib": float("nan")}
     t = pd.read_csv(path, sep="\t")
     t = t.apply(pd.to_numeric, errors="coerce")
 
@@ -46,7 +50,7 @@ def job_rows(jobs: list[dict]) -> pd.DataFrame:
             m = read_json(j["meta"])
             gpus = int(m.get("gpus") or 0)
         rows.append({"stage": j["rule"], "class": j.get("class") or "", "method": j.get("method") or "",
-                     **b, "gpu_s": b["wall_s"] * gpus if gpus else 0.0})
+                     **b, "gpu_s": b["wall_s"] * gpus})
     return pd.DataFrame(rows, columns=["stage", "class", "method", "wall_s", "cpu_s", "max_rss_mib", "gpu_s"])
 
 
@@ -56,7 +60,8 @@ def stage_table(jobs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["stage", "class", "method", "jobs", "wall_s", "cpu_s", "gpu_s", "max_rss_mib"])
     order = {s: i for i, s in enumerate(dict.fromkeys(jobs["stage"]))}
     g = jobs.groupby(["stage", "class", "method"], sort=False, dropna=False)
-    t = g.agg(jobs=("wall_s", "size"), wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"), gpu_s=("gpu_s", "sum"),
+    total_ = lambda s: s.sum(min_count=1)  # noqa: E731 - blank, not 0, where no job has a benchmark file
+    t = g.agg(jobs=("wall_s", "size"), wall_s=("wall_s", total_), cpu_s=("cpu_s", total_), gpu_s=("gpu_s", total_),
               max_rss_mib=("max_rss_mib", "max")).reset_index()
     t["_o"] = t["stage"].map(order)
     t = t.sort_values(["_o", "class", "method"], kind="stable").drop(columns="_o").reset_index(drop=True)
@@ -99,7 +104,7 @@ def _num(v, digits=1) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def markdown(stages: pd.DataFrame, methods: pd.DataFrame) -> str:
+def markdown(stages: pd.DataFrame, methods: pd.DataFrame, missing: int = 0) -> str:
     def table(df):
         cols = list(df.columns)
         lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
@@ -114,6 +119,8 @@ def markdown(stages: pd.DataFrame, methods: pd.DataFrame) -> str:
         head = (f"All {int(t['jobs'])} jobs: {t['wall_s'] / 60:.1f} min of job wall time "
                 f"({t['cpu_s'] / 60:.1f} CPU min, {t['gpu_s'] / 60:.1f} GPU min), peak memory "
                 f"{_num(t['max_rss_mib'], 0)} MiB. Jobs that ran side by side overlap in wall time.\n\n")
+        if missing:
+            head += f"{missing} job(s) have no benchmark file (deleted?): not counted, blank below.\n\n"
     return ("# What the study cost\n\n" + head
             + "## Per method: the jobs a row adds to the shared ones\n\n"
             + "`synthetic`: seed selection, inversion, sampling and filtering of every weak class "

@@ -414,5 +414,5 @@ def cost(jobs: list[dict], methods: list[str], out_csv: str, methods_csv: str, o
     stages_t, methods_t = c.stage_table(rows), c.method_table(rows, methods)
     write_csv(stages_t, out_csv)
     write_csv(methods_t, methods_csv)
-    Path(out_md).write_text(c.markdown(stages_t, methods_t))
+    Path(out_md).write_text(c.markdown(stages_t, methods_t, missing=int(rows["wall_s"].isna().sum())))
     log.info("cost: %d jobs, %.1f min of job wall time", len(rows), rows["wall_s"].sum() / 60)

@@ -1,0 +1,105 @@
+"""The classifier's in-memory tensor input pipeline (classifier.input: memory)."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tibalance.classifier import IMAGENET_MEAN, IMAGENET_STD, TensorBatches, train_classifier
+
+
+def _images(tmp_path, sizes):
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((h, w, 3), 20 * i, np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def _batches(paths, labels, seed=0, **kw):
+    return list(TensorBatches(paths, labels, 16, 19, 4, torch.Generator().manual_seed(seed), **kw))
+
+
+def test_batches_are_normalised_crops_of_each_image_and_seeded(tmp_path):
+    # images of different shapes (one canvas, zero-padded): every crop stays inside its own image
+    paths = _images(tmp_path, [(19, 19), (40, 19), (19, 30), (25, 25), (19, 19), (50, 20), (19, 19), (30, 30)])
+    labels = list(range(8))
+    batches = _batches(paths, labels)
+    assert len(batches) == 2 and all(x.shape == (4, 3, 16, 16) for x, _ in batches)
+    seen = torch.cat([y for _, y in batches])
+    assert sorted(seen.tolist()) == labels  # an epoch is a permutation
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for x, y in batches:
+        pix = x * std + mean  # back to [0, 1]
+        for k, lbl in enumerate(y.tolist()):  # a flat image stays flat: no padding crept in
+            assert torch.allclose(pix[k], torch.full_like(pix[k], 20 * lbl / 255), atol=1e-4)
+    again = _batches(paths, labels)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(batches, _batches(paths, labels, seed=1)))
+
+
+def test_flags_get_the_classic_augmentation_and_alternatives_replace(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"n{i}.png"
+        Image.fromarray(rng.integers(0, 255, (19, 19, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    torch.manual_seed(0)
+    plain = _batches(paths, [0, 1, 2, 3])
+    torch.manual_seed(0)
+    heavy = _batches(paths, [0, 1, 2, 3], augment_flags=[True, False, False, False])
+    (xp, yp), (xh, yh) = plain[0], heavy[0]
+    assert torch.equal(yp, yh)
+    k = int((yp == 0).nonzero())
+    assert not torch.equal(xp[k], xh[k])  # the flagged image changed
+    assert all(torch.equal(xp[j], xh[j]) for j in range(4) if j != k)  # the others did not
+    # replace_p 1: every image with alternatives is swapped for one of them
+    alt = _images(tmp_path, [(19, 19)])  # a flat black image
+    swapped = _batches(paths, [0, 1, 2, 3], alternatives=[alt, None, None, None], replace_p=1.0)
+    x, y = swapped[0]
+    k = int((y == 0).nonzero())
+    assert torch.allclose(x[k] * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1),
+                          torch.zeros(3, 16, 16), atol=1e-4)
+
+
+@pytest.mark.parametrize("input_", ["memory", "files"])
+def test_both_input_pipelines_learn(tmp_path, input_):
+    paths, labels = [], []
+    for i in range(40):
+        p = tmp_path / f"{i}.png"
+        val = 30 if i % 2 else 220
+        Image.fromarray(np.clip(np.random.default_rng(i).normal(val, 20, (24, 24, 3)), 0, 255).astype(np.uint8)).save(p)
+        paths.append(str(p))
+        labels.append("dark" if i % 2 else "light")
+    cfg = {"arch": "resnet18", "image_size": 16, "epochs": 10, "batch_size": 8, "lr": 0.05, "device": "cpu",
+           "input": input_}
+    clf = train_classifier(paths, labels, ["dark", "light"], cfg, seed=0)
+    from tibalance.classifier import predict
+
+    probs, _ = predict(clf, paths)
+    assert (probs.argmax(1) == np.array([0 if lbl == "dark" else 1 for lbl in labels])).mean() >= 0.9
+
+
+def test_fine_tuning_starts_from_the_given_classifier(tmp_path):
+    """retrain.init: baseline -> train_classifier(init=...) starts at the saved
+    weights (with a vanishing lr it stays there); another class list is refused."""
+    from tibalance.classifier import predict
+    from tibalance.util import TibalanceError
+
+    paths = _images(tmp_path, [(19, 19)] * 8)
+    labels = ["a", "b"] * 4
+    cfg = {"arch": "resnet18", "image_size": 16, "epochs": 2, "batch_size": 4, "lr": 0.05, "device": "cpu"}
+    start = train_classifier(paths, labels, ["a", "b"], cfg, seed=0)
+    start.save(str(tmp_path / "start.pt"))
+    scratch = train_classifier(paths, labels, ["a", "b"], {**cfg, "lr": 1e-12, "epochs": 1}, seed=1)
+    tuned = train_classifier(paths, labels, ["a", "b"], {**cfg, "lr": 1e-12, "epochs": 1}, seed=1,
+                             init=str(tmp_path / "start.pt"))
+    for name, p in tuned.model.state_dict().items():
+        if "running" in name or "num_batches" in name:
+            continue  # batch-norm statistics move in train mode whatever the lr
+        assert torch.allclose(p, start.model.state_dict()[name], atol=1e-6), name
+    assert not torch.allclose(scratch.model.fc.weight, start.model.fc.weight)
+    assert predict(tuned, paths)[0].shape == (8, 2)
+    with pytest.raises(TibalanceError, match="start.pt"):
+        train_classifier(paths, labels, ["a", "b", "c"], cfg, seed=0, init=str(tmp_path / "start.pt"))
