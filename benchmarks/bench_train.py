@@ -3,6 +3,7 @@ speed (steps/s), for this checkout and, side by side, another git revision.
 
     python benchmarks/bench_train.py                    # this checkout
     python benchmarks/bench_train.py --against HEAD~3   # and HEAD~3, same data, same machine
+    python benchmarks/bench_train.py --input memory     # the tensor input pipeline
 
 Measures the demo's recipe (ResNet-18 at 32 px, batch 128; the demo generator's
 architecture, batch 64) on Fashion-MNIST-sized images (Debian's idx files when
@@ -47,7 +48,7 @@ def make_images(out: Path, n: int) -> tuple[list[str], list[str]]:
     return paths, labels
 
 
-def bench_classifier(paths, labels, epochs: int, threads: int) -> dict:
+def bench_classifier(paths, labels, epochs: int, threads: int, input_: str = "files") -> dict:
     import torch
 
     from tibalance import classifier as C
@@ -55,7 +56,7 @@ def bench_classifier(paths, labels, epochs: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     classes = sorted(set(labels))
     cfg = {"arch": "resnet18", "pretrained": False, "image_size": 32, "batch_size": 128, "lr": 0.05,
-           "epochs": 1, "device": "cpu"}
+           "epochs": 1, "device": "cpu", "input": input_}
     flags = [i % 10 == 0 for i in range(len(paths))]  # a tenth with the oversample method's heavy augmentation
     C.train_classifier(paths[:256], labels[:256], classes, cfg, seed=0)  # warm-up
     t0 = time.perf_counter()
@@ -79,13 +80,16 @@ def bench_pretrain(paths, labels, vae_steps: int, unet_steps: int, threads: int)
         arch = {"resolution": 32, "vae_channels": [16, 32, 32], "unet_channels": [64, 128], "text_hidden": 64}
         cfg = {"batch_size": 64, "exclude": []}
         times = {}
-        for name, steps in (("warm", (2, 2)), ("vae", (vae_steps, 0)), ("both", (vae_steps, unet_steps))):
+        # a warm-up run, then runs that differ from the "base" one only in one
+        # phase's step count: building, encoding and saving cancel out
+        for name, steps in (("warm", (2, 2)), ("base", (1, 1)), ("vae", (1 + vae_steps, 1)),
+                            ("unet", (1, 1 + unet_steps))):
             t0 = time.perf_counter()
             P.pretrain(str(manifest), cj, str(Path(tmp) / name), arch,
                        {**cfg, "vae_steps": steps[0], "unet_steps": steps[1]}, seed=0)
             times[name] = time.perf_counter() - t0
-        unet_s = times["both"] - times["vae"]
-        vae_s = times["vae"] - times["warm"]  # the fixed part (build, encode, save) cancels out roughly
+        unet_s = times["unet"] - times["base"]
+        vae_s = times["vae"] - times["base"]
     return {"pretrain_vae_steps_per_s": round(vae_steps / max(vae_s, 1e-9), 2),
             "pretrain_unet_steps_per_s": round(unet_steps / max(unet_s, 1e-9), 2)}
 
@@ -94,7 +98,7 @@ def measure(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths, labels = make_images(Path(tmp) / "img", args.images)
         out = {}
-        out.update(bench_classifier(paths, labels, args.epochs, args.threads))
+        out.update(bench_classifier(paths, labels, args.epochs, args.threads, args.input))
         out.update(bench_pretrain(paths, labels, args.vae_steps, args.unet_steps, args.threads))
     return out
 
@@ -107,6 +111,8 @@ def main() -> None:
     ap.add_argument("--vae-steps", type=int, default=40)
     ap.add_argument("--unet-steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--input", choices=["files", "memory"], default="files",
+                    help="classifier.input: per-image PIL (files) or tensor batches (memory)")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one run, result as JSON (subprocess use)
     args = ap.parse_args()
     sys.path.insert(0, os.environ.get("TIBALANCE_SRC", str(REPO)))
