@@ -25,8 +25,10 @@ demo-data:
 demo: install demo-data
 	@extra=""; [ -f $(FMNIST) ] || extra="config/demo-download.yaml"; \
 	$(SNAKEMAKE) --configfile config/demo.yaml $$extra --cores $(CORES) && \
-	echo "" && echo "Demo finished. Results are under results/:" && \
-	echo "  results/tables/summary.md, results/tables/per_class.md, results/tables/ablation.md, results/tables/generator_quality.md" && \
+	$(SNAKEMAKE) --configfile config/demo.yaml $$extra --report results/report.html && \
+	echo "" && echo "Demo finished. The report (tables, plots, grids, with captions): results/report.html" && \
+	echo "Results are under results/:" && \
+	echo "  results/tables/summary.md, results/tables/per_class.md, results/tables/ablation.md, results/tables/cost.md, results/tables/generator_quality.md" && \
 	echo "  results/analysis/per_class.csv, results/analysis/confusion.png, results/analysis/weak_classes.json" && \
 	echo "  results/seeds/<class>/contact_sheet.png, results/inversion/<class>/, results/samples/grid/<class>.png" && \
 	echo "  results/judge/<class>.json (class fidelity), results/samples/<mode>/<class>/filtered.csv (filter scores)"
