@@ -133,11 +133,9 @@ def main() -> None:
                        check=True, capture_output=True)
         revs.insert(0, (args.against, tmp))
     try:
+        settings = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("against", "json")]
         for name, src in revs:
-            cmd = [sys.executable, __file__, "--json", *sys.argv[1:]]
-            cmd = [c for c in cmd if not c.startswith("--against")]
-            if args.against and args.against in cmd:
-                cmd.remove(args.against)
+            cmd = [sys.executable, __file__, "--json", *settings]
             p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TIBALANCE_SRC": str(src)})
             if p.returncode:
                 sys.exit(f"benchmark of {name} failed:\n{p.stderr[-3000:]}")

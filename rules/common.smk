@@ -10,7 +10,7 @@ from tibalance.config import canonical, check_class_names, class_settings, forma
 from tibalance.data import check_root, dataset_class_names
 from tibalance.filtering import FILTER_DEFAULTS
 from tibalance.generator import check_model, is_local
-from tibalance.defaults import PRETRAIN_DEFAULTS, SAMPLING_DEFAULTS, TI_DEFAULTS
+from tibalance.defaults import PRETRAIN_DEFAULTS, SAMPLING_DEFAULTS, TI_DEFAULTS, TOKEN_MODES
 from tibalance.retrain import SAMPLE_KIND, ablation_variants, parse_variant
 from tibalance.util import TibalanceError, derive_seed, read_json
 
@@ -104,14 +104,14 @@ def filter_params(wildcards):
 
 def token_params(wildcards):
     """What the ti / ti_i2i sampling needs of the class's inversion settings (raw: nothing)."""
-    if wildcards.method not in ("ti", "ti_i2i"):
+    if wildcards.method not in TOKEN_MODES:
         return {}
     ti = ti_params(wildcards)
     return {"placeholder": ti["placeholder"].format(cls=wildcards.cls), "num_vectors": ti["num_vectors"]}
 
 
 def sample_inputs(wildcards):
-    if wildcards.method in ("ti", "ti_i2i"):
+    if wildcards.method in TOKEN_MODES:
         return {"embeds": f"results/inversion/{wildcards.cls}/learned_embeds.safetensors"}
     return {}
 
@@ -155,16 +155,15 @@ def retrain_runs(wildcards):
     )
 
 
-def ablation_runs(wildcards):
+def ablation_cells():
+    """(method, variant, seed) of every ablation run."""
     ab = config["ablation"]
-    if not ab["methods"]:
-        return []
-    return expand(
-        "results/ablation/{method}/{variant}/seed{seed}/metrics.json",
-        method=ab["methods"],
-        variant=ablation_variants(ab["counts"]),
-        seed=ab.get("seeds") or config["retrain"]["seeds"],
-    )
+    return [(m, v, s) for m in ab["methods"] for v in ablation_variants(ab["counts"])
+            for s in ab.get("seeds") or config["retrain"]["seeds"]]
+
+
+def ablation_runs(wildcards):
+    return [f"results/ablation/{m}/{v}/seed{s}/metrics.json" for m, v, s in ablation_cells()]
 
 
 def fid_files(wildcards):
@@ -256,9 +255,8 @@ def study_jobs(wildcards):
     for method in config["retrain"]["methods"]:
         for seed in config["retrain"]["seeds"]:
             add("retrain", None, method, seed=seed)
-    for path in ablation_runs(wildcards):
-        _, _, method, variant, seed, _ = path.split("/")
-        add("retrain_ablation", None, method, variant=variant, seed=seed[4:])
+    for method, variant, seed in ablation_cells():
+        add("retrain_ablation", None, method, variant=variant, seed=seed)
     return jobs
 
 

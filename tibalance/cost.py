@@ -8,20 +8,20 @@ import os
 
 import pandas as pd
 
+from .defaults import TOKEN_MODES
+from .retrain import SAMPLE_KIND
 from .util import read_json
 
-# the jobs each retraining method adds to the shared ones (data, baseline,
-# analysis, generator, FID, judge, grids): what one of its rows costs
-METHOD_STAGES = {
-    "baseline": {"retrain": None},
-    "oversample": {"retrain": None},
-    "raw_sd": {"sample": "raw", "filter_samples": "raw", "retrain": None},
-    "ti": {"select_seeds": None, "textual_inversion": None, "sample": "ti", "filter_samples": "ti", "retrain": None},
-    "ti_i2i": {"select_seeds": None, "textual_inversion": None, "sample": "ti_i2i", "filter_samples": "ti_i2i",
-               "retrain": None},
-}
-# stages whose jobs serve every method alike
-SHARED = "shared"
+
+def method_stages(method: str) -> dict[str, str | None]:
+    """The jobs a retraining method adds to the shared ones (data, baseline,
+    analysis, generator, FID, judge, grids): {stage: the sampling mode its jobs
+    must have, or None for all of the stage's jobs}; its retraining runs aside."""
+    mode = SAMPLE_KIND.get(method)
+    if mode is None:  # baseline, oversample: real images only
+        return {}
+    token = {"select_seeds": None, "textual_inversion": None} if mode in TOKEN_MODES else {}
+    return {**token, "sample": mode, "filter_samples": mode}
 
 
 def read_benchmark(path: str) -> dict:
@@ -41,7 +41,7 @@ def read_benchmark(path: str) -> dict:
 
 
 def job_rows(jobs: list[dict]) -> pd.DataFrame:
-    """jobs: {rule, class, method, seed, benchmark, meta (or None)} -> one row per job."""
+    """jobs: {rule, class, method, benchmark, meta (or None)} -> one row per job."""
     rows = []
     for j in jobs:
         b = read_benchmark(j["benchmark"])
@@ -76,22 +76,15 @@ def method_table(jobs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     wall/CPU/GPU seconds — the price of a row beside the shared stages."""
     rows = []
     for method in methods:
-        stages = METHOD_STAGES.get(method, {"retrain": None})
+        synthetic = pd.Series(False, index=jobs.index)
+        for stage, mode in method_stages(method).items():
+            synthetic |= (jobs["stage"] == stage) & (jobs["method"] == mode if mode else True)
+        parts = {"synthetic": synthetic, "retrain": (jobs["stage"] == "retrain") & (jobs["method"] == method)}
         row = {"method": method}
-        for part, names in (("synthetic", [s for s in stages if s != "retrain"]), ("retrain", ["retrain"])):
-            sel = pd.Series(False, index=jobs.index)
-            for s in names:
-                mode = stages[s]
-                m = jobs["stage"] == s
-                if s == "retrain":
-                    m &= jobs["method"] == method
-                elif mode is not None:
-                    m &= jobs["method"] == mode
-                sel |= m
+        for part, sel in parts.items():
             for k in ("wall_s", "cpu_s", "gpu_s"):
                 row[f"{part}_{k}"] = float(jobs.loc[sel, k].sum())
-            if part == "retrain":
-                row["retrain_runs"] = int(sel.sum())
+        row["retrain_runs"] = int(parts["retrain"].sum())
         row["total_wall_s"] = row["synthetic_wall_s"] + row["retrain_wall_s"]
         row["total_gpu_s"] = row["synthetic_gpu_s"] + row["retrain_gpu_s"]
         rows.append(row)

@@ -62,3 +62,5 @@ SAMPLING_DEFAULTS = {
 
 
 MODES = ("raw", "ti", "ti_i2i")
+# the modes that sample with the class's learned token (they need its inversion)
+TOKEN_MODES = ("ti", "ti_i2i")

@@ -128,7 +128,7 @@ def pretrain_generator(manifest: str, classes: str, tiny_cfg: dict, pretrain_cfg
 
 
 def generator_quality(model: str, classifier: str, classes: str, pretrain_meta: str, pretrain_cfg: dict, seed: int,
-                      out_csv: str, out_md: str, grid_png: str, meta: str | None = None) -> None:
+                      out_csv: str, out_md: str, grid_png: str, meta: str) -> None:
     """The baseline classifier's accuracy on the generator's images of each class it learned."""
     from pathlib import Path
 
@@ -150,8 +150,7 @@ def generator_quality(model: str, classifier: str, classes: str, pretrain_meta: 
     Path(out_md).write_text(to_markdown(df.fillna("")) + f"\nChance level: {chance:.4f} "
                             f"(the classifier knows {len(read_json(classes)['classes'])} classes).\n")
     log.info("generator quality: mean accuracy %.3f over %d classes", total["accuracy"], len(learned))
-    if meta:
-        side.write(meta, accuracy=total["accuracy"])
+    side.write(meta, accuracy=total["accuracy"])
 
 
 def _seed_paths(cls: str, seeds_csv: str) -> list[str]:
@@ -199,7 +198,7 @@ def sample_grid(cls: str, seeds_csv: str, sample_csvs: dict[str, str], out_png: 
 # --------------------------------------------------------------------------- evaluation
 
 def fid(cls: str, manifest: str, model: str, sample_csvs: dict[str, str], metrics_cfg: dict,
-        out_json: str, cache_root: str, meta: str | None = None) -> None:
+        out_json: str, cache_root: str, meta: str) -> None:
     """FID/KID of each sampling mode's images against the class's real val+test images.
 
     A set of fewer than 2 images (a class already at its target size gets 0)
@@ -227,8 +226,7 @@ def fid(cls: str, manifest: str, model: str, sample_csvs: dict[str, str], metric
             rows.append({"method": method, **r})
             log.info("class %s %s %s: FID %.3f KID %.4f", cls, method, network, r["fid"], r["kid_mean"])
     write_json(out_json, {"class": cls, "rows": rows})
-    if meta:
-        side.write(meta)
+    side.write(meta)
 
 
 def filter_samples(cls: str, samples_csv: str, manifest: str, model: str, filter_cfg: dict, out_csv: str,
