@@ -6,11 +6,11 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
-from tibalance.config import canonical, check_class_names, class_settings, format_validation_error
+from tibalance.config import canonical, check_class_names, check_lora, class_settings, format_validation_error
 from tibalance.data import check_root, dataset_class_names
 from tibalance.filtering import FILTER_DEFAULTS
 from tibalance.generator import check_model, is_local
-from tibalance.defaults import PRETRAIN_DEFAULTS, SAMPLING_DEFAULTS, TI_DEFAULTS, TOKEN_MODES
+from tibalance.defaults import LORA_DEFAULTS, LORA_MODES, PRETRAIN_DEFAULTS, SAMPLING_DEFAULTS, TI_DEFAULTS, TOKEN_MODES
 from tibalance.retrain import SAMPLE_KIND, ablation_variants, parse_variant
 from tibalance.util import TibalanceError, derive_seed, read_json
 
@@ -49,22 +49,26 @@ try:
         check_model(MODEL)
     check_root(config["data"])
     check_class_names(config, dataset_class_names(config["data"]))
+    check_lora(config)
 except TibalanceError as e:
     _fail(f"{CONFIGFILE}: {e}")
 
 
 wildcard_constraints:
     cls=r"[a-z0-9_]+",
-    method=r"ti_i2i|ti|raw|baseline|oversample|raw_sd",
+    method=r"ti_i2i|ti_lora|ti|lora|raw|baseline|oversample|raw_sd",
+    lora_kind=r"lora|ti_lora",
     seed=r"\d+",
     variant=r"(n\d+|balanced)-(filter|nofilter)",
 
 
 SEED = config["seed"]
 
-# sampling modes the study generates: raw and ti always (grids, FID), ti_i2i
-# (real-image-guided) when its retraining method is part of the study
-SAMPLE_KINDS = ["raw", "ti"] + (["ti_i2i"] if "ti_i2i" in config["retrain"]["methods"] else [])
+# sampling modes the study generates: raw and ti always (grids, FID); ti_i2i
+# (real-image-guided), lora and ti_lora (adapters) when their retraining method
+# is part of the study
+SAMPLE_KINDS = ["raw", "ti"] + [m for m in ("ti_i2i", "lora", "ti_lora") if m in config["retrain"]["methods"]]
+LORA_KINDS = [m for m in SAMPLE_KINDS if m in LORA_MODES]
 
 
 def section(name):
@@ -94,6 +98,10 @@ def ti_params(wildcards):
     return canonical({**TI_DEFAULTS, **class_settings(config, "ti", wildcards.cls)})
 
 
+def lora_params(wildcards):
+    return canonical({**LORA_DEFAULTS, **class_settings(config, "lora", wildcards.cls)})
+
+
 def sampling_params(wildcards):
     return canonical({**SAMPLING_DEFAULTS, **class_settings(config, "sampling", wildcards.cls)})
 
@@ -102,18 +110,41 @@ def filter_params(wildcards):
     return canonical({**FILTER_DEFAULTS, **class_settings(config, "filter", wildcards.cls)})
 
 
+def _token(cls):
+    """What a job that uses the class's learned token needs of its inversion settings."""
+    ti = {**TI_DEFAULTS, **class_settings(config, "ti", cls)}
+    return {"placeholder": ti["placeholder"].format(cls=cls), "num_vectors": ti["num_vectors"]}
+
+
+def _embeds(cls):
+    return f"results/inversion/{cls}/learned_embeds.safetensors"
+
+
 def token_params(wildcards):
-    """What the ti / ti_i2i sampling needs of the class's inversion settings (raw: nothing)."""
-    if wildcards.method not in TOKEN_MODES:
-        return {}
-    ti = ti_params(wildcards)
-    return {"placeholder": ti["placeholder"].format(cls=wildcards.cls), "num_vectors": ti["num_vectors"]}
+    """What a sampling mode needs beside its inputs: the token's placeholder
+    (ti, ti_i2i, ti_lora), the words the lora adapter was trained with (lora)."""
+    if wildcards.method in TOKEN_MODES:
+        return _token(wildcards.cls)
+    if wildcards.method == "lora":
+        return {"lora_prompt_name": lora_params(wildcards)["prompt_name"]}
+    return {}
 
 
 def sample_inputs(wildcards):
+    inputs = {}
     if wildcards.method in TOKEN_MODES:
-        return {"embeds": f"results/inversion/{wildcards.cls}/learned_embeds.safetensors"}
-    return {}
+        inputs["embeds"] = _embeds(wildcards.cls)
+    if wildcards.method in LORA_MODES:
+        inputs["lora"] = f"results/lora/{wildcards.method}/{wildcards.cls}/pytorch_lora_weights.safetensors"
+    return inputs
+
+
+def lora_inputs(wildcards):
+    return {"embeds": _embeds(wildcards.cls)} if wildcards.lora_kind == "ti_lora" else {}
+
+
+def lora_token_params(wildcards):
+    return _token(wildcards.cls) if wildcards.lora_kind == "ti_lora" else {}
 
 
 def class_samples(wildcards):
@@ -209,6 +240,7 @@ def all_targets(wildcards):
         ["results/analysis/per_class.csv", "results/analysis/confusion.png"]
         + expand("results/seeds/{cls}/contact_sheet.png", cls=weak)
         + expand("results/inversion/{cls}/preview.png", cls=weak)
+        + expand("results/lora/{kind}/{cls}/preview.png", kind=LORA_KINDS, cls=weak)
         + expand("results/samples/grid/{cls}.png", cls=weak)
     )
 
@@ -241,6 +273,8 @@ def study_jobs(wildcards):
     for cls in weak:
         add("select_seeds", cls)
         add("textual_inversion", cls)
+        for kind in LORA_KINDS:
+            add("lora", cls, kind, lora_kind=kind)
         for kind in SAMPLE_KINDS:
             add("sample", cls, kind)
             add("filter_samples", cls, kind)

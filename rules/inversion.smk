@@ -9,7 +9,7 @@ rule textual_inversion:
         preview=report(
             "results/inversion/{cls}/preview.png",
             caption="../workflow/report/preview.rst",
-            category="3. Textual inversion",
+            category="3. Adaptation",
             subcategory="{cls}",
         ),
         meta="results/inversion/{cls}/textual_inversion.meta.json",

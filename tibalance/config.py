@@ -9,7 +9,7 @@ import re
 from .util import TibalanceError, slugify
 
 # settings sections that a class may override under `classes: <class>:`
-PER_CLASS_SECTIONS = ("seeds", "ti", "sampling", "filter")
+PER_CLASS_SECTIONS = ("seeds", "ti", "lora", "sampling", "filter")
 
 
 def format_validation_error(err, configfile: str) -> str:
@@ -60,6 +60,36 @@ def class_settings(config: dict, section: str, cls: str) -> dict:
 def normalised_classes(config: dict) -> dict:
     """`classes:` keyed by slug (users may write 'sword lily' or 'sword_lily')."""
     return {slugify(k): v or {} for k, v in (config.get("classes") or {}).items()}
+
+
+TEXT_ENCODER_LORA_PEFT = (0, 22)  # transformers 5 loads text-encoder adapters only with peft >= 0.22
+
+
+def text_encoder_lora_problem() -> str | None:
+    """Why text-encoder LoRA cannot run in this environment, or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("peft")
+    except PackageNotFoundError:
+        return "peft is not installed"
+    parts = tuple(int(x) for x in re.findall(r"\d+", v)[:2])
+    if parts < TEXT_ENCODER_LORA_PEFT:
+        return (f"needs peft >= {'.'.join(map(str, TEXT_ENCODER_LORA_PEFT))} (transformers' text-encoder adapters); "
+                f"this environment has peft {v}")
+    return None
+
+
+def check_lora(config: dict) -> None:
+    """lora.train_text_encoder (global or a class's) must be runnable here."""
+    keys = [("lora.train_text_encoder", config.get("lora") or {})]
+    keys += [(f"classes.{c}.lora.train_text_encoder", (v or {}).get("lora") or {})
+             for c, v in (config.get("classes") or {}).items()]
+    for key, section in keys:
+        if section.get("train_text_encoder"):
+            problem = text_encoder_lora_problem()
+            if problem:
+                raise TibalanceError(f"{key}: {problem}")
 
 
 def check_class_names(config: dict, known_names: list[str]) -> None:

@@ -8,7 +8,7 @@ import os
 
 import pandas as pd
 
-from .defaults import TOKEN_MODES
+from .defaults import LORA_MODES, TOKEN_MODES
 from .retrain import SAMPLE_KIND
 from .util import read_json
 
@@ -20,8 +20,10 @@ def method_stages(method: str) -> dict[str, str | None]:
     mode = SAMPLE_KIND.get(method)
     if mode is None:  # baseline, oversample: real images only
         return {}
-    token = {"select_seeds": None, "textual_inversion": None} if mode in TOKEN_MODES else {}
-    return {**token, "sample": mode, "filter_samples": mode}
+    seeds = {"select_seeds": None} if mode in TOKEN_MODES + LORA_MODES else {}
+    token = {"textual_inversion": None} if mode in TOKEN_MODES else {}
+    lora = {"lora": mode} if mode in LORA_MODES else {}
+    return {**seeds, **token, **lora, "sample": mode, "filter_samples": mode}
 
 
 def read_benchmark(path: str) -> dict:

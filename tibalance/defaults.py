@@ -23,6 +23,31 @@ TI_DEFAULTS = {
 }
 
 
+# LoRA shares the adaptation skeleton's keys with TI (steps … device) and adds
+# the adapter's shape.
+LORA_DEFAULTS = {
+    "rank": 4,
+    "alpha": 4,                   # the update is scaled by alpha / rank
+    "target_modules": ["to_q", "to_k", "to_v", "to_out.0"],   # the UNet's attention projections
+    "train_text_encoder": False,  # also adapters on the text encoder's attention (q/k/v/out_proj)
+    "prompt_name": None,          # lora prompts name the class by this instead of its name
+    "steps": 500,
+    "lr": 1.0e-4,
+    "lr_schedule": "constant",
+    "warmup_steps": 0,
+    "batch_size": 4,
+    "resolution": 512,
+    "learnable_property": "object",
+    "templates": None,
+    "augment_variants": 8,
+    "mixed_precision": "auto",
+    "checkpoint_every": 100,
+    "preview_images": 4,
+    "preview_steps": 20,
+    "device": "auto",
+}
+
+
 PRETRAIN_DEFAULTS = {
     "exclude": "auto",          # classes it never sees: 'auto' = fewer than half the largest class's train images
     "template": "a photo of a {}",
@@ -61,6 +86,8 @@ SAMPLING_DEFAULTS = {
 }
 
 
-MODES = ("raw", "ti", "ti_i2i")
+MODES = ("raw", "ti", "ti_i2i", "lora", "ti_lora")
 # the modes that sample with the class's learned token (they need its inversion)
-TOKEN_MODES = ("ti", "ti_i2i")
+TOKEN_MODES = ("ti", "ti_i2i", "ti_lora")
+# the modes that sample with the class's LoRA adapter of the same name (they need its lora job)
+LORA_MODES = ("lora", "ti_lora")

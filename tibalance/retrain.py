@@ -6,9 +6,11 @@ import pandas as pd
 
 from .util import TibalanceError, derive_seed
 
-METHODS = ("baseline", "oversample", "raw_sd", "ti", "ti_i2i")
+from .defaults import MODES
+
+METHODS = ("baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "ti_lora")
 # the sampling mode whose images a method trains on
-SAMPLE_KIND = {"raw_sd": "raw", "ti": "ti", "ti_i2i": "ti_i2i"}
+SAMPLE_KIND = {"raw_sd": "raw", "ti": "ti", "ti_i2i": "ti_i2i", "lora": "lora", "ti_lora": "ti_lora"}
 
 
 def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthetic: dict[str, list[str]],
@@ -19,8 +21,8 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
     - baseline: the real training images;
     - oversample: each weak class's real images repeated (classic augmentation)
       up to real + as many images as its synthetic set holds;
-    - raw_sd / ti / ti_i2i with mix 'add': the synthetic images added;
-    - raw_sd / ti / ti_i2i with mix 'replace': class counts unchanged; each real image of a
+    - synthetic methods (raw_sd, ti, …) with mix 'add': the synthetic images added;
+    - synthetic methods (raw_sd, ti, …) with mix 'replace': class counts unchanged; each real image of a
       weak class may be swapped for one of the class's synthetic images."""
     if method not in METHODS:
         raise TibalanceError(f"retrain.methods: unknown method {method!r} ({', '.join(METHODS)})")
@@ -148,7 +150,7 @@ def per_class_table(runs: list[dict], weak: list[str], fid: dict[str, list[dict]
             row[f"acc_{method}_mean"], row[f"acc_{method}_std"] = _mean_std(
                 r["per_class_accuracy"][cls] for r in runs if r["method"] == method)
         kinds = sorted({k for k in (kept or {}).get(cls, {})} | {f["method"] for f in fid.get(cls, [])},
-                       key=lambda k: ("raw", "ti", "ti_i2i").index(k) if k in ("raw", "ti", "ti_i2i") else 9)
+                       key=lambda k: MODES.index(k) if k in MODES else 9)
         j = (judge or {}).get(cls)
         if j is not None:
             row["judge_real_val"] = _fmt(j["real_val"]["share"])

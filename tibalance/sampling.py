@@ -4,7 +4,9 @@
 - `ti`: text-to-image with the learned token;
 - `ti_i2i`: image-to-image from the class's real training images with the
   learned token (real-image-guided, as DA-Fusion): image i starts from real
-  image i mod n, noised to `strength` of the schedule, then denoised.
+  image i mod n, noised to `strength` of the schedule, then denoised;
+- `lora`: text-to-image with the class's name and its LoRA adapter loaded;
+- `ti_lora`: text-to-image with the learned token and its token + LoRA adapter.
 
 One seed per image (derived from the base seed, class and image index, the same
 for every mode so the rows are paired), batched, half precision on GPU, a
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 from .generator import half_dtype, load_pipeline
 from .inversion import expand_placeholder
 from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
-from .defaults import MODES, SAMPLING_DEFAULTS  # noqa: F401 - part of this module's interface
+from .defaults import LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
 
@@ -85,21 +87,28 @@ def image_seed(base_seed: int, cls: str, index: int) -> int:
 
 def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dict, seed: int,
                  manifest: str, out_csv: str, image_dir: str, embeds: str | None = None,
-                 placeholder: str | None = None, num_vectors: int = 1) -> int:
+                 placeholder: str | None = None, num_vectors: int = 1, lora: str | None = None,
+                 lora_prompt_name: str | None = None) -> int:
     """Generate the class's images into image_dir and list them in out_csv.
 
+    embeds: the learned token (ti, ti_i2i, ti_lora); lora: the adapter file
+    (lora, ti_lora), whose prompts name the class by lora_prompt_name if set.
     Returns how many images were newly generated."""
     s = {**SAMPLING_DEFAULTS, **(settings or {})}
     m = pd.read_csv(manifest, dtype=str)
     n = n_images_for(s["n_images"], cls, m)
     if method not in MODES:
         raise TibalanceError(f"sample: unknown method {method!r} ({', '.join(MODES)})")
-    if method in ("ti", "ti_i2i"):
+    if method in TOKEN_MODES:
         if not embeds:
             raise TibalanceError(f"sample: method {method} for class {cls} needs learned embeddings")
         subject = expand_placeholder(placeholder, placeholder, num_vectors)
+    elif method == "lora":
+        subject = lora_prompt_name or cls_name  # the words its adapter was trained with
     else:
         subject = s["prompt_name"] or cls_name
+    if method in LORA_MODES and not lora:
+        raise TibalanceError(f"sample: method {method} for class {cls} needs its LoRA adapter")
     templates = list(s["templates"])
     prompts = [templates[i % len(templates)].format(subject) for i in range(n)]
     seeds = [image_seed(seed, cls, i) for i in range(n)]
@@ -117,6 +126,7 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     fp_keys += ["strength"] if method == "ti_i2i" else []
     fp = fingerprint({"model": model, "method": method, "subject": subject, "settings": {k: s[k] for k in fp_keys},
                       "embeds": file_digest(embeds) if embeds else None, "seed": seed, "templates": templates,
+                      **({"lora": file_digest(lora)} if lora else {}),
                       "starts": sorted(set(p for p in starts if p)) or None})
     fp_file = out / "fingerprint.json"
     if out.exists() and (not fp_file.exists() or json.loads(fp_file.read_text()).get("fingerprint") != fp):
@@ -136,8 +146,11 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
         device = pick_device(s["device"])
         dtype = half_dtype(device)
         pipe = load_pipeline(model, device=device, dtype=dtype)
-        if method in ("ti", "ti_i2i"):
+        if method in TOKEN_MODES:
             pipe.load_textual_inversion(embeds, token=placeholder)
+        if method in LORA_MODES:
+            pipe.load_lora_weights(lora)
+            pipe.fuse_lora()  # merged into the weights: no per-layer adapter cost while sampling
         pipe.scheduler = make_scheduler(s["scheduler"], pipe.scheduler.config)
         if method == "ti_i2i":
             from diffusers import StableDiffusionImg2ImgPipeline

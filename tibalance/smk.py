@@ -57,7 +57,7 @@ def single(item) -> str | None:
 
 
 def modes(namedlist) -> dict[str, str]:
-    """{sampling mode: path} of the inputs named after a mode (raw, ti, ti_i2i)."""
+    """{sampling mode: path} of the inputs named after a mode (raw, ti, …)."""
     from .sampling import MODES
 
     keys = set(namedlist.keys())

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from .defaults import MODES
 from .filtering import kept_mask
 from .util import Sidecar, TibalanceError, read_json, write_csv, write_json
 
@@ -171,20 +172,35 @@ def textual_inversion(cls: str, classes: str, seeds_csv: str, model: str, ti_cfg
     side.write(meta, **result)
 
 
+def lora(cls: str, kind: str, classes: str, seeds_csv: str, model: str, lora_cfg: dict, seed: int,
+         out_dir: str, loss_out: str, preview_out: str, resume_dir: str, meta: str,
+         embeds: str | None = None, placeholder: str | None = None, num_vectors: int = 1) -> None:
+    from .lora import train_lora
+
+    side = Sidecar(seed)
+    name = read_json(classes)["names"][cls]
+    result = train_lora(model, _seed_paths(cls, seeds_csv), cls, name, lora_cfg, seed, out_dir, loss_out,
+                        preview_out, resume_dir, kind=kind, embeds=embeds, placeholder=placeholder,
+                        num_vectors=num_vectors)
+    side.write(meta, **result)
+
+
 def sample(cls: str, method: str, classes: str, manifest: str, model: str, sampling_cfg: dict, seed: int,
            out_csv: str, image_dir: str, meta: str, embeds: str | None = None,
-           placeholder: str | None = None, num_vectors: int = 1) -> None:
+           placeholder: str | None = None, num_vectors: int = 1, lora: str | None = None,
+           lora_prompt_name: str | None = None) -> None:
     from .sampling import sample_class
 
     side = Sidecar(seed)
     name = read_json(classes)["names"][cls]
     new = sample_class(model, method, cls, name, sampling_cfg, seed, manifest, out_csv, image_dir,
-                       embeds=embeds, placeholder=placeholder, num_vectors=num_vectors)
+                       embeds=embeds, placeholder=placeholder, num_vectors=num_vectors, lora=lora,
+                       lora_prompt_name=lora_prompt_name)
     side.write(meta, generated=new)
 
 
 def sample_grid(cls: str, seeds_csv: str, sample_csvs: dict[str, str], out_png: str, per_row: int = 8) -> None:
-    """Rows: real seed images, then one row per sampling mode (raw, ti, ti_i2i)."""
+    """Rows: real seed images, then one row per sampling mode (raw, ti, …)."""
     from .seeds import contact_sheet
 
     paths, caps = [], []
@@ -380,7 +396,7 @@ def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     for network in sorted({r["network"] for rows in fid_rows.values() for r in rows}):
-        for kind in ("ti", "ti_i2i"):
+        for kind in [m for m in MODES if m != "raw"]:
             pts = []
             for cls, rows in fid_rows.items():
                 by = {r["method"]: r["fid"] for r in rows if r["network"] == network}
@@ -394,7 +410,7 @@ def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str
     lim = max(ax.get_xlim()[1], ax.get_ylim()[1]) if fid_rows else 1
     ax.plot([0, lim], [0, lim], color="grey", lw=0.8, ls="--")
     ax.set_xlabel("FID raw SD")
-    ax.set_ylabel("FID learned token (ti, ti_i2i)")
+    ax.set_ylabel("FID adapted generator (token, LoRA)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(title="mode (features)")
     fig.tight_layout()

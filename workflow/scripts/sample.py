@@ -17,5 +17,6 @@ smk.run(
     image_dir=snakemake.params.image_dir,
     meta=snakemake.output.meta,
     embeds=snakemake.input.get("embeds"),
+    lora=snakemake.input.get("lora"),
     **snakemake.params.token,
 )

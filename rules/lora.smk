@@ -1,0 +1,39 @@
+# One LoRA adapter per weak class and kind, beside its textual inversion (same
+# inputs: the class's seed images and the generator). `ti_lora` also starts
+# from the class's learned token (token + LoRA).
+rule lora:
+    input:
+        unpack(lora_inputs),
+        seeds="results/seeds/{cls}/seeds.csv",
+        classes="results/data/classes.json",
+        generator=generator_files,
+    output:
+        weights="results/lora/{lora_kind}/{cls}/pytorch_lora_weights.safetensors",
+        loss="results/lora/{lora_kind}/{cls}/loss.csv",
+        preview=report(
+            "results/lora/{lora_kind}/{cls}/preview.png",
+            caption="../workflow/report/lora_preview.rst",
+            category="3. Adaptation",
+            subcategory="{cls}",
+        ),
+        meta="results/lora/{lora_kind}/{cls}/lora.meta.json",
+    params:
+        lora=lora_params,
+        token=lora_token_params,
+        seed=class_seed,
+        model=MODEL,
+        # not an output: kept when a job fails, so that its retry resumes
+        resume_dir="results/lora/{lora_kind}/{cls}/resume",
+    log:
+        "logs/lora/{lora_kind}/{cls}.log",
+    benchmark:
+        "benchmarks/lora/{lora_kind}/{cls}.tsv"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=24000,
+        runtime=120,
+    conda:
+        "../envs/diffusion.yaml"
+    script:
+        "../workflow/scripts/lora.py"

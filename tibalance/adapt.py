@@ -1,0 +1,311 @@
+"""The adaptation skeleton shared by Textual Inversion and LoRA.
+
+`fit()` adapts a Stable Diffusion pipeline to a class's seed images; an
+`Adaptation` says which parameters train and how they are saved:
+`inversion.TokenAdaptation` (a new word's embedding) and `lora.LoraAdaptation`
+(low-rank adapters on the UNet's attention). Everything else is here, once:
+
+- the pipeline is loaded once per job; the seed images and their augmented
+  variants go through the VAE once (latent means/stds are kept and a latent is
+  sampled from them each step); nothing but the adaptation carries gradients;
+  bf16/fp16 on GPU with the trained parameters in fp32;
+- a fixed evaluation batch (the seed latents at spread timesteps, fixed noise)
+  whose denoising loss changes only with the adaptation: the job logs it at the
+  start and the end, the tests assert it drops;
+- a checkpoint every K steps (the adaptation's tensors and optimizer state, the
+  LR schedule, every RNG, the loss history) lets a killed job resume where it
+  stopped and end with the same result as an uninterrupted run;
+- the loss CSV, a progress bar and a preview grid made with the adapted pipeline.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .generator import half_dtype, load_pipeline
+from .seeds import contact_sheet
+from .util import TibalanceError, file_digest, fingerprint, pick_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+OBJECT_TEMPLATES = [
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
+    "a bright photo of the {}", "a close-up photo of a {}", "a good photo of the {}", "a photo of one {}",
+    "a rendition of the {}", "a photo of the nice {}", "a photo of a small {}", "a photo of the weird {}",
+    "a photo of a large {}", "a cropped photo of a {}", "a close-up photo of the {}", "a good photo of a {}",
+]
+STYLE_TEMPLATES = [
+    "a painting in the style of {}", "a rendering in the style of {}", "a cropped painting in the style of {}",
+    "the painting in the style of {}", "a clean painting in the style of {}", "a dark painting in the style of {}",
+    "a picture in the style of {}", "a cool painting in the style of {}", "a close-up painting in the style of {}",
+    "a bright painting in the style of {}", "a good painting in the style of {}", "a rendition in the style of {}",
+]
+
+
+class Adaptation:
+    """Which parameters train and how they are saved (the rest is `fit`'s)."""
+
+    label = "adapt"              # progress bar and log lines
+    trains_text_encoder = True   # False: the prompts' encodings are computed once
+    subject = ""                 # what the prompts' templates are filled with
+
+    def prepare(self, pipe, device) -> list[torch.nn.Parameter]:
+        """Add what trains to the frozen pipeline (already on `device`); return it."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after every optimizer step."""
+
+    def state(self, opt) -> dict:
+        """The trained tensors and their optimizer state, for a checkpoint."""
+        raise NotImplementedError
+
+    def load_state(self, ck: dict, opt) -> None:
+        raise NotImplementedError
+
+    def save(self) -> None:
+        """Write the result (called once, after the last step)."""
+        raise NotImplementedError
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    def f(step):
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if schedule == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+    return f
+
+
+def augmented_pixels(paths: list[str], resolution: int, variants: int, rng: random.Random) -> torch.Tensor:
+    """[N * variants, 3, R, R] in [-1, 1]: each seed image as is, then random
+    resized crops and flips of it."""
+    from torchvision import transforms
+
+    base = transforms.Compose([transforms.Resize(resolution, antialias=True), transforms.CenterCrop(resolution)])
+    aug = transforms.Compose([transforms.RandomResizedCrop(resolution, scale=(0.7, 1.0), ratio=(0.9, 1.1),
+                                                           antialias=True), transforms.RandomHorizontalFlip()])
+    to_t = transforms.ToTensor()
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+        out.append(to_t(base(im)))
+        for _ in range(max(0, variants - 1)):
+            torch.manual_seed(rng.randrange(2**31))
+            out.append(to_t(aug(im)))
+    return torch.stack(out) * 2 - 1
+
+
+def weight_dtype(device: torch.device, setting: str):
+    """The frozen modules' dtype: None (fp32) on CPU and for 'no'."""
+    if device.type == "cpu":
+        return None
+    if setting == "auto":
+        return half_dtype(device)
+    return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[setting]
+
+
+def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, adaptation: Adaptation,
+        identity: dict, loss_out: str, preview_out: str, resume_dir: str, stop_after: int | None = None,
+        return_pipeline: bool = False) -> dict:
+    """Adapt the pipeline at `model` to seed_paths with `adaptation`; write the
+    loss CSV and the preview; `adaptation.save()` writes the result.
+
+    identity: what else shapes the result (class, name, …): with the model, the
+    seed files and the settings it decides whether a checkpoint may be resumed.
+    stop_after: end the run after that many steps (tests use it to simulate a kill).
+    return_pipeline: also return the adapted pipeline (tests inspect its weights)."""
+    import pandas as pd
+
+    s = settings
+    if not seed_paths:
+        raise TibalanceError(f"{adaptation.label}: class {cls!r} has an empty seed list")
+    device = pick_device(s["device"])
+    wdtype = weight_dtype(device, s["mixed_precision"])
+    steps = int(s["steps"])
+    fp = fingerprint({"model": model, "seeds": [[p, file_digest(p)] for p in seed_paths], "settings": s,
+                      "seed": seed, **identity})
+
+    seed_everything(seed)
+    pipe = load_pipeline(model)
+    tok, te, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
+    from diffusers import DDPMScheduler
+
+    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    # ---- everything frozen and on the device; then the adaptation adds what trains
+    for m in (vae, unet, te):
+        m.requires_grad_(False)
+        m.eval()
+    te.to(device)
+    for m in (vae, unet):
+        m.to(device) if wdtype is None else m.to(device, dtype=wdtype)
+    params = adaptation.prepare(pipe, device)
+    for p in params:  # trained in fp32 whatever the frozen weights' dtype
+        p.data = p.data.float()
+    log.info("class %s: %s, %d trainable parameters, %d seed images, %d steps on %s", cls, adaptation.label,
+             sum(p.numel() for p in params), len(seed_paths), steps, device)
+
+    # ---- seed images -> latent distributions, once
+    res = int(s["resolution"])
+    py_rng = random.Random(seed)
+    pixels = augmented_pixels(seed_paths, res, int(s["augment_variants"]), py_rng)
+    with torch.no_grad():
+        means, stds = [], []
+        for chunk in pixels.split(16):
+            dist = vae.encode(chunk.to(device, dtype=wdtype or torch.float32)).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+        lat_mean, lat_std = torch.cat(means), torch.cat(stds)
+    scaling = float(vae.config.scaling_factor)
+    del pixels
+
+    templates = s["templates"] or (OBJECT_TEMPLATES if s["learnable_property"] == "object" else STYLE_TEMPLATES)
+    subject = adaptation.subject
+
+    opt = torch.optim.AdamW(params, lr=float(s["lr"]), betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(s["lr_schedule"], int(s["warmup_steps"]), steps))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def autocast_ctx():
+        return torch.autocast(device.type, dtype=wdtype, enabled=wdtype is not None)
+
+    def token_ids(prompts):
+        return tok(prompts, padding="max_length", truncation=True, max_length=tok.model_max_length,
+                   return_tensors="pt").input_ids.to(device)
+
+    # a frozen text encoder encodes each template once
+    template_cond = None
+    if not adaptation.trains_text_encoder:
+        with torch.no_grad(), autocast_ctx():
+            template_cond = te(token_ids([t.format(subject) for t in templates]))[0]
+
+    # ---- a fixed evaluation batch: the seed latents at evenly spread timesteps with
+    # fixed noise. The training loss is dominated by the random timestep of each
+    # step; this one changes only with the adaptation.
+    pred_type = noise_sched.config.prediction_type
+    eval_gen = torch.Generator().manual_seed(seed + 7919)
+    n_eval = max(16, min(64, lat_mean.shape[0]))
+    e_idx = torch.arange(n_eval) % lat_mean.shape[0]
+    e_lat = lat_mean[e_idx.to(lat_mean.device)] * scaling
+    e_noise = torch.randn(e_lat.shape, generator=eval_gen).to(device)
+    n_train_t = noise_sched.config.num_train_timesteps
+    e_t = torch.linspace(0.05 * n_train_t, 0.95 * n_train_t, n_eval).long().to(device)
+    e_ids = token_ids([templates[i % len(templates)].format(subject) for i in range(n_eval)])
+
+    @torch.no_grad()
+    def eval_loss() -> float:
+        total = 0.0
+        for i in range(0, n_eval, 16):
+            sl = slice(i, i + 16)
+            lat, noise, t = e_lat[sl].to(device), e_noise[sl], e_t[sl]
+            with autocast_ctx():
+                cond = te(e_ids[sl])[0]
+                pred = unet(noise_sched.add_noise(lat, noise, t).to(unet.dtype), t, cond.to(unet.dtype)).sample
+            target = noise if pred_type == "epsilon" else noise_sched.get_velocity(lat, noise, t)
+            total += float(F.mse_loss(pred.float(), target.float(), reduction="sum"))
+        return total / e_lat.numel()
+
+    # ---- resume
+    start, history = 0, []
+    eval_start = None
+    ckpt_path = Path(resume_dir) / "checkpoint.pt"
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ck.get("fingerprint") == fp:
+            adaptation.load_state(ck["adaptation"], opt)
+            sched.load_state_dict(ck["sched"])
+            gen.set_state(ck["gen"])
+            py_rng.setstate(ck["py_rng"])
+            torch.set_rng_state(ck["torch_rng"])
+            start, history = int(ck["step"]), list(ck["history"])
+            eval_start = ck.get("eval_start")
+            log.info("resuming from checkpoint %s at step %d", ckpt_path, start)
+        else:
+            log.info("ignoring checkpoint %s: it was made with other settings or seeds", ckpt_path)
+
+    def save_checkpoint(step):
+        ck = {"fingerprint": fp, "step": step, "adaptation": adaptation.state(opt), "history": history,
+              "sched": sched.state_dict(), "gen": gen.get_state(), "py_rng": py_rng.getstate(),
+              "torch_rng": torch.get_rng_state(), "eval_start": eval_start}
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(ck, tmp)
+        os.replace(tmp, ckpt_path)
+
+    # ---- training
+    if eval_start is None:
+        eval_start = eval_loss()
+    bs = int(s["batch_size"])
+    n_lat = lat_mean.shape[0]
+    every = int(s["checkpoint_every"])
+    bar = tqdm(total=steps, initial=start, desc=f"{adaptation.label} {cls}", mininterval=2.0)
+    autocast = autocast_ctx()
+    for step in range(start + 1, steps + 1):
+        idx = torch.randint(0, n_lat, (bs,), generator=gen)
+        eps_lat = torch.randn(lat_mean[idx].shape, generator=gen)
+        latents = (lat_mean[idx] + lat_std[idx] * eps_lat.to(lat_mean.device)) * scaling
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (bs,), generator=gen).to(device)
+        which = [templates.index(c) for c in (py_rng.choice(templates) for _ in range(bs))]
+        noisy = noise_sched.add_noise(latents, noise, t)
+        with autocast:
+            if template_cond is None:
+                cond = te(token_ids([templates[w].format(subject) for w in which]))[0]
+            else:
+                cond = template_cond[torch.tensor(which, device=device)]
+            pred = unet(noisy.to(unet.dtype), t, cond.to(unet.dtype)).sample
+        target = noise if pred_type == "epsilon" else noise_sched.get_velocity(latents, noise, t)
+        loss = F.mse_loss(pred.float(), target.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        adaptation.after_step()
+        history.append((step, float(loss.item()), float(sched.get_last_lr()[0])))
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        bar.update()
+        if every and step % every == 0 and step < steps:
+            save_checkpoint(step)
+        if stop_after is not None and step >= stop_after:
+            save_checkpoint(step)
+            bar.close()
+            return {"stopped_at": step}
+    bar.close()
+
+    eval_end = eval_loss()
+    log.info("fixed-batch denoising loss on the seed images: %.5f at the start, %.5f at the end",
+             eval_start, eval_end)
+    adaptation.save()
+    Path(loss_out).parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(history, columns=["step", "loss", "lr"]).to_csv(loss_out, index=False, float_format="%.6g")
+
+    # ---- preview with the adapted pipeline
+    pipe.to(device)
+    n_prev = int(s["preview_images"])
+    with torch.no_grad(), autocast:
+        images = pipe([templates[0].format(subject)] * n_prev, num_inference_steps=int(s["preview_steps"]),
+                      height=res, width=res,
+                      generator=[torch.Generator().manual_seed(seed + i) for i in range(n_prev)]).images
+    contact_sheet(images, preview_out)
+    if ckpt_path.exists():
+        ckpt_path.unlink()  # done: a rerun with new settings must start from step 0
+    result = {"final_loss": history[-1][1] if history else None, "steps": steps, "resumed_from_step": start,
+              "eval_loss_start": eval_start, "eval_loss_end": eval_end}
+    if return_pipeline:
+        result["pipeline"] = pipe
+    return result

@@ -1,0 +1,121 @@
+"""LoRA: low-rank adapters on the UNet's attention projections (and optionally
+the text encoder's), learned from a class's seed images through `peft` as
+diffusers uses it - the second user of the adaptation skeleton (`adapt.fit`).
+
+Two kinds, one job each per weak class:
+- `lora`: the prompts name the class ("a photo of a shirt"), as DataDream does;
+- `ti_lora`: the prompts use the class's learned TI token, loaded and kept
+  frozen (token + LoRA, as Diff-Mix does).
+
+The adapter is saved with `StableDiffusionPipeline.save_lora_weights`
+(pytorch_lora_weights.safetensors, rank/alpha in its metadata), the format
+`load_lora_weights` reads."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .adapt import Adaptation, fit
+from .config import text_encoder_lora_problem
+from .defaults import LORA_DEFAULTS  # noqa: F401 - part of this module's interface
+from .inversion import expand_placeholder
+from .util import TibalanceError, file_digest
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+class LoraAdaptation(Adaptation):
+    """Adapters on the frozen UNet (and text encoder): only their A/B matrices train."""
+
+    label = "LoRA"
+
+    def __init__(self, settings: dict, subject: str, out_dir: str, embeds: str | None = None,
+                 placeholder: str | None = None):
+        self.s, self.subject, self.out_dir = settings, subject, out_dir
+        self.embeds, self.placeholder = embeds, placeholder
+        self.trains_text_encoder = bool(settings["train_text_encoder"])
+
+    def _config(self, targets):
+        from peft import LoraConfig
+
+        return LoraConfig(r=int(self.s["rank"]), lora_alpha=float(self.s["alpha"]), init_lora_weights="gaussian",
+                          target_modules=list(targets))
+
+    def prepare(self, pipe, device):
+        if self.embeds:
+            pipe.load_textual_inversion(self.embeds, token=self.placeholder)  # the learned token, frozen
+            pipe.text_encoder.requires_grad_(False)
+        self.unet, self.te = pipe.unet, pipe.text_encoder
+        pipe.unet.add_adapter(self._config(self.s["target_modules"]))
+        if self.trains_text_encoder:
+            problem = text_encoder_lora_problem()
+            if problem:
+                raise TibalanceError(f"lora.train_text_encoder: {problem}")
+            pipe.text_encoder.add_adapter(self._config(TEXT_ENCODER_TARGETS))
+        mods = [pipe.unet] + ([pipe.text_encoder] if self.trains_text_encoder else [])
+        self.params = [p for m in mods for p in m.parameters() if p.requires_grad]
+        if not self.params:
+            raise TibalanceError(f"lora.target_modules: {self.s['target_modules']} match no UNet layer")
+        return self.params
+
+    def state(self, opt):
+        return {"params": [p.detach().cpu().clone() for p in self.params], "opt": opt.state_dict()}
+
+    def load_state(self, ck, opt):
+        with torch.no_grad():
+            for p, v in zip(self.params, ck["params"], strict=True):
+                p.copy_(v.to(p.device, p.dtype))
+        opt.load_state_dict(ck["opt"])
+
+    def save(self):
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        def layers(m):
+            return convert_state_dict_to_diffusers({k: v.detach().float().cpu().contiguous()
+                                                    for k, v in get_peft_model_state_dict(m).items()})
+
+        te = self.trains_text_encoder
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        StableDiffusionPipeline.save_lora_weights(
+            self.out_dir, unet_lora_layers=layers(self.unet),
+            text_encoder_lora_layers=layers(self.te) if te else None,
+            unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict(),
+            text_encoder_lora_adapter_metadata=self.te.peft_config["default"].to_dict() if te else None,
+            safe_serialization=True)
+
+
+def lora_subject(kind: str, cls_name: str, prompt_name: str | None = None, placeholder: str | None = None,
+                 num_vectors: int = 1) -> str:
+    """What the prompts say for the class: its name (lora) or its learned token (ti_lora)."""
+    if kind == "ti_lora":
+        return expand_placeholder(placeholder, placeholder, num_vectors)
+    return prompt_name or cls_name
+
+
+def train_lora(model: str, seed_paths: list[str], cls: str, cls_name: str, settings: dict, seed: int,
+               out_dir: str, loss_out: str, preview_out: str, resume_dir: str, kind: str = "lora",
+               embeds: str | None = None, placeholder: str | None = None, num_vectors: int = 1,
+               stop_after: int | None = None, return_pipeline: bool = False) -> dict:
+    """Learn the class's adapter from seed_paths; writes out_dir/pytorch_lora_weights.safetensors,
+    a loss CSV and a preview grid. kind 'ti_lora' needs the class's learned
+    embeddings (embeds, placeholder, num_vectors)."""
+    s = {**LORA_DEFAULTS, **(settings or {})}
+    if kind not in ("lora", "ti_lora"):
+        raise TibalanceError(f"lora: unknown kind {kind!r} (lora, ti_lora)")
+    if kind == "ti_lora" and not (embeds and placeholder):
+        raise TibalanceError(f"lora: ti_lora for class {cls} needs the class's learned token (embeds)")
+    if not seed_paths:
+        raise TibalanceError(f"lora: class {cls!r} has an empty seed list")
+    subject = lora_subject(kind, cls_name, s["prompt_name"], placeholder, num_vectors)
+    identity = {"cls": cls, "name": cls_name, "kind": kind, "subject": subject,
+                "embeds": file_digest(embeds) if kind == "ti_lora" else None}
+    ad = LoraAdaptation(s, subject, out_dir, embeds if kind == "ti_lora" else None, placeholder)
+    return fit(model, seed_paths, cls, s, seed, ad, identity, loss_out, preview_out, resume_dir,
+               stop_after, return_pipeline)
