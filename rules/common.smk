@@ -232,6 +232,14 @@ def ti_meta_files(wildcards):
     return expand("results/inversion/{cls}/textual_inversion.meta.json", cls=weak_classes())
 
 
+def lora_loss_files(wildcards):
+    return expand("results/lora/{kind}/{cls}/loss.csv", kind=LORA_KINDS, cls=weak_classes())
+
+
+def lora_meta_files(wildcards):
+    return expand("results/lora/{kind}/{cls}/lora.meta.json", kind=LORA_KINDS, cls=weak_classes())
+
+
 def all_targets(wildcards):
     weak = weak_classes()
     return (

@@ -92,6 +92,8 @@ rule report:
         judges=judge_files,
         ti_losses=ti_loss_files,
         ti_metas=ti_meta_files,
+        lora_losses=lora_loss_files,
+        lora_metas=lora_meta_files,
         weak="results/analysis/weak_classes.json",
     output:
         summary_csv="results/tables/summary.csv",

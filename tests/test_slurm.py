@@ -24,7 +24,7 @@ PROFILE = REPO / "profiles" / "slurm"
 SLURM_ARGS = ["--workflow-profile", str(PROFILE), "--slurm-no-account", "--slurm-status-command", "squeue",
               "--slurm-init-seconds-before-status-checks", "1", "--max-threads", "1"]
 LOCAL_RULES = {"all", "analyse_confusion", "sample_grid", "report", "cost"}
-GPU_RULES = {"textual_inversion", "sample", "train_baseline", "retrain", "retrain_ablation", "fid", "train_judge"}
+GPU_RULES = {"textual_inversion", "lora", "sample", "train_baseline", "retrain", "retrain_ablation", "fid", "train_judge"}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,8 @@ def _jobs(log: str):
 
 # A part of the tiny DAG with a job of every rule but the report: every weak
 # class's inversion and ti_i2i images (one retraining and one ablation run train
-# on them) and the rare class's other modes, FID and judge. The local tiny run
+# on them) and the rare class's other modes (its LoRA adapters among them), FID
+# and judge. The local tiny run
 # has the rest; the outputs both have are compared byte for byte.
 SLURM_TARGETS = ["results/retrain/ti_i2i/seed0/metrics.json", "results/ablation/ti_i2i/n2-nofilter/seed0/metrics.json",
                  "results/fid/triangle.json", "results/judge/triangle.json", "results/samples/grid/triangle.png"]
@@ -175,7 +176,7 @@ def test_scancelled_inversion_resumes_from_its_checkpoint(cluster, slurm_run, tm
 def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
     """`snakemake --workflow-profile profiles/slurm -n` on config/config.yaml:
     before the weak classes are known the baseline is the GPU job; once the
-    confusion checkpoint is resolved the TI and sampling jobs show theirs."""
+    confusion checkpoint is resolved the TI, LoRA and sampling jobs show theirs."""
     cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
            "--workflow-profile", str(PROFILE), "-n"]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -203,12 +204,17 @@ def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
     jobs = _dry_run_jobs(p.stdout + p.stderr)
     assert len(jobs["textual_inversion"]) == len(weak)
     # one sampling job per weak class and mode: raw prompts, the token, and the
-    # real-image-guided mode where a retraining method uses it
+    # real-image-guided and LoRA modes where a retraining method uses them
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    modes = ["raw", "ti"] + (["ti_i2i"] if "ti_i2i" in cfg["retrain"]["methods"] else [])
+    extra = [m for m in ("ti_i2i", "lora", "ti_lora") if m in cfg["retrain"]["methods"]]
+    modes = ["raw", "ti"] + extra
     assert len(jobs["sample"]) == len(modes) * len(weak)
     assert len(jobs["filter_samples"]) == len(modes) * len(weak)
-    for rule in ("textual_inversion", "sample", "retrain", "fid"):
+    # one LoRA job per weak class and adapter kind (lora: the class name; ti_lora: on its token)
+    kinds = [m for m in extra if m in ("lora", "ti_lora")]
+    assert kinds, "config/config.yaml's study has no LoRA method"
+    assert len(jobs.get("lora", [])) == len(kinds) * len(weak)
+    for rule in ("textual_inversion", "lora", "sample", "retrain", "fid"):
         assert all("gpu=1" in r for r in jobs[rule]), rule
     assert all("gpu" not in r for r in jobs["select_seeds"])
     assert "train_baseline" not in jobs and "prepare_data" not in jobs

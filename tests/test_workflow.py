@@ -103,7 +103,14 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
         loss = pd.read_csv(res / f"inversion/{cls}/loss.csv")
         assert list(loss.step) == list(range(1, 7))
         n_train = int(((m.split == "train") & (m.label == cls)).sum())
-        for method, subject in (("ti", f"<{cls}>"), ("raw", cls), ("ti_i2i", f"<{cls}>")):
+        for kind in ("lora", "ti_lora"):  # the class's adapters, in diffusers' LoRA format
+            w = load_file(res / f"lora/{kind}/{cls}/pytorch_lora_weights.safetensors")
+            assert w and all(k.startswith("unet.") for k in w)
+            assert list(pd.read_csv(res / f"lora/{kind}/{cls}/loss.csv").step) == list(range(1, 7))
+            meta = json.loads((res / f"lora/{kind}/{cls}/lora.meta.json").read_text())
+            assert meta["steps"] == 6 and meta["eval_loss_end"] < meta["eval_loss_start"]
+        for method, subject in (("ti", f"<{cls}>"), ("raw", cls), ("ti_i2i", f"<{cls}>"), ("lora", cls),
+                                ("ti_lora", f"<{cls}>")):
             table = pd.read_csv(res / f"samples/{method}/{cls}/samples.csv")
             assert len(table) == max(0, 8 - n_train)  # refilled to 8: a class at 40 gets none
             assert set(table.label) <= {cls}
@@ -113,7 +120,7 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
             if method == "ti_i2i":  # each starts from one of the class's real training images
                 real = set(m[(m.split == "train") & (m.label == cls)].path)
                 assert set(table.start_image) <= real and (len(table) == 0 or len(set(table.start_image)) > 1)
-        assert Image.open(res / f"samples/grid/{cls}.png").size == (8 * 128, 4 * 142)
+        assert Image.open(res / f"samples/grid/{cls}.png").size == (8 * 128, 6 * 142)  # real + 5 modes
         assert json.loads((res / f"inversion/{cls}/textual_inversion.meta.json").read_text())["steps"] == 6
 
 
@@ -310,16 +317,19 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
     p = snakemake(wd, "-n", configfiles=[edited])
     jobs = _planned_jobs(p.stdout + p.stderr)
     cls = weak[0]
-    # the class's own inversion, ti and ti_i2i sampling, their filters, its
-    # judge, grid and fid; the retraining (and ablation) runs that train on
+    # the class's own inversion, the LoRA adapter on its token, ti, ti_i2i and
+    # ti_lora sampling, their filters, its judge, grid and fid; the retraining (and ablation) runs that train on
     # those images; the report. No other class's job, and not the baseline / oversample / raw_sd
     # runs (they do not use the token's images).
     assert sorted(jobs) == sorted([
         ("textual_inversion", f"cls={cls}"),
+        ("lora", f"lora_kind=ti_lora, cls={cls}"),  # trained on top of the token
         ("sample", f"method=ti, cls={cls}"),
         ("sample", f"method=ti_i2i, cls={cls}"),
+        ("sample", f"method=ti_lora, cls={cls}"),
         ("filter_samples", f"method=ti, cls={cls}"),
         ("filter_samples", f"method=ti_i2i, cls={cls}"),
+        ("filter_samples", f"method=ti_lora, cls={cls}"),
         ("judge", f"cls={cls}"),
         ("sample_grid", f"cls={cls}"),
         ("fid", f"cls={cls}"),
@@ -327,6 +337,8 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
         ("retrain", "method=ti, seed=1"),
         ("retrain", "method=ti_i2i, seed=0"),
         ("retrain", "method=ti_i2i, seed=1"),
+        ("retrain", "method=ti_lora, seed=0"),
+        ("retrain", "method=ti_lora, seed=1"),
         ("retrain_ablation", "method=ti_i2i, variant=n2-filter, seed=0"),
         ("retrain_ablation", "method=ti_i2i, variant=n2-nofilter, seed=0"),
         ("retrain_ablation", "method=ti_i2i, variant=balanced-nofilter, seed=0"),
@@ -334,6 +346,29 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
         ("cost", ""),
         ("all", ""),
     ]), jobs
+
+
+def test_per_class_lora_edit_reruns_only_that_class_lora(tiny_run, tmp_path):
+    """A class's `lora` settings: its two adapters (lora, ti_lora), their
+    sampling, filters, FID, judge and grid, the lora / ti_lora retraining runs
+    and the report - not its TI token, not another class, not another method."""
+    wd, _ = tiny_run
+    weak = json.loads((wd / "results/analysis/weak_classes.json").read_text())["classes"]
+    cfg = yaml.safe_load(TINY.read_text())
+    cls = weak[0]
+    cfg["classes"] = {cls: {"lora": {"rank": 2}}}
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", configfiles=[edited])
+    jobs = _planned_jobs(p.stdout + p.stderr)
+    kinds = ["lora", "ti_lora"]
+    assert sorted(jobs) == sorted(
+        [("lora", f"lora_kind={k}, cls={cls}") for k in kinds]
+        + [("sample", f"method={k}, cls={cls}") for k in kinds]
+        + [("filter_samples", f"method={k}, cls={cls}") for k in kinds]
+        + [("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]
+        + [("retrain", f"method={k}, seed={s}") for k in kinds for s in (0, 1)]
+        + [("report", ""), ("cost", ""), ("all", "")]), jobs
 
 
 def test_fine_tuning_retrains_every_run_from_the_baseline(tiny_run, tmp_path):

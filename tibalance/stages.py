@@ -329,7 +329,8 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
            ti_losses: list[str] | None = None, ti_metas: list[str] | None = None,
            filtered: list[str] | None = None, judges: list[str] | None = None,
            ablation: list[str] | None = None, ablation_csv: str | None = None,
-           ablation_md: str | None = None) -> None:
+           ablation_md: str | None = None, lora_losses: list[str] | None = None,
+           lora_metas: list[str] | None = None) -> None:
     from pathlib import Path
 
     from .retrain import ablation_table, per_class_table, summary_table, to_markdown
@@ -341,17 +342,20 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
         d = read_json(p)
         fid_rows[d["class"]] = d["rows"]
     summary = summary_table(run_rows, weak_classes)
-    loss_rows = {}
-    for p in ti_losses or []:
-        cls = Path(p).parent.name
+    loss_rows: dict[str, dict] = {}
+    # results/inversion/<cls>/loss.csv (prefix ti), results/lora/<kind>/<cls>/loss.csv (prefix <kind>)
+    for p in list(ti_losses or []) + list(lora_losses or []):
+        cls, pre = Path(p).parent.name, ("ti" if Path(p).parts[-3] == "inversion" else Path(p).parts[-3])
         loss = pd.read_csv(p)["loss"].to_numpy()
         k = max(1, len(loss) // 10)
-        loss_rows[cls] = {"ti_loss_first10pct": float(loss[:k].mean()), "ti_loss_last10pct": float(loss[-k:].mean())}
-    for p in ti_metas or []:
+        loss_rows.setdefault(cls, {}).update({f"{pre}_loss_first10pct": float(loss[:k].mean()),
+                                              f"{pre}_loss_last10pct": float(loss[-k:].mean())})
+    for p in list(ti_metas or []) + list(lora_metas or []):
+        cls, pre = Path(p).parent.name, ("ti" if Path(p).parts[-3] == "inversion" else Path(p).parts[-3])
         m = read_json(p)
         if m.get("eval_loss_start") is not None:
-            loss_rows.setdefault(Path(p).parent.name, {}).update(
-                {"ti_eval_loss_start": m["eval_loss_start"], "ti_eval_loss_end": m["eval_loss_end"]})
+            loss_rows.setdefault(cls, {}).update(
+                {f"{pre}_eval_loss_start": m["eval_loss_start"], f"{pre}_eval_loss_end": m["eval_loss_end"]})
     kept: dict[str, dict[str, tuple[int, int]]] = {}
     for p in filtered or []:  # results/samples/<kind>/<cls>/filtered.csv
         kind, cls = Path(p).parts[-3], Path(p).parts[-2]

@@ -12,6 +12,8 @@ smk.run(
     weak=snakemake.input.weak,
     ti_losses=list(snakemake.input.ti_losses),
     ti_metas=list(snakemake.input.ti_metas),
+    lora_losses=list(snakemake.input.lora_losses),
+    lora_metas=list(snakemake.input.lora_metas),
     filtered=list(snakemake.input.filtered),
     judges=list(snakemake.input.judges),
     **{k: snakemake.output[k] for k in ("summary_csv", "summary_md", "per_class_csv", "per_class_md", "acc_plot", "fid_plot",
