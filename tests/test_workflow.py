@@ -131,7 +131,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     res = wd / "results"
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
     summary = pd.read_csv(res / "tables/summary.csv").set_index("method")
-    assert list(summary.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i"]
+    assert list(summary.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "ti_lora"]
     runs = {(meth, s): json.loads((res / f"retrain/{meth}/seed{s}/metrics.json").read_text())
             for meth in summary.index for s in (0, 1)}
     base_counts = runs["baseline", 0]["train_counts"]
@@ -153,7 +153,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
             assert summary.loc[method, f"improved_{cls}"] == f"{sum(x > 0 for x in d)}/2"
         counts = runs[method, 0]["train_counts"]
         for cls in weak:  # mix 'add': the kept synthetic images (oversample: the balanced count) on top
-            kind = {"raw_sd": "raw", "ti": "ti", "ti_i2i": "ti_i2i", "oversample": "raw"}.get(method)
+            kind = {"raw_sd": "raw", "oversample": "raw", "baseline": None}.get(method, method)
             if kind is None:
                 continue
             filtered = pd.read_csv(res / f"samples/{kind}/{cls}/filtered.csv")
@@ -167,9 +167,9 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     for cls in weak:
         n = max(0, 8 - int(n_train[cls]))
         fid = json.loads((res / f"fid/{cls}.json").read_text())["rows"]
-        assert {(r["method"], r["network"]) for r in fid} == {
-            ("raw", "classifier"), ("ti", "classifier"), ("ti_i2i", "classifier")}
-        for kind in ("raw", "ti", "ti_i2i"):
+        modes = ("raw", "ti", "ti_i2i", "lora", "ti_lora")
+        assert {(r["method"], r["network"]) for r in fid} == {(m, "classifier") for m in modes}
+        for kind in modes:
             assert per_class.loc[cls, f"n_{kind}_classifier"] == f"{n} vs 24"
             f = next(r for r in fid if r["method"] == kind)
             if n >= 2:
@@ -191,8 +191,14 @@ def test_tables_match_the_per_seed_runs(tiny_run):
         meta = json.loads((res / f"inversion/{cls}/textual_inversion.meta.json").read_text())
         assert per_class.loc[cls, "ti_eval_loss_start"] == pytest.approx(meta["eval_loss_start"], rel=1e-4)
         assert per_class.loc[cls, "ti_eval_loss_end"] == pytest.approx(meta["eval_loss_end"], rel=1e-4)
+        for kind in ("lora", "ti_lora"):
+            loss = pd.read_csv(res / f"lora/{kind}/{cls}/loss.csv")["loss"]
+            assert per_class.loc[cls, f"{kind}_loss_last10pct"] == pytest.approx(loss.iloc[-1], rel=1e-4)
+            meta = json.loads((res / f"lora/{kind}/{cls}/lora.meta.json").read_text())
+            assert per_class.loc[cls, f"{kind}_eval_loss_end"] == pytest.approx(meta["eval_loss_end"], rel=1e-4)
     md = (res / "tables/summary.md").read_text()
-    assert "± " in md and all(m in md for m in ("baseline", "oversample", "raw_sd", "ti", "ti_i2i", "delta_"))
+    assert "± " in md and all(m in md for m in ("baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "ti_lora",
+                                                "delta_"))
     assert Image.open(res / "plots/accuracy_change.png").size[0] > 100
 
 
@@ -248,24 +254,31 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert row("train_baseline").wall_s == pytest.approx(wall("train_baseline.tsv"), abs=1e-6)
     for cls in weak:
         assert row("textual_inversion", cls).wall_s == pytest.approx(wall(f"textual_inversion/{cls}.tsv"), abs=1e-6)
-        for mode in ("raw", "ti", "ti_i2i"):
+        for kind in ("lora", "ti_lora"):
+            assert row("lora", cls, kind).wall_s == pytest.approx(wall(f"lora/{kind}/{cls}.tsv"), abs=1e-6)
+        for mode in ("raw", "ti", "ti_i2i", "lora", "ti_lora"):
             assert row("sample", cls, mode).wall_s == pytest.approx(wall(f"sample/{mode}/{cls}.tsv"), abs=1e-6)
     r = row("retrain", "", "ti")
     assert r.jobs == 2 and r.wall_s == pytest.approx(wall("retrain/ti/seed0.tsv") + wall("retrain/ti/seed1.tsv"))
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == 4 + 2 + len(weak) * 11 + 10 + 3
+    # per weak class: seeds, TI, 2 LoRA, 5 modes x (sample, filter), grid, FID, judge; 7 methods x 2 seeds
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == 4 + 2 + len(weak) * 17 + 14 + 3
     assert set(t[t.stage == "textual_inversion"]["class"]) == set(weak)  # the weak classes' jobs, no others
     assert total.wall_s == pytest.approx(t[t.stage != "total"].wall_s.sum())
     assert (t.gpu_s == 0).all()  # this machine has no GPU (and every job has its benchmark file)
 
     m = pd.read_csv(res / "tables/cost_methods.csv").set_index("method")
-    assert list(m.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i"]
+    assert list(m.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "ti_lora"]
     ti = sum(wall(f"{stage}/{cls}.tsv") for cls in weak for stage in ("select_seeds", "textual_inversion")) + sum(
         wall(f"{stage}/ti/{cls}.tsv") for cls in weak for stage in ("sample", "filter_samples"))
     assert m.loc["ti", "synthetic_wall_s"] == pytest.approx(ti)
     assert m.loc["baseline", "synthetic_wall_s"] == 0 and m.loc["ti", "retrain_runs"] == 2
     assert m.loc["ti", "total_wall_s"] == pytest.approx(ti + r.wall_s)
+    # token + LoRA: the seeds, the token and the adapter on top of it, its images
+    ti_lora = sum(wall(f"{stage}/{cls}.tsv") for cls in weak for stage in ("select_seeds", "textual_inversion")) + sum(
+        wall(f"{stage}/ti_lora/{cls}.tsv") for cls in weak for stage in ("lora", "sample", "filter_samples"))
+    assert m.loc["ti_lora", "synthetic_wall_s"] == pytest.approx(ti_lora)
     md = (res / "tables/cost.md").read_text()
     assert "textual_inversion" in md and "Per method" in md
 
