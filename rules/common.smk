@@ -10,7 +10,7 @@ from tibalance.config import canonical, check_class_names, check_lora, class_set
 from tibalance.data import check_root, dataset_class_names
 from tibalance.filtering import FILTER_DEFAULTS
 from tibalance.generator import check_model, is_local
-from tibalance.defaults import LORA_DEFAULTS, LORA_MODES, PRETRAIN_DEFAULTS, SAMPLING_DEFAULTS, TI_DEFAULTS, TOKEN_MODES
+from tibalance.defaults import LORA_ADAPTER, LORA_DEFAULTS, LORA_MODES, MODES, PRETRAIN_DEFAULTS, SAMPLING_DEFAULTS, TI_DEFAULTS, TOKEN_MODES
 from tibalance.retrain import SAMPLE_KIND, ablation_variants, parse_variant
 from tibalance.util import TibalanceError, derive_seed, read_json
 
@@ -56,7 +56,7 @@ except TibalanceError as e:
 
 wildcard_constraints:
     cls=r"[a-z0-9_]+",
-    method=r"ti_i2i|ti_lora|ti|lora|raw|baseline|oversample|raw_sd",
+    method=r"ti_i2i|ti_lora|ti|lora_i2i|lora|raw|baseline|oversample|raw_sd",
     lora_kind=r"lora|ti_lora",
     seed=r"\d+",
     variant=r"(n\d+|balanced)-(filter|nofilter)",
@@ -64,11 +64,11 @@ wildcard_constraints:
 
 SEED = config["seed"]
 
-# sampling modes the study generates: raw and ti always (grids, FID); ti_i2i
-# (real-image-guided), lora and ti_lora (adapters) when their retraining method
-# is part of the study
-SAMPLE_KINDS = ["raw", "ti"] + [m for m in ("ti_i2i", "lora", "ti_lora") if m in config["retrain"]["methods"]]
-LORA_KINDS = [m for m in SAMPLE_KINDS if m in LORA_MODES]
+# sampling modes the study generates: raw and ti always (grids, FID); the
+# real-image-guided and LoRA modes when their retraining method is part of the study
+SAMPLE_KINDS = ["raw", "ti"] + [m for m in MODES if m not in ("raw", "ti") and m in config["retrain"]["methods"]]
+# the LoRA adapters those modes need (lora_i2i samples with the `lora` adapter)
+LORA_KINDS = sorted({LORA_ADAPTER[m] for m in SAMPLE_KINDS if m in LORA_MODES}, key=["lora", "ti_lora"].index)
 
 
 def section(name):
@@ -122,10 +122,10 @@ def _embeds(cls):
 
 def token_params(wildcards):
     """What a sampling mode needs beside its inputs: the token's placeholder
-    (ti, ti_i2i, ti_lora), the words the lora adapter was trained with (lora)."""
+    (ti, ti_i2i, ti_lora), the words the lora adapter was trained with (lora, lora_i2i)."""
     if wildcards.method in TOKEN_MODES:
         return _token(wildcards.cls)
-    if wildcards.method == "lora":
+    if wildcards.method in ("lora", "lora_i2i"):
         return {"lora_prompt_name": lora_params(wildcards)["prompt_name"]}
     return {}
 
@@ -135,7 +135,8 @@ def sample_inputs(wildcards):
     if wildcards.method in TOKEN_MODES:
         inputs["embeds"] = _embeds(wildcards.cls)
     if wildcards.method in LORA_MODES:
-        inputs["lora"] = f"results/lora/{wildcards.method}/{wildcards.cls}/pytorch_lora_weights.safetensors"
+        kind = LORA_ADAPTER[wildcards.method]
+        inputs["lora"] = f"results/lora/{kind}/{wildcards.cls}/pytorch_lora_weights.safetensors"
     return inputs
 
 

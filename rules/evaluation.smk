@@ -1,6 +1,6 @@
 rule fid:
     input:
-        unpack(class_samples),  # raw, ti (and ti_i2i)
+        unpack(class_samples),  # raw, ti (and the other modes of the study)
         manifest="results/data/manifest.csv",
         model="results/baseline/model.pt",
     output:

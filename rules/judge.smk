@@ -55,7 +55,7 @@ rule train_judge:
 
 rule judge:
     input:
-        unpack(class_filtered),  # raw, ti (and ti_i2i), with the filter's kept flags
+        unpack(class_filtered),  # raw, ti (and the other modes of the study), with the filter's kept flags
         judge=JUDGE or [],
         manifest="results/data/manifest.csv",
     output:

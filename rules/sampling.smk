@@ -32,7 +32,7 @@ rule sample:
 
 rule sample_grid:
     input:
-        unpack(class_samples),  # raw, ti (and ti_i2i): one row each
+        unpack(class_samples),  # raw, ti (and the other modes of the study): one row each
         seeds="results/seeds/{cls}/seeds.csv",
     output:
         report(

@@ -206,12 +206,13 @@ def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
     # one sampling job per weak class and mode: raw prompts, the token, and the
     # real-image-guided and LoRA modes where a retraining method uses them
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    extra = [m for m in ("ti_i2i", "lora", "ti_lora") if m in cfg["retrain"]["methods"]]
+    extra = [m for m in ("ti_i2i", "lora", "lora_i2i", "ti_lora") if m in cfg["retrain"]["methods"]]
     modes = ["raw", "ti"] + extra
     assert len(jobs["sample"]) == len(modes) * len(weak)
     assert len(jobs["filter_samples"]) == len(modes) * len(weak)
     # one LoRA job per weak class and adapter kind (lora: the class name; ti_lora: on its token)
-    kinds = [m for m in extra if m in ("lora", "ti_lora")]
+    kinds = {"lora": "lora", "lora_i2i": "lora", "ti_lora": "ti_lora"}
+    kinds = {kinds[m] for m in extra if m in kinds}
     assert kinds, "config/config.yaml's study has no LoRA method"
     assert len(jobs.get("lora", [])) == len(kinds) * len(weak)
     for rule in ("textual_inversion", "lora", "sample", "retrain", "fid"):

@@ -110,17 +110,17 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
             meta = json.loads((res / f"lora/{kind}/{cls}/lora.meta.json").read_text())
             assert meta["steps"] == 6 and meta["eval_loss_end"] < meta["eval_loss_start"]
         for method, subject in (("ti", f"<{cls}>"), ("raw", cls), ("ti_i2i", f"<{cls}>"), ("lora", cls),
-                                ("ti_lora", f"<{cls}>")):
+                                ("lora_i2i", cls), ("ti_lora", f"<{cls}>")):
             table = pd.read_csv(res / f"samples/{method}/{cls}/samples.csv")
             assert len(table) == max(0, 8 - n_train)  # refilled to 8: a class at 40 gets none
             assert set(table.label) <= {cls}
             assert all(p.endswith(subject) for p in table.prompt)
             for p in table.path:
                 assert Image.open(wd / p).size == (32, 32)
-            if method == "ti_i2i":  # each starts from one of the class's real training images
+            if method.endswith("_i2i"):  # each starts from one of the class's real training images
                 real = set(m[(m.split == "train") & (m.label == cls)].path)
                 assert set(table.start_image) <= real and (len(table) == 0 or len(set(table.start_image)) > 1)
-        assert Image.open(res / f"samples/grid/{cls}.png").size == (8 * 128, 6 * 142)  # real + 5 modes
+        assert Image.open(res / f"samples/grid/{cls}.png").size == (8 * 128, 7 * 142)  # real + 6 modes
         assert json.loads((res / f"inversion/{cls}/textual_inversion.meta.json").read_text())["steps"] == 6
 
 
@@ -131,7 +131,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     res = wd / "results"
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
     summary = pd.read_csv(res / "tables/summary.csv").set_index("method")
-    assert list(summary.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "ti_lora"]
+    assert list(summary.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora"]
     runs = {(meth, s): json.loads((res / f"retrain/{meth}/seed{s}/metrics.json").read_text())
             for meth in summary.index for s in (0, 1)}
     base_counts = runs["baseline", 0]["train_counts"]
@@ -167,7 +167,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     for cls in weak:
         n = max(0, 8 - int(n_train[cls]))
         fid = json.loads((res / f"fid/{cls}.json").read_text())["rows"]
-        modes = ("raw", "ti", "ti_i2i", "lora", "ti_lora")
+        modes = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
         assert {(r["method"], r["network"]) for r in fid} == {(m, "classifier") for m in modes}
         for kind in modes:
             assert per_class.loc[cls, f"n_{kind}_classifier"] == f"{n} vs 24"
@@ -197,8 +197,8 @@ def test_tables_match_the_per_seed_runs(tiny_run):
             meta = json.loads((res / f"lora/{kind}/{cls}/lora.meta.json").read_text())
             assert per_class.loc[cls, f"{kind}_eval_loss_end"] == pytest.approx(meta["eval_loss_end"], rel=1e-4)
     md = (res / "tables/summary.md").read_text()
-    assert "± " in md and all(m in md for m in ("baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "ti_lora",
-                                                "delta_"))
+    assert "± " in md and all(m in md for m in ("baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i",
+                                                "ti_lora", "delta_"))
     assert Image.open(res / "plots/accuracy_change.png").size[0] > 100
 
 
@@ -256,20 +256,20 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
         assert row("textual_inversion", cls).wall_s == pytest.approx(wall(f"textual_inversion/{cls}.tsv"), abs=1e-6)
         for kind in ("lora", "ti_lora"):
             assert row("lora", cls, kind).wall_s == pytest.approx(wall(f"lora/{kind}/{cls}.tsv"), abs=1e-6)
-        for mode in ("raw", "ti", "ti_i2i", "lora", "ti_lora"):
+        for mode in ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora"):
             assert row("sample", cls, mode).wall_s == pytest.approx(wall(f"sample/{mode}/{cls}.tsv"), abs=1e-6)
     r = row("retrain", "", "ti")
     assert r.jobs == 2 and r.wall_s == pytest.approx(wall("retrain/ti/seed0.tsv") + wall("retrain/ti/seed1.tsv"))
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
-    # per weak class: seeds, TI, 2 LoRA, 5 modes x (sample, filter), grid, FID, judge; 7 methods x 2 seeds
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == 4 + 2 + len(weak) * 17 + 14 + 3
+    # per weak class: seeds, TI, 2 LoRA, 6 modes x (sample, filter), grid, FID, judge; 8 methods x 2 seeds
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == 4 + 2 + len(weak) * 19 + 16 + 3
     assert set(t[t.stage == "textual_inversion"]["class"]) == set(weak)  # the weak classes' jobs, no others
     assert total.wall_s == pytest.approx(t[t.stage != "total"].wall_s.sum())
     assert (t.gpu_s == 0).all()  # this machine has no GPU (and every job has its benchmark file)
 
     m = pd.read_csv(res / "tables/cost_methods.csv").set_index("method")
-    assert list(m.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "ti_lora"]
+    assert list(m.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora"]
     ti = sum(wall(f"{stage}/{cls}.tsv") for cls in weak for stage in ("select_seeds", "textual_inversion")) + sum(
         wall(f"{stage}/ti/{cls}.tsv") for cls in weak for stage in ("sample", "filter_samples"))
     assert m.loc["ti", "synthetic_wall_s"] == pytest.approx(ti)
@@ -279,6 +279,9 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     ti_lora = sum(wall(f"{stage}/{cls}.tsv") for cls in weak for stage in ("select_seeds", "textual_inversion")) + sum(
         wall(f"{stage}/ti_lora/{cls}.tsv") for cls in weak for stage in ("lora", "sample", "filter_samples"))
     assert m.loc["ti_lora", "synthetic_wall_s"] == pytest.approx(ti_lora)
+    lora_i2i = sum(wall(f"select_seeds/{cls}.tsv") + wall(f"lora/lora/{cls}.tsv") for cls in weak) + sum(
+        wall(f"{stage}/lora_i2i/{cls}.tsv") for cls in weak for stage in ("sample", "filter_samples"))
+    assert m.loc["lora_i2i", "synthetic_wall_s"] == pytest.approx(lora_i2i)  # its adapter is lora's
     md = (res / "tables/cost.md").read_text()
     assert "textual_inversion" in md and "Per method" in md
 
@@ -362,8 +365,8 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
 
 
 def test_per_class_lora_edit_reruns_only_that_class_lora(tiny_run, tmp_path):
-    """A class's `lora` settings: its two adapters (lora, ti_lora), their
-    sampling, filters, FID, judge and grid, the lora / ti_lora retraining runs
+    """A class's `lora` settings: its two adapters (lora, ti_lora), the
+    sampling with them (lora, lora_i2i, ti_lora), filters, FID, judge and grid, the lora / ti_lora retraining runs
     and the report - not its TI token, not another class, not another method."""
     wd, _ = tiny_run
     weak = json.loads((wd / "results/analysis/weak_classes.json").read_text())["classes"]
@@ -374,13 +377,13 @@ def test_per_class_lora_edit_reruns_only_that_class_lora(tiny_run, tmp_path):
     edited.write_text(yaml.safe_dump(cfg))
     p = snakemake(wd, "-n", configfiles=[edited])
     jobs = _planned_jobs(p.stdout + p.stderr)
-    kinds = ["lora", "ti_lora"]
+    kinds, modes = ["lora", "ti_lora"], ["lora", "lora_i2i", "ti_lora"]  # lora_i2i samples with `lora`
     assert sorted(jobs) == sorted(
         [("lora", f"lora_kind={k}, cls={cls}") for k in kinds]
-        + [("sample", f"method={k}, cls={cls}") for k in kinds]
-        + [("filter_samples", f"method={k}, cls={cls}") for k in kinds]
+        + [("sample", f"method={k}, cls={cls}") for k in modes]
+        + [("filter_samples", f"method={k}, cls={cls}") for k in modes]
         + [("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]
-        + [("retrain", f"method={k}, seed={s}") for k in kinds for s in (0, 1)]
+        + [("retrain", f"method={k}, seed={s}") for k in modes for s in (0, 1)]
         + [("report", ""), ("cost", ""), ("all", "")]), jobs
 
 

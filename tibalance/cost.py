@@ -8,7 +8,7 @@ import os
 
 import pandas as pd
 
-from .defaults import LORA_MODES, TOKEN_MODES
+from .defaults import LORA_ADAPTER, TOKEN_MODES
 from .retrain import SAMPLE_KIND
 from .util import read_json
 
@@ -20,9 +20,9 @@ def method_stages(method: str) -> dict[str, str | None]:
     mode = SAMPLE_KIND.get(method)
     if mode is None:  # baseline, oversample: real images only
         return {}
-    seeds = {"select_seeds": None} if mode in TOKEN_MODES + LORA_MODES else {}
+    seeds = {"select_seeds": None} if mode in TOKEN_MODES or mode in LORA_ADAPTER else {}
     token = {"textual_inversion": None} if mode in TOKEN_MODES else {}
-    lora = {"lora": mode} if mode in LORA_MODES else {}
+    lora = {"lora": LORA_ADAPTER[mode]} if mode in LORA_ADAPTER else {}
     return {**seeds, **token, **lora, "sample": mode, "filter_samples": mode}
 
 

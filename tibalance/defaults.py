@@ -81,13 +81,16 @@ SAMPLING_DEFAULTS = {
     "templates": ["a photo of a {}"],
     "negative_prompt": "",
     "prompt_name": None,      # raw prompts use this instead of the class name (e.g. sword lily -> gladiolus)
-    "strength": 0.5,          # ti_i2i: how far each real image is noised before denoising (0: kept, 1: pure noise)
+    "strength": 0.5,          # ti_i2i, lora_i2i: how far each real image is noised before denoising (0: kept, 1: pure noise)
     "device": "auto",
 }
 
 
-MODES = ("raw", "ti", "ti_i2i", "lora", "ti_lora")
+MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
 # the modes that sample with the class's learned token (they need its inversion)
 TOKEN_MODES = ("ti", "ti_i2i", "ti_lora")
-# the modes that sample with the class's LoRA adapter of the same name (they need its lora job)
-LORA_MODES = ("lora", "ti_lora")
+# the modes that sample with one of the class's LoRA adapters: {mode: adapter kind}
+LORA_ADAPTER = {"lora": "lora", "lora_i2i": "lora", "ti_lora": "ti_lora"}
+LORA_MODES = tuple(LORA_ADAPTER)
+# the real-image-guided modes: image-to-image from the class's real training images
+I2I_MODES = ("ti_i2i", "lora_i2i")

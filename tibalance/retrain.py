@@ -8,9 +8,9 @@ from .util import TibalanceError, derive_seed
 
 from .defaults import MODES
 
-METHODS = ("baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "ti_lora")
+METHODS = ("baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
 # the sampling mode whose images a method trains on
-SAMPLE_KIND = {"raw_sd": "raw", "ti": "ti", "ti_i2i": "ti_i2i", "lora": "lora", "ti_lora": "ti_lora"}
+SAMPLE_KIND = {"raw_sd": "raw", **{m: m for m in MODES if m != "raw"}}
 
 
 def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthetic: dict[str, list[str]],

@@ -6,6 +6,7 @@
   learned token (real-image-guided, as DA-Fusion): image i starts from real
   image i mod n, noised to `strength` of the schedule, then denoised;
 - `lora`: text-to-image with the class's name and its LoRA adapter loaded;
+- `lora_i2i`: image-to-image as ti_i2i, with the class's name and its LoRA adapter;
 - `ti_lora`: text-to-image with the learned token and its token + LoRA adapter.
 
 One seed per image (derived from the base seed, class and image index, the same
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from .generator import half_dtype, load_pipeline
 from .inversion import expand_placeholder
 from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
-from .defaults import LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES  # noqa: F401 - part of this module's interface
+from .defaults import I2I_MODES, LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def n_images_for(setting, cls: str, manifest: pd.DataFrame) -> int:
 
 
 def real_start_images(manifest: pd.DataFrame, cls: str) -> list[str]:
-    """The class's real training images, in a fixed order: ti_i2i's starting points."""
+    """The class's real training images, in a fixed order: the i2i modes' starting points."""
     return sorted(manifest[(manifest["split"] == "train") & (manifest["label"] == cls)]["path"])
 
 
@@ -92,7 +93,7 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     """Generate the class's images into image_dir and list them in out_csv.
 
     embeds: the learned token (ti, ti_i2i, ti_lora); lora: the adapter file
-    (lora, ti_lora), whose prompts name the class by lora_prompt_name if set.
+    (lora, lora_i2i, ti_lora), whose prompts name the class by lora_prompt_name if set.
     Returns how many images were newly generated."""
     s = {**SAMPLING_DEFAULTS, **(settings or {})}
     m = pd.read_csv(manifest, dtype=str)
@@ -103,7 +104,7 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
         if not embeds:
             raise TibalanceError(f"sample: method {method} for class {cls} needs learned embeddings")
         subject = expand_placeholder(placeholder, placeholder, num_vectors)
-    elif method == "lora":
+    elif method in ("lora", "lora_i2i"):
         subject = lora_prompt_name or cls_name  # the words its adapter was trained with
     else:
         subject = s["prompt_name"] or cls_name
@@ -114,16 +115,16 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     seeds = [image_seed(seed, cls, i) for i in range(n)]
     res = int(s["resolution"])
     starts: list[str | None] = [None] * n
-    if method == "ti_i2i":
+    if method in I2I_MODES:
         real = real_start_images(m, cls)
         if not real and n:
-            raise TibalanceError(f"sample: ti_i2i for class {cls} needs real training images; {manifest} has none")
+            raise TibalanceError(f"sample: {method} for class {cls} needs real training images; {manifest} has none")
         starts = [real[i % len(real)] for i in range(n)]
 
     # images already on disk are reused only when everything that shapes them is unchanged
     out = Path(image_dir)
     fp_keys = ["scheduler", "steps", "guidance_scale", "resolution", "negative_prompt"]
-    fp_keys += ["strength"] if method == "ti_i2i" else []
+    fp_keys += ["strength"] if method in I2I_MODES else []
     fp = fingerprint({"model": model, "method": method, "subject": subject, "settings": {k: s[k] for k in fp_keys},
                       "embeds": file_digest(embeds) if embeds else None, "seed": seed, "templates": templates,
                       **({"lora": file_digest(lora)} if lora else {}),
@@ -152,7 +153,7 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
             pipe.load_lora_weights(lora)
             pipe.fuse_lora()  # merged into the weights: no per-layer adapter cost while sampling
         pipe.scheduler = make_scheduler(s["scheduler"], pipe.scheduler.config)
-        if method == "ti_i2i":
+        if method in I2I_MODES:
             from diffusers import StableDiffusionImg2ImgPipeline
 
             pipe = StableDiffusionImg2ImgPipeline(**pipe.components)  # the same loaded weights
@@ -164,7 +165,7 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
             kwargs = dict(num_inference_steps=int(s["steps"]), guidance_scale=float(s["guidance_scale"]),
                           negative_prompt=[s["negative_prompt"]] * len(batch) if s["negative_prompt"] else None,
                           generator=[torch.Generator().manual_seed(seeds[i]) for i in batch])
-            if method == "ti_i2i":
+            if method in I2I_MODES:
                 kwargs.update(image=[load_start_image(starts[i], res) for i in batch], strength=float(s["strength"]))
             else:
                 kwargs.update(height=res, width=res)
