@@ -10,7 +10,8 @@ from tibalance.config import canonical, check_class_names, check_lora, class_set
 from tibalance.data import check_root, dataset_class_names
 from tibalance.filtering import FILTER_DEFAULTS
 from tibalance.generator import check_model, is_local
-from tibalance.defaults import LORA_ADAPTER, LORA_DEFAULTS, LORA_MODES, MODES, PRETRAIN_DEFAULTS, SAMPLING_DEFAULTS, TI_DEFAULTS, TOKEN_MODES
+from tibalance.defaults import (FID_RELIABLE_IMAGES, LORA_ADAPTER, LORA_DEFAULTS, LORA_MODES, MODES, PRETRAIN_DEFAULTS,
+                                SAMPLING_DEFAULTS, TI_DEFAULTS, TOKEN_MODES)
 from tibalance.retrain import SAMPLE_KIND, ablation_variants, parse_variant
 from tibalance.util import TibalanceError, derive_seed, read_json
 
@@ -75,6 +76,11 @@ def section(name):
     """A config section as a params value: keys sorted, so that only a change of
     value (not of key order) reruns the jobs that use it."""
     return canonical(config[name])
+
+
+def fid_metrics():
+    """The metrics section as the FID jobs see it (without the tables' min_images)."""
+    return canonical({k: v for k, v in config["metrics"].items() if k != "min_images"})
 
 
 def weak_classes():

@@ -7,7 +7,7 @@ rule fid:
         fid="results/fid/{cls}.json",
         meta="results/fid/{cls}.meta.json",
     params:
-        metrics=section("metrics"),
+        metrics=fid_metrics(),  # min_images only marks the tables: not a reason to recompute
         cache_root="results/fid/cache",
     log:
         "logs/fid/{cls}.log",
@@ -95,6 +95,8 @@ rule report:
         lora_losses=lora_loss_files,
         lora_metas=lora_meta_files,
         weak="results/analysis/weak_classes.json",
+    params:
+        fid_min_images=config["metrics"].get("min_images", FID_RELIABLE_IMAGES),
     output:
         summary_csv="results/tables/summary.csv",
         summary_md=report("results/tables/summary.md", caption="../workflow/report/summary.rst", category="5. Results"),

@@ -47,3 +47,23 @@ def test_summary_mean_std():
     s = summary_table(runs).iloc[0]
     assert s.accuracy_mean == pytest.approx(0.6) and s.accuracy_std == pytest.approx(0.1414213, rel=1e-5)
     assert "0.6000 ± 0.1414" in to_markdown(summary_table(runs))
+
+
+def test_fid_from_too_few_images_is_marked_in_the_tables():
+    """FID/KID below the stated minimum (either side) keep their value but carry
+    '(few)'; a set that had no FID at all says n/a; full-size sets stay numbers."""
+    from tibalance.retrain import per_class_table, to_markdown
+
+    runs = [{"method": "baseline", "seed": 0, "per_class_accuracy": {"shirt": 0.1}}]
+    fid = {"shirt": [
+        {"method": "raw", "network": "classifier", "fid": 12.5, "kid_mean": 0.01, "n_fake": 990, "n_real": 300},
+        {"method": "ti", "network": "classifier", "fid": 80.0, "kid_mean": 0.2, "n_fake": 4, "n_real": 300},
+        {"method": "ti_i2i", "network": "classifier", "fid": None, "kid_mean": None, "n_fake": 0, "n_real": 300}]}
+    t = per_class_table(runs, ["shirt"], fid, fid_min_images=100).set_index("class")
+    assert t.loc["shirt", "fid_raw_classifier"] == 12.5 and t.loc["shirt", "kid_raw_classifier"] == 0.01
+    assert t.loc["shirt", "fid_ti_classifier"] == "80.0000 (few)" and t.loc["shirt", "kid_ti_classifier"] == "0.2000 (few)"
+    assert t.loc["shirt", "fid_ti_i2i_classifier"] == "n/a"
+    assert "80.0000 (few)" in to_markdown(t.reset_index())
+    # the minimum counts the real side too
+    t = per_class_table(runs, ["shirt"], fid, fid_min_images=400).set_index("class")
+    assert t.loc["shirt", "fid_raw_classifier"] == "12.5000 (few)"

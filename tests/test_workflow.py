@@ -172,8 +172,9 @@ def test_tables_match_the_per_seed_runs(tiny_run):
         for kind in modes:
             assert per_class.loc[cls, f"n_{kind}_classifier"] == f"{n} vs 24"
             f = next(r for r in fid if r["method"] == kind)
-            if n >= 2:
-                assert float(per_class.loc[cls, f"fid_{kind}_classifier"]) == pytest.approx(f["fid"], rel=1e-4)
+            if n >= 2:  # 4 vs 24 images: below the tables' minimum (100), so marked
+                assert cells.loc[cls, f"fid_{kind}_classifier"] == f"{f['fid']:.4f} (few)"
+                assert cells.loc[cls, f"kid_{kind}_classifier"] == f"{f['kid_mean']:.4f} (few)"
             else:  # a class at its target: no FID, and the tables say so
                 assert f["fid"] is None and "not computed" in f["note"]
                 assert cells.loc[cls, f"fid_{kind}_classifier"] == "n/a"

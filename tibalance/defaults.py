@@ -86,6 +86,13 @@ SAMPLING_DEFAULTS = {
 }
 
 
+# Below this many images on either side FID/KID are computed but marked in the
+# tables (config metrics.min_images): FID's bias grows as 1/N (Chong & Forsyth,
+# "Effectively Unbiased FID", CVPR 2020) and KID's variance is large, so such a
+# value is not comparable with one from a full-size set.
+FID_RELIABLE_IMAGES = 100
+
+
 MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
 # the modes that sample with the class's learned token (they need its inversion)
 TOKEN_MODES = ("ti", "ti_i2i", "ti_lora")

@@ -137,12 +137,15 @@ def _fmt(v) -> str:
 def per_class_table(runs: list[dict], weak: list[str], fid: dict[str, list[dict]],
                     ti_loss: dict[str, dict[str, float]] | None = None,
                     kept: dict[str, dict[str, tuple[int, int]]] | None = None,
-                    judge: dict[str, dict] | None = None) -> pd.DataFrame:
+                    judge: dict[str, dict] | None = None, fid_min_images: int | None = None) -> pd.DataFrame:
     """Per weak class: accuracy of every method (mean/std over seeds); per
     sampling mode the number of synthetic images, the filter's kept share, the
     judge's class-fidelity share (all images / kept ones, and where the rest
     went) and FID/KID; and the TI loss: training loss over the first and last
-    10% of its steps, and the fixed-batch denoising loss before and after."""
+    10% of its steps, and the fixed-batch denoising loss before and after.
+
+    FID/KID from fewer than fid_min_images images on either side carry the
+    mark ' (few)' (and are then strings): not comparable with full-size sets."""
     rows = []
     for cls in weak:
         row = {"class": cls}
@@ -168,6 +171,8 @@ def per_class_table(runs: list[dict], weak: list[str], fid: dict[str, list[dict]
             pre = f"{f['method']}_{f['network']}"
             if f["fid"] is None:
                 row[f"fid_{pre}"] = row[f"kid_{pre}"] = "n/a"
+            elif fid_min_images and min(f["n_fake"], f["n_real"]) < fid_min_images:
+                row[f"fid_{pre}"], row[f"kid_{pre}"] = f"{_fmt(f['fid'])} (few)", f"{_fmt(f['kid_mean'])} (few)"
             else:
                 row[f"fid_{pre}"], row[f"kid_{pre}"] = f["fid"], f["kid_mean"]
             row[f"n_{pre}"] = f"{f['n_fake']} vs {f['n_real']}"

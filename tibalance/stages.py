@@ -330,7 +330,7 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
            filtered: list[str] | None = None, judges: list[str] | None = None,
            ablation: list[str] | None = None, ablation_csv: str | None = None,
            ablation_md: str | None = None, lora_losses: list[str] | None = None,
-           lora_metas: list[str] | None = None) -> None:
+           lora_metas: list[str] | None = None, fid_min_images: int | None = None) -> None:
     from pathlib import Path
 
     from .retrain import ablation_table, per_class_table, summary_table, to_markdown
@@ -363,7 +363,7 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
         n_kept = int(kept_mask(t).sum()) if len(t) else 0
         kept.setdefault(cls, {})[kind] = (n_kept, len(t))
     judge_rows = {read_json(p)["class"]: read_json(p) for p in judges or []}
-    per_class = per_class_table(run_rows, weak_classes, fid_rows, loss_rows, kept, judge_rows)
+    per_class = per_class_table(run_rows, weak_classes, fid_rows, loss_rows, kept, judge_rows, fid_min_images)
     write_csv(summary, summary_csv)
     write_csv(per_class, per_class_csv)
     Path(summary_md).write_text(to_markdown(summary))
