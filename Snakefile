@@ -28,6 +28,16 @@ localrules:
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    cls=r"[a-z0-9_]+",
+    method=r"ti_i2i|ti_lora|ti|lora_i2i|lora|raw|baseline|oversample|raw_sd",
+    lora_kind=r"lora|ti_lora",
+    seed=r"\d+",
+    variant=r"(n\d+|balanced)-(filter|nofilter)",
+
+
 include: "rules/data.smk"
 include: "rules/baseline.smk"
 include: "rules/analysis.smk"

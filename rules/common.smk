@@ -55,14 +55,6 @@ except TibalanceError as e:
     _fail(f"{CONFIGFILE}: {e}")
 
 
-wildcard_constraints:
-    cls=r"[a-z0-9_]+",
-    method=r"ti_i2i|ti_lora|ti|lora_i2i|lora|raw|baseline|oversample|raw_sd",
-    lora_kind=r"lora|ti_lora",
-    seed=r"\d+",
-    variant=r"(n\d+|balanced)-(filter|nofilter)",
-
-
 SEED = config["seed"]
 
 # sampling modes the study generates: raw and ti always (grids, FID); the
@@ -269,17 +261,17 @@ def study_jobs(wildcards):
     weak = weak_classes()
     jobs = []
 
-    def add(rule, cls=None, method=None, **wc):
-        r = getattr(rules, rule)
+    def add(name, cls=None, method=None, **wc):
+        r = getattr(rules, name)
         wc = {**wc, **({"cls": cls} if cls else {}), **({"method": method} if method else {})}
         fill = lambda pattern: expand(pattern, **wc)[0] if wc else str(pattern)
         meta = r.output.get("meta") or r.output.get("sidecar")
-        jobs.append({"rule": rule, "class": cls, "method": method if "variant" not in wc else f"{method} {wc['variant']}",
+        jobs.append({"rule": name, "class": cls, "method": method if "variant" not in wc else f"{method} {wc['variant']}",
                      "benchmark": fill(r.benchmark), "meta": fill(meta) if meta else None,
                      "done": fill(meta or r.output[0])})
 
-    for rule in ("prepare_data", "train_baseline", "analyse_confusion"):
-        add(rule)
+    for name in ("prepare_data", "train_baseline", "analyse_confusion"):
+        add(name)
     if config["generator"]["build"] == "tiny":
         add("build_generator")
     elif config["generator"]["build"] == "pretrain":

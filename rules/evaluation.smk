@@ -95,6 +95,7 @@ rule report:
         lora_losses=lora_loss_files,
         lora_metas=lora_meta_files,
         weak="results/analysis/weak_classes.json",
+        classes="results/data/classes.json",
     params:
         fid_min_images=config["metrics"].get("min_images", FID_RELIABLE_IMAGES),
     output:
@@ -124,6 +125,7 @@ rule report:
 rule cost:
     input:
         cost_inputs,
+        classes="results/data/classes.json",
     output:
         csv="results/tables/cost.csv",
         methods_csv="results/tables/cost_methods.csv",

@@ -6,7 +6,6 @@ rule build_generator:
     params:
         tiny=canonical(config["generator"]["tiny"]),
         seed=SEED,
-        out_dir="results/generator/tiny_sd",
     log:
         "logs/build_generator.log",
     benchmark:
@@ -34,7 +33,6 @@ rule pretrain_generator:
         tiny=canonical(config["generator"]["tiny"]),
         pretrain=pretrain_params,
         seed=SEED,
-        out_dir="results/generator/pretrained_sd",
     log:
         "logs/pretrain_generator.log",
     benchmark:
@@ -74,7 +72,6 @@ rule generator_quality:
     params:
         pretrain=pretrain_params,
         seed=SEED,
-        model=MODEL,
     log:
         "logs/generator_quality.log",
     benchmark:

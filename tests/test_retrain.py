@@ -67,3 +67,27 @@ def test_fid_from_too_few_images_is_marked_in_the_tables():
     # the minimum counts the real side too
     t = per_class_table(runs, ["shirt"], fid, fid_min_images=400).set_index("class")
     assert t.loc["shirt", "fid_raw_classifier"] == "12.5000 (few)"
+
+
+def test_tables_name_classes_as_the_dataset_spells_them():
+    from tibalance.retrain import display_names
+
+    names = {"shirt": "Shirt", "t_shirt_top": "T-shirt/top", "sword_lily": "sword lily"}
+    df = pd.DataFrame({"class": ["shirt", "all (mean)"], "most_often": ["t_shirt_top", ""],
+                       "acc_t_shirt_top_mean": [0.1, 0.2], "acc_shirt_std": [0.0, 0.0], "delta_sword_lily_mean": [1, 2],
+                       "improved_shirt": ["1/3", ""], "n_shirt": [3, 4], "acc_baseline_mean": [0.5, 0.5],
+                       "judge_ti_others": ["t_shirt_top 0.61, sword_lily 0.02", ""]})
+    out = display_names(df, names)
+    assert list(out["class"]) == ["Shirt", "all (mean)"] and list(out["most_often"]) == ["T-shirt/top", ""]
+    assert list(out.columns) == ["class", "most_often", "acc_T-shirt/top_mean", "acc_Shirt_std",
+                                 "delta_sword lily_mean", "improved_Shirt", "n_Shirt", "acc_baseline_mean",
+                                 "judge_ti_others"]
+    assert out["judge_ti_others"][0] == "T-shirt/top 0.61, sword lily 0.02"
+
+
+def test_slugs_fold_accents_and_never_lose_a_class():
+    from tibalance.util import slugify
+
+    assert slugify("Löwenzahn") == "lowenzahn" and slugify("Ærø rose") == "aero_rose"
+    assert slugify("Crème brûlée") == "creme_brulee" and slugify("T-shirt/top") == "t_shirt_top"
+    assert slugify("日本").startswith("class_") and slugify("日本") != slugify("中国")

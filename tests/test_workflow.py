@@ -2,6 +2,7 @@
 rerun, and one-line errors for bad configs."""
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -38,6 +39,11 @@ def test_bad_config_stops_with_one_line(tmp_path, edit, message):
     assert len(lines) == 1, lines
     assert message in lines[0]
     assert not (tmp_path / "results").exists()
+
+
+def test_lint_is_clean(tmp_path):
+    p = snakemake(tmp_path, "--lint", cores=None, check=False)
+    assert p.returncode == 0 and "Congratulations" in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
 
 
 def test_given_configfile_replaces_the_default_one(tmp_path):
@@ -452,3 +458,51 @@ def test_pretrained_generator_through_the_dag(tiny_run, tmp_path):
     assert q["accuracy"].between(0, 1).all() and (q["n"].iloc[:-1] == 4).all()
     assert (wd / "results/generator/pretrained_sd/model_index.json").exists()
     assert "Chance level" in (wd / target).read_text()
+
+
+HELD_OUT = {"Sword Lily": "circle", "pink-primrose": "square", "Löwenzahn": "cross", "Rare One": "triangle"}
+
+
+def test_held_out_style_dataset_goes_through_the_dag_with_display_names(tmp_path):
+    """Class folders with spaces, capitals, a hyphen and a non-ASCII letter, one
+    class with three images, one unreadable file: the whole DAG runs, and every
+    table names the classes as their folders do (slugs only in paths)."""
+    from tibalance.data import draw_synthetic
+
+    root = tmp_path / "flowers"
+    rng = np.random.default_rng(0)
+    for name, shape in HELD_OUT.items():
+        (root / name).mkdir(parents=True)
+        for i in range(3 if name == "Rare One" else 24):
+            Image.fromarray(draw_synthetic(shape, rng, 32)).save(root / name / f"{i:02d}.png")
+    (root / "Sword Lily" / "broken.png").write_bytes(b"\x89PNG not an image")
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["data"] = {"source": "imagefolder", "root": str(root), "val_fraction": 0.25, "test_fraction": 0.25}
+    cfg["analysis"] = {"strategy": "bottom_k", "metric": "f1", "k": 2, "include": ["Rare One"]}
+    cfg["retrain"] = {"methods": ["baseline", "ti", "lora"], "seeds": [0]}
+    cfg["ablation"] = {"methods": []}
+    cfg["judge"] = {"train_per_class": 0}
+    config = tmp_path / "held_out.yaml"
+    config.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    wd = tmp_path / "run"
+    snakemake(wd, configfiles=[config])
+    res = wd / "results"
+
+    names = json.loads((res / "data/classes.json").read_text())["names"]
+    assert names == {"sword_lily": "Sword Lily", "pink_primrose": "pink-primrose", "lowenzahn": "Löwenzahn",
+                     "rare_one": "Rare One"}
+    assert list(pd.read_csv(res / "data/skipped.csv").path) == [str(root / "Sword Lily" / "broken.png")]
+    weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
+    assert "rare_one" in weak and len(weak) == 2
+    per_class = pd.read_csv(res / "tables/per_class.csv")
+    assert sorted(per_class["class"]) == sorted(names[c] for c in weak)
+    summary = pd.read_csv(res / "tables/summary.csv")
+    assert list(summary.method) == ["baseline", "ti", "lora"]
+    for cls in weak:
+        assert f"acc_{names[cls]}_mean" in summary.columns and f"delta_{names[cls]}_mean" in summary.columns
+    cost = pd.read_csv(res / "tables/cost.csv", keep_default_na=False)
+    assert set(cost["class"]) - {""} == {names[c] for c in weak}
+    for table in ("summary.md", "per_class.md", "cost.md"):
+        text = (res / "tables" / table).read_text()
+        assert "Rare One" in text and "rare_one" not in text, table
+    assert (res / "lora/lora/rare_one/pytorch_lora_weights.safetensors").exists()  # slugs in paths

@@ -182,6 +182,34 @@ def per_class_table(runs: list[dict], weak: list[str], fid: dict[str, list[dict]
     return pd.DataFrame(rows)
 
 
+def display_names(df: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
+    """The table with classes named as the dataset spells them (names: slug ->
+    display name): the values of its `class` and `most_often` columns, the
+    columns built from a slug (acc_<slug>_mean, delta_<slug>_std,
+    improved_<slug>, n_<slug>) and the '<slug> 0.12, …' lists of *_others."""
+    import re
+
+    def name(v):
+        return names.get(v, v) if isinstance(v, str) else v
+
+    def others(v):
+        if not isinstance(v, str) or not v:
+            return v
+        return ", ".join(f"{name(s)} {share}" for s, share in (item.rsplit(" ", 1) for item in v.split(", ")))
+
+    def column(c):
+        m = re.fullmatch(r"(acc|delta|improved|n)_(.+?)(_mean|_std)?", c)
+        return f"{m[1]}_{names[m[2]]}{m[3] or ''}" if m and m[2] in names else c
+
+    out = df.copy()
+    for c in ("class", "most_often"):
+        if c in out.columns:
+            out[c] = out[c].map(name)
+    for c in [c for c in out.columns if c.endswith("_others")]:
+        out[c] = out[c].map(others)
+    return out.rename(columns=column)
+
+
 def to_markdown(df: pd.DataFrame, pm_pairs: bool = True) -> str:
     """Markdown table; *_mean/*_std column pairs become one 'mean ± std' column."""
     cols, out = list(df.columns), {}

@@ -134,7 +134,7 @@ def generator_quality(model: str, classifier: str, classes: str, pretrain_meta: 
     from pathlib import Path
 
     from .pretrain import generator_quality as quality
-    from .retrain import to_markdown
+    from .retrain import display_names, to_markdown
     from .util import pick_device
 
     side = Sidecar(seed)
@@ -145,7 +145,7 @@ def generator_quality(model: str, classifier: str, classes: str, pretrain_meta: 
                  grid_out=grid_png)
     total = {"class": "all (mean)", "prompt": "", "n": int(df["n"].sum()), "accuracy": float(df["accuracy"].mean()),
              "most_often": "", "most_often_share": float("nan")}
-    df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+    df = display_names(pd.concat([df, pd.DataFrame([total])], ignore_index=True), read_json(classes)["names"])
     write_csv(df, out_csv)
     chance = 1.0 / len(read_json(classes)["classes"])
     Path(out_md).write_text(to_markdown(df.fillna("")) + f"\nChance level: {chance:.4f} "
@@ -330,10 +330,11 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
            filtered: list[str] | None = None, judges: list[str] | None = None,
            ablation: list[str] | None = None, ablation_csv: str | None = None,
            ablation_md: str | None = None, lora_losses: list[str] | None = None,
-           lora_metas: list[str] | None = None, fid_min_images: int | None = None) -> None:
+           lora_metas: list[str] | None = None, fid_min_images: int | None = None,
+           classes: str | None = None) -> None:
     from pathlib import Path
 
-    from .retrain import ablation_table, per_class_table, summary_table, to_markdown
+    from .retrain import ablation_table, display_names, per_class_table, summary_table, to_markdown
 
     weak_classes = read_json(weak)["classes"]
     run_rows = [read_json(p) for p in runs]
@@ -341,7 +342,8 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
     for p in fids:
         d = read_json(p)
         fid_rows[d["class"]] = d["rows"]
-    summary = summary_table(run_rows, weak_classes)
+    names = read_json(classes)["names"] if classes else {}
+    summary = display_names(summary_table(run_rows, weak_classes), names)
     loss_rows: dict[str, dict] = {}
     # results/inversion/<cls>/loss.csv (prefix ti), results/lora/<kind>/<cls>/loss.csv (prefix <kind>)
     for p in list(ti_losses or []) + list(lora_losses or []):
@@ -363,14 +365,16 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
         n_kept = int(kept_mask(t).sum()) if len(t) else 0
         kept.setdefault(cls, {})[kind] = (n_kept, len(t))
     judge_rows = {read_json(p)["class"]: read_json(p) for p in judges or []}
-    per_class = per_class_table(run_rows, weak_classes, fid_rows, loss_rows, kept, judge_rows, fid_min_images)
+    per_class = display_names(
+        per_class_table(run_rows, weak_classes, fid_rows, loss_rows, kept, judge_rows, fid_min_images), names)
+    fid_rows = {names.get(c, c): rows for c, rows in fid_rows.items()}
     write_csv(summary, summary_csv)
     write_csv(per_class, per_class_csv)
     Path(summary_md).write_text(to_markdown(summary))
     Path(per_class_md).write_text(to_markdown(per_class))
     _plots(per_class, fid_rows, acc_plot, fid_plot)
     if ablation_csv:
-        ab = ablation_table([read_json(p) for p in ablation or []], run_rows, weak_classes)
+        ab = display_names(ablation_table([read_json(p) for p in ablation or []], run_rows, weak_classes), names)
         write_csv(ab, ablation_csv)
         Path(ablation_md).write_text(to_markdown(ab) if len(ab) else
                                      "No ablation configured (config `ablation.methods` is empty).\n")
@@ -422,14 +426,17 @@ def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str
     plt.close(fig)
 
 
-def cost(jobs: list[dict], methods: list[str], out_csv: str, methods_csv: str, out_md: str) -> None:
+def cost(jobs: list[dict], methods: list[str], out_csv: str, methods_csv: str, out_md: str,
+         classes: str | None = None) -> None:
     """The cost tables from every job's benchmark file and sidecar."""
     from pathlib import Path
 
     from . import cost as c
+    from .retrain import display_names
 
     rows = c.job_rows(jobs)
     stages_t, methods_t = c.stage_table(rows), c.method_table(rows, methods)
+    stages_t = display_names(stages_t, read_json(classes)["names"] if classes else {})
     write_csv(stages_t, out_csv)
     write_csv(methods_t, methods_csv)
     Path(out_md).write_text(c.markdown(stages_t, methods_t, missing=int(rows["wall_s"].isna().sum())))

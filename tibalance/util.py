@@ -17,14 +17,26 @@ class TibalanceError(Exception):
     """A user-facing error: its message is one line naming the file, class or key at fault."""
 
 
-def slugify(name: str) -> str:
-    """Map a class name (spaces, slashes, capitals) to a safe wildcard value.
+_FOLD = {"æ": "ae", "ø": "o", "ß": "ss", "œ": "oe", "ð": "d", "þ": "th", "ł": "l", "đ": "d", "ı": "i"}
 
-    'T-shirt/top' -> 't_shirt_top', 'sword lily' -> 'sword_lily'.
+
+def slugify(name: str) -> str:
+    """Map a class name (spaces, slashes, capitals, accents) to a safe wildcard value.
+
+    'T-shirt/top' -> 't_shirt_top', 'sword lily' -> 'sword_lily', 'Löwenzahn' ->
+    'lowenzahn'. A name with no Latin letter or digit at all (e.g. '日本') gets a
+    stable slug from its text: 'class_' + 8 hex digits.
     """
-    slug = re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
+    import hashlib
+    import unicodedata
+
+    text = unicodedata.normalize("NFKD", str(name).lower())
+    text = "".join(_FOLD.get(c, c) for c in text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "_", text).strip("_")
     if not slug:
-        raise TibalanceError(f"class name {name!r} has no letters or digits to build a slug from")
+        if not str(name).strip():
+            raise TibalanceError(f"class name {name!r} is empty")
+        slug = "class_" + hashlib.sha1(str(name).encode()).hexdigest()[:8]
     return slug
 
 

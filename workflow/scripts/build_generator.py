@@ -1,3 +1,4 @@
+import os
 import sys
 
 sys.path.insert(0, snakemake.scriptdir + "/../..")  # the tibalance package, also inside conda envs
@@ -8,6 +9,6 @@ smk.run(
     stages.build_generator,
     tiny_cfg=snakemake.params.tiny,
     seed=snakemake.params.seed,
-    out_dir=snakemake.params.out_dir,
+    out_dir=os.path.dirname(snakemake.output.model),  # the pipeline folder holding model_index.json
     meta=snakemake.output.meta,
 )

@@ -11,4 +11,5 @@ smk.run(
     out_csv=snakemake.output.csv,
     methods_csv=snakemake.output.methods_csv,
     out_md=snakemake.output.md,
+    classes=snakemake.input.classes,
 )

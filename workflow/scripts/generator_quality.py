@@ -1,3 +1,4 @@
+import os
 import sys
 
 sys.path.insert(0, snakemake.scriptdir + "/../..")  # the tibalance package, also inside conda envs
@@ -6,7 +7,7 @@ from tibalance import smk, stages
 smk.run(
     snakemake,
     stages.generator_quality,
-    model=snakemake.params.model,
+    model=os.path.dirname(snakemake.input.generator),  # the pipeline folder
     classifier=snakemake.input.model,
     classes=snakemake.input.classes,
     pretrain_meta=snakemake.input.meta,

@@ -1,3 +1,4 @@
+import os
 import sys
 
 sys.path.insert(0, snakemake.scriptdir + "/../..")  # the tibalance package, also inside conda envs
@@ -11,7 +12,7 @@ smk.run(
     tiny_cfg=snakemake.params.tiny,
     pretrain_cfg=snakemake.params.pretrain,
     seed=snakemake.params.seed,
-    out_dir=snakemake.params.out_dir,
+    out_dir=os.path.dirname(snakemake.output.model),  # the pipeline folder holding model_index.json
     loss_out=snakemake.output.loss,
     meta=snakemake.output.meta,
 )

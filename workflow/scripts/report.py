@@ -17,6 +17,7 @@ smk.run(
     filtered=list(snakemake.input.filtered),
     judges=list(snakemake.input.judges),
     fid_min_images=snakemake.params.fid_min_images,
+    classes=snakemake.input.classes,
     **{k: snakemake.output[k] for k in ("summary_csv", "summary_md", "per_class_csv", "per_class_md", "acc_plot", "fid_plot",
                                                 "ablation_csv", "ablation_md")},
 )
