@@ -1,6 +1,7 @@
 # tibalance: is a weak class helped by Textual-Inversion images?
 # Table of contents only; the helpers live in rules/common.smk.
 import os
+import sys
 
 from snakemake.utils import min_version
 
@@ -10,8 +11,15 @@ min_version("9.0")
 # the real study, unless --configfile names another: configs are not merged,
 # so nothing of the Flowers-102 study leaks into the demo or a user's study
 if not workflow.overwrite_configfiles:
+    DEFAULT_CONFIG = os.path.join(workflow.basedir, "config", "config.yaml")
+    # one line naming the file and the line, not Snakemake's "not valid JSON or YAML"
+    sys.path.insert(0, workflow.basedir)
+    from tibalance.config import yaml_problem
 
-    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+    if yaml_problem(DEFAULT_CONFIG):
+        sys.exit(f"tibalance: {yaml_problem(DEFAULT_CONFIG)}")
+
+    configfile: DEFAULT_CONFIG
 
 
 report: "workflow/report/workflow.rst"

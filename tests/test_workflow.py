@@ -1,6 +1,7 @@
 """The real Snakemake DAG on the tiny config: contents of the outputs, no-op
 rerun, and one-line errors for bad configs."""
 import json
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -8,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import FMNIST, REPO, TINY, snakemake
+from conftest import FMNIST, REPO, SNAKEMAKE, TINY, snakemake
 
 
 def _bad_config(tmp_path, edit):
@@ -39,6 +40,27 @@ def test_bad_config_stops_with_one_line(tmp_path, edit, message):
     assert len(lines) == 1, lines
     assert message in lines[0]
     assert not (tmp_path / "results").exists()
+
+
+def test_default_config_that_is_not_yaml_names_file_and_line(tmp_path):
+    """config/config.yaml (read by the Snakefile) with a YAML error: one line
+    with the file, line and column. (A file given with --configfile is read by
+    Snakemake's CLI before any workflow code runs: its own message.)"""
+    import shutil
+
+    from tibalance.config import yaml_problem
+
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    for part in ("Snakefile", "rules", "workflow", "config", "tibalance"):
+        (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, wf / part)
+    (wf / "config/config.yaml").write_text("seed: 0\ndata:\n  source: flowers102\n   download: [true\n")
+    p = subprocess.run([SNAKEMAKE, "-s", str(wf / "Snakefile"), "-d", str(tmp_path / "run"), "-n"],
+                       capture_output=True, text=True)
+    err = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("tibalance:")]
+    assert p.returncode != 0 and err == [
+        f"tibalance: {wf / 'config/config.yaml'}:4:12: not valid YAML: mapping values are not allowed here"], p.stderr
+    assert yaml_problem(str(REPO / "config/config.yaml")) is None
 
 
 def test_lint_is_clean(tmp_path):

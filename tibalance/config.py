@@ -27,6 +27,22 @@ def format_validation_error(err, configfile: str) -> str:
     return f"{configfile}: key '{path or '<top>'}': {err.message}"
 
 
+def yaml_problem(path: str) -> str | None:
+    """'<file>:<line>:<column>: not valid YAML: <problem>' for a file PyYAML cannot read, else None."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            yaml.safe_load(f)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        return f"{where}: not valid YAML: {e.problem or e.context}"
+    except yaml.YAMLError as e:
+        return f"{path}: not valid YAML: {e}"
+    return None
+
+
 def canonical(obj):
     """The same settings with dict keys sorted, recursively.
 
