@@ -35,3 +35,29 @@ def tiny_run(tmp_path_factory):
     wd = tmp_path_factory.mktemp("tiny")
     p = snakemake(wd)
     return wd, p
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    """The tiny offline SD pipeline (random weights, real CLIP vocabulary); tests never write to it."""
+    from tibalance.generator import build_tiny
+
+    path = tmp_path_factory.mktemp("sd") / "tiny_sd"
+    build_tiny(str(path), {"resolution": 32}, seed=0)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def seed_images(tmp_path_factory):
+    """Three random 28 px RGB images standing in for a class's seed images."""
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("seeds")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        p = d / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths

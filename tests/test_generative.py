@@ -8,32 +8,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tibalance.generator import build_tiny, check_model, clip_tokenizer, load_pipeline
+from tibalance.generator import check_model, clip_tokenizer, load_pipeline
 from tibalance.inversion import train_textual_inversion
 from tibalance.sampling import n_images_for, sample_class
 from tibalance.util import TibalanceError
 
 TI = dict(steps=6, resolution=32, batch_size=2, augment_variants=2, checkpoint_every=3,
           preview_images=2, preview_steps=2, lr=0.05)
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sd") / "tiny_sd"
-    build_tiny(str(path), {"resolution": 32}, seed=0)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def seed_images(tmp_path_factory):
-    d = tmp_path_factory.mktemp("seeds")
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(3):
-        p = d / f"{i}.png"
-        Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(p)
-        paths.append(str(p))
-    return paths
 
 
 def _ti(tiny_sd, seeds, out, **kw):

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tibalance.config import check_lora, text_encoder_lora_problem
-from tibalance.generator import build_tiny, load_pipeline
+from tibalance.generator import load_pipeline
 from tibalance.inversion import train_textual_inversion
 from tibalance.lora import WEIGHTS_NAME, train_lora
 from tibalance.sampling import sample_class
@@ -20,25 +20,6 @@ from tibalance.util import TibalanceError
 
 LORA = dict(steps=8, resolution=32, batch_size=2, augment_variants=2, checkpoint_every=3,
             preview_images=2, preview_steps=2, lr=1e-2)
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sd") / "tiny_sd"
-    build_tiny(str(path), {"resolution": 32}, seed=0)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def seed_images(tmp_path_factory):
-    d = tmp_path_factory.mktemp("seeds")
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(3):
-        p = d / f"{i}.png"
-        Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(p)
-        paths.append(str(p))
-    return paths
 
 
 def _lora(tiny_sd, seeds, out, **kw):
