@@ -28,6 +28,7 @@ report: "workflow/report/workflow.rst"
 # cheap aggregation jobs run in the main process, also on a cluster
 localrules:
     all,
+    fetch_generator,
     analyse_confusion,
     sample_grid,
     report,

@@ -9,7 +9,7 @@ sys.path.insert(0, workflow.basedir)
 from tibalance.config import canonical, check_class_names, check_lora, class_settings, format_validation_error
 from tibalance.data import check_root, dataset_class_names
 from tibalance.filtering import FILTER_DEFAULTS
-from tibalance.generator import check_model, is_local
+from tibalance.generator import check_model, fetched_folder, is_local
 from tibalance.defaults import (FID_RELIABLE_IMAGES, LORA_ADAPTER, LORA_DEFAULTS, LORA_MODES, MODES, PRETRAIN_DEFAULTS,
                                 SAMPLING_DEFAULTS, TI_DEFAULTS, TOKEN_MODES)
 from tibalance.retrain import SAMPLE_KIND, ablation_variants, parse_variant
@@ -36,8 +36,12 @@ if config["generator"]["build"] == "tiny":
     MODEL = "results/generator/tiny_sd"
 elif config["generator"]["build"] == "pretrain":
     MODEL = "results/generator/pretrained_sd"
-else:
+elif is_local(config["generator"]["model"]):
     MODEL = config["generator"]["model"]
+else:
+    # a hub id: the local rule fetch_generator downloads it on the login node;
+    # every job opens the folder, never the hub
+    MODEL = fetched_folder(config["generator"]["model"])
 
 # the class-fidelity judge: a given checkpoint, one trained on images the study
 # does not use (judge.train_per_class > 0), or none
@@ -47,7 +51,7 @@ try:
     if config["judge"].get("model") and not os.path.isfile(config["judge"]["model"]):
         raise TibalanceError(f"judge.model: judge checkpoint {config['judge']['model']} does not exist")
     if config["generator"]["build"] == "none":
-        check_model(MODEL)
+        check_model(config["generator"]["model"])
     check_root(config["data"])
     check_class_names(config, dataset_class_names(config["data"]))
     check_lora(config)

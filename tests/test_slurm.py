@@ -215,6 +215,17 @@ def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
     kinds = {kinds[m] for m in extra if m in kinds}
     assert kinds, "config/config.yaml's study has no LoRA method"
     assert len(jobs.get("lora", [])) == len(kinds) * len(weak)
+    # the hub pipeline is fetched once, before the jobs that open it, asking for no
+    # GPU; the Snakefile declares it local (the main process: a login node with internet)
+    out = p.stdout + p.stderr
+    assert len(re.findall(r"^(local)?rule fetch_generator:$", out, re.M)) == 1
+    fetch = re.search(r"^(?:local)?rule fetch_generator:\n    output: (\S+)", out, re.M)[1]
+    assert fetch.startswith("resources/generator/") and fetch.endswith("/model_index.json")
+    ti_inputs = re.findall(r"^(?:local)?rule textual_inversion:\n    input: (.*)$", out, re.M)
+    assert len(ti_inputs) == len(weak) and all(fetch in i for i in ti_inputs)
+    assert "fetch_generator" not in jobs or all("gpu" not in r for r in jobs["fetch_generator"])
+    localrules = re.search(r"^localrules:\n((?:    \w+,\n)+)", (REPO / "Snakefile").read_text(), re.M)[1]
+    assert "fetch_generator" in localrules
     for rule in ("textual_inversion", "lora", "sample", "retrain", "fid"):
         assert all("gpu=1" in r for r in jobs[rule]), rule
     assert all("gpu" not in r for r in jobs["select_seeds"])

@@ -29,6 +29,29 @@ def check_model(model: str, key: str = "generator.model") -> None:
         raise TibalanceError(f"{key}: generator folder {model} {what}")
 
 
+# What a Stable Diffusion hub repo holds beyond one pipeline in fp32 safetensors
+SKIP_FILES = ["*.ckpt", "*.bin", "*.msgpack", "*.onnx", "*.onnx_data", "*.fp16.*", "*non_ema*", "*.pb", "*.h5"]
+
+
+def fetched_folder(repo_id: str) -> str:
+    """Where the local rule fetch_generator puts a hub pipeline (the jobs open it offline)."""
+    return "resources/generator/" + re.sub(r"[^A-Za-z0-9._-]+", "--", repo_id)
+
+
+def fetch_pipeline(repo_id: str, out_dir: str, endpoint: str | None = None) -> None:
+    """Download a hub pipeline's files (one fp32 safetensors copy per component)
+    into out_dir: the login-node half of running compute jobs offline."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id, local_dir=out_dir, ignore_patterns=SKIP_FILES, endpoint=endpoint)
+    except Exception as e:  # noqa: BLE001 - network and hub failures come in many types
+        raise TibalanceError(f"generator.model: could not fetch hub id {repo_id!r} into {out_dir} "
+                             f"({type(e).__name__}); fetch it where there is internet, or set "
+                             "generator.model to a local save_pretrained folder") from e
+    check_model(out_dir)
+
+
 def open_clip_vocab_path() -> Path:
     import open_clip
 

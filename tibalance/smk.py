@@ -9,11 +9,19 @@ import sys
 from .util import TibalanceError
 
 
-def run(snakemake, fn, **kwargs) -> None:
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def run(snakemake, fn, online: bool = False, **kwargs) -> None:
     """Send stderr (and logging) to the job's log, then call fn(**kwargs).
 
-    A TibalanceError ends the job with its one-line message in the log and on
-    the terminal; other errors keep their traceback in the log."""
+    Jobs run with the hubs' offline switches set (compute nodes have no
+    internet: what a job needs was fetched by a local rule before it); only
+    the fetch rules pass online=True. A TibalanceError ends the job with its
+    one-line message in the log and on the terminal; other errors keep their
+    traceback in the log."""
+    if not online:
+        os.environ.update(OFFLINE)
     log_path = snakemake.log[0] if len(snakemake.log) else None
     terminal = sys.stderr
     if log_path:
