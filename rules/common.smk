@@ -42,6 +42,9 @@ else:
     # a hub id: the local rule fetch_generator downloads it on the login node;
     # every job opens the folder, never the hub
     MODEL = fetched_folder(config["generator"]["model"])
+# the hub id fetch_generator downloads (None: nothing to fetch, the rule does not exist)
+FETCH_REPO = None if is_local(config["generator"]["model"]) or config["generator"]["build"] != "none" else (
+    config["generator"]["model"])
 
 # the class-fidelity judge: a given checkpoint, one trained on images the study
 # does not use (judge.train_per_class > 0), or none

@@ -1,17 +1,19 @@
 # Only when generator.model is a hub id (and nothing is built): the pipeline's
 # files, fetched in the main process (on a cluster: the login node, which has
 # internet) before any job that opens it.
-rule fetch_generator:
-    output:
-        model=f"{MODEL}/model_index.json",
-    params:
-        repo=config["generator"]["model"],
-    log:
-        "logs/fetch_generator.log",
-    conda:
-        "../envs/diffusion.yaml"
-    script:
-        "../workflow/scripts/fetch_generator.py"
+if FETCH_REPO:
+
+    rule fetch_generator:
+        output:
+            model=f"{MODEL}/model_index.json",
+        params:
+            repo=FETCH_REPO,
+        log:
+            "logs/fetch_generator.log",
+        conda:
+            "../envs/diffusion.yaml"
+        script:
+            "../workflow/scripts/fetch_generator.py"
 
 
 # Only when generator.build is 'tiny': the offline Stable-Diffusion stand-in.
