@@ -31,7 +31,9 @@ except WorkflowError as e:
     err = err if hasattr(err, "absolute_path") else None
     _fail(format_validation_error(err, CONFIGFILE) if err is not None else f"{CONFIGFILE}: {e}")
 
-# the Stable Diffusion pipeline: built offline (tiny) or a local folder / hub id
+# the Stable Diffusion pipeline: built offline (tiny) or a local folder / hub id;
+# FETCH_REPO: the hub id fetch_generator downloads (None: nothing to fetch, no such rule)
+FETCH_REPO = None
 if config["generator"]["build"] == "tiny":
     MODEL = "results/generator/tiny_sd"
 elif config["generator"]["build"] == "pretrain":
@@ -41,10 +43,8 @@ elif is_local(config["generator"]["model"]):
 else:
     # a hub id: the local rule fetch_generator downloads it on the login node;
     # every job opens the folder, never the hub
-    MODEL = fetched_folder(config["generator"]["model"])
-# the hub id fetch_generator downloads (None: nothing to fetch, the rule does not exist)
-FETCH_REPO = None if is_local(config["generator"]["model"]) or config["generator"]["build"] != "none" else (
-    config["generator"]["model"])
+    FETCH_REPO = config["generator"]["model"]
+    MODEL = fetched_folder(FETCH_REPO)
 
 # the class-fidelity judge: a given checkpoint, one trained on images the study
 # does not use (judge.train_per_class > 0), or none
@@ -99,8 +99,12 @@ def generator_files(wildcards):
     return [f"{MODEL}/model_index.json"] if is_local(MODEL) else []
 
 
+def _ti_settings(cls):
+    return canonical({**TI_DEFAULTS, **class_settings(config, "ti", cls)})
+
+
 def ti_params(wildcards):
-    return canonical({**TI_DEFAULTS, **class_settings(config, "ti", wildcards.cls)})
+    return _ti_settings(wildcards.cls)
 
 
 def lora_params(wildcards):
@@ -117,7 +121,7 @@ def filter_params(wildcards):
 
 def _token(cls):
     """What a job that uses the class's learned token needs of its inversion settings."""
-    ti = {**TI_DEFAULTS, **class_settings(config, "ti", cls)}
+    ti = _ti_settings(cls)
     return {"placeholder": ti["placeholder"].format(cls=cls), "num_vectors": ti["num_vectors"]}
 
 

@@ -47,17 +47,21 @@ def tiny_sd(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def seed_images(tmp_path_factory):
-    """Three random 28 px RGB images standing in for a class's seed images."""
+def random_images(folder, n: int, size: int, prefix: str = "", seed: int = 0) -> list[str]:
+    """n random RGB PNGs of size x size px in folder: their paths."""
     import numpy as np
     from PIL import Image
 
-    d = tmp_path_factory.mktemp("seeds")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     paths = []
-    for i in range(3):
-        p = d / f"{i}.png"
-        Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(p)
+    for i in range(n):
+        p = folder / f"{prefix}{i}.png"
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(p)
         paths.append(str(p))
     return paths
+
+
+@pytest.fixture(scope="session")
+def seed_images(tmp_path_factory):
+    """Three random 28 px RGB images standing in for a class's seed images."""
+    return random_images(tmp_path_factory.mktemp("seeds"), 3, 28)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import random_images
 from tibalance.classifier import IMAGENET_MEAN, IMAGENET_STD, TensorBatches, train_classifier
 
 
@@ -39,12 +40,7 @@ def test_batches_are_normalised_crops_of_each_image_and_seeded(tmp_path):
 
 
 def test_flags_get_the_classic_augmentation_and_alternatives_replace(tmp_path):
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(4):
-        p = tmp_path / f"n{i}.png"
-        Image.fromarray(rng.integers(0, 255, (19, 19, 3), dtype=np.uint8)).save(p)
-        paths.append(str(p))
+    paths = random_images(tmp_path, 4, 19, prefix="n")
     torch.manual_seed(0)
     plain = _batches(paths, [0, 1, 2, 3])
     torch.manual_seed(0)

@@ -345,15 +345,19 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
     names = read_json(classes)["names"] if classes else {}
     summary = display_names(summary_table(run_rows, weak_classes), names)
     loss_rows: dict[str, dict] = {}
-    # results/inversion/<cls>/loss.csv (prefix ti), results/lora/<kind>/<cls>/loss.csv (prefix <kind>)
+
+    def class_and_prefix(p):
+        """results/inversion/<cls>/… -> (cls, 'ti'); results/lora/<kind>/<cls>/… -> (cls, kind)."""
+        return Path(p).parent.name, ("ti" if Path(p).parts[-3] == "inversion" else Path(p).parts[-3])
+
     for p in list(ti_losses or []) + list(lora_losses or []):
-        cls, pre = Path(p).parent.name, ("ti" if Path(p).parts[-3] == "inversion" else Path(p).parts[-3])
+        cls, pre = class_and_prefix(p)
         loss = pd.read_csv(p)["loss"].to_numpy()
         k = max(1, len(loss) // 10)
         loss_rows.setdefault(cls, {}).update({f"{pre}_loss_first10pct": float(loss[:k].mean()),
                                               f"{pre}_loss_last10pct": float(loss[-k:].mean())})
     for p in list(ti_metas or []) + list(lora_metas or []):
-        cls, pre = Path(p).parent.name, ("ti" if Path(p).parts[-3] == "inversion" else Path(p).parts[-3])
+        cls, pre = class_and_prefix(p)
         m = read_json(p)
         if m.get("eval_loss_start") is not None:
             loss_rows.setdefault(cls, {}).update(
@@ -364,7 +368,7 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
         t = pd.read_csv(p, dtype={"path": str})
         n_kept = int(kept_mask(t).sum()) if len(t) else 0
         kept.setdefault(cls, {})[kind] = (n_kept, len(t))
-    judge_rows = {read_json(p)["class"]: read_json(p) for p in judges or []}
+    judge_rows = {j["class"]: j for j in (read_json(p) for p in judges or [])}
     per_class = display_names(
         per_class_table(run_rows, weak_classes, fid_rows, loss_rows, kept, judge_rows, fid_min_images), names)
     fid_rows = {names.get(c, c): rows for c, rows in fid_rows.items()}

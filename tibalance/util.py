@@ -9,6 +9,7 @@ import random
 import re
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,6 @@ def slugify(name: str) -> str:
     'lowenzahn'. A name with no Latin letter or digit at all (e.g. '日本') gets a
     stable slug from its text: 'class_' + 8 hex digits.
     """
-    import hashlib
-    import unicodedata
-
     text = unicodedata.normalize("NFKD", str(name).lower())
     text = "".join(_FOLD.get(c, c) for c in text).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "_", text).strip("_")
