@@ -3,6 +3,8 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES     ?= all
+# every job one thread, as many side by side as there are cores (profiles/cpu)
+PROFILE   ?= profiles/cpu
 FMNIST    := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: demo test install demo-data clean-demo
@@ -24,7 +26,7 @@ demo-data:
 
 demo: install demo-data
 	@extra=""; [ -f $(FMNIST) ] || extra="config/demo-download.yaml"; \
-	$(SNAKEMAKE) --configfile config/demo.yaml $$extra --cores $(CORES) && \
+	$(SNAKEMAKE) --configfile config/demo.yaml $$extra --workflow-profile $(PROFILE) --cores $(CORES) && \
 	$(SNAKEMAKE) --configfile config/demo.yaml $$extra --report results/report.html && \
 	echo "" && echo "Demo finished. The report (tables, plots, grids, with captions): results/report.html" && \
 	echo "Results are under results/:" && \

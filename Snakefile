@@ -25,10 +25,10 @@ if not workflow.overwrite_configfiles:
 report: "workflow/report/workflow.rst"
 
 
-# cheap aggregation jobs run in the main process, also on a cluster
+# cheap aggregation jobs run in the main process, also on a cluster (and
+# fetch_generator, which says so itself: it exists only when there is a hub id)
 localrules:
     all,
-    fetch_generator,
     analyse_confusion,
     sample_grid,
     report,

@@ -4,6 +4,7 @@
 if FETCH_REPO:
 
     rule fetch_generator:
+        localrule: True
         output:
             model=f"{MODEL}/model_index.json",
         params:

@@ -224,8 +224,8 @@ def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
     ti_inputs = re.findall(r"^(?:local)?rule textual_inversion:\n    input: (.*)$", out, re.M)
     assert len(ti_inputs) == len(weak) and all(fetch in i for i in ti_inputs)
     assert "fetch_generator" not in jobs or all("gpu" not in r for r in jobs["fetch_generator"])
-    localrules = re.search(r"^localrules:\n((?:    \w+,\n)+)", (REPO / "Snakefile").read_text(), re.M)[1]
-    assert "fetch_generator" in localrules
+    fetch_rule = re.search(r"^    rule fetch_generator:\n((?:        .*\n)+)", (REPO / "rules" / "generator.smk").read_text(), re.M)
+    assert fetch_rule and "localrule: True" in fetch_rule[1]
     for rule in ("textual_inversion", "lora", "sample", "retrain", "fid"):
         assert all("gpu=1" in r for r in jobs[rule]), rule
     assert all("gpu" not in r for r in jobs["select_seeds"])
