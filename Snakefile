@@ -47,6 +47,7 @@ wildcard_constraints:
     variant=r"(n\d+|balanced)-(filter|nofilter)",
 
 
+include: "rules/fetch.smk"
 include: "rules/data.smk"
 include: "rules/baseline.smk"
 include: "rules/analysis.smk"
@@ -61,6 +62,6 @@ include: "rules/evaluation.smk"
 
 rule all:
     input:
-        quality_targets(),  # before the checkpoint: pretraining starts beside the baseline
+        early_targets(),  # before the checkpoint: pretraining and the judge start beside the baseline
         all_targets,
     default_target: True

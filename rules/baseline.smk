@@ -2,6 +2,7 @@ rule train_baseline:
     input:
         manifest="results/data/manifest.csv",
         classes="results/data/classes.json",
+        weights=classifier_weights_file(config["classifier"]),  # fetch_weights; [] unless pretrained
     output:
         model="results/baseline/model.pt",
         predictions="results/baseline/predictions.csv",

@@ -1,4 +1,5 @@
 # Validation, class lists and the input/params functions of the DAG.
+import re
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -9,6 +10,7 @@ sys.path.insert(0, workflow.basedir)
 from tibalance.config import canonical, check_class_names, check_lora, class_settings, format_validation_error
 from tibalance.data import check_root, dataset_class_names
 from tibalance.filtering import FILTER_DEFAULTS
+from tibalance.fetch import WEIGHTS_DIR, classifier_weights_file, dataset_marker, inception_weights_file, weights_to_fetch
 from tibalance.generator import check_model, fetched_folder, is_local
 from tibalance.defaults import (FID_RELIABLE_IMAGES, LORA_ADAPTER, LORA_DEFAULTS, LORA_MODES, MODES, PRETRAIN_DEFAULTS,
                                 SAMPLING_DEFAULTS, TI_DEFAULTS, TOKEN_MODES)
@@ -45,6 +47,12 @@ else:
     # every job opens the folder, never the hub
     FETCH_REPO = config["generator"]["model"]
     MODEL = fetched_folder(FETCH_REPO)
+
+# downloads other than the generator's, done by local rules (rules/fetch.smk):
+# torchvision's dataset download (data.download: true) and the weights files
+DATASET_MARKER = dataset_marker(config["data"])
+DATASET_FETCHED = [DATASET_MARKER] if DATASET_MARKER else []
+WEIGHTS = weights_to_fetch(config)  # {file name: URL}; {} when nothing is pretrained and FID uses no Inception
 
 # the class-fidelity judge: a given checkpoint, one trained on images the study
 # does not use (judge.train_per_class > 0), or none
@@ -188,6 +196,11 @@ def retrain_classifier(wildcards):
     return canonical({**config["classifier"], **config["retrain"].get("classifier", {})})
 
 
+def retrain_weights(wildcards):
+    """The ImageNet weights a retraining run starts from (none when it fine-tunes the baseline)."""
+    return [] if retrain_init(wildcards) else classifier_weights_file(retrain_classifier(wildcards))
+
+
 def retrain_runs(wildcards):
     return expand(
         "results/retrain/{method}/seed{seed}/metrics.json",
@@ -228,10 +241,16 @@ def pretrain_params(wildcards):
     return canonical({**PRETRAIN_DEFAULTS, **config["generator"].get("pretrain", {})})
 
 
-def quality_targets():
-    if config["generator"]["build"] != "pretrain":
-        return []
-    return ["results/tables/generator_quality.md", "results/generator/quality_samples.png"]
+def early_targets():
+    """Outputs that need no weak class, asked for before the checkpoint so that
+    their jobs run beside the baseline and the generator's pretraining (on a few
+    cores, two jobs side by side) instead of after the confusion analysis."""
+    out = []
+    if config["generator"]["build"] == "pretrain":
+        out += ["results/tables/generator_quality.md", "results/generator/quality_samples.png"]
+    if JUDGE == "results/judge/model.pt":  # a judge trained here (not a given checkpoint)
+        out += [JUDGE]
+    return out
 
 
 def ti_loss_files(wildcards):

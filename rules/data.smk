@@ -1,4 +1,6 @@
 rule prepare_data:
+    input:
+        fetched=DATASET_FETCHED,  # fetch_dataset's marker when data.download: true
     output:
         manifest="results/data/manifest.csv",
         classes="results/data/classes.json",

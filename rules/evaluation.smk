@@ -3,6 +3,7 @@ rule fid:
         unpack(class_samples),  # raw, ti (and the other modes of the study)
         manifest="results/data/manifest.csv",
         model="results/baseline/model.pt",
+        inception=inception_weights_file(config["metrics"]),  # fetch_weights; [] without Inception
     output:
         fid="results/fid/{cls}.json",
         meta="results/fid/{cls}.meta.json",
@@ -31,6 +32,7 @@ rule retrain:
         weak="results/analysis/weak_classes.json",
         synthetic=retrain_synthetic,
         init=retrain_init,
+        weights=retrain_weights,
     output:
         metrics="results/retrain/{method}/seed{seed}/metrics.json",
         meta="results/retrain/{method}/seed{seed}/retrain.meta.json",
@@ -61,6 +63,7 @@ rule retrain_ablation:
         weak="results/analysis/weak_classes.json",
         synthetic=retrain_synthetic,
         init=retrain_init,
+        weights=retrain_weights,
     output:
         metrics="results/ablation/{method}/{variant}/seed{seed}/metrics.json",
         meta="results/ablation/{method}/{variant}/seed{seed}/retrain.meta.json",

@@ -6,6 +6,8 @@
 # Images the study does not use (left out by the caps and the imbalance; never
 # the test split), up to train_per_class per class.
 rule judge_pool:
+    input:
+        fetched=DATASET_FETCHED,
     output:
         pool="results/judge/pool.csv",
     params:
@@ -31,6 +33,7 @@ rule train_judge:
         pool="results/judge/pool.csv",
         manifest="results/data/manifest.csv",
         classes="results/data/classes.json",
+        weights=classifier_weights_file(judge_train_classifier()),
     output:
         model="results/judge/model.pt",
         metrics="results/judge/metrics.json",

@@ -44,3 +44,22 @@ def serve(folder, repo):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv, f"http://127.0.0.1:{srv.server_address[1]}"
+
+
+def serve_static(folder):
+    """A plain file server of `folder` on the loopback address (a download mirror):
+    GET /<path> -> folder/<path>. Returns (server, its URL)."""
+    folder = Path(folder)
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a): pass
+        def do_GET(self):
+            p = folder / self.path.split("?")[0].lstrip("/")
+            if not p.is_file():
+                self.send_response(404); self.end_headers(); return
+            data = p.read_bytes()
+            self.send_response(200); self.send_header("Content-Length", str(len(data))); self.end_headers()
+            self.wfile.write(data)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}"

@@ -184,6 +184,18 @@ def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
     jobs = _dry_run_jobs(p.stdout + p.stderr)
     assert "gpu=1" in jobs["train_baseline"][0]
     assert "gpu" not in jobs["prepare_data"][0]
+    # the dataset and the ImageNet weights are downloaded by local rules before
+    # the jobs that read them (data.download: true, classifier.pretrained: true)
+    out = p.stdout + p.stderr
+    marker, resnet = "resources/flowers102/.tibalance-fetched.json", "resources/weights/resnet50-11ad3fa6.pth"
+    assert re.search(r"^(?:local)?rule fetch_dataset:\n    output: " + re.escape(marker), out, re.M)
+    assert re.search(r"^(?:local)?rule fetch_weights:\n    output: " + re.escape(resnet), out, re.M)
+    assert marker in _job_inputs(out, "prepare_data")[0] and resnet in _job_inputs(out, "train_baseline")[0]
+    assert all("gpu" not in r for r in jobs.get("fetch_dataset", []) + jobs.get("fetch_weights", []))
+    fetch_rules = (REPO / "rules" / "fetch.smk").read_text()
+    for rule in ("fetch_dataset", "fetch_weights"):
+        block = re.search(rf"^    rule {rule}:\n((?:        .*\n)+)", fetch_rules, re.M)
+        assert block and "localrule: True" in block[1], rule
 
     # resolve the checkpoint as a finished analysis would have left it
     weak = ["sword_lily", "pink_primrose"]
@@ -193,10 +205,12 @@ def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
              "baseline/metrics.json": "{}", "baseline/train_baseline.meta.json": "{}",
              "analysis/per_class.csv": "", "analysis/confusion.png": "",
              "analysis/weak_classes.json": json.dumps({"classes": weak})}
-    for i, (rel, text) in enumerate(files.items()):
-        (res / rel).parent.mkdir(parents=True, exist_ok=True)
-        (res / rel).write_text(text)
-        os.utime(res / rel, (1e9 + i, 1e9 + i))  # in DAG order: nothing upstream is newer
+    fetched = {marker: "{}", resnet: ""}
+    for i, (rel, text) in enumerate([(tmp_path / k, v) for k, v in fetched.items()] +
+                                    [(res / k, v) for k, v in files.items()]):
+        rel.parent.mkdir(parents=True, exist_ok=True)
+        rel.write_text(text)
+        os.utime(rel, (1e9 + i, 1e9 + i))  # in DAG order: nothing upstream is newer
     # (no benchmark files: the cost table reads them where they exist, never reruns a job for one)
     # these files have no Snakemake provenance records: judge them by mtime
     p = subprocess.run(cmd + ["--rerun-triggers", "mtime"], capture_output=True, text=True)
@@ -228,8 +242,17 @@ def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
     assert fetch_rule and "localrule: True" in fetch_rule[1]
     for rule in ("textual_inversion", "lora", "sample", "retrain", "fid"):
         assert all("gpu=1" in r for r in jobs[rule]), rule
+    # FID's Inception weights: fetched once, an input of every FID job
+    inception = "resources/weights/weights-inception-2015-12-05-6726825d.pth"
+    assert re.findall(r"^(?:local)?rule fetch_weights:\n    output: (\S+)", out, re.M) == [inception]
+    assert len(_job_inputs(out, "fid")) == len(weak) and all(inception in i for i in _job_inputs(out, "fid"))
     assert all("gpu" not in r for r in jobs["select_seeds"])
     assert "train_baseline" not in jobs and "prepare_data" not in jobs
+
+
+def _job_inputs(text: str, rule: str) -> list[str]:
+    """The input line of every job of `rule` in a dry run's output."""
+    return re.findall(rf"^(?:local)?(?:rule|checkpoint) {rule}:\n    input: (.*)$", text, re.M)
 
 
 def _dry_run_jobs(text: str) -> dict[str, list[str]]:

@@ -95,7 +95,7 @@ def test_tiny_dag_outputs(tiny_run):
         assert metrics[split]["accuracy"] == pytest.approx((sub.label == sub.pred).mean(), abs=1e-6)
     assert metrics["test"]["accuracy"] > 0.5  # well above chance (0.25)
 
-    per_class = pd.read_csv(res / "analysis/per_class.csv").set_index("class")
+    per_class = pd.read_csv(res / "analysis/per_class.csv").set_index("slug")
     val = pred[pred.split == "val"]
     for cls, row in per_class.iterrows():
         assert row["support"] == 12
@@ -516,6 +516,8 @@ def test_held_out_style_dataset_goes_through_the_dag_with_display_names(tmp_path
     assert list(pd.read_csv(res / "data/skipped.csv").path) == [str(root / "Sword Lily" / "broken.png")]
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
     assert weak == ["rare_one"]
+    analysis = pd.read_csv(res / "analysis/per_class.csv")  # the baseline's per-class table
+    assert list(analysis["class"]) == [names[s] for s in analysis["slug"]] and set(analysis["slug"]) == set(names)
     per_class = pd.read_csv(res / "tables/per_class.csv")
     assert sorted(per_class["class"]) == sorted(names[c] for c in weak)
     summary = pd.read_csv(res / "tables/summary.csv")

@@ -96,7 +96,11 @@ def plot_confusion(cm: np.ndarray, classes: list[str], out_png: str, title: str 
 
 
 def analyse(predictions: pd.DataFrame, classes: list[str], cfg: dict,
-            out_csv: str, out_png: str, out_weak: str) -> list[str]:
+            out_csv: str, out_png: str, out_weak: str, names: dict[str, str] | None = None) -> list[str]:
+    """Per-class metrics of the baseline on cfg's split, its confusion matrix
+    and the weak classes (slugs, in out_weak). The table and the plot name
+    classes as the dataset spells them (names: slug -> display name); the
+    table keeps the slug in a column of its own."""
     from .util import write_csv, write_json
 
     split = cfg.get("split", "val")
@@ -105,9 +109,13 @@ def analyse(predictions: pd.DataFrame, classes: list[str], cfg: dict,
         raise TibalanceError(f"analysis.split: the baseline has no predictions on split {split!r}")
     metrics = per_class_metrics(pred["label"], pred["pred"], classes)
     weak = select_weak_classes(metrics, cfg)
-    metrics["weak"] = metrics["class"].isin(weak)
-    write_csv(metrics, out_csv)
-    plot_confusion(confusion_matrix(pred["label"], pred["pred"], classes), classes, out_png,
+    names = names or {}
+    shown = [names.get(c, c) for c in classes]
+    table = metrics.assign(weak=metrics["class"].isin(weak))
+    table.insert(1, "slug", table["class"])
+    table["class"] = shown
+    write_csv(table, out_csv)
+    plot_confusion(confusion_matrix(pred["label"], pred["pred"], classes), shown, out_png,
                    f"baseline confusion ({split})")
     write_json(out_weak, {
         "classes": weak,

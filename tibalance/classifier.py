@@ -27,11 +27,22 @@ ARCHS = {
 }
 
 
-def build_model(arch: str, num_classes: int, pretrained: bool = False) -> nn.Module:
+def build_model(arch: str, num_classes: int, pretrained: bool = False, weights_file: str | None = None) -> nn.Module:
+    """A torchvision ResNet with a new head. pretrained: ImageNet weights, from
+    weights_file (fetched by the fetch_weights rule: jobs never download) or
+    else torchvision's download."""
     if arch not in ARCHS:
         raise TibalanceError(f"classifier.arch: unknown architecture {arch!r} (one of {sorted(ARCHS)})")
     ctor, weights = ARCHS[arch]
-    if pretrained:
+    if pretrained and weights_file:
+        model = ctor(weights=None, num_classes=len(weights.meta["categories"]))
+        try:
+            model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file
+            raise TibalanceError(f"{weights_file}: not the ImageNet weights of {arch} ({type(e).__name__}); "
+                                 f"delete it and rerun fetch_weights") from e
+        log.info("ImageNet weights of %s from %s", arch, weights_file)
+    elif pretrained:
         try:
             model = ctor(weights=weights)
         except Exception as e:  # noqa: BLE001 - URLError, HTTPError, OSError when offline
@@ -259,7 +270,8 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                                  f"baseline's architecture)")
         model = start.model.to(device).train()
     else:
-        model = build_model(cfg["arch"], len(classes), bool(cfg.get("pretrained", False))).to(device)
+        model = build_model(cfg["arch"], len(classes), bool(cfg.get("pretrained", False)),
+                            cfg.get("weights_file")).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=float(cfg["lr"]), momentum=float(cfg.get("momentum", 0.9)),
                           weight_decay=float(cfg.get("weight_decay", 5e-4)), nesterov=True)

@@ -88,6 +88,28 @@ def check_root(data_cfg: dict) -> None:
         )
 
 
+def download_source(source: str, root: str) -> None:
+    """torchvision's download of every split of a dataset into root (fetch_dataset,
+    on the login node); the jobs then read it with download: false."""
+    from torchvision import datasets
+
+    kinds = {"fashion_mnist": (datasets.FashionMNIST, [{"train": True}, {"train": False}]),
+             "cifar10": (datasets.CIFAR10, [{"train": True}, {"train": False}]),
+             "flowers102": (datasets.Flowers102, [{"split": s} for s in SPLITS])}
+    if source not in kinds:
+        raise TibalanceError(f"data.source: {source!r} is not downloaded by torchvision (one of {sorted(kinds)})")
+    if source == "fashion_mnist" and _find_idx_dir(Path(root)) is not None:
+        return  # the idx files are there already (e.g. Debian's dataset-fashion-mnist)
+    cls, splits = kinds[source]
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for kw in splits:
+        try:
+            cls(str(root), download=True, **kw)
+        except Exception as e:  # noqa: BLE001 - network failures come in many types
+            raise TibalanceError(f"fetch_dataset: could not download {source} into {root} ({type(e).__name__}: {e}); "
+                                 f"download it where there is internet, or set data.root to a folder that holds it") from e
+
+
 def load_source(data_cfg: dict, seed: int) -> SourceData:
     source = data_cfg["source"]
     loaders = {

@@ -10,6 +10,34 @@ from .util import TibalanceError
 
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# set (to 1) where compute nodes must never reach the network: every job but the
+# fetch rules then fails on its first connection attempt, naming what it tried
+NO_NETWORK = "TIBALANCE_NO_NETWORK"
+
+
+def _rule_name(snakemake) -> str:
+    return str(getattr(snakemake, "rule", "") or "job")
+
+
+def forbid_network(job: str) -> None:
+    """Make every TCP/UDP connection of this process fail with one line (Unix sockets stay allowed)."""
+    import socket
+
+    original = socket.socket.connect, socket.socket.connect_ex
+
+    def refuse(self, address, *args):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise TibalanceError(
+                f"{job}: tried to reach {address[0]}:{address[1]} with {NO_NETWORK} set; compute jobs run "
+                f"offline, and what they need is downloaded by the fetch rules (fetch_generator, fetch_dataset, "
+                f"fetch_weights) on the login node")
+        return original[0](self, address, *args)
+
+    def refuse_ex(self, address, *args):
+        refuse(self, address)
+        return original[1](self, address, *args)
+
+    socket.socket.connect, socket.socket.connect_ex = refuse, refuse_ex
 
 
 def run(snakemake, fn, online: bool = False, **kwargs) -> None:
@@ -22,6 +50,8 @@ def run(snakemake, fn, online: bool = False, **kwargs) -> None:
     traceback in the log."""
     if not online:
         os.environ.update(OFFLINE)
+        if os.environ.get(NO_NETWORK, "") not in ("", "0"):
+            forbid_network(_rule_name(snakemake))
     log_path = snakemake.log[0] if len(snakemake.log) else None
     terminal = sys.stderr
     if log_path:
@@ -32,7 +62,7 @@ def run(snakemake, fn, online: bool = False, **kwargs) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         _claim_resources(snakemake)
-        fn(**kwargs)
+        fn(**_with_fetched(snakemake, kwargs))
     except TibalanceError as e:
         msg = f"tibalance: {e}"
         print(msg, file=sys.stderr)
@@ -70,3 +100,19 @@ def modes(namedlist) -> dict[str, str]:
 
     keys = set(namedlist.keys())
     return {m: namedlist[m] for m in MODES if m in keys}
+
+
+def _with_fetched(snakemake, kwargs: dict) -> dict:
+    """Files a fetch rule downloaded reach the job's settings through its input
+    (the job scripts stay as they are, so an upgrade reruns nothing):
+    `fetched` (fetch_dataset's marker): data.download off, the data is on disk;
+    `weights`: the classifier recipe's ImageNet weights file; `inception`:
+    the FID network's weights."""
+    inp = snakemake.input
+    if "data_cfg" in kwargs and single(inp.get("fetched")):
+        kwargs["data_cfg"] = {**kwargs["data_cfg"], "download": False}  # the job never downloads
+    if "clf_cfg" in kwargs and single(inp.get("weights")):
+        kwargs["clf_cfg"] = {**kwargs["clf_cfg"], "weights_file": single(inp.get("weights"))}
+    if "metrics_cfg" in kwargs and single(inp.get("inception")):
+        kwargs["metrics_cfg"] = {**kwargs["metrics_cfg"], "inception_weights": single(inp.get("inception"))}
+    return kwargs

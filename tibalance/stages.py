@@ -73,9 +73,9 @@ def analyse_confusion(predictions: str, classes: str, analysis_cfg: dict,
                       per_class_out: str, confusion_out: str, weak_out: str) -> list[str]:
     from .analysis import analyse
 
-    order = read_json(classes)["classes"]
+    info = read_json(classes)
     pred = pd.read_csv(predictions, dtype={"label": str, "pred": str, "split": str})
-    weak = analyse(pred, order, analysis_cfg, per_class_out, confusion_out, weak_out)
+    weak = analyse(pred, info["classes"], analysis_cfg, per_class_out, confusion_out, weak_out, info.get("names"))
     log.info("weak classes: %s", weak)
     return weak
 

@@ -1,0 +1,39 @@
+# Downloads happen here, in local rules (the main process: on a cluster, the
+# login node, which has internet) before the jobs that open the files; every
+# job runs with the hubs' offline switches. A rule exists only when there is
+# something to download (the demo and local folders plan none). The
+# generator's hub pipeline: fetch_generator (rules/generator.smk).
+if DATASET_MARKER:
+
+    # torchvision's download of the dataset into data.root (data.download: true)
+    rule fetch_dataset:
+        localrule: True
+        output:
+            marker=DATASET_MARKER,
+        params:
+            data=section("data"),
+        log:
+            "logs/fetch_dataset.log",
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../workflow/scripts/fetch_dataset.py"
+
+
+if WEIGHTS:
+
+    # the classifier's ImageNet weights (classifier.pretrained) and FID's Inception
+    rule fetch_weights:
+        localrule: True
+        output:
+            f"{WEIGHTS_DIR}/{{file}}",
+        params:
+            url=lambda wildcards: WEIGHTS[wildcards.file],
+        wildcard_constraints:
+            file="|".join(re.escape(f) for f in WEIGHTS),
+        log:
+            "logs/fetch_weights/{file}.log",
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../workflow/scripts/fetch_weights.py"
