@@ -4,6 +4,7 @@ speed (steps/s), for this checkout and, side by side, another git revision.
     python benchmarks/bench_train.py                    # this checkout
     python benchmarks/bench_train.py --against HEAD~3   # and HEAD~3, same data, same machine
     python benchmarks/bench_train.py --input memory     # the tensor input pipeline
+    python benchmarks/bench_train.py --side-by-side 2   # and two trainings at once, one thread each
 
 Measures the demo's recipe (ResNet-18 at 32 px, batch 128; the demo generator's
 architecture, batch 64) on Fashion-MNIST-sized images (Debian's idx files when
@@ -94,11 +95,28 @@ def bench_pretrain(paths, labels, vae_steps: int, unet_steps: int, threads: int)
             "pretrain_unet_steps_per_s": round(unet_steps / max(unet_s, 1e-9), 2)}
 
 
+def bench_side_by_side(paths, labels, epochs: int, threads: int, input_: str, jobs: int) -> dict:
+    """`jobs` classifier trainings at once, threads // jobs threads each (profiles/cpu
+    runs jobs with one thread, side by side): the images/s of all of them together."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    each = max(1, threads // jobs)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
+        runs = list(ex.map(bench_classifier, *zip(*[(paths, labels, epochs, each, input_)] * jobs)))
+    dt = time.perf_counter() - t0  # warm-ups and start-up included, as for real jobs
+    return {f"side_by_side_{jobs}x{each}_images_per_s": round(jobs * epochs * len(paths) / dt, 1),
+            "side_by_side_slowest_run_s": max(r["classifier_seconds"] for r in runs)}
+
+
 def measure(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths, labels = make_images(Path(tmp) / "img", args.images)
         out = {}
         out.update(bench_classifier(paths, labels, args.epochs, args.threads, args.input))
+        if args.side_by_side > 1:
+            out.update(bench_side_by_side(paths, labels, args.epochs, args.threads, args.input, args.side_by_side))
         out.update(bench_pretrain(paths, labels, args.vae_steps, args.unet_steps, args.threads))
     return out
 
@@ -113,6 +131,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--input", choices=["files", "memory"], default="files",
                     help="classifier.input: per-image PIL (files) or tensor batches (memory)")
+    ap.add_argument("--side-by-side", type=int, default=1,
+                    help="also train this many classifiers at once, threads/N threads each (profiles/cpu)")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one run, result as JSON (subprocess use)
     args = ap.parse_args()
     sys.path.insert(0, os.environ.get("TIBALANCE_SRC", str(REPO)))

@@ -163,16 +163,27 @@ def _isolate(monkeypatch):
 
 
 def test_a_job_that_touches_the_network_stops_with_one_line(mirror, tmp_path, monkeypatch):
-    """TIBALANCE_NO_NETWORK: every job but the fetch rules fails on its first
-    connection attempt (the loopback address included), naming the job."""
+    """Every job but the fetch rules fails on its first connection attempt (the
+    loopback address included), naming the job; TIBALANCE_NO_NETWORK=0 lifts that."""
     import urllib.request
 
     url, _ = mirror
     _isolate(monkeypatch)
-    monkeypatch.setenv(smk.NO_NETWORK, "1")
+    monkeypatch.delenv(smk.NO_NETWORK, raising=False)  # the default
     with pytest.raises(SystemExit):
         smk.run(_fake_job(tmp_path), lambda: urllib.request.urlopen(url + "/").read())
     assert "tibalance: sample: tried to reach 127.0.0.1:" in (tmp_path / "job.log").read_text()
+
+
+def test_no_network_0_lets_jobs_connect(mirror, tmp_path, monkeypatch):
+    import urllib.request
+
+    url, _ = mirror
+    _isolate(monkeypatch)
+    monkeypatch.setenv(smk.NO_NETWORK, "0")
+    seen = []
+    smk.run(_fake_job(tmp_path), lambda: seen.append(urllib.request.urlopen(url + "/models/resnet18-f37072fd.pth").status))
+    assert seen == [200]
 
 
 def test_fetch_rules_may_reach_the_network(mirror, tmp_path, monkeypatch):

@@ -74,3 +74,23 @@ def test_quality_table_uses_the_baseline_classifier(pretrained):
     assert (df["n"] == 3).all() and df["accuracy"].between(0, 1).all()
     assert set(df["most_often"]) <= set(classes["classes"])
     assert os.path.getsize(str(out) + "_grid.png") > 0
+
+
+def test_pretraining_on_two_threads_gives_the_same_generator_twice(pretrained, tmp_path):
+    """Torch's deterministic kernels (util.seed_everything): before them the UNet
+    of two identical runs on 2 CPU threads differed in its last digits."""
+    wd, out, classes, _ = pretrained
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    cwd = os.getcwd()
+    os.chdir(wd)
+    try:
+        for name in ("a", "b"):
+            pretrain("results/data/manifest.csv", classes, str(tmp_path / name),
+                     {**ARCH, "vae_channels": [16, 32, 32], "unet_channels": [64, 128], "text_hidden": 64},
+                     {"vae_steps": 2, "unet_steps": 30, "batch_size": 64, "warmup_steps": 5, "lr": 2e-3}, seed=0)
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "a" / unet).read_bytes() == (tmp_path / "b" / unet).read_bytes()

@@ -10,8 +10,8 @@ from .util import TibalanceError
 
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-# set (to 1) where compute nodes must never reach the network: every job but the
-# fetch rules then fails on its first connection attempt, naming what it tried
+# every job but the fetch rules fails on its first network connection, naming
+# what it tried (what a job needs was downloaded before it); 0 switches it off
 NO_NETWORK = "TIBALANCE_NO_NETWORK"
 
 
@@ -28,9 +28,9 @@ def forbid_network(job: str) -> None:
     def refuse(self, address, *args):
         if self.family in (socket.AF_INET, socket.AF_INET6):
             raise TibalanceError(
-                f"{job}: tried to reach {address[0]}:{address[1]} with {NO_NETWORK} set; compute jobs run "
-                f"offline, and what they need is downloaded by the fetch rules (fetch_generator, fetch_dataset, "
-                f"fetch_weights) on the login node")
+                f"{job}: tried to reach {address[0]}:{address[1]}; jobs run offline, what they need is downloaded "
+                f"before them by the fetch rules (fetch_dataset, fetch_weights, fetch_generator) on the login "
+                f"node ({NO_NETWORK}=0 lets jobs connect)")
         return original[0](self, address, *args)
 
     def refuse_ex(self, address, *args):
@@ -43,14 +43,15 @@ def forbid_network(job: str) -> None:
 def run(snakemake, fn, online: bool = False, **kwargs) -> None:
     """Send stderr (and logging) to the job's log, then call fn(**kwargs).
 
-    Jobs run with the hubs' offline switches set (compute nodes have no
-    internet: what a job needs was fetched by a local rule before it); only
-    the fetch rules pass online=True. A TibalanceError ends the job with its
+    Jobs run with the hubs' offline switches set and any network connection
+    refused (compute nodes have no internet: what a job needs was fetched by a
+    local rule before it; TIBALANCE_NO_NETWORK=0 lifts the refusal); only the
+    fetch rules pass online=True. A TibalanceError ends the job with its
     one-line message in the log and on the terminal; other errors keep their
     traceback in the log."""
     if not online:
         os.environ.update(OFFLINE)
-        if os.environ.get(NO_NETWORK, "") not in ("", "0"):
+        if os.environ.get(NO_NETWORK, "1") != "0":
             forbid_network(_rule_name(snakemake))
     log_path = snakemake.log[0] if len(snakemake.log) else None
     terminal = sys.stderr

@@ -48,9 +48,17 @@ def derive_seed(base_seed: int, *keys: Any) -> int:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every generator, and make torch pick deterministic kernels where it
+    has them: with several threads, the demo generator's pretraining otherwise
+    differed from run to run in the last digits (the same job on 2 CPU threads
+    gave three different UNets in three runs), and so did everything after it.
+    Ops without a deterministic kernel (some CUDA backward passes) warn instead
+    of stopping the job."""
     import numpy as np
     import torch
 
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (read at CUDA init)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
