@@ -88,7 +88,7 @@ def test_pretraining_on_two_threads_gives_the_same_generator_twice(pretrained, t
         for name in ("a", "b"):
             pretrain("results/data/manifest.csv", classes, str(tmp_path / name),
                      {**ARCH, "vae_channels": [16, 32, 32], "unet_channels": [64, 128], "text_hidden": 64},
-                     {"vae_steps": 2, "unet_steps": 30, "batch_size": 64, "warmup_steps": 5, "lr": 2e-3}, seed=0)
+                     {"vae_steps": 1, "unet_steps": 10, "batch_size": 64, "warmup_steps": 5, "lr": 2e-3}, seed=0)
     finally:
         os.chdir(cwd)
         torch.set_num_threads(threads)
