@@ -106,7 +106,7 @@ def download_source(source: str, root: str) -> None:
         try:
             cls(str(root), download=True, **kw)
         except Exception as e:  # noqa: BLE001 - network failures come in many types
-            raise TibalanceError(f"fetch_dataset: could not download {source} into {root} ({type(e).__name__}: {e}); "
+            raise TibalanceError(f"data.download: could not download {source} into {root} ({type(e).__name__}: {e}); "
                                  f"download it where there is internet, or set data.root to a folder that holds it") from e
 
 
@@ -181,13 +181,7 @@ def _load_fashion_mnist(cfg: dict, seed: int) -> SourceData:
                 f"data.root: no Fashion-MNIST idx files under {root}; install Debian's "
                 f"dataset-fashion-mnist or set data.download: true"
             )
-        from torchvision.datasets import FashionMNIST
-
-        try:
-            for train in (True, False):
-                FashionMNIST(str(root), train=train, download=True)
-        except Exception as e:  # noqa: BLE001 - offline download failures come in many types
-            raise TibalanceError(f"data.download: could not download Fashion-MNIST into {root}: {e}") from e
+        download_source("fashion_mnist", str(root))
         idx_dir = _find_idx_dir(root)
     names = _names(FASHION_MNIST_CLASSES)
     slugs = list(names)

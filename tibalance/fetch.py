@@ -50,36 +50,29 @@ def file_name(url: str) -> str:
     return url.rsplit("/", 1)[-1]
 
 
-def weights_to_fetch(config: dict) -> dict[str, str]:
-    """{file name: URL} of the weights the study downloads: the ImageNet weights of
-    every classifier recipe with pretrained: true (baseline, retraining, judge),
-    and Inception's when metrics.networks has it and metrics.inception_weights
-    names no local file."""
-    out: dict[str, str] = {}
-    recipes = [config["classifier"], {**config["classifier"], **config.get("retrain", {}).get("classifier", {})}]
-    judge = config.get("judge", {})
-    if judge.get("train_per_class") and not judge.get("model"):
-        recipes.append({**config["classifier"], **judge.get("classifier", {})})
-    for r in recipes:
-        if r.get("pretrained"):
-            url = classifier_url(r["arch"])
-            out[file_name(url)] = url
-    metrics = config.get("metrics", {})
-    if "inception" in metrics.get("networks", []) and not metrics.get("inception_weights"):
-        url = inception_url()
-        out[file_name(url)] = url
-    return out
-
-
 def classifier_weights_file(recipe: dict) -> list[str]:
     """The fetched weights file a classifier recipe starts from ([] when not pretrained)."""
     return [f"{WEIGHTS_DIR}/{file_name(classifier_url(recipe['arch']))}"] if recipe.get("pretrained") else []
 
 
 def inception_weights_file(metrics: dict) -> list[str]:
+    """The fetched Inception weights ([] without `inception` or with metrics.inception_weights given)."""
     if "inception" in metrics.get("networks", []) and not metrics.get("inception_weights"):
         return [f"{WEIGHTS_DIR}/{file_name(inception_url())}"]
     return []
+
+
+def weights_to_fetch(config: dict) -> dict[str, str]:
+    """{file name: URL} of the weights the study downloads: those of every classifier
+    recipe with pretrained: true (baseline, retraining, a judge trained here) and
+    Inception's (the files the jobs' inputs name)."""
+    recipes = [config["classifier"], {**config["classifier"], **config.get("retrain", {}).get("classifier", {})}]
+    judge = config.get("judge", {})
+    if judge.get("train_per_class") and not judge.get("model"):
+        recipes.append({**config["classifier"], **judge.get("classifier", {})})
+    urls = {classifier_url(r["arch"]) for r in recipes if r.get("pretrained")}
+    urls |= {inception_url()} if inception_weights_file(config.get("metrics", {})) else set()
+    return {file_name(u): u for u in sorted(urls)}
 
 
 def mirrored(url: str) -> str:
