@@ -5,6 +5,7 @@ speed (steps/s), for this checkout and, side by side, another git revision.
     python benchmarks/bench_train.py --against HEAD~3   # and HEAD~3, same data, same machine
     python benchmarks/bench_train.py --input memory     # the tensor input pipeline
     python benchmarks/bench_train.py --side-by-side 2   # and two trainings at once, one thread each
+    python benchmarks/bench_train.py --mixed-precision bf16 --against HEAD   # bf16 autocast vs fp32
 
 Measures the demo's recipe (ResNet-18 at 32 px, batch 128; the demo generator's
 architecture, batch 64) on Fashion-MNIST-sized images (Debian's idx files when
@@ -49,7 +50,7 @@ def make_images(out: Path, n: int) -> tuple[list[str], list[str]]:
     return paths, labels
 
 
-def bench_classifier(paths, labels, epochs: int, threads: int, input_: str = "files") -> dict:
+def bench_classifier(paths, labels, epochs: int, threads: int, input_: str = "files", precision: str = "") -> dict:
     import torch
 
     from tibalance import classifier as C
@@ -57,7 +58,7 @@ def bench_classifier(paths, labels, epochs: int, threads: int, input_: str = "fi
     torch.set_num_threads(threads)
     classes = sorted(set(labels))
     cfg = {"arch": "resnet18", "pretrained": False, "image_size": 32, "batch_size": 128, "lr": 0.05,
-           "epochs": 1, "device": "cpu", "input": input_}
+           "epochs": 1, "device": "cpu", "input": input_, **({"mixed_precision": precision} if precision else {})}
     flags = [i % 10 == 0 for i in range(len(paths))]  # a tenth with the oversample method's heavy augmentation
     C.train_classifier(paths[:256], labels[:256], classes, cfg, seed=0)  # warm-up
     t0 = time.perf_counter()
@@ -95,7 +96,7 @@ def bench_pretrain(paths, labels, vae_steps: int, unet_steps: int, threads: int)
             "pretrain_unet_steps_per_s": round(unet_steps / max(unet_s, 1e-9), 2)}
 
 
-def bench_side_by_side(paths, labels, epochs: int, threads: int, input_: str, jobs: int) -> dict:
+def bench_side_by_side(paths, labels, epochs: int, threads: int, input_: str, jobs: int, precision: str = "") -> dict:
     """`jobs` classifier trainings at once, threads // jobs threads each (profiles/cpu
     runs jobs with one thread, side by side): the images/s of all of them together."""
     import multiprocessing as mp
@@ -104,7 +105,7 @@ def bench_side_by_side(paths, labels, epochs: int, threads: int, input_: str, jo
     each = max(1, threads // jobs)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
-        runs = list(ex.map(bench_classifier, *zip(*[(paths, labels, epochs, each, input_)] * jobs)))
+        runs = list(ex.map(bench_classifier, *zip(*[(paths, labels, epochs, each, input_, precision)] * jobs)))
     dt = time.perf_counter() - t0  # warm-ups and start-up included, as for real jobs
     return {f"side_by_side_{jobs}x{each}_images_per_s": round(jobs * epochs * len(paths) / dt, 1),
             "side_by_side_slowest_run_s": max(r["classifier_seconds"] for r in runs)}
@@ -114,9 +115,10 @@ def measure(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths, labels = make_images(Path(tmp) / "img", args.images)
         out = {}
-        out.update(bench_classifier(paths, labels, args.epochs, args.threads, args.input))
+        out.update(bench_classifier(paths, labels, args.epochs, args.threads, args.input, args.mixed_precision))
         if args.side_by_side > 1:
-            out.update(bench_side_by_side(paths, labels, args.epochs, args.threads, args.input, args.side_by_side))
+            out.update(bench_side_by_side(paths, labels, args.epochs, args.threads, args.input, args.side_by_side,
+                                          args.mixed_precision))
         out.update(bench_pretrain(paths, labels, args.vae_steps, args.unet_steps, args.threads))
     return out
 
@@ -131,6 +133,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--input", choices=["files", "memory"], default="files",
                     help="classifier.input: per-image PIL (files) or tensor batches (memory)")
+    ap.add_argument("--mixed-precision", choices=["", "no", "bf16"], default="",
+                    help="classifier.mixed_precision (unset: the revision's default, fp32 on CPU)")
     ap.add_argument("--side-by-side", type=int, default=1,
                     help="also train this many classifiers at once, threads/N threads each (profiles/cpu)")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one run, result as JSON (subprocess use)

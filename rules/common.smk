@@ -7,7 +7,8 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
-from tibalance.config import canonical, check_class_names, check_lora, class_settings, format_validation_error
+from tibalance.config import (canonical, check_class_names, check_lora, class_settings, format_validation_error,
+                              refill_count)
 from tibalance.data import check_root, dataset_class_names
 from tibalance.filtering import FILTER_DEFAULTS
 from tibalance.fetch import WEIGHTS_DIR, classifier_weights_file, dataset_marker, inception_weights_file, weights_to_fetch
@@ -95,6 +96,26 @@ def weak_classes():
     return read_json(checkpoints.analyse_confusion.get().output.weak)["classes"]
 
 
+def images_wanted(cls):
+    """How many synthetic images the weak class gets (its sampling.n_images, from
+    the train counts in classes.json)."""
+    setting = _sampling_settings(cls)["n_images"]
+    if isinstance(setting, int) and not isinstance(setting, bool):
+        return setting  # a count: no need to read the counts
+    # after the checkpoint (Snakemake defers this until it has run): classes.json,
+    # its input, then exists, also when a target names the class's files directly
+    checkpoints.analyse_confusion.get()
+    counts = {c: v.get("train", 0) for c, v in read_json("results/data/classes.json")["counts"].items()}
+    return refill_count(setting, cls, counts)
+
+
+def adapted_classes():
+    """The weak classes that get synthetic images. Only they get a TI token and
+    LoRA adapters: a class already at its target gets 0 images, and nothing
+    would use an adaptation trained for it."""
+    return [c for c in weak_classes() if images_wanted(c) > 0]
+
+
 def class_seed(wildcards):
     return derive_seed(SEED, wildcards.cls)
 
@@ -119,8 +140,12 @@ def lora_params(wildcards):
     return canonical({**LORA_DEFAULTS, **class_settings(config, "lora", wildcards.cls)})
 
 
+def _sampling_settings(cls):
+    return canonical({**SAMPLING_DEFAULTS, **class_settings(config, "sampling", cls)})
+
+
 def sampling_params(wildcards):
-    return canonical({**SAMPLING_DEFAULTS, **class_settings(config, "sampling", wildcards.cls)})
+    return _sampling_settings(wildcards.cls)
 
 
 def filter_params(wildcards):
@@ -149,6 +174,8 @@ def token_params(wildcards):
 
 def sample_inputs(wildcards):
     inputs = {}
+    if images_wanted(wildcards.cls) == 0:
+        return inputs  # no images: no token, no adapter (none is trained for the class)
     if wildcards.method in TOKEN_MODES:
         inputs["embeds"] = _embeds(wildcards.cls)
     if wildcards.method in LORA_MODES:
@@ -254,19 +281,19 @@ def early_targets():
 
 
 def ti_loss_files(wildcards):
-    return expand("results/inversion/{cls}/loss.csv", cls=weak_classes())
+    return expand("results/inversion/{cls}/loss.csv", cls=adapted_classes())
 
 
 def ti_meta_files(wildcards):
-    return expand("results/inversion/{cls}/textual_inversion.meta.json", cls=weak_classes())
+    return expand("results/inversion/{cls}/textual_inversion.meta.json", cls=adapted_classes())
 
 
 def lora_loss_files(wildcards):
-    return expand("results/lora/{kind}/{cls}/loss.csv", kind=LORA_KINDS, cls=weak_classes())
+    return expand("results/lora/{kind}/{cls}/loss.csv", kind=LORA_KINDS, cls=adapted_classes())
 
 
 def lora_meta_files(wildcards):
-    return expand("results/lora/{kind}/{cls}/lora.meta.json", kind=LORA_KINDS, cls=weak_classes())
+    return expand("results/lora/{kind}/{cls}/lora.meta.json", kind=LORA_KINDS, cls=adapted_classes())
 
 
 def all_targets(wildcards):
@@ -276,8 +303,8 @@ def all_targets(wildcards):
         +
         ["results/analysis/per_class.csv", "results/analysis/confusion.png"]
         + expand("results/seeds/{cls}/contact_sheet.png", cls=weak)
-        + expand("results/inversion/{cls}/preview.png", cls=weak)
-        + expand("results/lora/{kind}/{cls}/preview.png", kind=LORA_KINDS, cls=weak)
+        + expand("results/inversion/{cls}/preview.png", cls=adapted_classes())
+        + expand("results/lora/{kind}/{cls}/preview.png", kind=LORA_KINDS, cls=adapted_classes())
         + expand("results/samples/grid/{cls}.png", cls=weak)
     )
 
@@ -307,11 +334,13 @@ def study_jobs(wildcards):
     elif config["generator"]["build"] == "pretrain":
         add("pretrain_generator")
         add("generator_quality")
+    adapted = adapted_classes()
     for cls in weak:
         add("select_seeds", cls)
-        add("textual_inversion", cls)
-        for kind in LORA_KINDS:
-            add("lora", cls, kind, lora_kind=kind)
+        if cls in adapted:
+            add("textual_inversion", cls)
+            for kind in LORA_KINDS:
+                add("lora", cls, kind, lora_kind=kind)
         for kind in SAMPLE_KINDS:
             add("sample", cls, kind)
             add("filter_samples", cls, kind)

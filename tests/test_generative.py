@@ -132,6 +132,39 @@ def test_sampling_is_resumable_and_paired(tiny_sd, seed_images, tmp_path):
     assert list(raw.prompt) == ["a photo of a boot"] * 3 and list(raw.seed) == list(table.seed)
 
 
+def test_bf16_sampling_on_cpu(tiny_sd, tmp_path, monkeypatch):
+    """sampling.mixed_precision: bf16 samples on CPU under bf16 autocast (the
+    UNet computes in bf16, the weights stay fp32); its images are another set
+    (regenerated), while auto keeps the fingerprint of images made before the
+    setting existed."""
+    from diffusers import UNet2DConditionModel
+
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"path": ["x"], "label": ["a"], "split": ["train"]}).to_csv(manifest, index=False)
+    s = {"n_images": 2, "batch_size": 2, "steps": 2, "resolution": 32}
+    dtypes, forward = [], UNet2DConditionModel.forward
+
+    def watch(self, sample, *a, **kw):
+        out = forward(self, sample, *a, **kw)
+        dtypes.append((next(self.parameters()).dtype, (out.sample if hasattr(out, "sample") else out[0]).dtype))
+        return out
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", watch)
+
+    def run(**extra):
+        dtypes.clear()
+        n = sample_class(tiny_sd, "raw", "a", "a", {**s, **extra}, 0, str(manifest), str(tmp_path / "raw.csv"),
+                         str(tmp_path / "raw"))
+        return n, [np.asarray(Image.open(p)) for p in sorted((tmp_path / "raw").glob("*.png"))]
+
+    n, fp32 = run()
+    assert n == 2 and set(dtypes) == {(torch.float32, torch.float32)}
+    assert run(mixed_precision="auto")[0] == 0  # auto = unset: the same images, kept
+    n, bf16 = run(mixed_precision="bf16")
+    assert n == 2 and set(dtypes) == {(torch.float32, torch.bfloat16)}
+    assert all(im.shape == (32, 32, 3) for im in bf16) and any((a != b).any() for a, b in zip(fp32, bf16))
+
+
 def test_fewer_images_leave_no_stale_ones_and_zero_is_clean(tiny_sd, tmp_path):
     manifest = tmp_path / "m.csv"
     pd.DataFrame({"path": ["x"], "label": ["a"], "split": ["train"]}).to_csv(manifest, index=False)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import models, transforms
 from tqdm.auto import tqdm
 
-from .util import TibalanceError, pick_device, seed_everything
+from .util import TibalanceError, autocast_bf16, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     """Train a ResNet on (paths, labels); labels are class slugs.
 
     cfg: arch, pretrained, image_size, epochs, batch_size, lr, momentum,
-    weight_decay, label_smoothing, device, num_workers.
+    weight_decay, label_smoothing, device, num_workers, input, mixed_precision.
     augment_flags: per-image booleans; True images get the classic (heavy) augmentation.
     init: a saved classifier (same architecture and classes) to fine-tune instead
     of training from the recipe's initial weights.
@@ -281,7 +281,7 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
     crit = nn.CrossEntropyLoss(label_smoothing=float(cfg.get("label_smoothing", 0.0)))
-    amp = device.type == "cuda"
+    amp = autocast_bf16(device, cfg.get("mixed_precision", "auto"), "classifier.mixed_precision")
     model.train()
     bar = tqdm(total=total, desc=progress_desc, mininterval=2.0)
     for epoch in range(epochs):

@@ -73,6 +73,30 @@ def class_settings(config: dict, section: str, cls: str) -> dict:
     return canonical(deep_merge(config.get(section, {}) or {}, per_class.get(section, {}) or {}))
 
 
+def refill_count(setting, cls: str, train_counts: dict[str, int]) -> int:
+    """How many synthetic images class `cls` gets (sampling.n_images).
+
+    An integer is a count. 'median', 'max' or {'fill_to': N} is a target: the
+    class is refilled to the median / largest train class size (or N), so a
+    class already at the target gets 0 images. train_counts: train images per class."""
+    if isinstance(setting, bool):
+        raise TibalanceError(f"sampling.n_images: {setting!r} for class {cls} is not a count or a target")
+    if isinstance(setting, int):
+        return setting
+    sizes = sorted(int(v) for v in train_counts.values())
+    if setting == "median":
+        n = len(sizes)
+        target = int((sizes[(n - 1) // 2] + sizes[n // 2]) / 2) if n else 0  # numpy's median, floored
+    elif setting == "max":
+        target = max(sizes, default=0)
+    elif isinstance(setting, dict) and isinstance(setting.get("fill_to"), int):
+        target = int(setting["fill_to"])
+    else:
+        raise TibalanceError(f"sampling.n_images: {setting!r} for class {cls} is neither an integer nor "
+                             "'median', 'max' or {fill_to: N}")
+    return max(0, target - int(train_counts.get(cls, 0)))
+
+
 def normalised_classes(config: dict) -> dict:
     """`classes:` keyed by slug (users may write 'sword lily' or 'sword_lily')."""
     return {slugify(k): v or {} for k, v in (config.get("classes") or {}).items()}

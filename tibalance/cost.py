@@ -51,6 +51,10 @@ def job_rows(jobs: list[dict]) -> pd.DataFrame:
         if j.get("meta"):
             m = read_json(j["meta"])
             gpus = int(m.get("gpus") or 0)
+            if m.get("cpu_seconds") is not None and b["wall_s"] == b["wall_s"]:
+                # the job's own count (getrusage at its end): Snakemake samples CPU time every
+                # 30 s after a job's first 30 and so misses up to its last 30 s
+                b["cpu_s"] = float(m["cpu_seconds"])
         rows.append({"stage": j["rule"], "class": j.get("class") or "", "method": j.get("method") or "",
                      **b, "gpu_s": b["wall_s"] * gpus})
     return pd.DataFrame(rows, columns=["stage", "class", "method", "wall_s", "cpu_s", "max_rss_mib", "gpu_s"])
@@ -113,7 +117,8 @@ def markdown(stages: pd.DataFrame, methods: pd.DataFrame, missing: int = 0) -> s
         t = total.iloc[0]
         head = (f"All {int(t['jobs'])} jobs: {t['wall_s'] / 60:.1f} min of job wall time "
                 f"({t['cpu_s'] / 60:.1f} CPU min, {t['gpu_s'] / 60:.1f} GPU min), peak memory "
-                f"{_num(t['max_rss_mib'], 0)} MiB. Jobs that ran side by side overlap in wall time.\n\n")
+                f"{_num(t['max_rss_mib'], 0)} MiB. Jobs that ran side by side overlap in wall time. CPU seconds: "
+                f"the job's own count where its sidecar has one (imports included), else Snakemake's.\n\n")
         if missing:
             head += f"{missing} job(s) have no benchmark file (deleted?): not counted, blank below.\n\n"
     return ("# What the study cost\n\n" + head

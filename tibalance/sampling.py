@@ -20,14 +20,14 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .generator import half_dtype, load_pipeline
+from .config import refill_count
 from .inversion import expand_placeholder
-from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
+from .util import TibalanceError, autocast_bf16, derive_seed, file_digest, fingerprint, pick_device, write_csv
 from .defaults import I2I_MODES, LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
@@ -37,26 +37,9 @@ log = logging.getLogger(__name__)
 
 
 def n_images_for(setting, cls: str, manifest: pd.DataFrame) -> int:
-    """How many synthetic images class `cls` gets.
-
-    An integer is a count. 'median', 'max' or {'fill_to': N} is a target: the
-    class is refilled to the median / largest train class size (or N), so a
-    class already at the target gets 0 images."""
-    if isinstance(setting, bool):
-        raise TibalanceError(f"sampling.n_images: {setting!r} for class {cls} is not a count or a target")
-    if isinstance(setting, int):
-        return setting
+    """How many synthetic images class `cls` gets (see config.refill_count), from the manifest's train split."""
     counts = manifest[manifest["split"] == "train"].groupby("label").size()
-    if setting == "median":
-        target = int(np.median(counts.to_numpy()))
-    elif setting == "max":
-        target = int(counts.max())
-    elif isinstance(setting, dict) and isinstance(setting.get("fill_to"), int):
-        target = int(setting["fill_to"])
-    else:
-        raise TibalanceError(f"sampling.n_images: {setting!r} for class {cls} is neither an integer nor "
-                             "'median', 'max' or {fill_to: N}")
-    return max(0, target - int(counts.get(cls, 0)))
+    return refill_count(setting, cls, {str(k): int(v) for k, v in counts.items()})
 
 
 def real_start_images(manifest: pd.DataFrame, cls: str) -> list[str]:
@@ -101,14 +84,14 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     if method not in MODES:
         raise TibalanceError(f"sample: unknown method {method!r} ({', '.join(MODES)})")
     if method in TOKEN_MODES:
-        if not embeds:
+        if not embeds and n:  # a class that gets no images has no token (no inversion ran for it)
             raise TibalanceError(f"sample: method {method} for class {cls} needs learned embeddings")
         subject = expand_placeholder(placeholder, placeholder, num_vectors)
     elif method in ("lora", "lora_i2i"):
         subject = lora_prompt_name or cls_name  # the words its adapter was trained with
     else:
         subject = s["prompt_name"] or cls_name
-    if method in LORA_MODES and not lora:
+    if method in LORA_MODES and not lora and n:
         raise TibalanceError(f"sample: method {method} for class {cls} needs its LoRA adapter")
     templates = list(s["templates"])
     prompts = [templates[i % len(templates)].format(subject) for i in range(n)]
@@ -125,6 +108,8 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     out = Path(image_dir)
     fp_keys = ["scheduler", "steps", "guidance_scale", "resolution", "negative_prompt"]
     fp_keys += ["strength"] if method in I2I_MODES else []
+    # unset or auto: the fingerprints of images made before this setting existed hold
+    fp_keys += ["mixed_precision"] if s.get("mixed_precision", "auto") != "auto" else []
     fp = fingerprint({"model": model, "method": method, "subject": subject, "settings": {k: s[k] for k in fp_keys},
                       "embeds": file_digest(embeds) if embeds else None, "seed": seed, "templates": templates,
                       **({"lora": file_digest(lora)} if lora else {}),
@@ -145,7 +130,12 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
         log.info("class %s, %s: 0 images (the class is already at its target size)", cls, method)
     if todo:
         device = pick_device(s["device"])
-        dtype = half_dtype(device)
+        precision = s.get("mixed_precision", "auto")
+        autocast = autocast_bf16(device, precision, "sampling.mixed_precision") and device.type != "cuda"
+        if precision == "no" or device.type != "cuda":
+            dtype = None  # fp32 weights (on CPU, bf16 runs under autocast)
+        else:
+            dtype = torch.bfloat16 if precision == "bf16" else half_dtype(device)
         pipe = load_pipeline(model, device=device, dtype=dtype)
         if method in TOKEN_MODES:
             pipe.load_textual_inversion(embeds, token=placeholder)
@@ -169,7 +159,7 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
                 kwargs.update(image=[load_start_image(starts[i], res) for i in batch], strength=float(s["strength"]))
             else:
                 kwargs.update(height=res, width=res)
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 images = pipe([prompts[i] for i in batch], **kwargs).images
             for i, im in zip(batch, images):
                 tmp = paths[i].with_suffix(".tmp.png")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import random
@@ -76,6 +77,33 @@ def pick_device(preference: str = "auto"):
     return torch.device(preference)
 
 
+def autocast_bf16(device, setting: str, key: str) -> bool:
+    """Whether a job computes under bf16 autocast. auto: on a GPU only (fp32 on
+    CPU keeps CPU results as they were); bf16: on any device (on a CPU with
+    native bf16, AVX512-BF16 or AMX, ResNet-18 training runs ~1.5x faster);
+    no: never."""
+    import torch
+
+    if setting not in ("auto", "no", "bf16"):
+        raise TibalanceError(f"{key}: {setting!r} is not one of auto, no, bf16")
+    if setting == "auto":
+        return torch.device(device).type == "cuda"
+    if setting == "bf16" and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
+        logging.getLogger(__name__).warning(
+            "%s: bf16 on a CPU without AVX512-BF16 or AMX is emulated and slower than fp32 here", key)
+    return setting == "bf16"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (Linux: the avx512_bf16 or amx_bf16 flag)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return True  # not Linux: no claim
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def dumps_json(obj: Any) -> str:
     """Deterministic JSON: sorted keys, fixed float formatting, trailing newline."""
     return json.dumps(_round_floats(obj), sort_keys=True, indent=2) + "\n"
@@ -127,6 +155,15 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(dumps_json(obj).encode()).hexdigest()[:16]
 
 
+def process_cpu_seconds() -> float:
+    """User + system CPU seconds of this process since it started (imports
+    included) and of its finished children (data-loader workers)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class Sidecar:
     """Collects what a job needs to be reproduced and writes it as JSON at the end."""
 
@@ -153,4 +190,5 @@ class Sidecar:
         info["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
         info["slurm_job_id"] = os.environ.get("SLURM_JOB_ID")
         info["wall_seconds"] = round(time.time() - self.t0, 3)
+        info["cpu_seconds"] = round(process_cpu_seconds(), 3)
         write_json(path, info)
