@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .generator import half_dtype, load_pipeline
+from .generator import load_pipeline, weight_dtype
 from .seeds import contact_sheet
 from .util import TibalanceError, file_digest, fingerprint, pick_device, seed_everything
 
@@ -108,15 +108,6 @@ def augmented_pixels(paths: list[str], resolution: int, variants: int, rng: rand
             torch.manual_seed(rng.randrange(2**31))
             out.append(to_t(aug(im)))
     return torch.stack(out) * 2 - 1
-
-
-def weight_dtype(device: torch.device, setting: str):
-    """The frozen modules' dtype: None (fp32) on CPU and for 'no'."""
-    if device.type == "cpu":
-        return None
-    if setting == "auto":
-        return half_dtype(device)
-    return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[setting]
 
 
 def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, adaptation: Adaptation,

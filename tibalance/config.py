@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+import statistics
 
 from .util import TibalanceError, slugify
 
@@ -83,10 +84,9 @@ def refill_count(setting, cls: str, train_counts: dict[str, int]) -> int:
         raise TibalanceError(f"sampling.n_images: {setting!r} for class {cls} is not a count or a target")
     if isinstance(setting, int):
         return setting
-    sizes = sorted(int(v) for v in train_counts.values())
+    sizes = [int(v) for v in train_counts.values()]
     if setting == "median":
-        n = len(sizes)
-        target = int((sizes[(n - 1) // 2] + sizes[n // 2]) / 2) if n else 0  # numpy's median, floored
+        target = int(statistics.median(sizes)) if sizes else 0
     elif setting == "max":
         target = max(sizes, default=0)
     elif isinstance(setting, dict) and isinstance(setting.get("fill_to"), int):

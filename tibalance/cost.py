@@ -51,7 +51,7 @@ def job_rows(jobs: list[dict]) -> pd.DataFrame:
         if j.get("meta"):
             m = read_json(j["meta"])
             gpus = int(m.get("gpus") or 0)
-            if m.get("cpu_seconds") is not None and b["wall_s"] == b["wall_s"]:
+            if m.get("cpu_seconds") is not None and not math.isnan(b["wall_s"]):
                 # the job's own count (getrusage at its end): Snakemake samples CPU time every
                 # 30 s after a job's first 30 and so misses up to its last 30 s
                 b["cpu_s"] = float(m["cpu_seconds"])

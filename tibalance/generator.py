@@ -175,6 +175,18 @@ def load_pipeline(model: str, device=None, dtype=None):
     return pipe
 
 
+def weight_dtype(device, setting: str):
+    """The dtype a job loads the pipeline's frozen weights in (mixed_precision
+    of ti, lora, sampling): None (fp32) on CPU and for 'no'; auto: half_dtype."""
+    import torch
+
+    if torch.device(device).type == "cpu":
+        return None
+    if setting == "auto":
+        return half_dtype(device)
+    return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[setting]
+
+
 def half_dtype(device) -> torch.dtype | None:
     """bf16 on GPUs that have it, else fp16 on GPU; None (fp32) on CPU."""
     import torch

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .generator import half_dtype, load_pipeline
+from .generator import load_pipeline, weight_dtype
 from .config import refill_count
 from .inversion import expand_placeholder
 from .util import TibalanceError, autocast_bf16, derive_seed, file_digest, fingerprint, pick_device, write_csv
@@ -131,12 +131,9 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     if todo:
         device = pick_device(s["device"])
         precision = s.get("mixed_precision", "auto")
-        autocast = autocast_bf16(device, precision, "sampling.mixed_precision") and device.type != "cuda"
-        if precision == "no" or device.type != "cuda":
-            dtype = None  # fp32 weights (on CPU, bf16 runs under autocast)
-        else:
-            dtype = torch.bfloat16 if precision == "bf16" else half_dtype(device)
-        pipe = load_pipeline(model, device=device, dtype=dtype)
+        # on a GPU the weights are half precision; on CPU they stay fp32 and bf16 runs under autocast
+        autocast = autocast_bf16(device, precision, "sampling.mixed_precision") and device.type == "cpu"
+        pipe = load_pipeline(model, device=device, dtype=weight_dtype(device, precision))
         if method in TOKEN_MODES:
             pipe.load_textual_inversion(embeds, token=placeholder)
         if method in LORA_MODES:
