@@ -110,9 +110,10 @@ def images_wanted(cls):
 
 
 def adapted_classes():
-    """The weak classes that get synthetic images. Only they get a TI token and
-    LoRA adapters: a class already at its target gets 0 images, and nothing
-    would use an adaptation trained for it."""
+    """The weak classes that get synthetic images. Only they get jobs beyond the
+    seed selection (TI token, LoRA adapters, sampling, filtering, grid, FID,
+    judge): a class already at its target gets 0 images, and those jobs would
+    make or measure nothing (the tables say "0 images" for it)."""
     return [c for c in weak_classes() if images_wanted(c) > 0]
 
 
@@ -206,11 +207,11 @@ def retrain_synthetic(wildcards):
     """Sample tables the method trains on: the filtered ones (their kept images);
     oversample: the raw tables, whose size is the balanced count it repeats up to."""
     if wildcards.method == "oversample":
-        return expand("results/samples/raw/{cls}/samples.csv", cls=weak_classes())
+        return expand("results/samples/raw/{cls}/samples.csv", cls=adapted_classes())
     kind = SAMPLE_KIND.get(wildcards.method)
     if kind is None:
         return []
-    return expand("results/samples/{kind}/{cls}/filtered.csv", kind=kind, cls=weak_classes())
+    return expand("results/samples/{kind}/{cls}/filtered.csv", kind=kind, cls=adapted_classes())
 
 
 def retrain_init(wildcards):
@@ -248,15 +249,15 @@ def ablation_runs(wildcards):
 
 
 def fid_files(wildcards):
-    return expand("results/fid/{cls}.json", cls=weak_classes())
+    return expand("results/fid/{cls}.json", cls=adapted_classes())
 
 
 def filtered_files(wildcards):
-    return expand("results/samples/{kind}/{cls}/filtered.csv", kind=SAMPLE_KINDS, cls=weak_classes())
+    return expand("results/samples/{kind}/{cls}/filtered.csv", kind=SAMPLE_KINDS, cls=adapted_classes())
 
 
 def judge_files(wildcards):
-    return expand("results/judge/{cls}.json", cls=weak_classes()) if JUDGE else []
+    return expand("results/judge/{cls}.json", cls=adapted_classes()) if JUDGE else []
 
 
 def judge_train_classifier():
@@ -305,7 +306,7 @@ def all_targets(wildcards):
         + expand("results/seeds/{cls}/contact_sheet.png", cls=weak)
         + expand("results/inversion/{cls}/preview.png", cls=adapted_classes())
         + expand("results/lora/{kind}/{cls}/preview.png", kind=LORA_KINDS, cls=adapted_classes())
-        + expand("results/samples/grid/{cls}.png", cls=weak)
+        + expand("results/samples/grid/{cls}.png", cls=adapted_classes())
     )
 
 
@@ -337,10 +338,11 @@ def study_jobs(wildcards):
     adapted = adapted_classes()
     for cls in weak:
         add("select_seeds", cls)
-        if cls in adapted:
-            add("textual_inversion", cls)
-            for kind in LORA_KINDS:
-                add("lora", cls, kind, lora_kind=kind)
+        if cls not in adapted:
+            continue  # 0 images: its seeds only
+        add("textual_inversion", cls)
+        for kind in LORA_KINDS:
+            add("lora", cls, kind, lora_kind=kind)
         for kind in SAMPLE_KINDS:
             add("sample", cls, kind)
             add("filter_samples", cls, kind)
@@ -350,7 +352,7 @@ def study_jobs(wildcards):
         add("judge_pool")
         add("train_judge")
     if JUDGE:
-        for cls in weak:
+        for cls in adapted:
             add("judge", cls)
     for method in config["retrain"]["methods"]:
         for seed in config["retrain"]["seeds"]:

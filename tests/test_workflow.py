@@ -129,16 +129,19 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
     assert at_target and "triangle" not in at_target  # both kinds of weak class are in the tiny run
     for cls in weak:
         n_train = int(((m.split == "train") & (m.label == cls)).sum())
-        if cls in at_target:  # it gets 0 images: no token and no adapter is trained for it
+        if cls in at_target:  # it gets 0 images: no token, adapter, samples, grid, FID or judge job
             assert not (res / f"inversion/{cls}").exists() and not list(res.glob(f"lora/*/{cls}"))
             assert not (wd / f"logs/textual_inversion/{cls}.log").exists()
-        else:
-            emb = load_file(res / f"inversion/{cls}/learned_embeds.safetensors")
-            assert list(emb) == [f"<{cls}>"] and emb[f"<{cls}>"].shape == (1, 32)
-            loss = pd.read_csv(res / f"inversion/{cls}/loss.csv")
-            assert list(loss.step) == list(range(1, 7))
-            assert json.loads((res / f"inversion/{cls}/textual_inversion.meta.json").read_text())["steps"] == 6
-        for kind in ("lora", "ti_lora") if cls not in at_target else ():  # adapters, in diffusers' LoRA format
+            assert not list(res.glob(f"samples/*/{cls}")) and not list(wd.glob(f"logs/sample/*/{cls}.log"))
+            assert not list(res.glob(f"*/{cls}.json")) and not (res / f"samples/grid/{cls}.png").exists()
+            assert (res / f"seeds/{cls}/contact_sheet.png").exists()  # its seeds are still shown
+            continue
+        emb = load_file(res / f"inversion/{cls}/learned_embeds.safetensors")
+        assert list(emb) == [f"<{cls}>"] and emb[f"<{cls}>"].shape == (1, 32)
+        loss = pd.read_csv(res / f"inversion/{cls}/loss.csv")
+        assert list(loss.step) == list(range(1, 7))
+        assert json.loads((res / f"inversion/{cls}/textual_inversion.meta.json").read_text())["steps"] == 6
+        for kind in ("lora", "ti_lora"):  # adapters, in diffusers' LoRA format
             w = load_file(res / f"lora/{kind}/{cls}/pytorch_lora_weights.safetensors")
             assert w and all(k.startswith("unet.") for k in w)
             assert list(pd.read_csv(res / f"lora/{kind}/{cls}/loss.csv").step) == list(range(1, 7))
@@ -190,6 +193,9 @@ def test_tables_match_the_per_seed_runs(tiny_run):
             kind = {"raw_sd": "raw", "oversample": "raw", "baseline": None}.get(method, method)
             if kind is None:
                 continue
+            if not (res / f"samples/{kind}/{cls}").exists():  # a class at its target: 0 images, no table
+                assert counts[cls] == base_counts[cls]
+                continue
             filtered = pd.read_csv(res / f"samples/{kind}/{cls}/filtered.csv")
             assert list(filtered.kept) == list(filtered.score >= filtered.cutoff)
             added = len(filtered) if method == "oversample" else int(filtered.kept.sum())
@@ -198,32 +204,33 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     cells = pd.read_csv(res / "tables/per_class.csv", dtype=str, keep_default_na=False).set_index("class")
     assert sorted(per_class.index) == sorted(weak)
     n_train = pd.read_csv(res / "data/manifest.csv").query("split == 'train'").groupby("label").size()
+    modes = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
     for cls in weak:
         n = max(0, 8 - int(n_train[cls]))
+        if n == 0:  # a class at its target: no sampling, filter, judge or FID job ran; the tables say so
+            assert not (res / f"fid/{cls}.json").exists() and not (res / f"judge/{cls}.json").exists()
+            for kind in modes:
+                assert cells.loc[cls, f"n_{kind}"] == "0" and cells.loc[cls, f"kept_{kind}"] == "0/0 (0 images)"
+                assert cells.loc[cls, f"judge_{kind}"] == "(0 images)" and cells.loc[cls, f"judge_{kind}_kept"] == ""
+                assert cells.loc[cls, f"fid_{kind}_classifier"] == cells.loc[cls, f"kid_{kind}_classifier"] == "n/a"
+                assert cells.loc[cls, f"n_{kind}_classifier"] == "0 images"
+            assert cells.loc[cls, "judge_real_val"] == "n/a (0 images)"
+            for col in ("ti_loss_first10pct", "ti_eval_loss_end", "lora_loss_last10pct", "ti_lora_eval_loss_end"):
+                assert cells.loc[cls, col] == "n/a (0 images)"
+            continue
         fid = json.loads((res / f"fid/{cls}.json").read_text())["rows"]
-        modes = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
         assert {(r["method"], r["network"]) for r in fid} == {(m, "classifier") for m in modes}
         for kind in modes:
             assert per_class.loc[cls, f"n_{kind}_classifier"] == f"{n} vs 24"
             f = next(r for r in fid if r["method"] == kind)
-            if n >= 2:  # 4 vs 24 images: below the tables' minimum (100), so marked
-                assert cells.loc[cls, f"fid_{kind}_classifier"] == f"{f['fid']:.4f} (few)"
-                assert cells.loc[cls, f"kid_{kind}_classifier"] == f"{f['kid_mean']:.4f} (few)"
-            else:  # a class at its target: no FID, and the tables say so
-                assert f["fid"] is None and "not computed" in f["note"]
-                assert cells.loc[cls, f"fid_{kind}_classifier"] == "n/a"
-                assert per_class.loc[cls, f"kept_{kind}"] == "0/0 (0 images)"
+            # 4 vs 24 images: below the tables' minimum (100), so marked
+            assert cells.loc[cls, f"fid_{kind}_classifier"] == f"{f['fid']:.4f} (few)"
+            assert cells.loc[cls, f"kid_{kind}_classifier"] == f"{f['kid_mean']:.4f} (few)"
             kept = pd.read_csv(res / f"samples/{kind}/{cls}/filtered.csv").kept
-            if n:
-                assert per_class.loc[cls, f"kept_{kind}"] == f"{int(kept.sum())}/{n} ({kept.sum() / n:.2f})"
+            assert per_class.loc[cls, f"kept_{kind}"] == f"{int(kept.sum())}/{n} ({kept.sum() / n:.2f})"
             judge = json.loads((res / f"judge/{cls}.json").read_text())[kind]
-            assert judge["n"] == n and (judge["share"] is None) == (n == 0)
-            if n:
-                assert float(per_class.loc[cls, f"judge_{kind}"]) == pytest.approx(judge["share"], abs=1e-4)
-        if n == 0:  # no token, no adapter: the loss columns say why they are empty
-            for col in ("ti_loss_first10pct", "ti_eval_loss_end", "lora_loss_last10pct", "ti_lora_eval_loss_end"):
-                assert cells.loc[cls, col] == "n/a (0 images)"
-            continue
+            assert judge["n"] == n and judge["share"] is not None
+            assert float(per_class.loc[cls, f"judge_{kind}"]) == pytest.approx(judge["share"], abs=1e-4)
         # (a loss column holds "n/a (0 images)" for the class at its target, so it is read as text)
         loss = pd.read_csv(res / f"inversion/{cls}/loss.csv")["loss"]  # 6 steps: first and last 10% = 1 step
         assert float(per_class.loc[cls, "ti_loss_first10pct"]) == pytest.approx(loss.iloc[0], rel=1e-4)
@@ -259,7 +266,8 @@ def test_ablation_runs_and_table(tiny_run):
         row = table[(table.synthetic == (str(limit) if limit else "balanced"))
                     & (table["filter"] == ("on" if use_filter else "off"))].iloc[0]
         for cls in weak:
-            f = pd.read_csv(res / f"samples/ti_i2i/{cls}/filtered.csv").iloc[:limit]
+            table_csv = res / f"samples/ti_i2i/{cls}/filtered.csv"  # none for a class at its target (0 images)
+            f = pd.read_csv(table_csv).iloc[:limit] if table_csv.exists() else pd.DataFrame({"kept": []})
             added = int(f.kept.sum()) if use_filter else len(f)
             assert run["train_counts"][cls] == base["train_counts"][cls] + added == row[f"n_{cls}"]
             assert row[f"delta_{cls}_mean"] == pytest.approx(
@@ -302,34 +310,35 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
         assert row("textual_inversion", cls).wall_s == pytest.approx(wall(f"textual_inversion/{cls}.tsv"), abs=1e-6)
         for kind in ("lora", "ti_lora"):
             assert row("lora", cls, kind).wall_s == pytest.approx(wall(f"lora/{kind}/{cls}.tsv"), abs=1e-6)
-    for cls in weak:
+    for cls in adapted:
         for mode in ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora"):
             assert row("sample", cls, mode).wall_s == pytest.approx(wall(f"sample/{mode}/{cls}.tsv"), abs=1e-6)
     r = row("retrain", "", "ti")
     assert r.jobs == 2 and r.wall_s == pytest.approx(wall("retrain/ti/seed0.tsv") + wall("retrain/ti/seed1.tsv"))
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
-    # per weak class: seeds, 6 modes x (sample, filter), grid, FID, judge, and where it gets images TI and
-    # 2 LoRA; 8 methods x 2 seeds
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == 4 + 2 + len(weak) * 16 + len(adapted) * 3 + 16 + 3
-    assert set(t[t.stage == "textual_inversion"]["class"]) == set(adapted)  # those classes' jobs, no others
+    # per weak class its seeds; where it gets images TI, 2 LoRA, 6 modes x (sample, filter), grid, FID,
+    # judge; 8 methods x 2 seeds
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == 4 + 2 + len(weak) + len(adapted) * 18 + 16 + 3
+    for stage in ("textual_inversion", "sample", "filter_samples", "fid", "judge"):
+        assert set(t[t.stage == stage]["class"]) == set(adapted)  # those classes' jobs, no others
     assert total.wall_s == pytest.approx(t[t.stage != "total"].wall_s.sum())
     assert (t.gpu_s == 0).all()  # this machine has no GPU (and every job has its benchmark file)
 
     m = pd.read_csv(res / "tables/cost_methods.csv").set_index("method")
     assert list(m.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora"]
     ti = sum(wall(f"select_seeds/{cls}.tsv") for cls in weak) + sum(wall(f"textual_inversion/{cls}.tsv") for cls in adapted) + sum(
-        wall(f"{stage}/ti/{cls}.tsv") for cls in weak for stage in ("sample", "filter_samples"))
+        wall(f"{stage}/ti/{cls}.tsv") for cls in adapted for stage in ("sample", "filter_samples"))
     assert m.loc["ti", "synthetic_wall_s"] == pytest.approx(ti)
     assert m.loc["baseline", "synthetic_wall_s"] == 0 and m.loc["ti", "retrain_runs"] == 2
     assert m.loc["ti", "total_wall_s"] == pytest.approx(ti + r.wall_s)
     # token + LoRA: the seeds, the token and the adapter on top of it, its images
     ti_lora = sum(wall(f"select_seeds/{cls}.tsv") for cls in weak) + sum(
         wall(f"textual_inversion/{cls}.tsv") + wall(f"lora/ti_lora/{cls}.tsv") for cls in adapted) + sum(
-        wall(f"{stage}/ti_lora/{cls}.tsv") for cls in weak for stage in ("sample", "filter_samples"))
+        wall(f"{stage}/ti_lora/{cls}.tsv") for cls in adapted for stage in ("sample", "filter_samples"))
     assert m.loc["ti_lora", "synthetic_wall_s"] == pytest.approx(ti_lora)
     lora_i2i = sum(wall(f"select_seeds/{cls}.tsv") for cls in weak) + sum(wall(f"lora/lora/{cls}.tsv") for cls in adapted) + sum(
-        wall(f"{stage}/lora_i2i/{cls}.tsv") for cls in weak for stage in ("sample", "filter_samples"))
+        wall(f"{stage}/lora_i2i/{cls}.tsv") for cls in adapted for stage in ("sample", "filter_samples"))
     assert m.loc["lora_i2i", "synthetic_wall_s"] == pytest.approx(lora_i2i)  # its adapter is lora's
     md = (res / "tables/cost.md").read_text()
     assert "textual_inversion" in md and "Per method" in md
@@ -370,6 +379,19 @@ def _planned_jobs(output):
         elif line.strip().startswith("wildcards:") and jobs:
             jobs[-1][1] = line.split(":", 1)[1].strip()
     return [tuple(j) for j in jobs]
+
+
+def _job_block(output, rule):
+    """The lines a dry run prints for the jobs of `rule` (input, output, ...)."""
+    blocks, keep = [], False
+    for line in output.splitlines():
+        if line.startswith(("rule ", "localrule ", "checkpoint ")):
+            keep = line.split()[1].rstrip(":") == rule
+        elif not line.strip():
+            keep = False
+        if keep:
+            blocks.append(line)
+    return "\n".join(blocks)
 
 
 def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
@@ -442,18 +464,24 @@ def test_per_class_lora_edit_reruns_only_that_class_lora(tiny_run, tmp_path):
         + [("report", ""), ("cost", ""), ("all", "")]), jobs
 
 
-def test_fine_tuning_retrains_every_run_from_the_baseline(tiny_run, tmp_path):
-    """retrain.init: baseline plans every retraining and ablation run again, now
-    with the baseline classifier as an input, and nothing upstream of them."""
+def test_training_from_scratch_retrains_every_run_without_the_baseline(tiny_run, tmp_path):
+    """The tiny config fine-tunes the baseline (retrain.init: baseline, as the
+    demo); init: scratch plans every retraining and ablation run again, now
+    without the baseline classifier as an input, and nothing upstream of them."""
     wd, _ = tiny_run
+    p = snakemake(wd, "-n", "--forceall", "results/retrain/ti/seed0/metrics.json")
+    assert "results/baseline/model.pt" in _job_block(p.stdout, "retrain")  # the tiny run's runs start from it
     cfg = yaml.safe_load(TINY.read_text())
-    cfg["retrain"]["init"] = "baseline"
-    edited = tmp_path / "finetune.yaml"
+    cfg["retrain"]["init"] = "scratch"
+    cfg["retrain"]["classifier"] = {"epochs": 8}
+    edited = tmp_path / "scratch.yaml"
     edited.write_text(yaml.safe_dump(cfg))
     p = snakemake(wd, "-n", configfiles=[edited])
     rules = sorted({r for r, _ in _planned_jobs(p.stdout + p.stderr)})
     assert rules == ["all", "cost", "report", "retrain", "retrain_ablation"]
-    assert p.stdout.count("results/baseline/model.pt") >= 13  # an input of each of the 10 + 3 runs
+    assert len(_planned_jobs(p.stdout + p.stderr)) == 16 + 3 + 3  # 8 methods x 2 seeds, 3 ablation runs
+    for rule in ("retrain", "retrain_ablation"):
+        assert "results/baseline/model.pt" not in _job_block(p.stdout, rule)
 
 
 def test_second_run_has_nothing_to_do(tiny_run):
