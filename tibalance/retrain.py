@@ -181,25 +181,25 @@ def per_class_table(runs: list[dict], weak: list[str], fid: dict[str, list[dict]
         if ti_loss and cls in ti_loss:
             row.update(ti_loss[cls])
         rows.append(row)
-    df = pd.DataFrame(rows)
     # a class at its target got 0 images: none of its sampling, filter, judge or
     # FID jobs ran, and its cells say so (the loss columns: stages.report)
-    empty = [i for i, cls in enumerate(weak) if not (kept or {}).get(cls) and not fid.get(cls)
+    empty = [row for row, cls in zip(rows, weak) if not (kept or {}).get(cls) and not fid.get(cls)
              and not (judge or {}).get(cls)]
-    for col in df.columns if empty else []:
-        m = re.fullmatch(r"(n|kept|judge|fid|kid)_(.+)", col)
-        if not m or col == "judge_real_val":
-            fill = "n/a (0 images)" if col == "judge_real_val" else None
-        elif m[2] in MODES:
-            fill = {"n": 0, "kept": "0/0 (0 images)", "judge": "(0 images)"}.get(m[1])
-        elif m[1] == "judge":  # judge_<mode>_kept, judge_<mode>_others
-            fill = ""
-        else:  # fid_/kid_/n_<mode>_<network>
-            fill = "0 images" if m[1] == "n" else "n/a"
-        if fill is not None:
-            df[col] = df[col].astype(object)
-            df.loc[empty, col] = fill
-    return df
+    columns = list(dict.fromkeys(c for row in rows if not any(row is e for e in empty) for c in row))
+    for row in empty:
+        for col in columns:
+            m = re.fullmatch(r"(n|kept|judge|fid|kid)_(.+)", col)
+            if col in row or not m:
+                continue
+            if col == "judge_real_val":
+                row[col] = "n/a (0 images)"
+            elif m[2] in MODES:
+                row[col] = {"n": 0, "kept": "0/0 (0 images)", "judge": "(0 images)"}.get(m[1], "")
+            elif m[1] == "judge":  # judge_<mode>_kept, judge_<mode>_others
+                row[col] = ""
+            else:  # fid_ / kid_ / n_<mode>_<network>
+                row[col] = "0 images" if m[1] == "n" else "n/a"
+    return pd.DataFrame(rows, columns=list(dict.fromkeys(columns + [c for row in rows for c in row])))
 
 
 def display_names(df: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
