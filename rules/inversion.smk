@@ -25,6 +25,9 @@ rule textual_inversion:
     benchmark:
         "benchmarks/textual_inversion/{cls}.tsv"
     threads: 4
+    # the study's critical path after the generator: the token gates its sampling
+    # modes, the ti_lora adapter and their retraining runs, so it goes first
+    priority: 40
     resources:
         gpu=1,
         mem_mb=24000,

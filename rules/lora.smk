@@ -29,6 +29,7 @@ rule lora:
     benchmark:
         "benchmarks/lora/{lora_kind}/{cls}.tsv"
     threads: 4
+    priority: 30  # after the token (ti_lora trains on it), before the sampling and retraining runs
     resources:
         gpu=1,
         mem_mb=24000,

@@ -20,6 +20,7 @@ rule sample:
     benchmark:
         "benchmarks/sample/{method}/{cls}.tsv"
     threads: 4
+    priority: 20  # before the retraining runs: they wait for these images
     resources:
         gpu=1,
         mem_mb=16000,
@@ -71,6 +72,7 @@ rule filter_samples:
     benchmark:
         "benchmarks/filter_samples/{method}/{cls}.tsv"
     threads: 2
+    priority: 20
     resources:
         mem_mb=4000,
         runtime=30,

@@ -16,6 +16,7 @@ rule select_seeds:
         "logs/select_seeds/{cls}.log",
     benchmark:
         "benchmarks/select_seeds/{cls}.tsv"
+    priority: 40  # its class's token waits for it
     resources:
         mem_mb=4000,
         runtime=20,

@@ -135,7 +135,7 @@ def test_scancelled_inversion_resumes_from_its_checkpoint(cluster, slurm_run, tm
     wd, _ = slurm_run
     cls = "triangle"
     overlay = tmp_path / "longer_ti.yaml"
-    overlay.write_text(yaml.safe_dump({"classes": {cls: {"ti": {"steps": 400, "checkpoint_every": 10}}}}))
+    overlay.write_text(yaml.safe_dump({"classes": {cls: {"ti": {"steps": 200, "checkpoint_every": 10}}}}))
     target = f"results/inversion/{cls}/learned_embeds.safetensors"
     ckpt = wd / "results" / "inversion" / cls / "resume" / "checkpoint.pt"
     args = [*SLURM_ARGS, "--retries", "0", target]
@@ -159,17 +159,17 @@ def test_scancelled_inversion_resumes_from_its_checkpoint(cluster, slurm_run, tm
     assert p.returncode != 0, "the cancelled job should fail the run"
     assert cluster.job(running[0])["JobState"] == "CANCELLED"
     killed_at = _checkpoint_step(ckpt)
-    assert killed_at is not None and 10 <= killed_at < 400
+    assert killed_at is not None and 10 <= killed_at < 200
     assert not (wd / target).exists()
 
     p = snakemake(wd, *args, configfiles=(TINY, overlay), cores=None)
     meta = yaml.safe_load((wd / "results" / "inversion" / cls / "textual_inversion.meta.json").read_text())
     assert meta["resumed_from_step"] >= killed_at > 0
-    assert meta["steps"] == 400
+    assert meta["steps"] == 200
     log = (wd / "logs" / "textual_inversion" / f"{cls}.log").read_text()
     assert f"at step {meta['resumed_from_step']}" in log
     loss = pd.read_csv(wd / "results" / "inversion" / cls / "loss.csv")
-    assert list(loss["step"]) == list(range(1, 401))
+    assert list(loss["step"]) == list(range(1, 201))
     assert not ckpt.exists()  # finished: removed
 
 

@@ -496,14 +496,14 @@ def test_demo_config_finds_the_rare_class(tmp_path):
     overlay so it runs in a minute: the weak classes include shirt."""
     overlay = tmp_path / "small.yaml"
     overlay.write_text(yaml.safe_dump({
-        "data": {"max_per_class": {"train": 300, "val": 60, "test": 60}},
-        "classifier": {"epochs": 4},
+        "data": {"max_per_class": {"train": 200, "val": 40, "test": 40}},
+        "classifier": {"epochs": 3},
     }))
     snakemake(tmp_path, "results/analysis/weak_classes.json",
               configfiles=[REPO / "config/demo.yaml", overlay])
     m = pd.read_csv(tmp_path / "results/data/manifest.csv")
     train = m[m.split == "train"].groupby("label").size()
-    assert train["shirt"] == 3 and train["coat"] == 300  # 1% of the capped 300
+    assert train["shirt"] == 2 and train["coat"] == 200  # 1% of the capped 200
     weak = json.loads((tmp_path / "results/analysis/weak_classes.json").read_text())["classes"]
     assert "shirt" in weak
 
