@@ -35,8 +35,11 @@ demo: install demo-data
 	echo "  results/seeds/<class>/contact_sheet.png, results/inversion/<class>/, results/samples/grid/<class>.png" && \
 	echo "  results/judge/<class>.json (class fidelity), results/samples/<mode>/<class>/filtered.csv (filter scores)"
 
+# two pytest workers (pytest-xdist): the tiny DAG's tests on one, the SLURM
+# cluster's on the other (tests/conftest.py groups them), the rest fill in
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 clean-demo:
 	rm -rf results logs benchmarks/*/ benchmarks/*.tsv .snakemake

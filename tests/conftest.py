@@ -31,10 +31,36 @@ def snakemake(workdir, *args, configfiles=(TINY,), check=True, cores=2):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """The tiny config run once through the whole DAG; tests read its outputs."""
-    wd = tmp_path_factory.mktemp("tiny")
-    p = snakemake(wd)
-    return wd, p
+    """The tiny config run once through the whole DAG; tests read its outputs
+    (and copy it before they change anything). Under pytest-xdist (`make test`
+    runs two workers) the workers share one run: the first to need it makes it,
+    holding a file lock; the other waits for it and reads the same folder."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        wd = tmp_path_factory.mktemp("tiny")
+        return wd, snakemake(wd)
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the session's folder, above each worker's own
+    wd, done = shared / "tiny", shared / "tiny.done"
+    with FileLock(str(shared / "tiny.lock")):
+        if not done.exists():
+            wd.mkdir()
+            snakemake(wd)
+            done.write_text(worker)
+    return wd, None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (--dist loadgroup) the tests that read the tiny run go
+    to one worker and those of the SLURM cluster to one (its cluster is a module
+    fixture), so that the two long DAG runs go side by side and the rest fill in."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & {"cluster", "slurm_run"}:
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif "tiny_run" in names:
+            item.add_marker(pytest.mark.xdist_group("tiny"))
 
 
 @pytest.fixture(scope="session")
