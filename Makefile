@@ -35,11 +35,12 @@ demo: install demo-data
 	echo "  results/seeds/<class>/contact_sheet.png, results/inversion/<class>/, results/samples/grid/<class>.png" && \
 	echo "  results/judge/<class>.json (class fidelity), results/samples/<mode>/<class>/filtered.csv (filter scores)"
 
-# two pytest workers (pytest-xdist): the tiny DAG's tests on one, the SLURM
-# cluster's on the other (tests/conftest.py groups them), the rest fill in
+# two pytest workers (pytest-xdist, a test file per unit of work): the SLURM
+# cluster's file and the tiny DAG's files start first, side by side
+# (tests/conftest.py queues them first; the tiny run is shared), the rest fill in
 TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean-demo:
 	rm -rf results logs benchmarks/*/ benchmarks/*.tsv .snakemake

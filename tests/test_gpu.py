@@ -76,7 +76,7 @@ def test_local_profile_gives_each_gpu_job_a_device(tiny_run, tmp_path):
 
     wd0, _ = tiny_run
     wd = tmp_path / "run"
-    shutil.copytree(wd0, wd, symlinks=True)
+    shutil.copytree(wd0, wd, symlinks=True, ignore=shutil.ignore_patterns("locks"))  # shared: another worker may run in it
     weak = json.loads((wd / "results/analysis/weak_classes.json").read_text())["classes"]
     targets = [f"results/inversion/{c}/learned_embeds.safetensors" for c in weak]
     env_before = os.environ.get("CUDA_VISIBLE_DEVICES")

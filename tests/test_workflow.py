@@ -351,7 +351,7 @@ def test_a_deleted_benchmark_file_reruns_nothing(tiny_run, tmp_path):
 
     wd0, _ = tiny_run
     wd = tmp_path / "run"
-    shutil.copytree(wd0, wd, symlinks=True)
+    shutil.copytree(wd0, wd, symlinks=True, ignore=shutil.ignore_patterns("locks"))  # shared: another worker may run in it
     (wd / "benchmarks/train_baseline.tsv").unlink()
     p = snakemake(wd, "-n")
     assert "Nothing to be done" in p.stdout + p.stderr
@@ -516,7 +516,7 @@ def test_pretrained_generator_through_the_dag(tiny_run, tmp_path):
 
     wd0, _ = tiny_run
     wd = tmp_path / "run"
-    shutil.copytree(wd0, wd, symlinks=True)
+    shutil.copytree(wd0, wd, symlinks=True, ignore=shutil.ignore_patterns("locks"))  # shared: another worker may run in it
     cfg = yaml.safe_load(TINY.read_text())
     cfg["generator"] = {"build": "pretrain", "tiny": {"resolution": 32, "vae_channels": [16, 32]},
                         "pretrain": {"vae_steps": 20, "unet_steps": 30, "batch_size": 16,
