@@ -181,24 +181,24 @@ def per_class_table(runs: list[dict], weak: list[str], fid: dict[str, list[dict]
         if ti_loss and cls in ti_loss:
             row.update(ti_loss[cls])
         rows.append(row)
-    # a class at its target got 0 images: none of its sampling, filter, judge or
-    # FID jobs ran, and its cells say so (the loss columns: stages.report)
+    # a class at its target got 0 images: no token, adapter, sampling, filter,
+    # judge or FID job ran for it, and its cells say so
     empty = [row for row, cls in zip(rows, weak) if not (kept or {}).get(cls) and not fid.get(cls)
-             and not (judge or {}).get(cls)]
+             and not (judge or {}).get(cls) and not (ti_loss or {}).get(cls)]
     columns = list(dict.fromkeys(c for row in rows if not any(row is e for e in empty) for c in row))
     for row in empty:
         for col in columns:
-            m = re.fullmatch(r"(n|kept|judge|fid|kid)_(.+)", col)
-            if col in row or not m:
+            if col in row:
                 continue
-            if col == "judge_real_val":
-                row[col] = "n/a (0 images)"
-            elif m[2] in MODES:
+            m = re.fullmatch(r"(n|kept|judge|fid|kid)_(.+)", col)
+            if m and m[2] in MODES:
                 row[col] = {"n": 0, "kept": "0/0 (0 images)", "judge": "(0 images)"}.get(m[1], "")
-            elif m[1] == "judge":  # judge_<mode>_kept, judge_<mode>_others
+            elif m and m[1] == "judge" and col != "judge_real_val":  # judge_<mode>_kept, _others
                 row[col] = ""
-            else:  # fid_ / kid_ / n_<mode>_<network>
+            elif m and m[1] != "judge":  # fid_ / kid_ / n_<mode>_<network>
                 row[col] = "0 images" if m[1] == "n" else "n/a"
+            else:  # judge_real_val, the TI / LoRA loss columns
+                row[col] = "n/a (0 images)"
     return pd.DataFrame(rows, columns=list(dict.fromkeys(columns + [c for row in rows for c in row])))
 
 

@@ -362,10 +362,6 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
         if m.get("eval_loss_start") is not None:
             loss_rows.setdefault(cls, {}).update(
                 {f"{pre}_eval_loss_start": m["eval_loss_start"], f"{pre}_eval_loss_end": m["eval_loss_end"]})
-    loss_columns = list(dict.fromkeys(k for row in loss_rows.values() for k in row))
-    for cls in weak_classes:  # a class at its target got no images, so no token and no adapter was trained
-        if cls not in loss_rows and loss_columns:
-            loss_rows[cls] = {k: "n/a (0 images)" for k in loss_columns}
     kept: dict[str, dict[str, tuple[int, int]]] = {}
     for p in filtered or []:  # results/samples/<kind>/<cls>/filtered.csv
         kind, cls = Path(p).parts[-3], Path(p).parts[-2]
