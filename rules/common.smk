@@ -153,6 +153,15 @@ def filter_params(wildcards):
     return canonical({**FILTER_DEFAULTS, **class_settings(config, "filter", wildcards.cls)})
 
 
+def _uses_train_features(cls):
+    """Whether the class's filter compares synthetic images with the training images (knn)."""
+    return {**FILTER_DEFAULTS, **class_settings(config, "filter", cls)}["method"] == "knn"
+
+
+def filter_features(wildcards):
+    return ["results/baseline/train_features.npz"] if _uses_train_features(wildcards.cls) else []
+
+
 def _token(cls):
     """What a job that uses the class's learned token needs of its inversion settings."""
     ti = _ti_settings(cls)
@@ -348,6 +357,8 @@ def study_jobs(wildcards):
             add("filter_samples", cls, kind)
         add("sample_grid", cls)
         add("fid", cls)
+    if any(_uses_train_features(cls) for cls in adapted):
+        add("train_features")
     if config["judge"]["train_per_class"] and not config["judge"].get("model"):
         add("judge_pool")
         add("train_judge")

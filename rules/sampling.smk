@@ -57,11 +57,36 @@ rule sample_grid:
 
 # A score and a kept flag for every synthetic image, from the study's training
 # images only (never val or test); retraining uses the kept ones.
+# The baseline's features of the study's training images, once for every
+# filter job that compares synthetic images with them (knn).
+rule train_features:
+    input:
+        manifest="results/data/manifest.csv",
+        model="results/baseline/model.pt",
+    output:
+        features="results/baseline/train_features.npz",
+        meta="results/baseline/train_features.meta.json",
+    log:
+        "logs/train_features.log",
+    benchmark:
+        "benchmarks/train_features.tsv"
+    threads: 2
+    priority: 20
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/train_features.py"
+
+
 rule filter_samples:
     input:
         samples="results/samples/{method}/{cls}/samples.csv",
         manifest="results/data/manifest.csv",
         model="results/baseline/model.pt",
+        features=filter_features,
     output:
         filtered="results/samples/{method}/{cls}/filtered.csv",
         meta="results/samples/{method}/{cls}/filter.meta.json",

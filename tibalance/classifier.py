@@ -231,6 +231,30 @@ class TrainedClassifier:
         return feats, m.fc(feats)
 
 
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")
+
+
+def freeze_stages(model: nn.Module, below: str | None, has_start: bool) -> list[nn.Module]:
+    """Fix the weights of every ResNet stage before `below` (stem = conv1 + bn1;
+    then layer1..layer4, fc): they keep the starting weights and BatchNorm
+    statistics, and need no backward pass. Returns the frozen modules."""
+    if not below or below == "stem":
+        return []
+    if below not in STAGES:
+        raise TibalanceError(f"classifier.freeze_below: {below!r} is not one of {', '.join(STAGES)}")
+    if not has_start:
+        raise TibalanceError(f"classifier.freeze_below: {below!r} freezes randomly initialised weights; "
+                             f"it needs a start (retrain.init: baseline, or classifier.pretrained: true)")
+    names = {"stem": ["conv1", "bn1"]}
+    frozen = []
+    for stage in STAGES[:STAGES.index(below)]:
+        for name in names.get(stage, [stage]):
+            mod = getattr(model, name)
+            mod.requires_grad_(False)
+            frozen.append(mod)
+    return frozen
+
+
 def _load_size(image_size: int) -> int:
     return int(math.ceil(image_size * 1.14))  # the usual 256/224 resize-then-crop ratio
 
@@ -241,7 +265,8 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     """Train a ResNet on (paths, labels); labels are class slugs.
 
     cfg: arch, pretrained, image_size, epochs, batch_size, lr, momentum,
-    weight_decay, label_smoothing, device, num_workers, input, mixed_precision.
+    weight_decay, label_smoothing, device, num_workers, input, mixed_precision,
+    freeze_below (the stages before it keep their starting weights: see freeze_stages).
     augment_flags: per-image booleans; True images get the classic (heavy) augmentation.
     init: a saved classifier (same architecture and classes) to fine-tune instead
     of training from the recipe's initial weights.
@@ -273,7 +298,9 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
         model = build_model(cfg["arch"], len(classes), bool(cfg.get("pretrained", False)),
                             cfg.get("weights_file")).to(device)
     model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=float(cfg["lr"]), momentum=float(cfg.get("momentum", 0.9)),
+    frozen = freeze_stages(model, cfg.get("freeze_below"), init or cfg.get("pretrained"))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=float(cfg["lr"]),
+                          momentum=float(cfg.get("momentum", 0.9)),
                           weight_decay=float(cfg.get("weight_decay", 5e-4)), nesterov=True)
     epochs = int(cfg["epochs"])
     total = max(1, epochs * len(loader))
@@ -283,6 +310,8 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     crit = nn.CrossEntropyLoss(label_smoothing=float(cfg.get("label_smoothing", 0.0)))
     amp = autocast_bf16(device, cfg.get("mixed_precision", "auto"), "classifier.mixed_precision")
     model.train()
+    for m in frozen:  # frozen stages keep their BatchNorm statistics too
+        m.eval()
     bar = tqdm(total=total, desc=progress_desc, mininterval=2.0)
     for epoch in range(epochs):
         for xb, yb in loader:

@@ -19,6 +19,7 @@ the baseline classifier's feature space:
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pandas as pd
@@ -61,10 +62,12 @@ def knn_scores(feats: np.ndarray, own: np.ndarray, other: np.ndarray, k: int,
 
 
 def score_samples(samples: pd.DataFrame, train: pd.DataFrame, cls: str, classifier,
-                  settings: dict) -> pd.DataFrame:
+                  settings: dict, train_feats: np.ndarray | None = None) -> pd.DataFrame:
     """samples (path, ...) with `score`, `cutoff` and `kept` (score >= cutoff) added.
 
-    train: the study's training rows (path, label) — the only real images read."""
+    train: the study's training rows (path, label) — the only real images read.
+    train_feats: the classifier's features of those rows, in their order, when
+    already computed (train_features); else they are computed here."""
     from .classifier import predict
 
     s = {**FILTER_DEFAULTS, **(settings or {})}
@@ -83,7 +86,7 @@ def score_samples(samples: pd.DataFrame, train: pd.DataFrame, cls: str, classifi
         score = probs[:, classifier.classes.index(cls)]
     else:
         is_own = (train["label"] == cls).to_numpy()
-        _, real_feats = predict(classifier, list(train["path"]))
+        real_feats = predict(classifier, list(train["path"]))[1] if train_feats is None else train_feats
         own, other = real_feats[is_own], real_feats[~is_own]
         k = int(s["k"])
         score = knn_scores(feats, own, other, k)
@@ -95,17 +98,52 @@ def score_samples(samples: pd.DataFrame, train: pd.DataFrame, cls: str, classifi
     return out
 
 
-def filter_class(cls: str, samples_csv: str, manifest: str, model: str, settings: dict, out_csv: str) -> dict:
-    """Score a class's synthetic images and write them with their kept flag."""
-    from .classifier import TrainedClassifier
+def _train_rows(manifest: str) -> pd.DataFrame:
     from .data import load_manifest
+
+    m = load_manifest(manifest)
+    return m[m["split"] == "train"].reset_index(drop=True)  # never val or test
+
+
+def write_train_features(manifest: str, model: str, out: str) -> int:
+    """The classifier's features of the study's training images (path, label,
+    features in manifest order), computed once for every filter job."""
+    from .classifier import TrainedClassifier, predict
+    from .util import pick_device
+
+    train = _train_rows(manifest)
+    clf = TrainedClassifier.load(model, device=pick_device("auto"))
+    _, feats = predict(clf, list(train["path"]))
+    tmp = f"{out}.tmp.npz"
+    np.savez(tmp, path=train["path"].to_numpy(str), label=train["label"].to_numpy(str), features=feats)
+    os.replace(tmp, out)
+    log.info("features of %d training images -> %s", len(train), out)
+    return len(train)
+
+
+def read_train_features(path: str, train: pd.DataFrame) -> np.ndarray:
+    """The features of `train`'s rows from a train_features file; an error when
+    the file describes other images (a manifest changed since)."""
+    with np.load(path) as z:
+        paths, feats = z["path"], z["features"]
+    if len(paths) != len(train) or not np.array_equal(paths, train["path"].to_numpy(str)):
+        raise TibalanceError(f"{path}: features of other training images than the manifest's "
+                             f"({len(paths)} vs {len(train)}); delete it and rerun")
+    return feats
+
+
+def filter_class(cls: str, samples_csv: str, manifest: str, model: str, settings: dict, out_csv: str,
+                 features: str | None = None) -> dict:
+    """Score a class's synthetic images and write them with their kept flag.
+    features: the train_features file (else the training images' features are computed here)."""
+    from .classifier import TrainedClassifier
     from .util import pick_device, write_csv
 
     samples = pd.read_csv(samples_csv, dtype={"path": str, "label": str})
-    m = load_manifest(manifest)
-    train = m[m["split"] == "train"].reset_index(drop=True)  # never val or test
+    train = _train_rows(manifest)
     clf = TrainedClassifier.load(model, device=pick_device("auto"))
-    scored = score_samples(samples, train, cls, clf, settings)
+    feats = read_train_features(features, train) if features and settings.get("method") == "knn" else None
+    scored = score_samples(samples, train, cls, clf, settings, feats)
     write_csv(scored, out_csv)
     n, kept = len(scored), int(scored["kept"].sum())
     cutoff = float(scored["cutoff"].iloc[0]) if n else None

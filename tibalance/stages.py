@@ -245,12 +245,19 @@ def fid(cls: str, manifest: str, model: str, sample_csvs: dict[str, str], metric
     side.write(meta)
 
 
+def train_features(manifest: str, model: str, out: str, meta: str) -> None:
+    from .filtering import write_train_features
+
+    side = Sidecar(None)
+    side.write(meta, images=write_train_features(manifest, model, out))
+
+
 def filter_samples(cls: str, samples_csv: str, manifest: str, model: str, filter_cfg: dict, out_csv: str,
-                   meta: str) -> None:
+                   meta: str, features: str | None = None) -> None:
     from .filtering import filter_class
 
     side = Sidecar(None)
-    side.write(meta, **filter_class(cls, samples_csv, manifest, model, filter_cfg, out_csv))
+    side.write(meta, **filter_class(cls, samples_csv, manifest, model, filter_cfg, out_csv, features))
 
 
 def judge_pool(data_cfg: dict, seed: int, per_class: int, out_csv: str, image_dir: str) -> None:

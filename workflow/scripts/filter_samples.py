@@ -10,6 +10,7 @@ smk.run(
     samples_csv=snakemake.input.samples,
     manifest=snakemake.input.manifest,
     model=snakemake.input.model,
+    features=smk.single(snakemake.input.get("features")),
     filter_cfg=snakemake.params.filter,
     out_csv=snakemake.output.filtered,
     meta=snakemake.output.meta,
