@@ -6,6 +6,8 @@ speed (steps/s), for this checkout and, side by side, another git revision.
     python benchmarks/bench_train.py --input memory     # the tensor input pipeline
     python benchmarks/bench_train.py --side-by-side 2   # and two trainings at once, one thread each
     python benchmarks/bench_train.py --mixed-precision bf16 --against HEAD   # bf16 autocast vs fp32
+    python benchmarks/bench_train.py --freeze-below layer4 --against HEAD~1  # fine-tuning layer4 + head
+    python benchmarks/bench_train.py --pretrain-precision bf16 --against HEAD~1  # the generator under bf16
 
 Measures the demo's recipe (ResNet-18 at 32 px, batch 128; the demo generator's
 architecture, batch 64) on Fashion-MNIST-sized images (Debian's idx files when
@@ -50,7 +52,8 @@ def make_images(out: Path, n: int) -> tuple[list[str], list[str]]:
     return paths, labels
 
 
-def bench_classifier(paths, labels, epochs: int, threads: int, input_: str = "files", precision: str = "") -> dict:
+def bench_classifier(paths, labels, epochs: int, threads: int, input_: str = "files", precision: str = "",
+                     freeze_below: str = "") -> dict:
     import torch
 
     from tibalance import classifier as C
@@ -60,14 +63,19 @@ def bench_classifier(paths, labels, epochs: int, threads: int, input_: str = "fi
     cfg = {"arch": "resnet18", "pretrained": False, "image_size": 32, "batch_size": 128, "lr": 0.05,
            "epochs": 1, "device": "cpu", "input": input_, **({"mixed_precision": precision} if precision else {})}
     flags = [i % 10 == 0 for i in range(len(paths))]  # a tenth with the oversample method's heavy augmentation
-    C.train_classifier(paths[:256], labels[:256], classes, cfg, seed=0)  # warm-up
+    start = C.train_classifier(paths[:256], labels[:256], classes, cfg, seed=0)  # warm-up
+    init = None
+    if freeze_below:  # fine-tuning (retrain.init: baseline) from the warm-up's weights
+        init = str(Path(tempfile.mkdtemp()) / "start.pt")
+        start.save(init)
+        cfg["freeze_below"] = freeze_below
     t0 = time.perf_counter()
-    C.train_classifier(paths, labels, classes, {**cfg, "epochs": epochs}, seed=0, augment_flags=flags)
+    C.train_classifier(paths, labels, classes, {**cfg, "epochs": epochs}, seed=0, augment_flags=flags, init=init)
     dt = time.perf_counter() - t0
     return {"classifier_images_per_s": round(epochs * len(paths) / dt, 1), "classifier_seconds": round(dt, 2)}
 
 
-def bench_pretrain(paths, labels, vae_steps: int, unet_steps: int, threads: int) -> dict:
+def bench_pretrain(paths, labels, vae_steps: int, unet_steps: int, threads: int, precision: str = "") -> dict:
     import pandas as pd
     import torch
 
@@ -80,7 +88,7 @@ def bench_pretrain(paths, labels, vae_steps: int, unet_steps: int, threads: int)
         classes = sorted(set(labels))
         cj = {"classes": classes, "names": {c: c for c in classes}, "counts": {c: {"train": labels.count(c)} for c in classes}}
         arch = {"resolution": 32, "vae_channels": [16, 32, 32], "unet_channels": [64, 128], "text_hidden": 64}
-        cfg = {"batch_size": 64, "exclude": []}
+        cfg = {"batch_size": 64, "exclude": [], **({"mixed_precision": precision} if precision else {})}
         times = {}
         # a warm-up run, then runs that differ from the "base" one only in one
         # phase's step count: building, encoding and saving cancel out
@@ -96,7 +104,8 @@ def bench_pretrain(paths, labels, vae_steps: int, unet_steps: int, threads: int)
             "pretrain_unet_steps_per_s": round(unet_steps / max(unet_s, 1e-9), 2)}
 
 
-def bench_side_by_side(paths, labels, epochs: int, threads: int, input_: str, jobs: int, precision: str = "") -> dict:
+def bench_side_by_side(paths, labels, epochs: int, threads: int, input_: str, jobs: int, precision: str = "",
+                       freeze_below: str = "") -> dict:
     """`jobs` classifier trainings at once, threads // jobs threads each (profiles/cpu
     runs jobs with one thread, side by side): the images/s of all of them together."""
     import multiprocessing as mp
@@ -105,7 +114,8 @@ def bench_side_by_side(paths, labels, epochs: int, threads: int, input_: str, jo
     each = max(1, threads // jobs)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
-        runs = list(ex.map(bench_classifier, *zip(*[(paths, labels, epochs, each, input_, precision)] * jobs)))
+        runs = list(ex.map(bench_classifier, *zip(*[(paths, labels, epochs, each, input_, precision,
+                                                     freeze_below)] * jobs)))
     dt = time.perf_counter() - t0  # warm-ups and start-up included, as for real jobs
     return {f"side_by_side_{jobs}x{each}_images_per_s": round(jobs * epochs * len(paths) / dt, 1),
             "side_by_side_slowest_run_s": max(r["classifier_seconds"] for r in runs)}
@@ -115,11 +125,13 @@ def measure(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths, labels = make_images(Path(tmp) / "img", args.images)
         out = {}
-        out.update(bench_classifier(paths, labels, args.epochs, args.threads, args.input, args.mixed_precision))
+        out.update(bench_classifier(paths, labels, args.epochs, args.threads, args.input, args.mixed_precision,
+                                    args.freeze_below))
         if args.side_by_side > 1:
             out.update(bench_side_by_side(paths, labels, args.epochs, args.threads, args.input, args.side_by_side,
-                                          args.mixed_precision))
-        out.update(bench_pretrain(paths, labels, args.vae_steps, args.unet_steps, args.threads))
+                                          args.mixed_precision, args.freeze_below))
+        out.update(bench_pretrain(paths, labels, args.vae_steps, args.unet_steps, args.threads,
+                                  args.pretrain_precision))
     return out
 
 
@@ -135,6 +147,10 @@ def main() -> None:
                     help="classifier.input: per-image PIL (files) or tensor batches (memory)")
     ap.add_argument("--mixed-precision", choices=["", "no", "bf16"], default="",
                     help="classifier.mixed_precision (unset: the revision's default, fp32 on CPU)")
+    ap.add_argument("--freeze-below", default="",
+                    help="classifier.freeze_below: fine-tune (from the warm-up's weights) with the stages below it fixed")
+    ap.add_argument("--pretrain-precision", choices=["", "no", "bf16"], default="",
+                    help="generator.pretrain.mixed_precision (unset: fp32)")
     ap.add_argument("--side-by-side", type=int, default=1,
                     help="also train this many classifiers at once, threads/N threads each (profiles/cpu)")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one run, result as JSON (subprocess use)

@@ -7,7 +7,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
-from tibalance.config import (canonical, check_class_names, check_lora, class_settings, format_validation_error,
+from tibalance.config import (canonical, check_class_names, check_freeze, check_lora, class_settings, format_validation_error,
                               refill_count)
 from tibalance.data import check_root, dataset_class_names
 from tibalance.filtering import FILTER_DEFAULTS
@@ -67,6 +67,7 @@ try:
     check_root(config["data"])
     check_class_names(config, dataset_class_names(config["data"]))
     check_lora(config)
+    check_freeze(config)
 except TibalanceError as e:
     _fail(f"{CONFIGFILE}: {e}")
 

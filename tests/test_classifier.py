@@ -124,3 +124,45 @@ def test_fine_tuning_starts_from_the_given_classifier(tmp_path):
     assert predict(tuned, paths)[0].shape == (8, 2)
     with pytest.raises(TibalanceError, match="start.pt"):
         train_classifier(paths, labels, ["a", "b", "c"], cfg, seed=0, init=str(tmp_path / "start.pt"))
+
+
+def test_freeze_below_trains_only_the_upper_stages(tmp_path):
+    """classifier.freeze_below: layer4 (the demo's retraining): the stem and
+    layer1-3 keep the start's weights and batch-norm statistics, layer4 and the
+    head learn; a value that is no stage, or a freeze without a start, is refused."""
+    from tibalance.util import TibalanceError
+
+    paths = _images(tmp_path, [(19, 19)] * 8)
+    labels = ["a", "b"] * 4
+    cfg = {"arch": "resnet18", "image_size": 16, "epochs": 2, "batch_size": 4, "lr": 0.05, "device": "cpu"}
+    start = train_classifier(paths, labels, ["a", "b"], cfg, seed=0)
+    start.save(str(tmp_path / "start.pt"))
+    before = {k: v.clone() for k, v in start.model.state_dict().items()}
+    tuned = train_classifier(paths, labels, ["a", "b"], {**cfg, "freeze_below": "layer4"}, seed=1,
+                             init=str(tmp_path / "start.pt"))
+    after = tuned.model.state_dict()
+    lower = [k for k in after if k.split(".")[0] in ("conv1", "bn1", "layer1", "layer2", "layer3")]
+    upper = [k for k in after if k.split(".")[0] in ("layer4", "fc") and after[k].is_floating_point()]
+    assert len(lower) > 50 and len(upper) > 10
+    for k in lower:  # weights and running statistics alike
+        assert torch.equal(after[k], before[k]), k
+    assert all(not torch.equal(after[k], before[k]) for k in upper if "weight" in k)
+    with pytest.raises(TibalanceError, match="classifier.freeze_below: 'layer5'"):
+        train_classifier(paths, labels, ["a", "b"], {**cfg, "freeze_below": "layer5"}, seed=1,
+                         init=str(tmp_path / "start.pt"))
+    with pytest.raises(TibalanceError, match="needs a start"):
+        train_classifier(paths, labels, ["a", "b"], {**cfg, "freeze_below": "layer4"}, seed=1)
+
+
+def test_a_freeze_without_a_start_is_a_config_error():
+    """Caught when the workflow reads its config, before any job runs."""
+    from tibalance.config import check_freeze
+    from tibalance.util import TibalanceError
+
+    ok = {"classifier": {"arch": "resnet18"}, "retrain": {"init": "baseline", "classifier": {"freeze_below": "layer4"}}}
+    check_freeze(ok)
+    with pytest.raises(TibalanceError, match=r"^retrain.classifier.freeze_below: 'layer4' .* retrain.init: baseline"):
+        check_freeze({**ok, "retrain": {**ok["retrain"], "init": "scratch"}})
+    with pytest.raises(TibalanceError, match=r"^classifier.freeze_below: 'layer3' .* classifier.pretrained: true"):
+        check_freeze({"classifier": {"freeze_below": "layer3"}, "retrain": {}})
+    check_freeze({"classifier": {"freeze_below": "layer3", "pretrained": True}, "retrain": {"init": "scratch"}})

@@ -1,6 +1,7 @@
 """Downloads happen in local rules (the login node); the jobs run offline.
 Tested against a stand-in hub on the loopback address serving the tiny pipeline."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -222,3 +223,49 @@ def test_fetch_dataset_finds_a_filled_root_and_writes_its_marker(tmp_path):
     fetch_dataset(cfg, marker)  # the idx files are there: nothing is downloaded
     listed = json.loads(Path(marker).read_text())
     assert listed["source"] == "fashion_mnist" and "train-images-idx3-ubyte.gz" in listed["files"]
+
+
+_JOB = """
+import atexit, logging, sys
+from pathlib import Path
+from types import SimpleNamespace
+from tibalance import smk
+from tibalance.util import TibalanceError
+
+class Snakemake(SimpleNamespace):  # as a job's script object: its class comes from snakemake
+    pass
+
+Snakemake.__module__ = "snakemake.iocontainers"
+out = Path(sys.argv[1])
+job = Snakemake(log=[str(out / "job.log")], threads=1, rule="sample", resources=SimpleNamespace(gpu=0), input={})
+
+def work(fail=False):
+    atexit.register(lambda: (out / "teardown").write_text("ran"))
+    (out / "result.txt").write_text("done")
+    logging.getLogger("tibalance.test").info("the last log line")
+    print("a progress line", file=sys.stderr)
+    if fail:
+        raise TibalanceError("broken input")
+
+smk.run(job, work, fail=sys.argv[2] == "fail")
+"""
+
+
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_a_finished_job_skips_the_interpreter_teardown_and_keeps_its_files(tmp_path, fast):
+    """A job's process ends right after its work (os._exit after flushing: the
+    teardown of torch's modules costs ~0.9 s a job) with status 0, its files and
+    log complete; TIBALANCE_FAST_EXIT=0 exits normally; a failed job still
+    exits 1 with its one-line message."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TIBALANCE_FAST_EXIT": fast}
+    p = subprocess.run([sys.executable, "-c", _JOB, str(tmp_path), "ok"], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "result.txt").read_text() == "done"
+    log = (tmp_path / "job.log").read_text()
+    assert "the last log line" in log and "a progress line" in log
+    assert (tmp_path / "teardown").exists() == (fast == "0")
+    p = subprocess.run([sys.executable, "-c", _JOB, str(tmp_path), "fail"], env=env, capture_output=True, text=True)
+    assert p.returncode == 1 and "tibalance: broken input" in p.stderr

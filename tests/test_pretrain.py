@@ -94,3 +94,39 @@ def test_pretraining_on_two_threads_gives_the_same_generator_twice(pretrained, t
         torch.set_num_threads(threads)
     unet = "unet/diffusion_pytorch_model.safetensors"
     assert (tmp_path / "a" / unet).read_bytes() == (tmp_path / "b" / unet).read_bytes()
+
+
+@pytest.mark.parametrize("precision", ["bf16", None])
+def test_mixed_precision_pretraining_computes_in_bf16_with_fp32_weights(pretrained, tmp_path, monkeypatch,
+                                                                          precision):
+    """generator.pretrain.mixed_precision: bf16 (the demo): the VAE and the UNet
+    compute under bf16 autocast on CPU too; the saved weights are fp32. Unset:
+    fp32, as before the setting existed."""
+    import tibalance.pretrain as P
+
+    wd, _, classes, _ = pretrained
+    seen, build = {"vae": set(), "unet": set()}, P.build_tiny_pipeline
+
+    def build_and_watch(*a, **kw):
+        pipe = build(*a, **kw)
+        pipe.vae.encoder.conv_in.register_forward_hook(
+            lambda m, i, o: seen["vae"].add(o.dtype) if torch.is_grad_enabled() else None)
+        pipe.unet.conv_in.register_forward_hook(
+            lambda m, i, o: seen["unet"].add(o.dtype) if torch.is_grad_enabled() else None)
+        return pipe
+
+    monkeypatch.setattr(P, "build_tiny_pipeline", build_and_watch)
+    cwd = os.getcwd()
+    os.chdir(wd)
+    try:
+        pretrain("results/data/manifest.csv", classes, str(tmp_path / "sd"), ARCH,
+                 {"vae_steps": 2, "unet_steps": 3, "batch_size": 8, "warmup_steps": 1,
+                  **({"mixed_precision": precision} if precision else {})}, seed=0)
+    finally:
+        os.chdir(cwd)
+    want = torch.bfloat16 if precision else torch.float32
+    assert seen == {"vae": {want}, "unet": {want}}
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "sd/unet/diffusion_pytorch_model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}

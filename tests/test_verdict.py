@@ -1,5 +1,7 @@
 """The study's verdict: balanced counts, real-image-guided sampling, the filter,
 the judge and the paired differences."""
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,6 +91,24 @@ def test_filter_keeps_by_its_recorded_score_and_never_reads_test_images(tmp_path
     off = score_samples(pd.DataFrame({"path": fake}), pd.DataFrame(columns=["path", "label"]), "dark", clf,
                         {"method": "none"})
     assert off.kept.all() and off.score.isna().all()
+
+    # the shared features file (rule train_features) gives the same table, byte for byte,
+    # without the filter reading a training image; one of other images is refused
+    from tibalance.filtering import write_train_features
+
+    feats_file = tmp_path / "train_features.npz"
+    assert write_train_features(str(manifest), str(tmp_path / "model.pt"), str(feats_file)) == 24
+    for r in train:
+        os.rename(r[0], r[0] + ".hidden")  # a filter that opened a training image would fail now
+    out = tmp_path / "filtered_shared.csv"
+    filter_class("dark", str(samples), str(manifest), str(tmp_path / "model.pt"),
+                 {"method": "knn", "k": 3, "quantile": 0.25}, str(out), str(feats_file))
+    assert out.read_bytes() == (tmp_path / "filtered_knn.csv").read_bytes()
+    m = pd.read_csv(manifest)
+    pd.concat([m, m.iloc[:1].assign(path="extra.png")]).to_csv(tmp_path / "manifest2.csv", index=False)
+    with pytest.raises(TibalanceError, match="train_features.npz: features of other training images"):
+        filter_class("dark", str(samples), str(tmp_path / "manifest2.csv"), str(tmp_path / "model.pt"),
+                     {"method": "knn", "k": 3, "quantile": 0.25}, str(out), str(feats_file))
 
 
 def _run(method, seed, acc):

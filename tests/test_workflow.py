@@ -318,8 +318,9 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
     # per weak class its seeds; where it gets images TI, 2 LoRA, 6 modes x (sample, filter), grid, FID,
-    # judge; 8 methods x 2 seeds
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == 4 + 2 + len(weak) + len(adapted) * 18 + 16 + 3
+    # judge; 8 methods x 2 seeds; the training images' features for the knn filters (once)
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == 4 + 2 + len(weak) + len(adapted) * 18 + 16 + 3 + bool(adapted)
+    assert row("train_features").jobs == 1
     for stage in ("textual_inversion", "sample", "filter_samples", "fid", "judge"):
         assert set(t[t.stage == stage]["class"]) == set(adapted)  # those classes' jobs, no others
     assert total.wall_s == pytest.approx(t[t.stage != "total"].wall_s.sum())

@@ -132,6 +132,23 @@ def check_lora(config: dict) -> None:
                 raise TibalanceError(f"{key}: {problem}")
 
 
+def check_freeze(config: dict) -> None:
+    """classifier.freeze_below keeps stages at their starting weights: the
+    baseline needs ImageNet weights for it, a retraining run those or the baseline."""
+    base = config.get("classifier") or {}
+    retrain = config.get("retrain") or {}
+    recipes = [("classifier", base, bool(base.get("pretrained")))]
+    merged = {**base, **(retrain.get("classifier") or {})}
+    recipes.append(("retrain.classifier", merged,
+                    retrain.get("init") == "baseline" or bool(merged.get("pretrained"))))
+    for key, recipe, has_start in recipes:
+        below = recipe.get("freeze_below")
+        if below and below != "stem" and not has_start:
+            raise TibalanceError(f"{key}.freeze_below: {below!r} would freeze randomly initialised weights; it needs "
+                                 + ("classifier.pretrained: true" if key == "classifier"
+                                    else "retrain.init: baseline (or classifier.pretrained: true)"))
+
+
 def check_class_names(config: dict, known_names: list[str]) -> None:
     """Every class named in the config must exist in the dataset."""
     known = {slugify(n) for n in known_names}
