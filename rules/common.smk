@@ -150,13 +150,17 @@ def sampling_params(wildcards):
     return _sampling_settings(wildcards.cls)
 
 
+def _filter_settings(cls):
+    return {**FILTER_DEFAULTS, **class_settings(config, "filter", cls)}
+
+
 def filter_params(wildcards):
-    return canonical({**FILTER_DEFAULTS, **class_settings(config, "filter", wildcards.cls)})
+    return canonical(_filter_settings(wildcards.cls))
 
 
 def _uses_train_features(cls):
     """Whether the class's filter compares synthetic images with the training images (knn)."""
-    return {**FILTER_DEFAULTS, **class_settings(config, "filter", cls)}["method"] == "knn"
+    return _filter_settings(cls)["method"] == "knn"
 
 
 def filter_features(wildcards):

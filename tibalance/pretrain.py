@@ -204,7 +204,6 @@ def pretrain(manifest_csv: str, classes_json: dict, out_dir: str, arch_cfg: dict
         # (not once per image): the same gradients at a fraction of the cost
         with autocast():
             cond = (te(ids_all)[0] if c["train_text_encoder"] else cond_frozen)[which.to(device)]
-        with autocast():
             pred = unet(noise_sched.add_noise(z, noise, t), t, cond).sample.float()
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
