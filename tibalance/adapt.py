@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .generator import load_pipeline, weight_dtype
+from .precision import resolve as resolve_precision
 from .seeds import contact_sheet
 from .util import TibalanceError, file_digest, fingerprint, pick_device, seed_everything
 
@@ -55,6 +56,7 @@ class Adaptation:
     """Which parameters train and how they are saved (the rest is `fit`'s)."""
 
     label = "adapt"              # progress bar and log lines
+    config_key = "adapt"         # its section of the config (ti, lora): named in warnings
     trains_text_encoder = True   # False: the prompts' encodings are computed once
     subject = ""                 # what the prompts' templates are filled with
 
@@ -126,10 +128,15 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     if not seed_paths:
         raise TibalanceError(f"{adaptation.label}: class {cls!r} has an empty seed list")
     device = pick_device(s["device"])
-    wdtype = weight_dtype(device, s["mixed_precision"])
+    key = f"{adaptation.config_key}.mixed_precision"
+    wdtype = weight_dtype(device, s["mixed_precision"], key)
+    # on CPU the weights stay fp32; bf16 (auto: where the CPU computes it natively) runs under autocast
+    cpu_amp = device.type == "cpu" and resolve_precision(device, s["mixed_precision"], key,
+                                                         ("auto", "no", "fp16", "bf16")) == "bf16"
+    amp_dtype = wdtype or (torch.bfloat16 if cpu_amp else None)
     steps = int(s["steps"])
     fp = fingerprint({"model": model, "seeds": [[p, file_digest(p)] for p in seed_paths], "settings": s,
-                      "seed": seed, **identity})
+                      "seed": seed, **identity, **({"cpu_bf16": True} if cpu_amp else {})})
 
     seed_everything(seed)
     pipe = load_pipeline(model)
@@ -176,7 +183,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
     def autocast_ctx():
-        return torch.autocast(device.type, dtype=wdtype, enabled=wdtype is not None)
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     def token_ids(prompts):
         return tok(prompts, padding="max_length", truncation=True, max_length=tok.model_max_length,

@@ -47,32 +47,57 @@ def job_rows(jobs: list[dict]) -> pd.DataFrame:
     rows = []
     for j in jobs:
         b = read_benchmark(j["benchmark"])
-        gpus = 0
-        if j.get("meta"):
-            m = read_json(j["meta"])
-            gpus = int(m.get("gpus") or 0)
-            if m.get("cpu_seconds") is not None and not math.isnan(b["wall_s"]):
-                # the job's own count (getrusage at its end): Snakemake samples CPU time every
-                # 30 s after a job's first 30 and so misses up to its last 30 s
-                b["cpu_s"] = float(m["cpu_seconds"])
+        m = read_json(j["meta"]) if j.get("meta") and os.path.exists(j["meta"]) else {}
+        gpus = int(m.get("gpus") or 0)
+        if m.get("cpu_seconds") is not None and not math.isnan(b["wall_s"]):
+            # the job's own count (getrusage at its end): Snakemake samples CPU time every
+            # 30 s after a job's first 30 and so misses up to its last 30 s
+            b["cpu_s"] = float(m["cpu_seconds"])
         rows.append({"stage": j["rule"], "class": j.get("class") or "", "method": j.get("method") or "",
-                     **b, "gpu_s": b["wall_s"] * gpus})
-    return pd.DataFrame(rows, columns=["stage", "class", "method", "wall_s", "cpu_s", "max_rss_mib", "gpu_s"])
+                     **b, "gpu_s": b["wall_s"] * gpus, "precision": precision_word(m), "cpu": cpu_word(m)})
+    return pd.DataFrame(rows, columns=JOB_COLUMNS)
+
+
+JOB_COLUMNS = ["stage", "class", "method", "wall_s", "cpu_s", "max_rss_mib", "gpu_s", "precision", "cpu"]
+
+
+def precision_word(meta: dict) -> str:
+    """What a job computed in, from its sidecar: bf16, fp32, fp16 (several: joined
+    with +); 'bf16 (emulated)' on a CPU without native bf16; '' for a job that
+    resolved no precision (data, tables) or has no sidecar."""
+    vals = sorted(set((meta.get("precision") or {}).values()))
+    word = "+".join(vals)
+    return f"{word} (emulated)" if word and meta.get("bf16_emulated") else word
+
+
+def cpu_word(meta: dict) -> str:
+    """The CPU kind a job ran on: model, torch's capability, native bf16 or not."""
+    if not meta.get("cpu_capability"):
+        return ""
+    bf16 = "native bf16" if meta.get("cpu_native_bf16") else "no native bf16"
+    return f"{meta.get('cpu', '?')} ({meta['cpu_capability']}, {bf16})"
+
+
+def _join(values) -> str:
+    return "/".join(sorted(set(v for v in values if v)))
 
 
 def stage_table(jobs: pd.DataFrame) -> pd.DataFrame:
-    """Per stage, weak class and mode/method (seeds summed): jobs, seconds, peak memory."""
+    """Per stage, weak class and mode/method (seeds summed): jobs, seconds, peak
+    memory, and the precision its jobs computed in."""
     if not len(jobs):
-        return pd.DataFrame(columns=["stage", "class", "method", "jobs", "wall_s", "cpu_s", "gpu_s", "max_rss_mib"])
+        return pd.DataFrame(columns=["stage", "class", "method", "jobs", "wall_s", "cpu_s", "gpu_s", "max_rss_mib",
+                                     "precision"])
     order = {s: i for i, s in enumerate(dict.fromkeys(jobs["stage"]))}
     g = jobs.groupby(["stage", "class", "method"], sort=False, dropna=False)
     total_ = lambda s: s.sum(min_count=1)  # noqa: E731 - blank, not 0, where no job has a benchmark file
     t = g.agg(jobs=("wall_s", "size"), wall_s=("wall_s", total_), cpu_s=("cpu_s", total_), gpu_s=("gpu_s", total_),
-              max_rss_mib=("max_rss_mib", "max")).reset_index()
+              max_rss_mib=("max_rss_mib", "max"), precision=("precision", _join)).reset_index()
     t["_o"] = t["stage"].map(order)
     t = t.sort_values(["_o", "class", "method"], kind="stable").drop(columns="_o").reset_index(drop=True)
     total = {"stage": "total", "class": "", "method": "", "jobs": int(t["jobs"].sum()), "wall_s": t["wall_s"].sum(),
-             "cpu_s": t["cpu_s"].sum(), "gpu_s": t["gpu_s"].sum(), "max_rss_mib": t["max_rss_mib"].max()}
+             "cpu_s": t["cpu_s"].sum(), "gpu_s": t["gpu_s"].sum(), "max_rss_mib": t["max_rss_mib"].max(),
+             "precision": _join(jobs["precision"])}
     return pd.concat([t, pd.DataFrame([total])], ignore_index=True)
 
 
@@ -103,7 +128,24 @@ def _num(v, digits=1) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def markdown(stages: pd.DataFrame, methods: pd.DataFrame, missing: int = 0) -> str:
+def machine_lines(jobs: pd.DataFrame) -> str:
+    """The CPU kind(s) the jobs ran on, and one line where any bf16 ran emulated."""
+    out = ""
+    cpus = [c for c in dict.fromkeys(jobs.get("cpu", pd.Series(dtype=str))) if c]
+    if cpus:
+        out += "CPU: " + "; ".join(cpus) + ". The same numbers to the last digit need the same CPU kind, " \
+               "threads and precision (each job's sidecar records them).\n\n"
+    emulated = jobs[jobs.get("precision", pd.Series("", index=jobs.index)).str.contains("emulated", na=False)]
+    if len(emulated):
+        from .precision import EMULATED_SLOWDOWN
+
+        out += (f"**{len(emulated)} job(s) computed in bf16 on a CPU without native bf16** (emulated; measured: "
+                f"{EMULATED_SLOWDOWN}): stages {', '.join(dict.fromkeys(emulated['stage']))}. "
+                f"`mixed_precision: auto` picks fp32 on such a CPU.\n\n")
+    return out
+
+
+def markdown(stages: pd.DataFrame, methods: pd.DataFrame, missing: int = 0, jobs: pd.DataFrame | None = None) -> str:
     def table(df):
         cols = list(df.columns)
         lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
@@ -121,6 +163,8 @@ def markdown(stages: pd.DataFrame, methods: pd.DataFrame, missing: int = 0) -> s
                 f"the job's own count where its sidecar has one (imports included), else Snakemake's.\n\n")
         if missing:
             head += f"{missing} job(s) have no benchmark file (deleted?): not counted, blank below.\n\n"
+        if jobs is not None:
+            head += machine_lines(jobs)
     return ("# What the study cost\n\n" + head
             + "## Per method: the jobs a row adds to the shared ones\n\n"
             + "`synthetic`: seed selection, inversion, sampling and filtering of every weak class "

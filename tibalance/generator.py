@@ -175,16 +175,18 @@ def load_pipeline(model: str, device=None, dtype=None):
     return pipe
 
 
-def weight_dtype(device, setting: str):
+def weight_dtype(device, setting: str, key: str = "mixed_precision"):
     """The dtype a job loads the pipeline's frozen weights in (mixed_precision
-    of ti, lora, sampling): None (fp32) on CPU and for 'no'; auto: half_dtype."""
+    of ti, lora, sampling): on a GPU the precision it resolves to (auto:
+    half_dtype); None (fp32 weights) on CPU, where bf16 computes under autocast."""
     import torch
+
+    from .precision import resolve
 
     if torch.device(device).type == "cpu":
         return None
-    if setting == "auto":
-        return half_dtype(device)
-    return {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[setting]
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[
+        resolve(device, setting, key, allowed=("auto", "no", "fp16", "bf16"))]
 
 
 def half_dtype(device) -> torch.dtype | None:

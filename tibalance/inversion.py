@@ -64,6 +64,7 @@ class TokenAdaptation(Adaptation):
     each step (AdamW's weight decay would move them)."""
 
     label = "TI"
+    config_key = "ti"
 
     def __init__(self, cls: str, cls_name: str, settings: dict, seed: int, embeds_out: str):
         self.cls, self.s, self.seed, self.embeds_out = cls, settings, seed, embeds_out

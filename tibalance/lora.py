@@ -33,6 +33,7 @@ class LoraAdaptation(Adaptation):
     """Adapters on the frozen UNet (and text encoder): only their A/B matrices train."""
 
     label = "LoRA"
+    config_key = "lora"
 
     def __init__(self, settings: dict, subject: str, out_dir: str, embeds: str | None = None,
                  placeholder: str | None = None):

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from .generator import load_pipeline, weight_dtype
 from .config import refill_count
 from .inversion import expand_placeholder
-from .util import TibalanceError, autocast_bf16, derive_seed, file_digest, fingerprint, pick_device, write_csv
+from .precision import resolve as resolve_precision
+from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
 from .defaults import I2I_MODES, LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
@@ -108,9 +109,15 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     out = Path(image_dir)
     fp_keys = ["scheduler", "steps", "guidance_scale", "resolution", "negative_prompt"]
     fp_keys += ["strength"] if method in I2I_MODES else []
-    # unset or auto: the fingerprints of images made before this setting existed hold
-    fp_keys += ["mixed_precision"] if s.get("mixed_precision", "auto") != "auto" else []
+    # unset or auto: the fingerprints of images made before this setting existed hold;
+    # auto that resolves to bf16 on a CPU with native bf16 makes other images: its own mark
+    setting = s.get("mixed_precision", "auto")
+    fp_keys += ["mixed_precision"] if setting != "auto" else []
+    device = pick_device(s["device"])
+    precision = resolve_precision(device, setting, "sampling.mixed_precision")
+    cpu_bf16 = {"cpu_bf16": True} if setting == "auto" and device.type == "cpu" and precision == "bf16" else {}
     fp = fingerprint({"model": model, "method": method, "subject": subject, "settings": {k: s[k] for k in fp_keys},
+                      **cpu_bf16,
                       "embeds": file_digest(embeds) if embeds else None, "seed": seed, "templates": templates,
                       **({"lora": file_digest(lora)} if lora else {}),
                       "starts": sorted(set(p for p in starts if p)) or None})
@@ -129,11 +136,9 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     if n == 0:
         log.info("class %s, %s: 0 images (the class is already at its target size)", cls, method)
     if todo:
-        device = pick_device(s["device"])
-        precision = s.get("mixed_precision", "auto")
         # on a GPU the weights are half precision; on CPU they stay fp32 and bf16 runs under autocast
-        autocast = autocast_bf16(device, precision, "sampling.mixed_precision") and device.type == "cpu"
-        pipe = load_pipeline(model, device=device, dtype=weight_dtype(device, precision))
+        autocast = precision == "bf16" and device.type == "cpu"
+        pipe = load_pipeline(model, device=device, dtype=weight_dtype(device, setting))
         if method in TOKEN_MODES:
             pipe.load_textual_inversion(embeds, token=placeholder)
         if method in LORA_MODES:

@@ -450,5 +450,5 @@ def cost(jobs: list[dict], methods: list[str], out_csv: str, methods_csv: str, o
     stages_t = display_names(stages_t, read_json(classes)["names"] if classes else {})
     write_csv(stages_t, out_csv)
     write_csv(methods_t, methods_csv)
-    Path(out_md).write_text(c.markdown(stages_t, methods_t, missing=int(rows["wall_s"].isna().sum())))
+    Path(out_md).write_text(c.markdown(stages_t, methods_t, missing=int(rows["wall_s"].isna().sum()), jobs=rows))
     log.info("cost: %d jobs, %.1f min of job wall time", len(rows), rows["wall_s"].sum() / 60)

@@ -77,33 +77,6 @@ def pick_device(preference: str = "auto"):
     return torch.device(preference)
 
 
-def autocast_bf16(device, setting: str, key: str) -> bool:
-    """Whether a job computes under bf16 autocast. auto: on a GPU only (fp32 on
-    CPU keeps CPU results as they were); bf16: on any device (on a CPU with
-    native bf16, AVX512-BF16 or AMX, ResNet-18 training runs ~1.5x faster);
-    no: never."""
-    import torch
-
-    if setting not in ("auto", "no", "bf16"):
-        raise TibalanceError(f"{key}: {setting!r} is not one of auto, no, bf16")
-    if setting == "auto":
-        return torch.device(device).type == "cuda"
-    if setting == "bf16" and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
-        logging.getLogger(__name__).warning(
-            "%s: bf16 on a CPU without AVX512-BF16 or AMX is emulated and slower than fp32 here", key)
-    return setting == "bf16"
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (Linux: the avx512_bf16 or amx_bf16 flag)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return True  # not Linux: no claim
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def dumps_json(obj: Any) -> str:
     """Deterministic JSON: sorted keys, fixed float formatting, trailing newline."""
     return json.dumps(_round_floats(obj), sort_keys=True, indent=2) + "\n"
@@ -189,6 +162,9 @@ class Sidecar:
         info["gpus"] = torch.cuda.device_count() if torch.cuda.is_available() else 0  # GPU-seconds = wall x gpus
         info["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
         info["slurm_job_id"] = os.environ.get("SLURM_JOB_ID")
+        from .precision import run_record
+
+        info.update(run_record())  # the CPU, threads and precision: what "the same numbers" needs alike
         info["wall_seconds"] = round(time.time() - self.t0, 3)
         info["cpu_seconds"] = round(process_cpu_seconds(), 3)
         write_json(path, info)
