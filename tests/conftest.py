@@ -99,3 +99,19 @@ def random_images(folder, n: int, size: int, prefix: str = "", seed: int = 0) ->
 def seed_images(tmp_path_factory):
     """Three random 28 px RGB images standing in for a class's seed images."""
     return random_images(tmp_path_factory.mktemp("seeds"), 3, 28)
+
+
+@pytest.fixture
+def cpu_kind(monkeypatch):
+    """cpu_kind(True): a CPU with native bf16; cpu_kind(False): one without (AVX2)."""
+    import tibalance.precision as P
+
+    def set_kind(native: bool):
+        monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(P, "cpu_info", lambda: {"model": "Test CPU", "capability": "AVX512" if native else "AVX2",
+                                                    "native_bf16": native})
+        P._warned.clear()
+        P._resolved.clear()
+    yield set_kind
+    P._warned.clear()
+    P._resolved.clear()

@@ -132,11 +132,12 @@ def test_sampling_is_resumable_and_paired(tiny_sd, seed_images, tmp_path):
     assert list(raw.prompt) == ["a photo of a boot"] * 3 and list(raw.seed) == list(table.seed)
 
 
-def test_bf16_sampling_on_cpu(tiny_sd, tmp_path, monkeypatch):
+def test_bf16_sampling_on_cpu(tiny_sd, tmp_path, monkeypatch, cpu_kind):
     """sampling.mixed_precision: bf16 samples on CPU under bf16 autocast (the
     UNet computes in bf16, the weights stay fp32); its images are another set
-    (regenerated), while auto keeps the fingerprint of images made before the
-    setting existed."""
+    (regenerated), while auto on a CPU without native bf16 keeps the fingerprint
+    of images made before the setting existed; auto on one with native bf16
+    samples in bf16, another set again."""
     from diffusers import UNet2DConditionModel
 
     manifest = tmp_path / "m.csv"
@@ -157,12 +158,18 @@ def test_bf16_sampling_on_cpu(tiny_sd, tmp_path, monkeypatch):
                          str(tmp_path / "raw"))
         return n, [np.asarray(Image.open(p)) for p in sorted((tmp_path / "raw").glob("*.png"))]
 
+    cpu_kind(False)
     n, fp32 = run()
     assert n == 2 and set(dtypes) == {(torch.float32, torch.float32)}
     assert run(mixed_precision="auto")[0] == 0  # auto = unset: the same images, kept
+    cpu_kind(True)
+    n, auto_bf16 = run(mixed_precision="auto")
+    assert n == 2 and set(dtypes) == {(torch.float32, torch.bfloat16)}
+    cpu_kind(False)
     n, bf16 = run(mixed_precision="bf16")
     assert n == 2 and set(dtypes) == {(torch.float32, torch.bfloat16)}
     assert all(im.shape == (32, 32, 3) for im in bf16) and any((a != b).any() for a, b in zip(fp32, bf16))
+    assert all((a == b).all() for a, b in zip(auto_bf16, bf16))  # the same computation, other fingerprints
 
 
 def test_fewer_images_leave_no_stale_ones_and_zero_is_clean(tiny_sd, tmp_path):

@@ -96,14 +96,15 @@ def test_pretraining_on_two_threads_gives_the_same_generator_twice(pretrained, t
     assert (tmp_path / "a" / unet).read_bytes() == (tmp_path / "b" / unet).read_bytes()
 
 
-@pytest.mark.parametrize("precision", ["bf16", None])
+@pytest.mark.parametrize("precision,native", [("bf16", False), (None, True), (None, False)])
 def test_mixed_precision_pretraining_computes_in_bf16_with_fp32_weights(pretrained, tmp_path, monkeypatch,
-                                                                          precision):
-    """generator.pretrain.mixed_precision: bf16 (the demo): the VAE and the UNet
-    compute under bf16 autocast on CPU too; the saved weights are fp32. Unset:
-    fp32, as before the setting existed."""
+                                                                          precision, native, cpu_kind):
+    """generator.pretrain.mixed_precision: bf16 computes the VAE and the UNet
+    under bf16 autocast on any CPU; unset (auto) only on a CPU with native bf16,
+    fp32 on one without. The saved weights are fp32."""
     import tibalance.pretrain as P
 
+    cpu_kind(native)
     wd, _, classes, _ = pretrained
     seen, build = {"vae": set(), "unet": set()}, P.build_tiny_pipeline
 
@@ -124,7 +125,7 @@ def test_mixed_precision_pretraining_computes_in_bf16_with_fp32_weights(pretrain
                   **({"mixed_precision": precision} if precision else {})}, seed=0)
     finally:
         os.chdir(cwd)
-    want = torch.bfloat16 if precision else torch.float32
+    want = torch.bfloat16 if precision or native else torch.float32
     assert seen == {"vae": {want}, "unet": {want}}
     from safetensors.torch import load_file
 
