@@ -16,6 +16,7 @@ rule train_baseline:
     benchmark:
         "benchmarks/train_baseline.tsv"
     threads: 8
+    priority: 50  # with the generator's VAE, first: the seed selection and every token wait for it
     resources:
         gpu=1,
         mem_mb=16000,

@@ -14,6 +14,7 @@ from tibalance.filtering import FILTER_DEFAULTS
 from tibalance.fetch import WEIGHTS_DIR, classifier_weights_file, dataset_marker, inception_weights_file, weights_to_fetch
 from tibalance.generator import check_model, fetched_folder, is_local
 from tibalance.defaults import (FID_RELIABLE_IMAGES, LORA_ADAPTER, LORA_DEFAULTS, LORA_MODES, MODES, PRETRAIN_DEFAULTS,
+                                PRETRAIN_VAE_KEYS,
                                 SAMPLING_DEFAULTS, TI_DEFAULTS, TOKEN_MODES)
 from tibalance.retrain import SAMPLE_KIND, ablation_variants, parse_variant
 from tibalance.util import TibalanceError, derive_seed, read_json
@@ -283,6 +284,17 @@ def pretrain_params(wildcards):
     return canonical({**PRETRAIN_DEFAULTS, **config["generator"].get("pretrain", {})})
 
 
+def retrain_priority(wildcards):
+    """The `baseline` runs need only the baseline classifier: they fill the core
+    beside the generator's VAE; the others wait for their images anyway."""
+    return 45 if wildcards.method == "baseline" else 0
+
+
+def pretrain_vae_params(wildcards):
+    """Only the VAE phase's settings: an edit of the UNet's reruns the UNet job alone."""
+    return {k: v for k, v in pretrain_params(wildcards).items() if k in PRETRAIN_VAE_KEYS}
+
+
 def early_targets():
     """Outputs that need no weak class, asked for before the checkpoint so that
     their jobs run beside the baseline and the generator's pretraining (on a few
@@ -347,6 +359,7 @@ def study_jobs(wildcards):
     if config["generator"]["build"] == "tiny":
         add("build_generator")
     elif config["generator"]["build"] == "pretrain":
+        add("pretrain_vae")
         add("pretrain_generator")
         add("generator_quality")
     adapted = adapted_classes()

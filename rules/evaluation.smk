@@ -44,6 +44,7 @@ rule retrain:
     benchmark:
         "benchmarks/retrain/{method}/seed{seed}.tsv"
     threads: 8
+    priority: retrain_priority
     resources:
         gpu=1,
         mem_mb=16000,

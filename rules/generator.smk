@@ -39,11 +39,43 @@ rule build_generator:
 
 
 # Only when generator.build is 'pretrain': the offline demo's generator learns
-# the dataset's majority classes (a miniature of SD knowing the common classes).
+# the dataset's majority classes (a miniature of SD knowing the common classes),
+# in two jobs: the VAE (it needs nothing of the baseline's and runs beside it on
+# a CPU), then the UNet and text encoder on its latents (every generative job
+# waits for this one: it keeps all cores).
+rule pretrain_vae:
+    input:
+        manifest="results/data/manifest.csv",
+        classes="results/data/classes.json",
+    output:
+        vae="results/generator/pretrain_vae/vae/config.json",
+        meta="results/generator/pretrain_vae.meta.json",
+    params:
+        tiny=canonical(config["generator"]["tiny"]),
+        pretrain=pretrain_vae_params,
+        seed=SEED,
+    log:
+        "logs/pretrain_vae.log",
+    benchmark:
+        "benchmarks/pretrain_vae.tsv"
+    threads: 8
+    priority: 50  # with the baseline, first: the UNet waits for it
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/diffusion.yaml"
+    script:
+        "../workflow/scripts/pretrain_vae.py"
+
+
 rule pretrain_generator:
     input:
         manifest="results/data/manifest.csv",
         classes="results/data/classes.json",
+        vae="results/generator/pretrain_vae/vae/config.json",
+        vae_meta="results/generator/pretrain_vae.meta.json",
     output:
         model="results/generator/pretrained_sd/model_index.json",
         loss="results/generator/pretrain_loss.csv",
@@ -57,6 +89,7 @@ rule pretrain_generator:
     benchmark:
         "benchmarks/pretrain_generator.tsv"
     threads: 8
+    priority: 50
     resources:
         gpu=1,
         mem_mb=8000,

@@ -46,6 +46,7 @@ rule train_judge:
     benchmark:
         "benchmarks/train_judge.tsv"
     threads: 8
+    priority: 5  # after the baseline's short follow-ups (the generator's UNet waits for a free core), before the retraining runs
     resources:
         gpu=1,
         mem_mb=16000,

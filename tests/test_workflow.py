@@ -510,7 +510,7 @@ def test_demo_config_finds_the_rare_class(tmp_path):
 
 
 def test_pretrained_generator_through_the_dag(tiny_run, tmp_path):
-    """generator.build: pretrain adds two jobs: pretraining on the majority
+    """generator.build: pretrain adds three jobs: pretraining (VAE, then UNet) on the majority
     classes (data already there: nothing upstream reruns) and the baseline's
     accuracy on its images; everything else of the run stays as it was."""
     import shutil
@@ -526,7 +526,8 @@ def test_pretrained_generator_through_the_dag(tiny_run, tmp_path):
     edited.write_text(yaml.safe_dump(cfg))
     target = "results/tables/generator_quality.md"
     p = snakemake(wd, "-n", target, configfiles=[edited])
-    assert sorted(r for r, _ in _planned_jobs(p.stdout + p.stderr)) == ["generator_quality", "pretrain_generator"]
+    assert sorted(r for r, _ in _planned_jobs(p.stdout + p.stderr)) == ["generator_quality", "pretrain_generator",
+                                                                      "pretrain_vae"]
     snakemake(wd, target, configfiles=[edited])
     q = pd.read_csv(wd / "results/tables/generator_quality.csv")
     learned = json.loads((wd / "results/generator/pretrain_generator.meta.json").read_text())["classes"]

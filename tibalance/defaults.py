@@ -68,6 +68,11 @@ PRETRAIN_DEFAULTS = {
     "quality_guidance": 4.0,
 }
 
+# the settings of the pretraining's VAE phase (its own job): an edit of any other
+# key (the UNet's steps, lr, ...) reruns the UNet phase only
+PRETRAIN_VAE_KEYS = ("exclude", "vae_steps", "vae_lr", "kl_weight", "batch_size", "hflip",
+                     "mixed_precision", "device")
+
 
 SAMPLING_DEFAULTS = {
     # a count per class, or a target the class is refilled to: "median" / "max"

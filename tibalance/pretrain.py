@@ -16,6 +16,7 @@ classifier-free guidance and an EMA of the weights, which is what is saved.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 from pathlib import Path
@@ -83,15 +84,12 @@ class _EMA:
                 bs.copy_(bm)
 
 
-def pretrain(manifest_csv: str, classes_json: dict, out_dir: str, arch_cfg: dict, cfg: dict, seed: int,
-             device: torch.device | str = "cpu", loss_out: str | None = None) -> dict:
-    """Train the demo generator; returns a summary (classes, losses)."""
-    from diffusers import DDPMScheduler
+VAE_DIR, RNG_FILE, VAE_LOSS = "vae", "pretrain_rng.pt", "vae_loss.csv"
 
+
+def _setup(manifest_csv: str, classes_json: dict, arch_cfg: dict, cfg: dict, seed: int):
     c = {**PRETRAIN_DEFAULTS, **cfg}
-    device = torch.device(device)
     seed_everything(seed)
-    gen = torch.Generator().manual_seed(seed)
     pipe = build_tiny_pipeline(arch_cfg, seed)
     res = int(pipe.vae.config.sample_size)
     keep = majority_classes(classes_json, c["exclude"])
@@ -99,39 +97,44 @@ def pretrain(manifest_csv: str, classes_json: dict, out_dir: str, arch_cfg: dict
     man = man[(man["split"] == "train") & man["label"].isin(keep)].reset_index(drop=True)
     if man.empty:
         raise TibalanceError(f"{manifest_csv}: no train images of the classes to pretrain on")
-    log.info("pretraining on %d train images of %d classes (never sees: %s)", len(man), len(keep),
-             ", ".join(sorted(set(classes_json["classes"]) - set(keep))) or "-")
-    x_all = load_images(list(man["path"]), res)
-    labels = [keep.index(lbl) for lbl in man["label"]]
-    names = classes_json["names"]
-    captions = [c["template"].format(names[k].lower()) for k in keep]
-    bs = int(c["batch_size"])
-    history = []
+    return c, pipe, res, keep, man
 
-    def batch():
-        idx = torch.randint(0, len(x_all), (bs,), generator=gen)
-        x = x_all[idx]
-        if c["hflip"]:
-            flip = torch.rand(bs, generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x.to(device), idx
 
+def _autocast_factory(device, c):
     # bf16 autocast (auto, the default: on a GPU and on a CPU with native bf16;
     # bf16: also emulated; no: fp32): weights, optimiser and losses stay fp32;
     # on a CPU with native bf16 a UNet step 0.34 -> 0.26 s, a VAE step -15%
     amp = autocast_bf16(device, c.get("mixed_precision", "auto"), "generator.pretrain.mixed_precision")
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
 
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
 
-    # ---- phase 1: the VAE reconstructs
+def pretrain_vae(manifest_csv: str, classes_json: dict, out_dir: str, arch_cfg: dict, cfg: dict, seed: int,
+                 device: torch.device | str = "cpu") -> dict:
+    """Phase 1: the VAE learns to reconstruct the majority classes' images; its
+    latent scale is measured (SD's scaling_factor). Writes out_dir/vae (the
+    VAE, save_pretrained), the random generator's state for phase 2 and the
+    loss history. It needs no UNet: the workflow runs it beside the baseline."""
+    device = torch.device(device)
+    c, pipe, res, keep, man = _setup(manifest_csv, classes_json, arch_cfg, cfg, seed)
+    gen = torch.Generator().manual_seed(seed)
+    log.info("pretraining on %d train images of %d classes (never sees: %s)", len(man), len(keep),
+             ", ".join(sorted(set(classes_json["classes"]) - set(keep))) or "-")
+    x_all = load_images(list(man["path"]), res)
+    bs = int(c["batch_size"])
+    autocast = _autocast_factory(device, c)
+    history = []
     vae = pipe.vae.to(device).train()
     # fused AdamW: one kernel for all tensors (on CPU 28 -> 12 ms a step for the UNet's 244 tensors)
     opt = torch.optim.AdamW(vae.parameters(), lr=float(c["vae_lr"]), weight_decay=0.0, fused=True)
     steps = int(c["vae_steps"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(50, steps // 10 + 1), steps))
     for step in tqdm(range(1, steps + 1), desc="pretrain VAE", mininterval=5.0):
-        x, _ = batch()
+        idx = torch.randint(0, len(x_all), (bs,), generator=gen)
+        x = x_all[idx]
+        if c["hflip"]:
+            flip = torch.rand(bs, generator=gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = x.to(device)
         with autocast():
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
@@ -144,31 +147,74 @@ def pretrain(manifest_csv: str, classes_json: dict, out_dir: str, arch_cfg: dict
         sched.step()
         history.append(("vae", step, float(loss.item())))
     vae.eval().requires_grad_(False)
-
-    # latents once (the posterior's mean and std, as in textual inversion), and SD's scaling factor
-    def encode(x):
-        means, stds = [], []
-        with torch.no_grad():
-            for i in range(0, len(x), 256):
-                post = vae.encode(x[i:i + 256].to(device)).latent_dist
-                means.append(post.mean.cpu())
-                stds.append(post.std.cpu())
-        return torch.cat(means), torch.cat(stds)
-
-    lat_mean, lat_std = encode(x_all)
-    lat_labels = list(labels)
-    if c["hflip"]:
-        m2, s2 = encode(x_all.flip(-1))
-        lat_mean, lat_std, lat_labels = torch.cat([lat_mean, m2]), torch.cat([lat_std, s2]), lat_labels * 2
-    n_rec = min(256, len(x_all))  # the first latents are those of the unflipped images
+    lat_mean, _ = _encode(vae, x_all, device)
+    n_rec = min(256, len(x_all))
     with torch.no_grad():
         rec = vae.decode(lat_mean[:n_rec].to(device)).sample.cpu()
     rec_mse = float(F.mse_loss(rec, x_all[:n_rec]))
+    if c["hflip"]:  # the scale of every latent the UNet trains on, flipped images' too
+        lat_mean = torch.cat([lat_mean, _encode(vae, x_all.flip(-1), device)[0]])
     scaling = float(1.0 / lat_mean.std())
     vae.register_to_config(scaling_factor=scaling)
     log.info("VAE: reconstruction MSE %.4f; latent std %.3f -> scaling_factor %.4f", rec_mse, 1 / scaling, scaling)
+    out = Path(out_dir)
+    vae.to("cpu").save_pretrained(out / VAE_DIR, safe_serialization=True)
+    torch.save(gen.get_state(), out / RNG_FILE)
+    pd.DataFrame(history, columns=["phase", "step", "loss"]).to_csv(out / VAE_LOSS, index=False, float_format="%.6g")
+    return {"classes": keep, "scaling_factor": scaling, "vae_reconstruction_mse": rec_mse, "images": len(x_all)}
 
-    # ---- phase 2: UNet + text encoder denoise, conditioned on the class caption
+
+def _encode(vae, x, device):
+    """The posterior's mean and std of every image (as in textual inversion)."""
+    means, stds = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), 256):
+            post = vae.encode(x[i:i + 256].to(device)).latent_dist
+            means.append(post.mean.cpu())
+            stds.append(post.std.cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def pretrain_unet(manifest_csv: str, classes_json: dict, vae_dir: str, out_dir: str, arch_cfg: dict, cfg: dict,
+                  seed: int, device: torch.device | str = "cpu", loss_out: str | None = None) -> dict:
+    """Phase 2: with phase 1's VAE (vae_dir, from pretrain_vae), UNet and text
+    encoder learn to denoise latents conditioned on "a photo of a <class
+    name>", captions dropped for classifier-free guidance, an EMA of the
+    weights saved. Writes the whole pipeline to out_dir (save_pretrained)."""
+    from diffusers import DDPMScheduler
+    from safetensors.torch import load_file
+
+    device = torch.device(device)
+    c, pipe, res, keep, man = _setup(manifest_csv, classes_json, arch_cfg, cfg, seed)
+    vae_dir = Path(vae_dir)
+    # phase 1's weights and latent scale into this pipeline's own VAE (the saved
+    # config then names no intermediate folder)
+    vae = pipe.vae
+    try:
+        vae.load_state_dict(load_file(str(vae_dir / VAE_DIR / "diffusion_pytorch_model.safetensors")))
+        scaling = float(json.loads((vae_dir / VAE_DIR / "config.json").read_text())["scaling_factor"])
+    except (OSError, KeyError, RuntimeError, ValueError) as e:
+        raise TibalanceError(f"{vae_dir / VAE_DIR}: not the VAE of this generator's pretraining "
+                             f"({type(e).__name__}); delete it and rerun pretrain_vae") from e
+    vae.register_to_config(scaling_factor=scaling)
+    vae = vae.to(device).eval().requires_grad_(False)
+    gen = torch.Generator()
+    gen.set_state(torch.load(vae_dir / RNG_FILE, weights_only=True))
+    history = [tuple(r) for r in pd.read_csv(vae_dir / VAE_LOSS).itertuples(index=False)]
+    x_all = load_images(list(man["path"]), res)
+    labels = [keep.index(lbl) for lbl in man["label"]]
+    names = classes_json["names"]
+    captions = [c["template"].format(names[k].lower()) for k in keep]
+    bs = int(c["batch_size"])
+    autocast = _autocast_factory(device, c)
+
+    lat_mean, lat_std = _encode(vae, x_all, device)
+    lat_labels = list(labels)
+    if c["hflip"]:
+        m2, s2 = _encode(vae, x_all.flip(-1), device)
+        lat_mean, lat_std, lat_labels = torch.cat([lat_mean, m2]), torch.cat([lat_std, s2]), lat_labels * 2
+    del x_all
+
     unet, te, tok = pipe.unet.to(device).train(), pipe.text_encoder.to(device), pipe.tokenizer
     if device.type == "cpu":
         # plain matmul-softmax attention: on CPU the backward of PyTorch's fused
@@ -225,9 +271,19 @@ def pretrain(manifest_csv: str, classes_json: dict, out_dir: str, arch_cfg: dict
     unet_losses = [h[2] for h in history if h[0] == "unet"]
     k = max(1, len(unet_losses) // 10)
     return {"classes": keep, "captions": captions, "scaling_factor": scaling,
-            "vae_reconstruction_mse": rec_mse, "images": len(x_all),
             "unet_loss_first_10pct": float(np.mean(unet_losses[:k])) if unet_losses else None,
             "unet_loss_last_10pct": float(np.mean(unet_losses[-k:])) if unet_losses else None}
+
+
+def pretrain(manifest_csv: str, classes_json: dict, out_dir: str, arch_cfg: dict, cfg: dict, seed: int,
+             device: torch.device | str = "cpu", loss_out: str | None = None) -> dict:
+    """Both phases one after the other (the workflow runs them as two jobs, the
+    same computation): the VAE into a folder beside out_dir, then the pipeline."""
+    vae_dir = Path(str(out_dir).rstrip("/") + "_vae")
+    vae_dir.mkdir(parents=True, exist_ok=True)
+    first = pretrain_vae(manifest_csv, classes_json, str(vae_dir), arch_cfg, cfg, seed, device)
+    second = pretrain_unet(manifest_csv, classes_json, str(vae_dir), out_dir, arch_cfg, cfg, seed, device, loss_out)
+    return {**first, **second}
 
 
 @torch.no_grad()

@@ -116,16 +116,33 @@ def build_generator(tiny_cfg: dict, seed: int, out_dir: str, meta: str) -> None:
     side.write(meta, kind="tiny", settings=tiny_cfg)
 
 
-def pretrain_generator(manifest: str, classes: str, tiny_cfg: dict, pretrain_cfg: dict, seed: int,
+def pretrain_vae(manifest: str, classes: str, tiny_cfg: dict, vae_cfg: dict, seed: int, out_dir: str,
+                 meta: str) -> None:
+    """The demo generator's first phase: its VAE (beside the baseline: it needs no UNet)."""
+    from .pretrain import pretrain_vae as phase1
+    from .util import pick_device
+
+    side = Sidecar(seed)
+    device = pick_device(vae_cfg.get("device", "auto"))
+    result = phase1(manifest, read_json(classes), out_dir, tiny_cfg, vae_cfg, seed, device=device)
+    side.write(meta, kind="pretrain_vae", settings={"tiny": tiny_cfg, "pretrain": vae_cfg}, **result)
+
+
+def pretrain_generator(manifest: str, classes: str, vae_meta: str, tiny_cfg: dict, pretrain_cfg: dict, seed: int,
                        out_dir: str, loss_out: str, meta: str) -> None:
-    from .pretrain import pretrain
+    """The second phase: UNet and text encoder on the VAE's latents; the whole pipeline."""
+    from pathlib import Path
+
+    from .pretrain import pretrain_unet
     from .util import pick_device
 
     side = Sidecar(seed)
     device = pick_device(pretrain_cfg.get("device", "auto"))
-    result = pretrain(manifest, read_json(classes), out_dir, tiny_cfg, pretrain_cfg, seed, device=device,
-                      loss_out=loss_out)
-    side.write(meta, kind="pretrain", settings={"tiny": tiny_cfg, "pretrain": pretrain_cfg}, **result)
+    vae = read_json(vae_meta)
+    result = pretrain_unet(manifest, read_json(classes), str(Path(vae_meta).parent / "pretrain_vae"), out_dir,
+                           tiny_cfg, pretrain_cfg, seed, device=device, loss_out=loss_out)
+    side.write(meta, kind="pretrain", settings={"tiny": tiny_cfg, "pretrain": pretrain_cfg},
+               images=vae["images"], vae_reconstruction_mse=vae["vae_reconstruction_mse"], **result)
 
 
 def generator_quality(model: str, classifier: str, classes: str, pretrain_meta: str, pretrain_cfg: dict, seed: int,

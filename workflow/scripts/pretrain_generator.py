@@ -9,6 +9,7 @@ smk.run(
     stages.pretrain_generator,
     manifest=snakemake.input.manifest,
     classes=snakemake.input.classes,
+    vae_meta=snakemake.input.vae_meta,
     tiny_cfg=snakemake.params.tiny,
     pretrain_cfg=snakemake.params.pretrain,
     seed=snakemake.params.seed,
