@@ -284,6 +284,18 @@ def pretrain_params(wildcards):
     return canonical({**PRETRAIN_DEFAULTS, **config["generator"].get("pretrain", {})})
 
 
+def judge_after(wildcards):
+    """When the demo pretrains its generator, the judge trains after it (an
+    ordering, not a dependency: ancient() never reruns the judge for a new
+    generator). On a few cores the baseline and the generator's VAE run side by
+    side and the UNet then needs every core; a judge that started the moment
+    the baseline ended held one of them for its whole run (a fresh demo: the
+    UNet waited 108 s). After the generator it runs among the many short jobs."""
+    if config["generator"]["build"] == "pretrain":
+        return ancient("results/generator/pretrained_sd/model_index.json")
+    return []
+
+
 def retrain_priority(wildcards):
     """The `baseline` runs need only the baseline classifier: they fill the core
     beside the generator's VAE; the others wait for their images anyway."""

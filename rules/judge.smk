@@ -34,6 +34,7 @@ rule train_judge:
         manifest="results/data/manifest.csv",
         classes="results/data/classes.json",
         weights=classifier_weights_file(judge_train_classifier()),
+        after=judge_after,  # ordering only (ancient: never a rerun trigger), see judge_after
     output:
         model="results/judge/model.pt",
         metrics="results/judge/metrics.json",
@@ -46,7 +47,7 @@ rule train_judge:
     benchmark:
         "benchmarks/train_judge.tsv"
     threads: 8
-    priority: 5  # after the baseline's short follow-ups (the generator's UNet waits for a free core), before the retraining runs
+    priority: 5  # before the retraining runs: the judge's tables wait for it
     resources:
         gpu=1,
         mem_mb=16000,

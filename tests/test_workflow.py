@@ -536,6 +536,11 @@ def test_pretrained_generator_through_the_dag(tiny_run, tmp_path):
     assert q["accuracy"].between(0, 1).all() and (q["n"].iloc[:-1] == 4).all()
     assert (wd / "results/generator/pretrained_sd/model_index.json").exists()
     assert "Chance level" in (wd / target).read_text()
+    # an edit of the UNet phase's settings reruns the UNet job, not the VAE's
+    cfg["generator"]["pretrain"]["unet_steps"] = 31
+    edited.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", target, configfiles=[edited])
+    assert sorted(r for r, _ in _planned_jobs(p.stdout + p.stderr)) == ["generator_quality", "pretrain_generator"]
 
 
 HELD_OUT = {"Sword Lily": "circle", "pink-primrose": "square", "Löwenzahn": "cross", "Rare One": "triangle"}
