@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .generator import load_pipeline, weight_dtype
-from .precision import resolve as resolve_precision
+from .generator import load_pipeline, pipeline_dtypes
 from .seeds import contact_sheet
 from .util import TibalanceError, file_digest, fingerprint, pick_device, seed_everything
 
@@ -128,12 +127,9 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     if not seed_paths:
         raise TibalanceError(f"{adaptation.label}: class {cls!r} has an empty seed list")
     device = pick_device(s["device"])
-    key = f"{adaptation.config_key}.mixed_precision"
-    wdtype = weight_dtype(device, s["mixed_precision"], key)
     # on CPU the weights stay fp32; bf16 (auto: where the CPU computes it natively) runs under autocast
-    cpu_amp = device.type == "cpu" and resolve_precision(device, s["mixed_precision"], key,
-                                                         ("auto", "no", "fp16", "bf16")) == "bf16"
-    amp_dtype = wdtype or (torch.bfloat16 if cpu_amp else None)
+    wdtype, amp_dtype = pipeline_dtypes(device, s["mixed_precision"], f"{adaptation.config_key}.mixed_precision")
+    cpu_amp = wdtype is None and amp_dtype is not None
     steps = int(s["steps"])
     fp = fingerprint({"model": model, "seeds": [[p, file_digest(p)] for p in seed_paths], "settings": s,
                       "seed": seed, **identity, **({"cpu_bf16": True} if cpu_amp else {})})

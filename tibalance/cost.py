@@ -131,11 +131,11 @@ def _num(v, digits=1) -> str:
 def machine_lines(jobs: pd.DataFrame) -> str:
     """The CPU kind(s) the jobs ran on, and one line where any bf16 ran emulated."""
     out = ""
-    cpus = [c for c in dict.fromkeys(jobs.get("cpu", pd.Series(dtype=str))) if c]
+    cpus = [c for c in dict.fromkeys(jobs["cpu"]) if c]
     if cpus:
         out += "CPU: " + "; ".join(cpus) + ". The same numbers to the last digit need the same CPU kind, " \
                "threads and precision (each job's sidecar records them).\n\n"
-    emulated = jobs[jobs.get("precision", pd.Series("", index=jobs.index)).str.contains("emulated", na=False)]
+    emulated = jobs[jobs["precision"].str.contains("emulated", na=False)]
     if len(emulated):
         from .precision import EMULATED_SLOWDOWN
 

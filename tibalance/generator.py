@@ -175,24 +175,17 @@ def load_pipeline(model: str, device=None, dtype=None):
     return pipe
 
 
-def weight_dtype(device, setting: str, key: str = "mixed_precision"):
-    """The dtype a job loads the pipeline's frozen weights in (mixed_precision
-    of ti, lora, sampling): on a GPU the precision it resolves to (auto:
-    half_dtype); None (fp32 weights) on CPU, where bf16 computes under autocast."""
+def pipeline_dtypes(device, setting: str, key: str):
+    """(weights, autocast) dtypes of a job that runs the pipeline (mixed_precision
+    of ti, lora, sampling), from the precision it resolves to: on a GPU
+    half-precision frozen weights under autocast in that dtype; on CPU fp32
+    weights (None), with bf16 autocast where bf16 resolves (auto: native bf16)."""
     import torch
 
     from .precision import resolve
 
+    resolved = resolve(device, setting, key, allowed=("auto", "no", "fp16", "bf16"))
+    half = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[resolved]
     if torch.device(device).type == "cpu":
-        return None
-    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[
-        resolve(device, setting, key, allowed=("auto", "no", "fp16", "bf16"))]
-
-
-def half_dtype(device) -> torch.dtype | None:
-    """bf16 on GPUs that have it, else fp16 on GPU; None (fp32) on CPU."""
-    import torch
-
-    if torch.device(device).type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None, half
+    return half, half

@@ -126,8 +126,3 @@ def run_record() -> dict:
             "cpu_isa_caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
                              if os.environ.get(k)}}
 
-
-def summary(precisions: dict) -> str:
-    """One word for a job's precisions: 'bf16', 'fp32', 'bf16+fp32' (several keys), '' (none)."""
-    vals = sorted(set(precisions.values()))
-    return "+".join(vals)

@@ -24,10 +24,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .generator import load_pipeline, weight_dtype
+from .generator import load_pipeline, pipeline_dtypes
 from .config import refill_count
 from .inversion import expand_placeholder
-from .precision import resolve as resolve_precision
 from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
 from .defaults import I2I_MODES, LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES  # noqa: F401 - part of this module's interface
 
@@ -114,8 +113,8 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     setting = s.get("mixed_precision", "auto")
     fp_keys += ["mixed_precision"] if setting != "auto" else []
     device = pick_device(s["device"])
-    precision = resolve_precision(device, setting, "sampling.mixed_precision")
-    cpu_bf16 = {"cpu_bf16": True} if setting == "auto" and device.type == "cpu" and precision == "bf16" else {}
+    wdtype, amp_dtype = pipeline_dtypes(device, setting, "sampling.mixed_precision")
+    cpu_bf16 = {"cpu_bf16": True} if setting == "auto" and wdtype is None and amp_dtype is not None else {}
     fp = fingerprint({"model": model, "method": method, "subject": subject, "settings": {k: s[k] for k in fp_keys},
                       **cpu_bf16,
                       "embeds": file_digest(embeds) if embeds else None, "seed": seed, "templates": templates,
@@ -137,8 +136,8 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
         log.info("class %s, %s: 0 images (the class is already at its target size)", cls, method)
     if todo:
         # on a GPU the weights are half precision; on CPU they stay fp32 and bf16 runs under autocast
-        autocast = precision == "bf16" and device.type == "cpu"
-        pipe = load_pipeline(model, device=device, dtype=weight_dtype(device, setting))
+        autocast = wdtype is None and amp_dtype is not None
+        pipe = load_pipeline(model, device=device, dtype=wdtype)
         if method in TOKEN_MODES:
             pipe.load_textual_inversion(embeds, token=placeholder)
         if method in LORA_MODES:
