@@ -239,6 +239,16 @@ def retrain_classifier(wildcards):
     return canonical({**config["classifier"], **config["retrain"].get("classifier", {})})
 
 
+def uses_frozen_features():
+    """Fine-tuning the baseline above frozen stages: their outputs come from the frozen_features job."""
+    return (config["retrain"].get("init", "scratch") == "baseline"
+            and retrain_classifier(None).get("freeze_below") not in (None, "stem"))
+
+
+def retrain_frozen(wildcards):
+    return ["results/retrain/frozen_features.pt"] if uses_frozen_features() else []
+
+
 def retrain_weights(wildcards):
     """The ImageNet weights a retraining run starts from (none when it fine-tunes the baseline)."""
     return [] if retrain_init(wildcards) else classifier_weights_file(retrain_classifier(wildcards))
@@ -294,12 +304,6 @@ def judge_after(wildcards):
     if config["generator"]["build"] == "pretrain":
         return ancient("results/generator/pretrained_sd/model_index.json")
     return []
-
-
-def retrain_priority(wildcards):
-    """The `baseline` runs need only the baseline classifier: they fill the core
-    beside the generator's VAE; the others wait for their images anyway."""
-    return 45 if wildcards.method == "baseline" else 0
 
 
 def pretrain_vae_params(wildcards):
@@ -395,6 +399,8 @@ def study_jobs(wildcards):
     if JUDGE:
         for cls in adapted:
             add("judge", cls)
+    if uses_frozen_features():
+        add("frozen_features")
     for method in config["retrain"]["methods"]:
         for seed in config["retrain"]["seeds"]:
             add("retrain", None, method, seed=seed)

@@ -25,6 +25,35 @@ rule fid:
         "../workflow/scripts/fid.py"
 
 
+# The stages a fine-tuning run keeps frozen (retrain.classifier.freeze_below)
+# give every run the same outputs for the same image: computed once for the test
+# images and, with retrain.classifier.augment: flip, for both views of every
+# training image (tibalance/frozen.py).
+rule frozen_features:
+    input:
+        manifest="results/data/manifest.csv",
+        model="results/baseline/model.pt",
+    output:
+        features="results/retrain/frozen_features.pt",
+        meta="results/retrain/frozen_features.meta.json",
+    params:
+        below=lambda wildcards: retrain_classifier(wildcards)["freeze_below"],
+        augment=lambda wildcards: retrain_classifier(wildcards).get("augment", "standard"),
+    log:
+        "logs/frozen_features.log",
+    benchmark:
+        "benchmarks/frozen_features.tsv"
+    threads: 1
+    priority: 10  # before the retraining runs, after the chain token -> adapter -> samples
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/frozen_features.py"
+
+
 rule retrain:
     input:
         manifest="results/data/manifest.csv",
@@ -33,6 +62,7 @@ rule retrain:
         synthetic=retrain_synthetic,
         init=retrain_init,
         weights=retrain_weights,
+        frozen=retrain_frozen,
     output:
         metrics="results/retrain/{method}/seed{seed}/metrics.json",
         meta="results/retrain/{method}/seed{seed}/retrain.meta.json",
@@ -44,7 +74,6 @@ rule retrain:
     benchmark:
         "benchmarks/retrain/{method}/seed{seed}.tsv"
     threads: 8
-    priority: retrain_priority
     resources:
         gpu=1,
         mem_mb=16000,
@@ -65,6 +94,7 @@ rule retrain_ablation:
         synthetic=retrain_synthetic,
         init=retrain_init,
         weights=retrain_weights,
+        frozen=retrain_frozen,
     output:
         metrics="results/ablation/{method}/{variant}/seed{seed}/metrics.json",
         meta="results/ablation/{method}/{variant}/seed{seed}/retrain.meta.json",

@@ -16,7 +16,7 @@ rule select_seeds:
         "logs/select_seeds/{cls}.log",
     benchmark:
         "benchmarks/select_seeds/{cls}.tsv"
-    priority: 40  # its class's token waits for it
+    priority: 55  # its class's token waits for it: a few seconds before the generator's UNet, not after
     resources:
         mem_mb=4000,
         runtime=20,

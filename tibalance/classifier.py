@@ -292,17 +292,25 @@ def _load_size(image_size: int) -> int:
     return int(math.ceil(image_size * 1.14))  # the usual 256/224 resize-then-crop ratio
 
 
+AUGMENTS = ("standard", "flip")
+
+
 def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                      augment_flags=None, progress_desc: str = "train", alternatives=None,
-                     replace_p: float = 0.0, init: str | None = None) -> TrainedClassifier:
+                     replace_p: float = 0.0, init: str | None = None,
+                     frozen_cache: str | None = None) -> TrainedClassifier:
     """Train a ResNet on (paths, labels); labels are class slugs.
 
     cfg: arch, pretrained, image_size, epochs, batch_size, lr, momentum,
     weight_decay, label_smoothing, device, num_workers, input, mixed_precision,
-    freeze_below (the stages before it keep their starting weights: see freeze_stages).
+    freeze_below (the stages before it keep their starting weights: see freeze_stages),
+    augment (standard: random resized crop and flip; flip: the whole image, mirrored
+    at random, see tibalance.frozen).
     augment_flags: per-image booleans; True images get the classic (heavy) augmentation.
     init: a saved classifier (same architecture and classes) to fine-tune instead
     of training from the recipe's initial weights.
+    frozen_cache: a frozen_features file of `init` (augment flip with freeze_below):
+    the training images' frozen-stage outputs, computed once for every run.
     """
     seed_everything(seed)
     device = pick_device(cfg.get("device", "auto"))
@@ -311,7 +319,12 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     size = int(cfg["image_size"])
     g = torch.Generator().manual_seed(seed)
     bs = int(cfg["batch_size"])
-    if cfg.get("input", "files") == "memory":
+    augment = cfg.get("augment", "standard")
+    if augment not in AUGMENTS:
+        raise TibalanceError(f"classifier.augment: unknown value {augment!r} ({', '.join(AUGMENTS)})")
+    if augment == "flip":
+        loader = None  # built below, once the model's frozen stages are known
+    elif cfg.get("input", "files") == "memory":
         loader = TensorBatches(paths, y, size, _load_size(size), bs, g, augment_flags, alternatives, replace_p)
     else:  # files (default): decoded once too (ImageCache), augmented per image with PIL; num_workers apply
         ds = ImageListDataset(paths, y, train_transform(size), ImageCache(_load_size(size)), augment_flags,
@@ -332,6 +345,17 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                             cfg.get("weights_file")).to(device)
     model = model.to(memory_format=torch.channels_last)
     frozen = freeze_stages(model, cfg.get("freeze_below"), init or cfg.get("pretrained"))
+    forward = model
+    if augment == "flip":
+        from .frozen import FrozenFeatures, ViewBatches, split_model
+
+        below = cfg.get("freeze_below") or "stem"
+        lower, forward = split_model(model, below)
+        cache = FrozenFeatures(frozen_cache, init, below, size) if frozen_cache and below != "stem" else None
+        loader = ViewBatches(paths, y, size, bs, g, lower, augment_flags, alternatives, replace_p,
+                             cache=cache, device=device)
+        log.info("augment flip, stages below %s frozen: %d images' outputs cached (%s), %d computed here",
+                 below, loader.n_cached, frozen_cache or "none", loader.n_live)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=float(cfg["lr"]),
                           momentum=float(cfg.get("momentum", 0.9)),
                           weight_decay=float(cfg.get("weight_decay", 5e-4)), nesterov=True)
@@ -348,10 +372,11 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     bar = tqdm(total=total, desc=progress_desc, mininterval=2.0)
     for epoch in range(epochs):
         for xb, yb in loader:
-            xb = xb.to(device, non_blocking=True).to(memory_format=torch.channels_last)
+            xb = xb.to(device, non_blocking=True)
+            xb = xb.to(memory_format=torch.channels_last) if xb.dim() == 4 else xb
             yb = yb.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = crit(model(xb), yb)
+                loss = crit(forward(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

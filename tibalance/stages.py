@@ -36,12 +36,19 @@ def split_metrics(df: pd.DataFrame, classes: list[str]) -> dict:
     return out
 
 
-def evaluate(clf, manifest: pd.DataFrame, splits=("val", "test")) -> pd.DataFrame:
-    """Per-image predictions of a classifier on the given splits."""
+def evaluate(clf, manifest: pd.DataFrame, splits=("val", "test"), frozen=None) -> pd.DataFrame:
+    """Per-image predictions of a classifier on the given splits. frozen:
+    (FrozenFeatures, below) when the classifier's stages below `below` are the
+    cache's: their outputs of the test images are read, not recomputed."""
     from .classifier import predict
 
     ev = manifest[manifest["split"].isin(splits)].reset_index(drop=True)
-    probs, _ = predict(clf, list(ev["path"]))
+    if frozen is not None and set(splits) == {"test"}:
+        from .frozen import predict_cached
+
+        probs = predict_cached(clf, list(ev["path"]), *frozen)
+    else:
+        probs, _ = predict(clf, list(ev["path"]))
     idx = {c: i for i, c in enumerate(clf.classes)}
     pred_i = probs.argmax(1)
     ev = ev.assign(pred=[clf.classes[i] for i in pred_i],
@@ -262,6 +269,13 @@ def fid(cls: str, manifest: str, model: str, sample_csvs: dict[str, str], metric
     side.write(meta)
 
 
+def frozen_features(manifest: str, model: str, below: str, augment: str, out: str, meta: str) -> None:
+    from .frozen import write_frozen_features
+
+    side = Sidecar(None)
+    side.write(meta, images=write_frozen_features(manifest, model, below, augment, out))
+
+
 def train_features(manifest: str, model: str, out: str, meta: str) -> None:
     from .filtering import write_train_features
 
@@ -317,10 +331,12 @@ def read_synthetic(csvs: list[str], use_filter: bool = True, limit: int | None =
 
 def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synthetic_csvs: list[str],
             clf_cfg: dict, retrain_cfg: dict, metrics_out: str, meta: str, variant: dict | None = None,
-            init_model: str | None = None) -> None:
+            init_model: str | None = None, frozen_cache: str | None = None) -> None:
     """One retraining run. variant (the ablation): {"limit": N or None, "filter": bool}
     trains on the first N synthetic images, with or without the filter. init_model:
-    the baseline classifier to fine-tune (retrain.init: baseline)."""
+    the baseline classifier to fine-tune (retrain.init: baseline). frozen_cache: the
+    frozen_features file of init_model (with classifier.freeze_below): the frozen
+    stages' outputs of the test images (and with augment flip of the training images)."""
     from .analysis import per_class_metrics
     from .classifier import train_classifier
     from .data import load_manifest
@@ -336,8 +352,15 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
     ts = build_training_set(train, weak_classes, method, synthetic, retrain_cfg.get("mix", "add"), seed)
     clf = train_classifier(ts["path"], ts["label"], order, clf_cfg, seed, augment_flags=ts["classic"],
                            progress_desc=f"{method} seed {seed}", alternatives=ts["alternatives"],
-                           replace_p=float(retrain_cfg.get("replace_p", 0.5)), init=init_model)
-    pred = evaluate(clf, m, splits=("test",))
+                           replace_p=float(retrain_cfg.get("replace_p", 0.5)), init=init_model,
+                           frozen_cache=frozen_cache)
+    frozen = None
+    if frozen_cache:
+        from .frozen import FrozenFeatures
+
+        below = clf_cfg["freeze_below"]
+        frozen = (FrozenFeatures(frozen_cache, init_model, below, int(clf_cfg["image_size"])), below)
+    pred = evaluate(clf, m, splits=("test",), frozen=frozen)
     pc = per_class_metrics(pred["label"], pred["pred"], order).set_index("class")
     metrics = {"method": method, "seed": seed, **({"variant": variant} if variant else {}),
                **split_metrics(pred, order)["test"],

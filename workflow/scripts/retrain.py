@@ -18,4 +18,5 @@ smk.run(
     meta=snakemake.output.meta,
     variant=snakemake.params.get("variant"),
     init_model=smk.single(snakemake.input.get("init")),
+    frozen_cache=smk.single(snakemake.input.get("frozen")),
 )
