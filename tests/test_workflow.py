@@ -118,6 +118,8 @@ def test_tiny_dag_outputs(tiny_run):
 
 
 def test_tiny_dag_inversion_and_sampling(tiny_run):
+    """The tiny config sets no resolution for TI, LoRA or sampling: each runs at
+    the 32-px generator's own size (not SD 1.5's 512)."""
     from safetensors.torch import load_file
 
     wd, _ = tiny_run
@@ -140,13 +142,14 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
         assert list(emb) == [f"<{cls}>"] and emb[f"<{cls}>"].shape == (1, 32)
         loss = pd.read_csv(res / f"inversion/{cls}/loss.csv")
         assert list(loss.step) == list(range(1, 7))
-        assert json.loads((res / f"inversion/{cls}/textual_inversion.meta.json").read_text())["steps"] == 6
+        ti_meta = json.loads((res / f"inversion/{cls}/textual_inversion.meta.json").read_text())
+        assert ti_meta["steps"] == 6 and ti_meta["resolution"] == 32
         for kind in ("lora", "ti_lora"):  # adapters, in diffusers' LoRA format
             w = load_file(res / f"lora/{kind}/{cls}/pytorch_lora_weights.safetensors")
             assert w and all(k.startswith("unet.") for k in w)
             assert list(pd.read_csv(res / f"lora/{kind}/{cls}/loss.csv").step) == list(range(1, 7))
             meta = json.loads((res / f"lora/{kind}/{cls}/lora.meta.json").read_text())
-            assert meta["steps"] == 6 and meta["eval_loss_end"] < meta["eval_loss_start"]
+            assert meta["steps"] == 6 and meta["eval_loss_end"] < meta["eval_loss_start"] and meta["resolution"] == 32
         for method, subject in (("ti", f"<{cls}>"), ("raw", cls), ("ti_i2i", f"<{cls}>"), ("lora", cls),
                                 ("lora_i2i", cls), ("ti_lora", f"<{cls}>")):
             table = pd.read_csv(res / f"samples/{method}/{cls}/samples.csv")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .generator import load_pipeline, pipeline_dtypes
+from .generator import load_pipeline, pipeline_dtypes, resolve_resolution
 from .seeds import contact_sheet
 from .util import TibalanceError, file_digest, fingerprint, pick_device, seed_everything
 
@@ -123,9 +123,11 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     return_pipeline: also return the adapted pipeline (tests inspect its weights)."""
     import pandas as pd
 
-    s = settings
     if not seed_paths:
         raise TibalanceError(f"{adaptation.label}: class {cls!r} has an empty seed list")
+    # unset: the generator's own size (what a value equal to it gives, checkpoints included)
+    res = resolve_resolution(settings.get("resolution"), model, f"{adaptation.config_key}.resolution")
+    s = {**settings, "resolution": res}
     device = pick_device(s["device"])
     # on CPU the weights stay fp32; bf16 (auto: where the CPU computes it natively) runs under autocast
     wdtype, amp_dtype = pipeline_dtypes(device, s["mixed_precision"], f"{adaptation.config_key}.mixed_precision")
@@ -155,7 +157,6 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
              sum(p.numel() for p in params), len(seed_paths), steps, device)
 
     # ---- seed images -> latent distributions, once
-    res = int(s["resolution"])
     py_rng = random.Random(seed)
     pixels = augmented_pixels(seed_paths, res, int(s["augment_variants"]), py_rng)
     with torch.no_grad():
@@ -302,7 +303,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     if ckpt_path.exists():
         ckpt_path.unlink()  # done: a rerun with new settings must start from step 0
     result = {"final_loss": history[-1][1] if history else None, "steps": steps, "resumed_from_step": start,
-              "eval_loss_start": eval_start, "eval_loss_end": eval_end}
+              "eval_loss_start": eval_start, "eval_loss_end": eval_end, "resolution": res}
     if return_pipeline:
         result["pipeline"] = pipe
     return result

@@ -11,7 +11,7 @@ TI_DEFAULTS = {
     "lr_schedule": "constant",    # constant | cosine | linear
     "warmup_steps": 0,
     "batch_size": 4,
-    "resolution": 512,
+    "resolution": None,           # None: the generator's own size (generator.native_resolution)
     "learnable_property": "object",
     "templates": None,            # None: the built-in list for learnable_property
     "augment_variants": 8,        # augmented copies of each seed image encoded once
@@ -36,7 +36,7 @@ LORA_DEFAULTS = {
     "lr_schedule": "constant",
     "warmup_steps": 0,
     "batch_size": 4,
-    "resolution": 512,
+    "resolution": None,           # None: the generator's own size
     "learnable_property": "object",
     "templates": None,
     "augment_variants": 8,
@@ -82,7 +82,7 @@ SAMPLING_DEFAULTS = {
     "scheduler": "dpmpp",     # dpmpp (DPM-Solver++) | ddim | euler | pndm
     "steps": 25,
     "guidance_scale": 7.5,
-    "resolution": 512,
+    "resolution": None,       # None: the generator's own size (512 for SD 1.5, 768 for SD 2.x)
     "templates": ["a photo of a {}"],
     "negative_prompt": "",
     "prompt_name": None,      # raw prompts use this instead of the class name (e.g. sword lily -> gladiolus)

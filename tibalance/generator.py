@@ -151,6 +151,35 @@ def build_tiny(out_dir: str, cfg: dict | None = None, seed: int = 0) -> None:
     log.info("tiny SD pipeline saved to %s", out_dir)
 
 
+def native_resolution(model: str) -> int:
+    """The generator's own image size, as diffusers' pipelines take it when no
+    size is given: the UNet's sample_size times the VAE's scale factor (2 per
+    down block after the first): 512 for SD 1.5, 768 for SD 2.x, 32 for the demo's."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    try:
+        unet = UNet2DConditionModel.load_config(model, subfolder="unet")
+        vae = AutoencoderKL.load_config(model, subfolder="vae")
+    except (OSError, ValueError) as e:
+        raise TibalanceError(f"generator.model: {model} has no readable unet/vae config ({type(e).__name__})") from e
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+_told: set = set()
+
+
+def resolve_resolution(setting, model: str, key: str) -> int:
+    """A stage's image size: unset (None) is the generator's own; an explicit
+    value that differs runs as asked, with one log line saying so."""
+    native = native_resolution(model)
+    if setting is None:
+        return native
+    if int(setting) != native and key not in _told:
+        _told.add(key)
+        log.warning("%s: %d px, the generator's own size is %d px (unset: its own)", key, int(setting), native)
+    return int(setting)
+
+
 def load_pipeline(model: str, device=None, dtype=None):
     """StableDiffusionPipeline from a local save_pretrained folder or a hub id.
 

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .generator import load_pipeline, pipeline_dtypes
+from .generator import load_pipeline, pipeline_dtypes, resolve_resolution
 from .config import refill_count
 from .inversion import expand_placeholder
 from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
@@ -96,7 +96,8 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     templates = list(s["templates"])
     prompts = [templates[i % len(templates)].format(subject) for i in range(n)]
     seeds = [image_seed(seed, cls, i) for i in range(n)]
-    res = int(s["resolution"])
+    # unset: the generator's own size (and the same images as a value equal to it)
+    res = s["resolution"] = resolve_resolution(s["resolution"], model, "sampling.resolution") if n else s["resolution"]
     starts: list[str | None] = [None] * n
     if method in I2I_MODES:
         real = real_start_images(m, cls)
