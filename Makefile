@@ -7,7 +7,7 @@ CORES     ?= all
 PROFILE   ?= profiles/cpu
 FMNIST    := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test install demo-data clean-demo
+.PHONY: demo test install demo-data clean-demo docs
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,12 @@ demo: install demo-data
 TEST_WORKERS ?= 2
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+
+# config/README.md from the schema; docs/demo.md's tables and the README's plot
+# from the demo run under results/ (run `make demo` first), the run named
+docs: install
+	$(PY) -m tibalance.docs config
+	$(PY) -m tibalance.docs demo results
 
 clean-demo:
 	rm -rf results logs benchmarks/*/ benchmarks/*.tsv .snakemake

@@ -10,7 +10,7 @@ sys.path.insert(0, workflow.basedir)
 from tibalance.config import (canonical, check_class_names, check_freeze, check_lora, class_settings, format_validation_error,
                               refill_count)
 from tibalance.data import check_root, dataset_class_names
-from tibalance.filtering import FILTER_DEFAULTS
+from tibalance.defaults import FILTER_DEFAULTS
 from tibalance.fetch import WEIGHTS_DIR, classifier_weights_file, dataset_marker, inception_weights_file, weights_to_fetch
 from tibalance.generator import check_model, fetched_folder, is_local
 from tibalance.defaults import (FID_RELIABLE_IMAGES, LORA_ADAPTER, LORA_DEFAULTS, LORA_MODES, MODES, PRETRAIN_DEFAULTS,

@@ -74,6 +74,24 @@ PRETRAIN_VAE_KEYS = ("exclude", "vae_steps", "vae_lr", "kl_weight", "batch_size"
                      "mixed_precision", "device")
 
 
+SEEDS_DEFAULTS = {
+    "n": 8,                       # seed images per weak class
+    "candidate_fraction": 0.5,    # the most confidently on-class share of its train images they are chosen among
+}
+
+TINY_DEFAULTS = {  # generator.build: tiny / pretrain: the SD-architecture model's size
+    "resolution": 32,
+    "unet_channels": [32, 64],
+    "vae_channels": [32, 64],
+    "text_hidden": 32,
+    "text_layers": 2,
+    "attention_head_dim": 8,
+    "latent_channels": 4,
+}
+
+FILTER_DEFAULTS = {"method": "knn", "k": 5, "quantile": 0.25, "threshold": 0.5}
+FILTER_METHODS = ("knn", "prob", "none")
+
 SAMPLING_DEFAULTS = {
     # a count per class, or a target the class is refilled to: "median" / "max"
     # (the median / largest train class size) or {"fill_to": N}
@@ -98,6 +116,13 @@ SAMPLING_DEFAULTS = {
 FID_RELIABLE_IMAGES = 100
 
 
+# The registry of the study's names: rules, schema enums (a test compares),
+# tables and docs take them from here.
+# the methods a retraining run trains with (retrain.methods), in the tables' order
+METHODS = ("baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
+# the methods that train on synthetic images (ablation.methods)
+SYNTHETIC_METHODS = METHODS[2:]
+# the sampling modes (results/samples/<mode>/)
 MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
 # the modes that sample with the class's learned token (they need its inversion)
 TOKEN_MODES = ("ti", "ti_i2i", "ti_lora")

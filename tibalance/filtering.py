@@ -24,12 +24,10 @@ import os
 import numpy as np
 import pandas as pd
 
+from .defaults import FILTER_DEFAULTS, FILTER_METHODS  # noqa: F401 - importers take FILTER_DEFAULTS from here too
 from .util import TibalanceError
 
 log = logging.getLogger(__name__)
-
-FILTER_DEFAULTS = {"method": "knn", "k": 5, "quantile": 0.25, "threshold": 0.5}
-FILTER_METHODS = ("knn", "prob", "none")
 
 
 def kept_mask(table: pd.DataFrame) -> pd.Series:

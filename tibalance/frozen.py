@@ -77,12 +77,13 @@ def normalise(x01: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def frozen_outputs(frozen, images: torch.Tensor, flip: bool = False, batch_size: int = 256) -> torch.Tensor:
-    """The frozen stages' fp32 output for uint8 images (mirrored when flip)."""
+def frozen_outputs(frozen, images: torch.Tensor, flip: bool = False, batch_size: int = 256,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """The frozen stages' fp32 output (on the CPU) for uint8 images (mirrored when flip)."""
     outs = []
     for b in range(0, len(images), batch_size):
         x = images[b:b + batch_size].float().div_(255.0)
-        outs.append(frozen(normalise(x.flip(-1) if flip else x)).float())
+        outs.append(frozen(normalise(x.flip(-1) if flip else x).to(device)).float().cpu())
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
@@ -93,15 +94,19 @@ def write_frozen_features(manifest: str, model: str, below: str, augment: str, o
     from .classifier import TrainedClassifier
     from .data import load_manifest
 
+    from .util import pick_device
+
     m = load_manifest(manifest)
-    clf = TrainedClassifier.load(model, device="cpu")
+    clf = TrainedClassifier.load(model, device=pick_device("auto"))
     frozen, _ = split_model(clf.model, below)
     blob = {"format": FORMAT, "model_digest": file_digest(model), "below": below, "image_size": clf.image_size}
     counts = {}
     for split in ("test",) + (("train",) if augment == "flip" else ()):
         paths = list(m.loc[m["split"] == split, "path"])
         images = eval_view(paths, clf.image_size)
-        views = [frozen_outputs(frozen, images)] + ([frozen_outputs(frozen, images, flip=True)] if split == "train" else [])
+        dev = next(clf.model.parameters()).device
+        views = [frozen_outputs(frozen, images, device=dev)]
+        views += [frozen_outputs(frozen, images, flip=True, device=dev)] if split == "train" else []
         blob[split] = {"paths": paths, "views": torch.stack(views, 1) if views[0].numel() else torch.zeros(0)}
         counts[split] = len(paths)
     tmp = f"{out}.tmp"

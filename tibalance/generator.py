@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from .defaults import TINY_DEFAULTS
 from .util import TibalanceError, seed_everything
 
 log = logging.getLogger(__name__)
@@ -92,15 +93,6 @@ def clip_tokenizer(work_dir: Path):
     return tok
 
 
-TINY_DEFAULTS = {
-    "resolution": 32,
-    "unet_channels": [32, 64],
-    "vae_channels": [32, 64],
-    "text_hidden": 32,
-    "text_layers": 2,
-    "attention_head_dim": 8,
-    "latent_channels": 4,
-}
 
 
 def build_tiny_pipeline(cfg: dict | None = None, seed: int = 0):

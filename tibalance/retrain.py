@@ -8,9 +8,7 @@ import pandas as pd
 
 from .util import TibalanceError, derive_seed
 
-from .defaults import MODES
-
-METHODS = ("baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
+from .defaults import METHODS, MODES
 # the sampling mode whose images a method trains on
 SAMPLE_KIND = {"raw_sd": "raw", **{m: m for m in MODES if m != "raw"}}
 

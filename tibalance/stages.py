@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .defaults import MODES
+from .defaults import MODES, SEEDS_DEFAULTS
 from .filtering import kept_mask
 from .util import Sidecar, TibalanceError, read_json, write_csv, write_json
 
@@ -100,8 +100,9 @@ def select_seeds(cls: str, manifest: str, model: str, seeds_cfg: dict,
     clf = TrainedClassifier.load(model)
     probs, feats = predict(clf, list(cand["path"]))
     conf = probs[:, clf.classes.index(cls)]
-    n = int(seeds_cfg.get("n", 8))
-    idx, note = select_seed_indices(feats, conf, n, float(seeds_cfg.get("candidate_fraction", 0.5)))
+    s = {**SEEDS_DEFAULTS, **seeds_cfg}
+    n = int(s["n"])
+    idx, note = select_seed_indices(feats, conf, n, float(s["candidate_fraction"]))
     if len(idx) < n:
         log.warning("class %s: %s", cls, note)
     else:

@@ -137,6 +137,24 @@ def process_cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def code_version() -> str | None:
+    """The checkout's commit ('+dirty' when tracked files differ from it), None
+    outside a git checkout: the run a table came from, named in the docs."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 class Sidecar:
     """Collects what a job needs to be reproduced and writes it as JSON at the end."""
 
@@ -165,6 +183,7 @@ class Sidecar:
         from .precision import run_record
 
         info.update(run_record())  # the CPU, threads and precision: what "the same numbers" needs alike
+        info["code"] = code_version()
         info["wall_seconds"] = round(time.time() - self.t0, 3)
         info["cpu_seconds"] = round(process_cpu_seconds(), 3)
         write_json(path, info)

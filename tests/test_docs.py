@@ -1,0 +1,104 @@
+"""The docs stay true: the configuration reference is the schema's, and the docs
+name only rules, methods, modes and config keys the code has, and miss none."""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from tibalance import docs
+from tibalance.defaults import FILTER_METHODS, METHODS, MODES, SYNTHETIC_METHODS
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", ROOT / "config" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SECTIONS = {p for p, _ in docs.schema_keys() if "." not in p}
+FILE_SUFFIXES = (".json", ".csv", ".md", ".png", ".pt", ".yaml", ".npz", ".safetensors", ".html", ".py", ".tsv")
+
+
+def test_the_configuration_reference_is_generated_from_the_schema():
+    """config/README.md is what `make docs` writes (every schema key, its
+    default and description), and every key has a description."""
+    assert docs.undocumented() == []
+    assert (ROOT / "config" / "README.md").read_text() == docs.config_reference(), \
+        "config/README.md is stale: run `make docs`"
+    text = (ROOT / "config" / "README.md").read_text()
+    for path, _ in docs.schema_keys():
+        assert f"`{path}`" in text, path
+
+
+def test_the_schema_lists_the_registrys_names():
+    schema = docs.load_schema()
+    props = schema["properties"]
+    assert tuple(props["retrain"]["properties"]["methods"]["items"]["enum"]) == METHODS
+    assert tuple(props["retrain"]["properties"]["methods"]["default"]) == METHODS
+    assert tuple(props["ablation"]["properties"]["methods"]["items"]["enum"]) == SYNTHETIC_METHODS
+    assert tuple(schema["$defs"]["filter"]["properties"]["method"]["enum"]) == FILTER_METHODS
+
+
+def _vocabulary() -> set[str]:
+    """Every identifier the project's code, rules, schema and Makefile define or use."""
+    names = set()
+    for f in [*ROOT.glob("tibalance/*.py"), *ROOT.glob("workflow/scripts/*.py"), *ROOT.glob("benchmarks/*.py"),
+              *ROOT.glob("tests/*.py")]:
+        for node in ast.walk(ast.parse(f.read_text())):
+            for field in ("id", "name", "attr", "arg"):
+                if isinstance(getattr(node, field, None), str):
+                    names.add(getattr(node, field))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", node.value))
+    for f in [*ROOT.glob("rules/*.smk"), ROOT / "Snakefile", ROOT / "Makefile", *ROOT.glob("profiles/*/*.yaml"),
+              ROOT / "config" / "schema.yaml", *ROOT.glob("config/*.yaml")]:
+        names.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", f.read_text()))
+    return names
+
+
+def _backticked(text: str) -> list[str]:
+    text = re.sub(r"```.*?```", "", text, flags=re.S)  # code blocks: commands, not names
+    return re.findall(r"`([^`\n]+)`", text)
+
+
+def _key_path(token: str) -> str:
+    """classes.<any class>.<section>.<key> -> <section>.<key>: the schema's path."""
+    parts = token.split(".")
+    if parts[0] == "classes" and len(parts) >= 2:
+        return "classes.<name>" if len(parts) == 2 else ".".join(parts[2:])
+    return token
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_a_doc_names_only_what_the_code_has(page):
+    """A backticked dotted config key must be a schema key; a backticked
+    snake_case name (a rule, method, mode, key, function) must be one the code has."""
+    keys = {p for p, _ in docs.schema_keys()}
+    vocabulary = _vocabulary() | keys | set(docs.rule_names())
+    unknown = []
+    for token in _backticked(page.read_text()):
+        token = token.strip()
+        dotted = re.fullmatch(r"[a-z_]+(\.([a-z0-9_]+|<name>))+", token)  # keys are lower case
+        if dotted and token.split(".")[0] in SECTIONS and not token.endswith(FILE_SUFFIXES):
+            if _key_path(token) not in keys:
+                unknown.append(token)
+        elif re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)+", token) and token not in vocabulary:
+            unknown.append(token)
+    assert not unknown, f"{page.name} names what the code does not have: {sorted(set(unknown))}"
+
+
+def test_the_docs_miss_no_rule_method_or_mode():
+    outputs = (ROOT / "docs" / "outputs.md").read_text()
+    listed = re.findall(r"^\| `(\w+)` \|", outputs.split("## What lands")[0], flags=re.M)
+    assert sorted(listed) == docs.rule_names(), "docs/outputs.md's job table and rules/*.smk differ"
+    readme = set(_backticked((ROOT / "README.md").read_text()))
+    assert set(METHODS) <= readme and set(MODES) - {"raw"} <= readme and "raw" in readme
+    demo = set(_backticked((ROOT / "docs" / "demo.md").read_text()))
+    assert set(METHODS) <= demo and set(MODES) <= demo
+    cluster = (ROOT / "docs" / "cluster.md").read_text()
+    block = re.search(r"<!-- gpu-rules -->(.*?)<!-- /gpu-rules -->", cluster, flags=re.S).group(1)
+    assert sorted(re.findall(r"`(\w+)`", block)) == docs.gpu_rules(), "docs/cluster.md's GPU rules are stale"
+
+
+def test_readme_is_a_front_door():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200 and len(text.split()) <= 2000
+    assert [l.split()[:2] for l in text.splitlines()[3:5]] == [["make", "demo"], ["make", "test"]]
+    for link in re.findall(r"\]\(([^)#]+)\)", text):
+        assert (ROOT / link).exists(), link
