@@ -294,13 +294,14 @@ def pretrain_params(wildcards):
     return canonical({**PRETRAIN_DEFAULTS, **config["generator"].get("pretrain", {})})
 
 
-def judge_after(wildcards):
-    """When the demo pretrains its generator, the judge trains after it (an
-    ordering, not a dependency: ancient() never reruns the judge for a new
-    generator). On a few cores the baseline and the generator's VAE run side by
-    side and the UNet then needs every core; a judge that started the moment
-    the baseline ended held one of them for its whole run (a fresh demo: the
-    UNet waited 108 s). After the generator it runs among the many short jobs."""
+def after_generator(wildcards):
+    """When the demo pretrains its generator, the judge's training and the shared
+    feature jobs (train_features, frozen_features) run after it: an ordering,
+    not a dependency (ancient() never reruns them for a new generator). On a few
+    cores the baseline and the generator's VAE run side by side and the UNet then
+    needs every core; a one-thread job that starts the moment a core frees up
+    holds it (a fresh demo: a judge made the UNet wait 108 s, the two feature jobs
+    26 s). After the generator they run among the many short jobs."""
     if config["generator"]["build"] == "pretrain":
         return ancient("results/generator/pretrained_sd/model_index.json")
     return []

@@ -33,6 +33,7 @@ rule frozen_features:
     input:
         manifest="results/data/manifest.csv",
         model="results/baseline/model.pt",
+        after=after_generator,  # ordering only, see after_generator
     output:
         features="results/retrain/frozen_features.pt",
         meta="results/retrain/frozen_features.meta.json",

@@ -34,7 +34,7 @@ rule train_judge:
         manifest="results/data/manifest.csv",
         classes="results/data/classes.json",
         weights=classifier_weights_file(judge_train_classifier()),
-        after=judge_after,  # ordering only (ancient: never a rerun trigger), see judge_after
+        after=after_generator,  # ordering only (ancient: never a rerun trigger), see after_generator
     output:
         model="results/judge/model.pt",
         metrics="results/judge/metrics.json",

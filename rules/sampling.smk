@@ -63,6 +63,7 @@ rule train_features:
     input:
         manifest="results/data/manifest.csv",
         model="results/baseline/model.pt",
+        after=after_generator,  # ordering only, see after_generator
     output:
         features="results/baseline/train_features.npz",
         meta="results/baseline/train_features.meta.json",
