@@ -3,8 +3,10 @@ checkpoint analyse_confusion:
         predictions="results/baseline/predictions.csv",
         classes="results/data/classes.json",
     output:
-        per_class=report(
-            "results/analysis/per_class.csv",
+        per_class="results/analysis/per_class.csv",
+        per_class_md="results/analysis/per_class.md",
+        per_class_html=report(  # the report shows HTML (a .md or .csv only as a download)
+            "results/analysis/per_class.html",
             caption="../workflow/report/per_class.rst",
             category="1. Baseline",
         ),

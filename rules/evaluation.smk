@@ -135,13 +135,16 @@ rule report:
         fid_min_images=config["metrics"].get("min_images", FID_RELIABLE_IMAGES),
     output:
         summary_csv="results/tables/summary.csv",
-        summary_md=report("results/tables/summary.md", caption="../workflow/report/summary.rst", category="5. Results"),
+        summary_md="results/tables/summary.md",
+        summary_html=report("results/tables/summary.html", caption="../workflow/report/summary.rst", category="5. Results"),
         per_class_csv="results/tables/per_class.csv",
-        per_class_md=report("results/tables/per_class.md", caption="../workflow/report/per_class_table.rst", category="5. Results"),
+        per_class_md="results/tables/per_class.md",
+        per_class_html=report("results/tables/per_class.html", caption="../workflow/report/per_class_table.rst", category="5. Results"),
         acc_plot=report("results/plots/accuracy_change.png", caption="../workflow/report/accuracy_change.rst", category="5. Results"),
         fid_plot=report("results/plots/fid_raw_vs_ti.png", caption="../workflow/report/fid_plot.rst", category="5. Results"),
         ablation_csv="results/tables/ablation.csv",
-        ablation_md=report("results/tables/ablation.md", caption="../workflow/report/ablation.rst", category="5. Results"),
+        ablation_md="results/tables/ablation.md",
+        ablation_html=report("results/tables/ablation.html", caption="../workflow/report/ablation.rst", category="5. Results"),
     log:
         "logs/report.log",
     benchmark:
@@ -164,7 +167,8 @@ rule cost:
     output:
         csv="results/tables/cost.csv",
         methods_csv="results/tables/cost_methods.csv",
-        md=report("results/tables/cost.md", caption="../workflow/report/cost.rst", category="5. Results"),
+        md="results/tables/cost.md",
+        html=report("results/tables/cost.html", caption="../workflow/report/cost.rst", category="5. Results"),
     params:
         jobs=study_jobs,
         methods=config["retrain"]["methods"],

@@ -110,8 +110,9 @@ rule generator_quality:
         meta="results/generator/pretrain_generator.meta.json",
     output:
         csv="results/tables/generator_quality.csv",
-        md=report(
-            "results/tables/generator_quality.md",
+        md="results/tables/generator_quality.md",
+        html=report(
+            "results/tables/generator_quality.html",
             caption="../workflow/report/generator_quality.rst",
             category="6. Generator",
         ),

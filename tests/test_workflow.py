@@ -369,8 +369,17 @@ def test_snakemake_report(tiny_run):
     wd, _ = tiny_run
     snakemake(wd, "--report", str(wd / "report.html"), cores=1)
     html = (wd / "report.html").read_text(errors="replace")
-    for name in ("summary.md", "per_class.md", "cost.md", "accuracy_change.png", "fid_raw_vs_ti.png", "confusion.png"):
+    # the report shows HTML and images (a .md or .csv file it offers only as a download)
+    for name in ("summary.html", "per_class.html", "cost.html", "ablation.html", "accuracy_change.png",
+                 "fid_raw_vs_ti.png", "confusion.png"):
         assert name in html
+    for table in ("tables/summary", "tables/per_class", "tables/cost", "analysis/per_class"):
+        md, page = (wd / f"results/{table}.md").read_text(), (wd / f"results/{table}.html").read_text()
+        rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+        n_tables = sum(line.startswith("| ---") for line in md.splitlines())
+        assert page.count("<tr>") == len(rows) and page.count("<table>") == n_tables > 0, table
+        first = rows[1].strip("| ").split(" | ")[0]  # the first cell of the first data row, as the page shows it
+        assert f"<td>{first}</td>" in page.replace("&amp;", "&") or f"<td><code>" in page, table
 
 
 def _planned_jobs(output):

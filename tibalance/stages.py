@@ -3,13 +3,14 @@ these; the tests call them too."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .defaults import MODES, SEEDS_DEFAULTS
 from .filtering import kept_mask
-from .util import Sidecar, TibalanceError, read_json, write_csv, write_json
+from .util import Sidecar, TibalanceError, read_json, write_csv, write_json, write_markdown
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,10 @@ def analyse_confusion(predictions: str, classes: str, analysis_cfg: dict,
     info = read_json(classes)
     pred = pd.read_csv(predictions, dtype={"label": str, "pred": str, "split": str})
     weak = analyse(pred, info["classes"], analysis_cfg, per_class_out, confusion_out, weak_out, info.get("names"))
+    from .retrain import to_markdown
+
+    write_markdown(Path(per_class_out).with_suffix(".md"), to_markdown(pd.read_csv(per_class_out), pm_pairs=False),
+                   "Baseline per class (val)")
     log.info("weak classes: %s", weak)
     return weak
 
@@ -173,8 +178,8 @@ def generator_quality(model: str, classifier: str, classes: str, pretrain_meta: 
     df = display_names(pd.concat([df, pd.DataFrame([total])], ignore_index=True), read_json(classes)["names"])
     write_csv(df, out_csv)
     chance = 1.0 / len(read_json(classes)["classes"])
-    Path(out_md).write_text(to_markdown(df.fillna("")) + f"\nChance level: {chance:.4f} "
-                            f"(the classifier knows {len(read_json(classes)['classes'])} classes).\n")
+    write_markdown(out_md, to_markdown(df.fillna("")) + f"\nChance level: {chance:.4f} "
+                   f"(the classifier knows {len(read_json(classes)['classes'])} classes).\n", "Generator quality")
     log.info("generator quality: mean accuracy %.3f over %d classes", total["accuracy"], len(learned))
     side.write(meta, accuracy=total["accuracy"])
 
@@ -422,14 +427,14 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
     fid_rows = {names.get(c, c): rows for c, rows in fid_rows.items()}
     write_csv(summary, summary_csv)
     write_csv(per_class, per_class_csv)
-    Path(summary_md).write_text(to_markdown(summary))
-    Path(per_class_md).write_text(to_markdown(per_class))
+    write_markdown(summary_md, to_markdown(summary), "Summary per method")
+    write_markdown(per_class_md, to_markdown(per_class), "Per weak class")
     _plots(per_class, fid_rows, acc_plot, fid_plot)
     if ablation_csv:
         ab = display_names(ablation_table([read_json(p) for p in ablation or []], run_rows, weak_classes), names)
         write_csv(ab, ablation_csv)
-        Path(ablation_md).write_text(to_markdown(ab) if len(ab) else
-                                     "No ablation configured (config `ablation.methods` is empty).\n")
+        write_markdown(ablation_md, to_markdown(ab) if len(ab) else
+                       "No ablation configured (config `ablation.methods` is empty).\n", "Ablation")
 
 
 def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str) -> None:
@@ -491,5 +496,6 @@ def cost(jobs: list[dict], methods: list[str], out_csv: str, methods_csv: str, o
     stages_t = display_names(stages_t, read_json(classes)["names"] if classes else {})
     write_csv(stages_t, out_csv)
     write_csv(methods_t, methods_csv)
-    Path(out_md).write_text(c.markdown(stages_t, methods_t, missing=int(rows["wall_s"].isna().sum()), jobs=rows))
+    write_markdown(out_md, c.markdown(stages_t, methods_t, missing=int(rows["wall_s"].isna().sum()), jobs=rows),
+                   "What the study cost")
     log.info("cost: %d jobs, %.1f min of job wall time", len(rows), rows["wall_s"].sum() / 60)

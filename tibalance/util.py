@@ -187,3 +187,60 @@ class Sidecar:
         info["wall_seconds"] = round(time.time() - self.t0, 3)
         info["cpu_seconds"] = round(process_cpu_seconds(), 3)
         write_json(path, info)
+
+
+def _inline(text: str) -> str:
+    import html
+
+    text = html.escape(text, quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+
+
+def markdown_to_html(md: str, title: str = "") -> str:
+    """The project's own tables (headings, paragraphs, pipe tables) as a
+    standalone HTML page: Snakemake's report shows HTML, and offers a .md file
+    only as a download."""
+    out, para, rows = [], [], []
+
+    def flush():
+        if para:
+            out.append("<p>" + _inline(" ".join(para)) + "</p>")
+            para.clear()
+        if rows:
+            head, body = rows[0], [r for r in rows[2:]]
+            out.append("<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead><tbody>"
+                       + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
+                       + "</tbody></table>")
+            rows.clear()
+
+    for line in md.splitlines():
+        s = line.strip()
+        if s.startswith("|") and s.endswith("|"):
+            if para:
+                flush()
+            rows.append([c.strip() for c in s[1:-1].split(" | ")])
+        elif s.startswith("#"):
+            flush()
+            level = len(s) - len(s.lstrip("#"))
+            out.append(f"<h{level}>{_inline(s[level:].strip())}</h{level}>")
+        elif not s:
+            flush()
+        else:
+            if rows:
+                flush()
+            para.append(s)
+    flush()
+    style = ("body{font-family:sans-serif;font-size:14px;margin:1em} table{border-collapse:collapse;margin:.5em 0}"
+             " th,td{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f2f2f2}"
+             " td:first-child,th:first-child{text-align:left} code{background:#f4f4f4}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_inline(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+def write_markdown(path: str | os.PathLike, text: str, title: str = "") -> None:
+    """A markdown table file and, beside it, the same as HTML (path with .html)."""
+    path = Path(path)
+    path.write_text(text)
+    path.with_suffix(".html").write_text(markdown_to_html(text, title or path.stem))
+
