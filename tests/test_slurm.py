@@ -203,7 +203,8 @@ def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
     files = {"data/manifest.csv": "path,label,split\n", "data/classes.json": "{}", "data/skipped.csv": "path,reason\n",
              "data/prepare_data.meta.json": "{}", "baseline/model.pt": "", "baseline/predictions.csv": "",
              "baseline/metrics.json": "{}", "baseline/train_baseline.meta.json": "{}",
-             "analysis/per_class.csv": "", "analysis/confusion.png": "",
+             "analysis/per_class.csv": "", "analysis/per_class.md": "", "analysis/per_class.html": "",
+             "analysis/confusion.png": "",
              "analysis/weak_classes.json": json.dumps({"classes": weak})}
     fetched = {marker: "{}", resnet: ""}
     for i, (rel, text) in enumerate([(tmp_path / k, v) for k, v in fetched.items()] +

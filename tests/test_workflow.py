@@ -321,8 +321,11 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
     # per weak class its seeds; where it gets images TI, 2 LoRA, 6 modes x (sample, filter), grid, FID,
-    # judge; 8 methods x 2 seeds; the training images' features for the knn filters (once)
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == 4 + 2 + len(weak) + len(adapted) * 18 + 16 + 3 + bool(adapted)
+    # judge; 8 methods x 2 seeds; the training images' features for the knn filters (once); the frozen
+    # stages' outputs for the retraining runs (once)
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 18 + 16 + 3
+                                                              + bool(adapted) + 1)
+    assert row("frozen_features", "", "").jobs == 1
     assert row("train_features").jobs == 1
     for stage in ("textual_inversion", "sample", "filter_samples", "fid", "judge"):
         assert set(t[t.stage == stage]["class"]) == set(adapted)  # those classes' jobs, no others
