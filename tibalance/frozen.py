@@ -98,6 +98,9 @@ def write_frozen_features(manifest: str, model: str, below: str, augment: str, o
 
     m = load_manifest(manifest)
     clf = TrainedClassifier.load(model, device=pick_device("auto"))
+    # the memory format a training run gives the model (classifier.train_classifier): the same
+    # kernels, so the cached outputs are the live ones bit for bit
+    clf.model.to(memory_format=torch.channels_last)
     frozen, _ = split_model(clf.model, below)
     blob = {"format": FORMAT, "model_digest": file_digest(model), "below": below, "image_size": clf.image_size}
     counts = {}
