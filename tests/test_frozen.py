@@ -75,8 +75,10 @@ def test_training_on_cached_outputs_is_training_on_live_ones(study):
     a, b = (r.model.state_dict() for r in runs)
     worst = sorted((float((a[k].float() - b[k].float()).abs().max()), float(b[k].float().abs().max()), k) for k in a)[-3:]
     # the same sums (bit for bit on an AVX512 CPU; on AVX2 the frozen stages' kernels round by batch
-    # shape, and layer4's batch-norm statistics, ~1e4 on these random images, carry ~3e-5 of it)
-    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a), worst
+    # shape, which one epoch on these random images carries to ~2e-4 of a tensor's norm; a wrong view
+    # or image would differ by its whole size)
+    rel = {k: float((a[k].float() - b[k].float()).norm() / (b[k].float().norm() + 1e-12)) for k in a}
+    assert max(rel.values()) < 1e-3, sorted(rel.items(), key=lambda kv: kv[1])[-3:]
     start = TrainedClassifier.load(study["start"]).model.state_dict()
     assert not torch.equal(a["fc.weight"], start["fc.weight"])
     assert torch.equal(a["layer3.0.conv1.weight"], start["layer3.0.conv1.weight"])
