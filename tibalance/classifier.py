@@ -151,7 +151,48 @@ class ImageListDataset(Dataset):
         return tf(im), self.labels[i]
 
 
-class TensorBatches:
+class _IndexedBatches:
+    """What the tensor input pipelines share: the distinct images (with the
+    alternatives of mix: replace) indexed once, the classic augmentation, and
+    an epoch's batches as (positions, image indices) with the alternatives drawn."""
+
+    def _index(self, paths, labels, batch_size, generator, augment_flags, alternatives, replace_p,
+               drop_last) -> list[str]:
+        from torchvision.transforms import v2
+
+        paths = list(paths)
+        alternatives = list(alternatives) if alternatives is not None else None
+        uniq = list(dict.fromkeys(paths + [a for alts in (alternatives or []) if isinstance(alts, list) for a in alts]))
+        where = {p: i for i, p in enumerate(uniq)}
+        self.index = torch.tensor([where[p] for p in paths])
+        self.labels = torch.as_tensor(list(labels))
+        self.flags = torch.as_tensor(list(augment_flags), dtype=torch.bool) if augment_flags is not None else None
+        self.alts = [[where[a] for a in alts] if isinstance(alts, list) and alts else None
+                     for alts in alternatives] if alternatives is not None else None
+        self.replace_p = float(replace_p)
+        self.batch_size, self.g, self.drop_last = batch_size, generator, drop_last
+        self.classic = v2.Compose([v2.RandomPerspective(0.3, p=0.5), v2.RandomRotation(15),
+                                   v2.ColorJitter(0.3, 0.3, 0.3, 0.05), v2.RandomSolarize(0.75, p=0.2)])
+        return uniq
+
+    def __len__(self):
+        n = len(self.index)
+        return n // self.batch_size if self.drop_last and n > self.batch_size else math.ceil(n / self.batch_size)
+
+    def _batches(self):
+        order = torch.randperm(len(self.index), generator=self.g)
+        for b in range(len(self)):
+            pos = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = self.index[pos].clone()
+            if self.alts is not None and self.replace_p > 0:
+                draw = torch.rand(len(pos), generator=self.g)
+                for k, p in enumerate(pos.tolist()):
+                    if self.alts[p] and float(draw[k]) < self.replace_p:
+                        idx[k] = self.alts[p][int(torch.randint(len(self.alts[p]), (1,), generator=self.g))]
+            yield pos, idx
+
+
+class TensorBatches(_IndexedBatches):
     """The training input pipeline on tensors: every image decoded once into one
     uint8 canvas [N, 3, H, W] (shorter side resized to the load size, padded to
     the largest by repeating the edge), then each batch cropped, resized, flipped and normalised as
@@ -165,13 +206,8 @@ class TensorBatches:
 
     def __init__(self, paths, labels, size: int, load_size: int, batch_size: int, generator: torch.Generator,
                  augment_flags=None, alternatives=None, replace_p: float = 0.0, drop_last: bool = True):
-        from torchvision.transforms import v2
-
         cache = ImageCache(load_size)
-        paths = list(paths)
-        alternatives = list(alternatives) if alternatives is not None else None
-        uniq = list(dict.fromkeys(paths + [a for alts in (alternatives or []) if isinstance(alts, list) for a in alts]))
-        where = {p: i for i, p in enumerate(uniq)}
+        uniq = self._index(paths, labels, batch_size, generator, augment_flags, alternatives, replace_p, drop_last)
         ims = [np.array(cache.get(p)) for p in uniq]
         self.hw = torch.tensor([[im.shape[0], im.shape[1]] for im in ims], dtype=torch.float32)
         H, W = int(self.hw[:, 0].max()), int(self.hw[:, 1].max())
@@ -183,21 +219,9 @@ class TensorBatches:
             # pixel of the image's border must not blend in the padding
             self.canvas[i, :, h:, :w] = self.canvas[i, :, h - 1:h, :w]
             self.canvas[i, :, :, w:] = self.canvas[i, :, :, w - 1:w]
-        self.index = torch.tensor([where[p] for p in paths])
-        self.labels = torch.as_tensor(list(labels))
-        self.flags = torch.as_tensor(list(augment_flags), dtype=torch.bool) if augment_flags is not None else None
-        self.alts = [[where[a] for a in alts] if isinstance(alts, list) and alts else None
-                     for alts in alternatives] if alternatives is not None else None
-        self.replace_p = float(replace_p)
-        self.size, self.batch_size, self.g, self.drop_last = size, batch_size, generator, drop_last
+        self.size = size
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        self.classic = v2.Compose([v2.RandomPerspective(0.3, p=0.5), v2.RandomRotation(15),
-                                   v2.ColorJitter(0.3, 0.3, 0.3, 0.05), v2.RandomSolarize(0.75, p=0.2)])
-
-    def __len__(self):
-        n = len(self.index)
-        return n // self.batch_size if self.drop_last and n > self.batch_size else math.ceil(n / self.batch_size)
 
     def _boxes(self, hw: torch.Tensor) -> torch.Tensor:
         """torchvision's RandomResizedCrop parameters for each image (10 tries, else the whole image)."""
@@ -218,15 +242,7 @@ class TensorBatches:
     def __iter__(self):
         from torchvision.ops import roi_align
 
-        order = torch.randperm(len(self.index), generator=self.g)
-        for b in range(len(self)):
-            pos = order[b * self.batch_size:(b + 1) * self.batch_size]
-            idx = self.index[pos].clone()
-            if self.alts is not None and self.replace_p > 0:
-                draw = torch.rand(len(pos), generator=self.g)
-                for k, p in enumerate(pos.tolist()):
-                    if self.alts[p] and float(draw[k]) < self.replace_p:
-                        idx[k] = self.alts[p][int(torch.randint(len(self.alts[p]), (1,), generator=self.g))]
+        for pos, idx in self._batches():
             x = self.canvas[idx].float()
             x = roi_align(x, self._boxes(self.hw[idx]), (self.size, self.size), 1.0, -1, aligned=True)
             flip = torch.rand(len(idx), generator=self.g) < 0.5
@@ -347,11 +363,11 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     frozen = freeze_stages(model, cfg.get("freeze_below"), init or cfg.get("pretrained"))
     forward = model
     if augment == "flip":
-        from .frozen import FrozenFeatures, ViewBatches, split_model
+        from .frozen import ViewBatches, open_features, split_model
 
         below = cfg.get("freeze_below") or "stem"
         lower, forward = split_model(model, below)
-        cache = FrozenFeatures(frozen_cache, init, below, size) if frozen_cache and below != "stem" else None
+        cache = open_features(frozen_cache, init, below, size) if frozen_cache and below != "stem" else None
         loader = ViewBatches(paths, y, size, bs, g, lower, augment_flags, alternatives, replace_p,
                              cache=cache, device=device)
         log.info("augment flip, stages below %s frozen: %d images' outputs cached (%s), %d computed here",

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from .classifier import _IndexedBatches
 from .util import TibalanceError, file_digest
 
 log = logging.getLogger(__name__)
@@ -148,7 +150,13 @@ class FrozenFeatures:
         return out, found
 
 
-class ViewBatches:
+@lru_cache(maxsize=2)
+def open_features(path: str, init_model: str, below: str, image_size: int) -> FrozenFeatures:
+    """A run reads its frozen_features file (and hashes its start) once, for training and evaluation."""
+    return FrozenFeatures(path, init_model, below, image_size)
+
+
+class ViewBatches(_IndexedBatches):
     """Training batches for `classifier.augment: flip`, as inputs of the stages
     above the frozen ones: each image whole (the evaluation's view), mirrored
     with probability 1/2; the images flagged for the classic augmentation then get
@@ -159,19 +167,9 @@ class ViewBatches:
     def __init__(self, paths, labels, size: int, batch_size: int, generator: torch.Generator, frozen,
                  augment_flags=None, alternatives=None, replace_p: float = 0.0, drop_last: bool = True,
                  cache: FrozenFeatures | None = None, device: torch.device | None = None):
-        from torchvision.transforms import v2
-
-        paths = list(paths)
-        alternatives = list(alternatives) if alternatives is not None else None
-        uniq = list(dict.fromkeys(paths + [a for alts in (alternatives or []) if isinstance(alts, list) for a in alts]))
-        where = {p: i for i, p in enumerate(uniq)}
-        self.index = torch.tensor([where[p] for p in paths])
-        self.labels = torch.as_tensor(list(labels))
-        self.flags = (torch.as_tensor(list(augment_flags), dtype=torch.bool) if augment_flags is not None
-                      else torch.zeros(len(paths), dtype=torch.bool))
-        self.alts = [[where[a] for a in alts] if isinstance(alts, list) and alts else None
-                     for alts in alternatives] if alternatives is not None else None
-        self.replace_p = float(replace_p)
+        uniq = self._index(paths, labels, batch_size, generator, augment_flags, alternatives, replace_p, drop_last)
+        if self.flags is None:
+            self.flags = torch.zeros(len(self.index), dtype=torch.bool)
         self.views, found = cache.lookup("train", uniq) if cache is not None else (None, np.zeros(len(uniq), bool))
         self.cached = torch.from_numpy(found)
         # pixels only of the images that are not cached or get the classic augmentation
@@ -181,25 +179,11 @@ class ViewBatches:
         self.pixel_row[need] = torch.arange(len(need))
         self.pixels = eval_view([uniq[i] for i in need], size)
         self.n_cached, self.n_live = int(found.sum()), len(need)
-        self.frozen, self.batch_size, self.g, self.drop_last = frozen, batch_size, generator, drop_last
+        self.frozen = frozen
         self.device = device or torch.device("cpu")
-        self.classic = v2.Compose([v2.RandomPerspective(0.3, p=0.5), v2.RandomRotation(15),
-                                   v2.ColorJitter(0.3, 0.3, 0.3, 0.05), v2.RandomSolarize(0.75, p=0.2)])
-
-    def __len__(self):
-        n = len(self.index)
-        return n // self.batch_size if self.drop_last and n > self.batch_size else -(-n // self.batch_size)
 
     def __iter__(self):
-        order = torch.randperm(len(self.index), generator=self.g)
-        for b in range(len(self)):
-            pos = order[b * self.batch_size:(b + 1) * self.batch_size]
-            idx = self.index[pos].clone()
-            if self.alts is not None and self.replace_p > 0:
-                draw = torch.rand(len(pos), generator=self.g)
-                for k, p in enumerate(pos.tolist()):
-                    if self.alts[p] and float(draw[k]) < self.replace_p:
-                        idx[k] = self.alts[p][int(torch.randint(len(self.alts[p]), (1,), generator=self.g))]
+        for pos, idx in self._batches():
             flip = torch.rand(len(idx), generator=self.g) < 0.5
             classic = self.flags[pos]
             use_cache = self.cached[idx] & ~classic

@@ -362,10 +362,10 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
                            frozen_cache=frozen_cache)
     frozen = None
     if frozen_cache:
-        from .frozen import FrozenFeatures
+        from .frozen import open_features
 
         below = clf_cfg["freeze_below"]
-        frozen = (FrozenFeatures(frozen_cache, init_model, below, int(clf_cfg["image_size"])), below)
+        frozen = (open_features(frozen_cache, init_model, below, int(clf_cfg["image_size"])), below)
     pred = evaluate(clf, m, splits=("test",), frozen=frozen)
     pc = per_class_metrics(pred["label"], pred["pred"], order).set_index("class")
     metrics = {"method": method, "seed": seed, **({"variant": variant} if variant else {}),
