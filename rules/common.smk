@@ -262,6 +262,11 @@ def retrain_runs(wildcards):
     )
 
 
+def retrain_predictions(wildcards):
+    """Every retraining run's per-image test predictions (the report's intervals and tests)."""
+    return [p.replace("metrics.json", "predictions.csv") for p in retrain_runs(wildcards)]
+
+
 def ablation_cells():
     """(method, variant, seed) of every ablation run."""
     ab = config["ablation"]

@@ -66,6 +66,7 @@ rule retrain:
         frozen=retrain_frozen,
     output:
         metrics="results/retrain/{method}/seed{seed}/metrics.json",
+        predictions="results/retrain/{method}/seed{seed}/predictions.csv",
         meta="results/retrain/{method}/seed{seed}/retrain.meta.json",
     params:
         classifier=retrain_classifier,
@@ -98,6 +99,7 @@ rule retrain_ablation:
         frozen=retrain_frozen,
     output:
         metrics="results/ablation/{method}/{variant}/seed{seed}/metrics.json",
+        predictions="results/ablation/{method}/{variant}/seed{seed}/predictions.csv",
         meta="results/ablation/{method}/{variant}/seed{seed}/retrain.meta.json",
     params:
         classifier=retrain_classifier,
@@ -121,6 +123,7 @@ rule retrain_ablation:
 rule report:
     input:
         runs=retrain_runs,
+        predictions=retrain_predictions,
         ablation=ablation_runs,
         fids=fid_files,
         filtered=filtered_files,
@@ -133,6 +136,7 @@ rule report:
         classes="results/data/classes.json",
     params:
         fid_min_images=config["metrics"].get("min_images", FID_RELIABLE_IMAGES),
+        seed=SEED,
     output:
         summary_csv="results/tables/summary.csv",
         summary_md="results/tables/summary.md",
@@ -142,6 +146,11 @@ rule report:
         per_class_html=report("results/tables/per_class.html", caption="../workflow/report/per_class_table.rst", category="5. Results"),
         acc_plot=report("results/plots/accuracy_change.png", caption="../workflow/report/accuracy_change.rst", category="5. Results"),
         fid_plot=report("results/plots/fid_raw_vs_ti.png", caption="../workflow/report/fid_plot.rst", category="5. Results"),
+        significance_csv="results/tables/significance.csv",
+        significance_md="results/tables/significance.md",
+        significance_html=report("results/tables/significance.html", caption="../workflow/report/significance.rst", category="5. Results"),
+        verdict_md="results/tables/verdict.md",
+        verdict_html=report("results/tables/verdict.html", caption="../workflow/report/verdict.rst", category="5. Results"),
         ablation_csv="results/tables/ablation.csv",
         ablation_md="results/tables/ablation.md",
         ablation_html=report("results/tables/ablation.html", caption="../workflow/report/ablation.rst", category="5. Results"),

@@ -216,7 +216,7 @@ def display_names(df: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
         return ", ".join(f"{name(s)} {share}" for s, share in (item.rsplit(" ", 1) for item in v.split(", ")))
 
     def column(c):
-        m = re.fullmatch(r"(acc|delta|improved|n)_(.+?)(_mean|_std)?", c)
+        m = re.fullmatch(r"(acc|delta|improved|n|lift|p_over|p)_(.+?)(_mean|_std|_low|_high)?", c)
         return f"{m[1]}_{names[m[2]]}{m[3] or ''}" if m and m[2] in names else c
 
     out = df.copy()

@@ -337,12 +337,15 @@ def read_synthetic(csvs: list[str], use_filter: bool = True, limit: int | None =
 
 def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synthetic_csvs: list[str],
             clf_cfg: dict, retrain_cfg: dict, metrics_out: str, meta: str, variant: dict | None = None,
-            init_model: str | None = None, frozen_cache: str | None = None) -> None:
+            init_model: str | None = None, frozen_cache: str | None = None,
+            predictions_out: str | None = None) -> None:
     """One retraining run. variant (the ablation): {"limit": N or None, "filter": bool}
     trains on the first N synthetic images, with or without the filter. init_model:
     the baseline classifier to fine-tune (retrain.init: baseline). frozen_cache: the
     frozen_features file of init_model (with classifier.freeze_below): the frozen
-    stages' outputs of the test images (and with augment flip of the training images)."""
+    stages' outputs of the test images (and with augment flip of the training images).
+    predictions_out: the per-image test predictions (path, label, pred), which the
+    report's intervals and tests read."""
     from .analysis import per_class_metrics
     from .classifier import train_classifier
     from .data import load_manifest
@@ -367,6 +370,8 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
         below = clf_cfg["freeze_below"]
         frozen = (open_features(frozen_cache, init_model, below, int(clf_cfg["image_size"])), below)
     pred = evaluate(clf, m, splits=("test",), frozen=frozen)
+    if predictions_out:
+        write_csv(pred[["path", "label", "pred"]], predictions_out)
     pc = per_class_metrics(pred["label"], pred["pred"], order).set_index("class")
     metrics = {"method": method, "seed": seed, **({"variant": variant} if variant else {}),
                **split_metrics(pred, order)["test"],
@@ -384,7 +389,14 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
            ablation: list[str] | None = None, ablation_csv: str | None = None,
            ablation_md: str | None = None, lora_losses: list[str] | None = None,
            lora_metas: list[str] | None = None, fid_min_images: int | None = None,
-           classes: str | None = None) -> None:
+           classes: str | None = None, predictions: list[str] | None = None,
+           significance_csv: str | None = None, significance_md: str | None = None,
+           verdict_md: str | None = None, seed: int = 0) -> None:
+    """The result tables. predictions: the retraining runs' per-image test
+    predictions (beside each run's metrics.json): the paired intervals and tests
+    (tibalance.stats) go into the summary (lift_<class>_low/_high, p_<class> vs
+    baseline, p_over_<class> vs oversample, Holm-adjusted), the significance
+    table and the verdict in words."""
     from pathlib import Path
 
     from .retrain import ablation_table, display_names, per_class_table, summary_table, to_markdown
@@ -396,7 +408,22 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
         d = read_json(p)
         fid_rows[d["class"]] = d["rows"]
     names = read_json(classes)["names"] if classes else {}
-    summary = display_names(summary_table(run_rows, weak_classes), names)
+    summary = summary_table(run_rows, weak_classes)
+    comp = None
+    if predictions:
+        from .stats import comparisons, verdict
+
+        by_dir = {str(Path(p).parent): p for p in predictions}
+        preds = {}
+        for p, r in zip(runs, run_rows):
+            if str(Path(p).parent) not in by_dir:
+                raise TibalanceError(f"{p}: no predictions.csv beside it (rerun the run)")
+            preds[(r["method"], int(r["seed"]))] = pd.read_csv(by_dir[str(Path(p).parent)],
+                                                               dtype={"path": str, "label": str, "pred": str})
+        methods = [m for m in summary["method"]]
+        comp = comparisons(preds, weak_classes, methods, seed=seed)
+        summary = _with_comparisons(summary, comp, weak_classes)
+    summary = display_names(summary, names)
     loss_rows: dict[str, dict] = {}
 
     def class_and_prefix(p):
@@ -430,11 +457,30 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
     write_markdown(summary_md, to_markdown(summary), "Summary per method")
     write_markdown(per_class_md, to_markdown(per_class), "Per weak class")
     _plots(per_class, fid_rows, acc_plot, fid_plot)
+    if comp is not None and significance_csv:
+        shown = display_names(comp, names)
+        write_csv(shown, significance_csv)
+        write_markdown(significance_md, to_markdown(shown, pm_pairs=False), "Paired comparisons")
+        write_markdown(verdict_md, verdict(comp, names), "Verdict")
     if ablation_csv:
         ab = display_names(ablation_table([read_json(p) for p in ablation or []], run_rows, weak_classes), names)
         write_csv(ab, ablation_csv)
         write_markdown(ablation_md, to_markdown(ab) if len(ab) else
                        "No ablation configured (config `ablation.methods` is empty).\n", "Ablation")
+
+
+def _with_comparisons(summary: pd.DataFrame, comp: pd.DataFrame, weak: list[str]) -> pd.DataFrame:
+    """The summary with, per weak class, the lift's 95% interval and the adjusted
+    p-values against baseline (p_<cls>) and oversample (p_over_<cls>)."""
+    out = summary.copy()
+    for cls in weak:
+        for ref, col in (("baseline", f"p_{cls}"), ("oversample", f"p_over_{cls}")):
+            c = comp[(comp["class"] == cls) & (comp["reference"] == ref)].set_index("method")
+            if ref == "baseline":
+                out[f"lift_{cls}_low"] = out["method"].map(c["low"])
+                out[f"lift_{cls}_high"] = out["method"].map(c["high"])
+            out[col] = out["method"].map(c["p_holm"])
+    return out
 
 
 def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str) -> None:

@@ -18,6 +18,8 @@ smk.run(
     judges=list(snakemake.input.judges),
     fid_min_images=snakemake.params.fid_min_images,
     classes=snakemake.input.classes,
+    predictions=list(snakemake.input.predictions),
+    seed=snakemake.params.seed,
     **{k: snakemake.output[k] for k in ("summary_csv", "summary_md", "per_class_csv", "per_class_md", "acc_plot", "fid_plot",
-                                                "ablation_csv", "ablation_md")},
+                                                "ablation_csv", "ablation_md", "significance_csv", "significance_md", "verdict_md")},
 )

@@ -19,4 +19,5 @@ smk.run(
     variant=snakemake.params.get("variant"),
     init_model=smk.single(snakemake.input.get("init")),
     frozen_cache=smk.single(snakemake.input.get("frozen")),
+    predictions_out=snakemake.output.predictions,
 )
