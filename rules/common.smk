@@ -9,7 +9,7 @@ sys.path.insert(0, workflow.basedir)
 
 from tibalance.config import (canonical, check_class_names, check_freeze, check_lora, class_settings, format_validation_error,
                               refill_count)
-from tibalance.data import check_root, dataset_class_names
+from tibalance.data import check_root, dataset_class_names, oracle_absent_reason
 from tibalance.defaults import FILTER_DEFAULTS
 from tibalance.fetch import WEIGHTS_DIR, classifier_weights_file, dataset_marker, inception_weights_file, weights_to_fetch
 from tibalance.generator import check_model, fetched_folder, is_local
@@ -59,6 +59,8 @@ WEIGHTS = weights_to_fetch(config)  # {file name: URL}; {} when nothing is pretr
 # the class-fidelity judge: a given checkpoint, one trained on images the study
 # does not use (judge.train_per_class > 0), or none
 JUDGE = config["judge"].get("model") or ("results/judge/model.pt" if config["judge"]["train_per_class"] else None)
+# the judge's pool per class (the oracle never takes those images), 0 when no judge is trained
+JUDGE_POOL_PER_CLASS = 0 if config["judge"].get("model") else int(config["judge"]["train_per_class"])
 
 try:
     if config["judge"].get("model") and not os.path.isfile(config["judge"]["model"]):
@@ -74,6 +76,13 @@ except TibalanceError as e:
 
 
 SEED = config["seed"]
+
+# real_oracle needs real images the study removed: elsewhere its row is absent,
+# with the reason once on the terminal and under the summary table
+ORACLE_ABSENT = oracle_absent_reason(config["data"]) if "real_oracle" in config["retrain"]["methods"] else None
+if ORACLE_ABSENT:
+    print(f"tibalance: {ORACLE_ABSENT}", file=sys.stderr)
+    config["retrain"]["methods"] = [m for m in config["retrain"]["methods"] if m != "real_oracle"]
 
 # sampling modes the study generates: raw and ti always (grids, FID); the
 # real-image-guided and LoRA modes when their retraining method is part of the study
@@ -223,6 +232,8 @@ def retrain_synthetic(wildcards):
     oversample: the raw tables, whose size is the balanced count it repeats up to."""
     if wildcards.method == "oversample":
         return expand("results/samples/raw/{cls}/samples.csv", cls=adapted_classes())
+    if wildcards.method == "real_oracle":
+        return expand("results/oracle/{cls}/images.csv", cls=adapted_classes())
     kind = SAMPLE_KIND.get(wildcards.method)
     if kind is None:
         return []
@@ -407,6 +418,9 @@ def study_jobs(wildcards):
             add("judge", cls)
     if uses_frozen_features():
         add("frozen_features")
+    if "real_oracle" in config["retrain"]["methods"]:
+        for cls in adapted:
+            add("oracle_images", cls, "real_oracle")
     for method in config["retrain"]["methods"]:
         for seed in config["retrain"]["seeds"]:
             add("retrain", None, method, seed=seed)

@@ -21,3 +21,33 @@ rule prepare_data:
         "../envs/torch.yaml"
     script:
         "../workflow/scripts/prepare_data.py"
+
+
+# The real-image oracle (method real_oracle): a weak class refilled with real
+# training-split images the study itself removed (the imbalance first, then the
+# caps' leftovers), as many as its synthetic sets hold; never a test or val image
+# and none of the judge's pool. Only where the study removed images (data.imbalance).
+rule oracle_images:
+    input:
+        fetched=DATASET_FETCHED,
+        manifest="results/data/manifest.csv",  # its train counts set the count
+    output:
+        images="results/oracle/{cls}/images.csv",
+        meta="results/oracle/{cls}/oracle_images.meta.json",
+    params:
+        data=section("data"),
+        seed=SEED,
+        n=lambda wildcards: images_wanted(wildcards.cls),
+        judge_per_class=JUDGE_POOL_PER_CLASS,
+        image_dir="results/oracle/images",
+    log:
+        "logs/oracle_images/{cls}.log",
+    benchmark:
+        "benchmarks/oracle_images/{cls}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/oracle_images.py"

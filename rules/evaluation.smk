@@ -137,6 +137,7 @@ rule report:
     params:
         fid_min_images=config["metrics"].get("min_images", FID_RELIABLE_IMAGES),
         seed=SEED,
+        notes=[ORACLE_ABSENT] if ORACLE_ABSENT else [],
     output:
         summary_csv="results/tables/summary.csv",
         summary_md="results/tables/summary.md",

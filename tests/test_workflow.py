@@ -308,6 +308,66 @@ def test_intervals_and_p_values_match_an_independent_computation(tiny_run):
         assert all(f"`{m}`" in line for m in best), (line, list(best))
 
 
+def test_real_oracle_trains_on_held_back_real_training_images_only(tiny_run):
+    """real_oracle refills each adapted weak class with real images the study left
+    out of its training split (the imbalance's first): none of them is one of the
+    study's train, val or test images or one of the judge's pool (by file name in the
+    source array and by pixels), and its runs train on exactly those on top of the
+    real images; the other rows report their share of its lift."""
+    import hashlib
+
+    wd, _ = tiny_run
+    res = wd / "results"
+    m = pd.read_csv(res / "data/manifest.csv")
+    pool = pd.read_csv(res / "judge/pool.csv")
+    weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
+    pixels = lambda p: hashlib.sha256(np.asarray(Image.open(p)).tobytes()).hexdigest()
+    taken = {pixels(p) for p in list(m.path) + list(pool.path)}
+    # array sources: train and val images index the train array, by file name
+    train_array = {(lbl, p.rsplit("/", 1)[1]) for lbl, p, split in zip(m.label, m.path, m.split) if split != "test"}
+    train_array |= {(lbl, p.rsplit("/", 1)[1]) for lbl, p in zip(pool.label, pool.path)}
+    n_train = m.query("split == 'train'").groupby("label").size()
+    base = json.loads((res / "retrain/baseline/seed0/metrics.json").read_text())["train_counts"]
+    checked = 0
+    for cls in weak:
+        f = res / f"oracle/{cls}/images.csv"
+        if not f.exists():
+            continue
+        o = pd.read_csv(f)
+        assert len(o) == max(0, 8 - int(n_train[cls])) and (o.label == cls).all()  # the synthetic sets' count
+        assert all("/train/" in p for p in o.path)
+        assert not {(cls, p.rsplit("/", 1)[1]) for p in o.path} & train_array
+        assert not {pixels(p) for p in o.path} & taken
+        assert list(o.source) == sorted(o.source, key=["imbalance", "caps"].index)
+        assert (o.source == "imbalance").any()  # the images the imbalance removed come first
+        for seed in (0, 1):
+            counts = json.loads((res / f"retrain/real_oracle/seed{seed}/metrics.json").read_text())["train_counts"]
+            assert counts[cls] == base[cls] + len(o)
+            assert {c: v for c, v in counts.items() if c != cls} == {c: v for c, v in base.items() if c != cls}
+        checked += 1
+    assert checked
+    summary = pd.read_csv(res / "tables/summary.csv").set_index("method")
+    names = json.loads((res / "data/classes.json").read_text())["names"]
+    for cls in weak:
+        ref = summary.loc["real_oracle", f"delta_{names[cls]}_mean"]
+        col = f"oracle_share_{names[cls]}"
+        for method in ("oversample", "ti_i2i"):
+            want = summary.loc[method, f"delta_{names[cls]}_mean"] / ref if ref > 0 else float("nan")
+            assert summary.loc[method, col] == pytest.approx(want, abs=1e-4, nan_ok=True)
+
+
+def test_real_oracle_absent_without_removed_images(tmp_path):
+    """A study whose imbalance removed nothing has no real_oracle row: no job plans
+    one, and one line says why."""
+    overlay = tmp_path / "none.yaml"
+    overlay.write_text("data:\n  imbalance: {type: none}\n")
+    p = snakemake(tmp_path, "-n", configfiles=[TINY, overlay])
+    assert "real_oracle: absent, the study removed no real images (data.imbalance.type none)" in p.stderr
+    assert "real_oracle" not in p.stdout.replace("real_oracle: absent", "")
+    p = snakemake(tmp_path, "-n", configfiles=[TINY])
+    assert "retrain/real_oracle/seed0/metrics.json" in p.stdout + p.stderr
+
+
 def test_ablation_runs_and_table(tiny_run):
     """Each ablation cell trains on the first N images of the balanced set and/or
     all of them regardless of the filter; its table row matches its runs."""

@@ -444,11 +444,8 @@ def _materialise(src: SourceData, rec: pd.DataFrame, image_dir: str) -> list[tup
     return rows
 
 
-def build_judge_pool(data_cfg: dict, seed: int, per_class: int, out_csv: str, image_dir: str) -> pd.DataFrame:
-    """Up to `per_class` images per class that the study does not use (the images
-    the caps and the imbalance left out of train/val; never the test split), for
-    training a judge classifier that takes no part in the study."""
-    src, _, unused, _ = select_records(data_cfg, seed)
+def judge_pool_index(unused: pd.DataFrame, per_class: int, seed: int) -> np.ndarray:
+    """The records (index into `unused`) the judge's pool takes: up to per_class per class, seeded."""
     keep = []
     for cls, grp in unused.groupby("label", sort=True):
         idx = grp.index.to_numpy()
@@ -456,7 +453,15 @@ def build_judge_pool(data_cfg: dict, seed: int, per_class: int, out_csv: str, im
             rng = np.random.default_rng(derive_seed(seed, "judge_pool", cls))
             idx = np.sort(rng.choice(idx, size=per_class, replace=False))
         keep.append(idx)
-    pool = unused.loc[np.sort(np.concatenate(keep))] if keep else unused
+    return np.sort(np.concatenate(keep)) if keep else unused.index.to_numpy()
+
+
+def build_judge_pool(data_cfg: dict, seed: int, per_class: int, out_csv: str, image_dir: str) -> pd.DataFrame:
+    """Up to `per_class` images per class that the study does not use (the images
+    the caps and the imbalance left out of train/val; never the test split), for
+    training a judge classifier that takes no part in the study."""
+    src, _, unused, _ = select_records(data_cfg, seed)
+    pool = unused.loc[judge_pool_index(unused, per_class, seed)]
     rows = _materialise(src, pool, image_dir)
     df = pd.DataFrame([(p, c) for p, c, _ in rows], columns=["path", "label"]).sort_values(["label", "path"])
     missing = [c for c in src.names if c not in set(df["label"])]
@@ -467,6 +472,48 @@ def build_judge_pool(data_cfg: dict, seed: int, per_class: int, out_csv: str, im
         log.warning("judge: no unused images of %s: the judge cannot recognise them", ", ".join(missing))
     write_csv(df.reset_index(drop=True), out_csv)
     log.info("judge pool: %d images (%s)", len(df), df.groupby("label").size().to_dict())
+    return df
+
+
+def oracle_absent_reason(data_cfg: dict) -> str | None:
+    """Why a study has no real_oracle row (None when it has one): the oracle refills
+    a weak class with the real images the study itself removed."""
+    kind = (data_cfg.get("imbalance") or {}).get("type", "none")
+    if kind not in ("fraction", "long_tail"):
+        return (f"real_oracle: absent, the study removed no real images (data.imbalance.type {kind}): "
+                "there are no held-back real images of a weak class to refill it with")
+    return None
+
+
+def build_oracle_set(data_cfg: dict, seed: int, cls: str, n: int, judge_per_class: int,
+                     out_csv: str, image_dir: str) -> pd.DataFrame:
+    """The real-image oracle of weak class `cls`: up to n real training-split images
+    of the class that the study does not use (first those the imbalance removed, then
+    those the per-class caps left out; each group in a seeded order), never a test or
+    val image and none of the judge's pool (judge_per_class: the judge's
+    train_per_class, 0 when it trains none). Written like a sample table."""
+    src, rec, unused, _ = select_records(data_cfg, seed)
+    if cls not in src.names:
+        raise TibalanceError(f"real_oracle: unknown class {cls!r}")
+    if judge_per_class > 0:
+        unused = unused.drop(index=judge_pool_index(unused, judge_per_class, seed))
+    cand = unused[(unused["split"] == "train") & (unused["label"] == cls)]
+    capped = cap_per_class(make_splits(src.records, data_cfg.get("val_fraction", 0.1),
+                                       data_cfg.get("test_fraction", 0.2), seed),
+                           data_cfg.get("max_per_class") or {}, seed)
+    removed = cand[cand.index.isin(capped.index)]  # in the study's caps, dropped by the imbalance
+    left = cand[~cand.index.isin(capped.index)]
+    rng = np.random.default_rng(derive_seed(seed, "real_oracle", cls))
+    order = [*removed.index[rng.permutation(len(removed))], *left.index[rng.permutation(len(left))]]
+    chosen = unused.loc[order[:max(0, int(n))]]
+    if len(chosen) < n:
+        log.warning("real_oracle: class %s has %d unused real training images, %d wanted", cls, len(chosen), n)
+    rows = _materialise(src, chosen, image_dir)
+    df = pd.DataFrame({"index": range(len(rows)), "path": [p for p, _, _ in rows], "label": cls,
+                       "method": "real_oracle",
+                       "source": ["imbalance" if i in removed.index else "caps" for i in chosen.index]})
+    write_csv(df, out_csv)
+    log.info("real_oracle %s: %d real images (%d the imbalance removed)", cls, len(df), int((df.source == "imbalance").sum()))
     return df
 
 

@@ -119,9 +119,9 @@ FID_RELIABLE_IMAGES = 100
 # The registry of the study's names: rules, schema enums (a test compares),
 # tables and docs take them from here.
 # the methods a retraining run trains with (retrain.methods), in the tables' order
-METHODS = ("baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
+METHODS = ("baseline", "oversample", "real_oracle", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
 # the methods that train on synthetic images (ablation.methods)
-SYNTHETIC_METHODS = METHODS[2:]
+SYNTHETIC_METHODS = METHODS[3:]
 # the sampling modes (results/samples/<mode>/)
 MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
 # the modes that sample with the class's learned token (they need its inversion)

@@ -178,7 +178,7 @@ def run_stamp(results: Path) -> str:
     return f"commit {commit}, {cpu} ({cap}, {native}{caps}), {info.get('torch_threads', '?')} thread(s) a job, {when}"
 
 
-TABLES = ("summary", "per_class", "ablation", "generator_quality", "cost")
+TABLES = ("summary", "verdict", "significance", "per_class", "ablation", "generator_quality", "cost")
 _BLOCK = re.compile(r"(<!-- table:(\w+) -->\n).*?(<!-- /table -->)", re.S)
 
 

@@ -21,6 +21,8 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
     - baseline: the real training images;
     - oversample: each weak class's real images repeated (classic augmentation)
       up to real + as many images as its synthetic set holds;
+    - real_oracle: each weak class's held-back real images (`synthetic` holds
+      them: the oracle_images tables) added as real images are;
     - synthetic methods (raw_sd, ti, …) with mix 'add': the synthetic images added;
     - synthetic methods (raw_sd, ti, …) with mix 'replace': class counts unchanged; each real image of a
       weak class may be swapped for one of the class's synthetic images."""
@@ -40,7 +42,7 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
             order = rng.permutation(len(real))
             reps = [real.path.iloc[order[i % len(real)]] for i in range(len(synth))]
             extra += [(p, cls, True, None) for p in reps]
-        elif mix == "add":
+        elif method == "real_oracle" or mix == "add":
             extra += [(p, cls, False, None) for p in synth]
         elif mix == "replace":
             if synth:
@@ -68,7 +70,9 @@ def summary_table(runs: list[dict], weak: list[str] | None = None) -> pd.DataFra
     """Per method: test accuracy, macro-F1, the weak classes' mean accuracy and
     each weak class's accuracy (`acc_<class>`), mean ± std over seeds; and per
     weak class the paired difference to `baseline` over seeds (`delta_<class>`,
-    mean ± std) with on how many seeds it was positive (`improved_<class>`)."""
+    mean ± std) with on how many seeds it was positive (`improved_<class>`);
+    with a real_oracle row, each other row's mean lift as a share of the
+    oracle's (`oracle_share_<class>`; empty where the oracle did not lift it)."""
     rows = []
     has_baseline = any(r["method"] == "baseline" for r in runs)
     for method in [m for m in METHODS if any(r["method"] == m for r in runs)]:
@@ -83,6 +87,13 @@ def summary_table(runs: list[dict], weak: list[str] | None = None) -> pd.DataFra
             row[f"delta_{cls}_mean"], row[f"delta_{cls}_std"] = _mean_std(d) if d else (float("nan"), float("nan"))
             row[f"improved_{cls}"] = f"{sum(x > 0 for x in d)}/{len(d)}" if d else ""
         rows.append(row)
+    # the share of the real-image oracle's lift a row reaches (where the oracle lifted the class)
+    oracle = next((r for r in rows if r["method"] == "real_oracle"), None)
+    for cls in (weak or []) if oracle is not None and has_baseline else []:
+        ref = oracle[f"delta_{cls}_mean"]
+        for row in rows:
+            if row["method"] not in ("baseline", "real_oracle"):
+                row[f"oracle_share_{cls}"] = row[f"delta_{cls}_mean"] / ref if ref > 0 else float("nan")
     return pd.DataFrame(rows)
 
 
@@ -216,7 +227,7 @@ def display_names(df: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
         return ", ".join(f"{name(s)} {share}" for s, share in (item.rsplit(" ", 1) for item in v.split(", ")))
 
     def column(c):
-        m = re.fullmatch(r"(acc|delta|improved|n|lift|p_over|p)_(.+?)(_mean|_std|_low|_high)?", c)
+        m = re.fullmatch(r"(acc|delta|improved|n|lift|p_over|p|oracle_share)_(.+?)(_mean|_std|_low|_high)?", c)
         return f"{m[1]}_{names[m[2]]}{m[3] or ''}" if m and m[2] in names else c
 
     out = df.copy()

@@ -303,6 +303,16 @@ def judge_pool(data_cfg: dict, seed: int, per_class: int, out_csv: str, image_di
     build_judge_pool(data_cfg, seed, per_class, out_csv, image_dir)
 
 
+def oracle_images(data_cfg: dict, seed: int, cls: str, n: int, judge_per_class: int, out_csv: str,
+                  image_dir: str, meta: str) -> None:
+    """The real_oracle method's images of one weak class (see data.build_oracle_set)."""
+    from .data import build_oracle_set
+
+    side = Sidecar(seed)
+    df = build_oracle_set(data_cfg, seed, cls, n, judge_per_class, out_csv, image_dir)
+    side.write(meta, images=len(df), wanted=int(n))
+
+
 def train_judge(pool_csv: str, manifest: str, classes: str, clf_cfg: dict, seed: int,
                 model_out: str, metrics_out: str, meta: str) -> None:
     from .judge import train_judge as train
@@ -391,7 +401,7 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
            lora_metas: list[str] | None = None, fid_min_images: int | None = None,
            classes: str | None = None, predictions: list[str] | None = None,
            significance_csv: str | None = None, significance_md: str | None = None,
-           verdict_md: str | None = None, seed: int = 0) -> None:
+           verdict_md: str | None = None, seed: int = 0, notes: list[str] | None = None) -> None:
     """The result tables. predictions: the retraining runs' per-image test
     predictions (beside each run's metrics.json): the paired intervals and tests
     (tibalance.stats) go into the summary (lift_<class>_low/_high, p_<class> vs
@@ -454,14 +464,14 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
     fid_rows = {names.get(c, c): rows for c, rows in fid_rows.items()}
     write_csv(summary, summary_csv)
     write_csv(per_class, per_class_csv)
-    write_markdown(summary_md, to_markdown(summary), "Summary per method")
+    write_markdown(summary_md, to_markdown(summary) + "".join(f"\n{n}\n" for n in notes or []), "Summary per method")
     write_markdown(per_class_md, to_markdown(per_class), "Per weak class")
     _plots(per_class, fid_rows, acc_plot, fid_plot)
     if comp is not None and significance_csv:
         shown = display_names(comp, names)
         write_csv(shown, significance_csv)
         write_markdown(significance_md, to_markdown(shown, pm_pairs=False), "Paired comparisons")
-        write_markdown(verdict_md, verdict(comp, names), "Verdict")
+        write_markdown(verdict_md, verdict(comp, names) + "".join(f"\n{n}\n" for n in notes or []), "Verdict")
     if ablation_csv:
         ab = display_names(ablation_table([read_json(p) for p in ablation or []], run_rows, weak_classes), names)
         write_csv(ab, ablation_csv)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .defaults import SYNTHETIC_METHODS
 from .util import TibalanceError
 
 
@@ -174,6 +175,16 @@ def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: floa
         if len(rest):
             out.append("- Not distinguishable from `baseline` at 5%: " + ", ".join(
                 f"`{r.method}` {_pts(r.lift)}" for r in rest.itertuples()) + ".")
+        oracle = base[base["method"] == "real_oracle"]
+        gen = base[base["method"].isin(SYNTHETIC_METHODS)]
+        if len(oracle):
+            o = oracle.iloc[0]
+            line = (f"- Real-image oracle (`real_oracle`, held-back real images to the same count): "
+                    f"{_pts(o['lift'])} points (95% CI [{_pts(o['low'])}, {_pts(o['high'])}])")
+            if len(gen) and o["lift"] > 0:
+                g = gen.iloc[0]
+                line += f"; the best generative row, `{g['method']}`, reaches {g['lift'] / o['lift']:.0%} of it"
+            out.append(line + ".")
         over = grp[grp["reference"] == "oversample"].sort_values("lift", ascending=False, kind="stable")
         if len(over):
             better = over[(over["p_holm"] < alpha) & (over["lift"] > 0)]

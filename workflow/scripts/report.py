@@ -20,6 +20,7 @@ smk.run(
     classes=snakemake.input.classes,
     predictions=list(snakemake.input.predictions),
     seed=snakemake.params.seed,
+    notes=list(snakemake.params.notes),
     **{k: snakemake.output[k] for k in ("summary_csv", "summary_md", "per_class_csv", "per_class_md", "acc_plot", "fid_plot",
                                                 "ablation_csv", "ablation_md", "significance_csv", "significance_md", "verdict_md")},
 )
