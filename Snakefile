@@ -41,7 +41,7 @@ include: "rules/common.smk"
 
 wildcard_constraints:
     cls=r"[a-z0-9_]+",
-    method=r"ti_i2i|ti_lora|ti|lora_i2i|lora|raw|baseline|oversample|real_oracle|raw_sd",
+    method=r"(oversample\+)?(ti_i2i|ti_lora|ti|lora_i2i|lora|raw_sd)|raw|baseline|oversample|real_oracle",
     lora_kind=r"lora|ti_lora",
     seed=r"\d+",
     variant=r"(n\d+|balanced)-(filter|nofilter)",

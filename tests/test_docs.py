@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tibalance import docs
-from tibalance.defaults import FILTER_METHODS, METHODS, MODES, SYNTHETIC_METHODS
+from tibalance.defaults import COMBINED_METHODS, FILTER_METHODS, METHODS, MODES, SYNTHETIC_METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "config" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -30,7 +30,9 @@ def test_the_schema_lists_the_registrys_names():
     schema = docs.load_schema()
     props = schema["properties"]
     assert tuple(props["retrain"]["properties"]["methods"]["items"]["enum"]) == METHODS
-    assert tuple(props["retrain"]["properties"]["methods"]["default"]) == METHODS
+    # the default: every method but the combined ones (oversample+<method>), which a study opts into
+    assert tuple(props["retrain"]["properties"]["methods"]["default"]) == tuple(
+        m for m in METHODS if m not in COMBINED_METHODS)
     assert tuple(props["ablation"]["properties"]["methods"]["items"]["enum"]) == SYNTHETIC_METHODS
     assert tuple(schema["$defs"]["filter"]["properties"]["method"]["enum"]) == FILTER_METHODS
 
@@ -88,9 +90,11 @@ def test_the_docs_miss_no_rule_method_or_mode():
     listed = re.findall(r"^\| `(\w+)` \|", outputs.split("## What lands")[0], flags=re.M)
     assert sorted(listed) == docs.rule_names(), "docs/outputs.md's job table and rules/*.smk differ"
     readme = set(_backticked((ROOT / "README.md").read_text()))
-    assert set(METHODS) <= readme and set(MODES) - {"raw"} <= readme and "raw" in readme
+    single = set(METHODS) - set(COMBINED_METHODS)  # the README names those as `oversample+<method>`
+    assert single <= readme and "oversample+<method>" in readme
+    assert set(MODES) - {"raw"} <= readme and "raw" in readme
     demo = set(_backticked((ROOT / "docs" / "demo.md").read_text()))
-    assert set(METHODS) <= demo and set(MODES) <= demo
+    assert single <= demo and set(MODES) <= demo
     cluster = (ROOT / "docs" / "cluster.md").read_text()
     block = re.search(r"<!-- gpu-rules -->(.*?)<!-- /gpu-rules -->", cluster, flags=re.S).group(1)
     assert sorted(re.findall(r"`(\w+)`", block)) == docs.gpu_rules(), "docs/cluster.md's GPU rules are stale"

@@ -215,6 +215,11 @@ def test_image_to_image_starts_from_the_real_images(tiny_sd, seed_images, tmp_pa
     assert changed == moved and any(moved)
     _, strong = run("strong", seed_images, {**s, "strength": 0.9})
     assert all(not np.array_equal(a, b) for a, b in zip(base, strong))
+    # a list of strengths: image i takes the (i mod 2)-th, and is the image that strength alone makes
+    table3, mixed = run("mixed", seed_images, {**s, "strength": [0.5, 0.9]})
+    assert list(table3.strength) == [0.5, 0.9, 0.5, 0.9]
+    for i in range(4):
+        assert np.allclose(mixed[i], (base if i % 2 == 0 else strong)[i], atol=1.0)  # to rounding of the PNG
     ti = pd.DataFrame({"seed": table.seed})
     sample_class(tiny_sd, "ti", "ankle_boot", "Ankle boot", s, 0, str(tmp_path / "base.m.csv"),
                  str(tmp_path / "ti.csv"), str(tmp_path / "ti"), **kw)

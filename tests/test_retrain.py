@@ -42,6 +42,33 @@ def test_replace_mode_swaps_with_probability_p(tmp_path):
     assert 0.4 < swapped < 0.6
 
 
+def test_synthetic_on_top_of_oversampling_holds_the_stated_proportion():
+    """oversample+<method>: the oversample set (real + the balanced count of
+    repeats, the same repeats as `oversample` under the same seed), every one of
+    its weak-class rows swappable for the mode's kept images; the trainer's batches
+    swap them at combine_p: the expected synthetic share of the class's draws."""
+    import torch
+
+    from tibalance.classifier import _IndexedBatches
+
+    kept = {"w": SYNTH["w"][:3]}  # the filter kept 3 of the mode's 5 images
+    over = build_training_set(TRAIN, ["w"], "oversample", SYNTH, seed=4)
+    both = build_training_set(TRAIN, ["w"], "oversample+ti_i2i", kept, seed=4, balanced={"w": 5})
+    assert counts(both) == counts(over) == {"a": 10, "w": 7}
+    assert list(both.path) == list(over.path) and list(both.classic) == list(over.classic)
+    weak = both[both.label == "w"]
+    assert all(a == kept["w"] for a in weak.alternatives) and both[both.label == "a"].alternatives.isna().all()
+    # the trainer's draws over many epochs: how often a synthetic image stands in for a weak row
+    batches = _IndexedBatches.__new__(_IndexedBatches)
+    uniq = batches._index(list(both.path), [0] * len(both), 4, torch.Generator().manual_seed(0),
+                          list(both.classic), list(both.alternatives), 0.3, False)
+    drawn = pd.Series([uniq[i] for _ in range(400) for _, idx in batches._batches() for i in idx.tolist()])
+    weak_draws = drawn[drawn.str.startswith(("w", "s"))]
+    assert len(weak_draws) == 400 * 7 and (drawn.str.startswith("a")).sum() == 400 * 10
+    assert weak_draws.str.startswith("s").mean() == pytest.approx(0.3, abs=0.03)
+    assert set(weak_draws[weak_draws.str.startswith("s")]) == set(kept["w"])
+
+
 def test_summary_mean_std():
     runs = [{"method": "ti", "accuracy": a, "macro_f1": a, "weak_accuracy": a} for a in (0.5, 0.7)]
     s = summary_table(runs).iloc[0]

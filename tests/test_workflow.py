@@ -171,7 +171,8 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     res = wd / "results"
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
     summary = pd.read_csv(res / "tables/summary.csv").set_index("method")
-    assert list(summary.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora"]
+    assert list(summary.index) == ["baseline", "oversample", "real_oracle", "raw_sd", "ti", "ti_i2i", "lora",
+                                   "lora_i2i", "ti_lora", "oversample+ti_i2i"]
     runs = {(meth, s): json.loads((res / f"retrain/{meth}/seed{s}/metrics.json").read_text())
             for meth in summary.index for s in (0, 1)}
     base_counts = runs["baseline", 0]["train_counts"]
@@ -193,16 +194,20 @@ def test_tables_match_the_per_seed_runs(tiny_run):
             assert summary.loc[method, f"improved_{cls}"] == f"{sum(x > 0 for x in d)}/2"
         counts = runs[method, 0]["train_counts"]
         for cls in weak:  # mix 'add': the kept synthetic images (oversample: the balanced count) on top
-            kind = {"raw_sd": "raw", "oversample": "raw", "baseline": None}.get(method, method)
-            if kind is None:
+            kind = {"raw_sd": "raw", "oversample": "raw", "baseline": None, "real_oracle": None,
+                    "oversample+ti_i2i": "ti_i2i"}.get(method, method)
+            if kind is None:  # real_oracle: its own test
                 continue
             if not (res / f"samples/{kind}/{cls}").exists():  # a class at its target: 0 images, no table
                 assert counts[cls] == base_counts[cls]
                 continue
             filtered = pd.read_csv(res / f"samples/{kind}/{cls}/filtered.csv")
             assert list(filtered.kept) == list(filtered.score >= filtered.cutoff)
-            added = len(filtered) if method == "oversample" else int(filtered.kept.sum())
-            assert counts[cls] == base_counts[cls] + added
+            added = len(filtered) if method.startswith("oversample") else int(filtered.kept.sum())
+            assert counts[cls] == base_counts[cls] + added  # oversample+: the same count, some swapped
+            if method.startswith("oversample+"):
+                assert runs[method, 0]["swap_p"] == 0.5
+                assert runs[method, 0]["swappable"] == (counts[cls] if filtered.kept.any() else 0)
     per_class = pd.read_csv(res / "tables/per_class.csv").set_index("class")
     cells = pd.read_csv(res / "tables/per_class.csv", dtype=str, keep_default_na=False).set_index("class")
     assert sorted(per_class.index) == sorted(weak)
@@ -321,7 +326,7 @@ def test_real_oracle_trains_on_held_back_real_training_images_only(tiny_run):
     m = pd.read_csv(res / "data/manifest.csv")
     pool = pd.read_csv(res / "judge/pool.csv")
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
-    pixels = lambda p: hashlib.sha256(np.asarray(Image.open(p)).tobytes()).hexdigest()
+    pixels = lambda p: hashlib.sha256(np.asarray(Image.open(wd / p)).tobytes()).hexdigest()  # noqa: E731
     taken = {pixels(p) for p in list(m.path) + list(pool.path)}
     # array sources: train and val images index the train array, by file name
     train_array = {(lbl, p.rsplit("/", 1)[1]) for lbl, p, split in zip(m.label, m.path, m.split) if split != "test"}
@@ -363,9 +368,9 @@ def test_real_oracle_absent_without_removed_images(tmp_path):
     overlay.write_text("data:\n  imbalance: {type: none}\n")
     p = snakemake(tmp_path, "-n", configfiles=[TINY, overlay])
     assert "real_oracle: absent, the study removed no real images (data.imbalance.type none)" in p.stderr
-    assert "real_oracle" not in p.stdout.replace("real_oracle: absent", "")
-    p = snakemake(tmp_path, "-n", configfiles=[TINY])
-    assert "retrain/real_oracle/seed0/metrics.json" in p.stdout + p.stderr
+    assert not [j for j in _planned_jobs(p.stdout + p.stderr) if "real_oracle" in j[1]]
+    p = snakemake(tmp_path, "-n", configfiles=[TINY])  # its imbalance removed images: the row is there
+    assert "real_oracle: absent" not in p.stderr
 
 
 def test_ablation_runs_and_table(tiny_run):
@@ -437,10 +442,11 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
     # per weak class its seeds; where it gets images TI, 2 LoRA, 6 modes x (sample, filter), grid, FID,
-    # judge; 8 methods x 2 seeds; the training images' features for the knn filters (once); the frozen
-    # stages' outputs for the retraining runs (once)
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 18 + 16 + 3
+    # judge, and real_oracle's images; 10 methods x 2 seeds; the training images' features for the knn
+    # filters (once); the frozen stages' outputs for the retraining runs (once)
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 19 + 20 + 3
                                                               + bool(adapted) + 1)
+    assert row("oracle_images", adapted[0], "real_oracle").jobs == 1
     assert row("frozen_features", "", "").jobs == 1
     assert row("train_features").jobs == 1
     for stage in ("textual_inversion", "sample", "filter_samples", "fid", "judge"):
@@ -449,7 +455,10 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert (t.gpu_s == 0).all()  # this machine has no GPU (and every job has its benchmark file)
 
     m = pd.read_csv(res / "tables/cost_methods.csv").set_index("method")
-    assert list(m.index) == ["baseline", "oversample", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora"]
+    assert list(m.index) == ["baseline", "oversample", "real_oracle", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i",
+                             "ti_lora", "oversample+ti_i2i"]
+    assert m.loc["real_oracle", "synthetic_wall_s"] == pytest.approx(
+        sum(wall(f"oracle_images/{cls}.tsv") for cls in adapted))
     ti = sum(wall(f"select_seeds/{cls}.tsv") for cls in weak) + sum(wall(f"textual_inversion/{cls}.tsv") for cls in adapted) + sum(
         wall(f"{stage}/ti/{cls}.tsv") for cls in adapted for stage in ("sample", "filter_samples"))
     assert m.loc["ti", "synthetic_wall_s"] == pytest.approx(ti)
@@ -563,6 +572,8 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
         ("retrain", "method=ti_i2i, seed=1"),
         ("retrain", "method=ti_lora, seed=0"),
         ("retrain", "method=ti_lora, seed=1"),
+        ("retrain", "method=oversample+ti_i2i, seed=0"),  # swaps in ti_i2i's images
+        ("retrain", "method=oversample+ti_i2i, seed=1"),
         ("retrain_ablation", "method=ti_i2i, variant=n2-filter, seed=0"),
         ("retrain_ablation", "method=ti_i2i, variant=n2-nofilter, seed=0"),
         ("retrain_ablation", "method=ti_i2i, variant=balanced-nofilter, seed=0"),
@@ -611,7 +622,7 @@ def test_training_from_scratch_retrains_every_run_without_the_baseline(tiny_run,
     p = snakemake(wd, "-n", configfiles=[edited])
     rules = sorted({r for r, _ in _planned_jobs(p.stdout + p.stderr)})
     assert rules == ["all", "cost", "report", "retrain", "retrain_ablation"]
-    assert len(_planned_jobs(p.stdout + p.stderr)) == 16 + 3 + 3  # 8 methods x 2 seeds, 3 ablation runs
+    assert len(_planned_jobs(p.stdout + p.stderr)) == 20 + 3 + 3  # 10 methods x 2 seeds, 3 ablation runs
     for rule in ("retrain", "retrain_ablation"):
         assert "results/baseline/model.pt" not in _job_block(p.stdout, rule)
 

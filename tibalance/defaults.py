@@ -119,9 +119,13 @@ FID_RELIABLE_IMAGES = 100
 # The registry of the study's names: rules, schema enums (a test compares),
 # tables and docs take them from here.
 # the methods a retraining run trains with (retrain.methods), in the tables' order
-METHODS = ("baseline", "oversample", "real_oracle", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
 # the methods that train on synthetic images (ablation.methods)
-SYNTHETIC_METHODS = METHODS[3:]
+SYNTHETIC_METHODS = ("raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
+# synthetic on top of oversampling: the oversample set, each of whose weak-class
+# images (real or repeated) is swapped for one of the mode's kept synthetic images
+# with probability retrain.combine_p, drawn anew each epoch
+COMBINED_METHODS = tuple(f"oversample+{m}" for m in SYNTHETIC_METHODS)
+METHODS = ("baseline", "oversample", "real_oracle", *SYNTHETIC_METHODS, *COMBINED_METHODS)
 # the sampling modes (results/samples/<mode>/)
 MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
 # the modes that sample with the class's learned token (they need its inversion)

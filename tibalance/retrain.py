@@ -11,10 +11,11 @@ from .util import TibalanceError, derive_seed
 from .defaults import METHODS, MODES
 # the sampling mode whose images a method trains on
 SAMPLE_KIND = {"raw_sd": "raw", **{m: m for m in MODES if m != "raw"}}
+SAMPLE_KIND.update({f"oversample+{m}": k for m, k in list(SAMPLE_KIND.items())})
 
 
 def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthetic: dict[str, list[str]],
-                       mix: str = "add", seed: int = 0) -> pd.DataFrame:
+                       mix: str = "add", seed: int = 0, balanced: dict[str, int] | None = None) -> pd.DataFrame:
     """Rows path, label, classic (heavy augmentation), alternatives (synthetic
     paths that may replace this image, for mix 'replace').
 
@@ -25,7 +26,11 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
       them: the oracle_images tables) added as real images are;
     - synthetic methods (raw_sd, ti, …) with mix 'add': the synthetic images added;
     - synthetic methods (raw_sd, ti, …) with mix 'replace': class counts unchanged; each real image of a
-      weak class may be swapped for one of the class's synthetic images."""
+      weak class may be swapped for one of the class's synthetic images;
+    - oversample+<method>: the oversample set up to real + balanced[cls] images
+      (the mode's count before the filter, as oversample's), each of whose
+      weak-class rows (real and repeated) may be swapped for one of the mode's kept
+      synthetic images (whatever retrain.mix says; the rate is the trainer's replace_p)."""
     if method not in METHODS:
         raise TibalanceError(f"retrain.methods: unknown method {method!r} ({', '.join(METHODS)})")
     df = train[["path", "label"]].reset_index(drop=True).assign(classic=False, alternatives=None)
@@ -35,13 +40,17 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
     for cls in weak:
         synth = list(synthetic.get(cls, []))
         real = df[df.label == cls]
-        if method == "oversample":
+        if method == "oversample" or method.startswith("oversample+"):
             if real.empty:
                 continue
+            n = len(synth) if method == "oversample" else int((balanced or {}).get(cls, 0))
             rng = np.random.default_rng(derive_seed(seed, "oversample", cls))
             order = rng.permutation(len(real))
-            reps = [real.path.iloc[order[i % len(real)]] for i in range(len(synth))]
-            extra += [(p, cls, True, None) for p in reps]
+            reps = [real.path.iloc[order[i % len(real)]] for i in range(n)]
+            alts = synth if method != "oversample" and synth else None
+            if alts:
+                df.loc[real.index, "alternatives"] = pd.Series([alts] * len(real), index=real.index, dtype=object)
+            extra += [(p, cls, True, alts) for p in reps]
         elif method == "real_oracle" or mix == "add":
             extra += [(p, cls, False, None) for p in synth]
         elif mix == "replace":

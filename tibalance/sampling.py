@@ -4,7 +4,8 @@
 - `ti`: text-to-image with the learned token;
 - `ti_i2i`: image-to-image from the class's real training images with the
   learned token (real-image-guided, as DA-Fusion): image i starts from real
-  image i mod n, noised to `strength` of the schedule, then denoised;
+  image i mod n, noised to `strength` of the schedule (a list of strengths:
+  image i takes the (i mod length)-th), then denoised;
 - `lora`: text-to-image with the class's name and its LoRA adapter loaded;
 - `lora_i2i`: image-to-image as ti_i2i, with the class's name and its LoRA adapter;
 - `ti_lora`: text-to-image with the learned token and its token + LoRA adapter.
@@ -98,6 +99,11 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     seeds = [image_seed(seed, cls, i) for i in range(n)]
     # unset: the generator's own size (and the same images as a value equal to it)
     res = s["resolution"] = resolve_resolution(s["resolution"], model, "sampling.resolution") if n else s["resolution"]
+    strengths = s["strength"] if isinstance(s["strength"], (list, tuple)) else [s["strength"]]
+
+    def strength_of(i: int) -> float:
+        return float(strengths[i % len(strengths)])
+
     starts: list[str | None] = [None] * n
     if method in I2I_MODES:
         real = real_start_images(m, cls)
@@ -157,13 +163,21 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
             kwargs = dict(num_inference_steps=int(s["steps"]), guidance_scale=float(s["guidance_scale"]),
                           negative_prompt=[s["negative_prompt"]] * len(batch) if s["negative_prompt"] else None,
                           generator=[torch.Generator().manual_seed(seeds[i]) for i in batch])
-            if method in I2I_MODES:
-                kwargs.update(image=[load_start_image(starts[i], res) for i in batch], strength=float(s["strength"]))
-            else:
-                kwargs.update(height=res, width=res)
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                images = pipe([prompts[i] for i in batch], **kwargs).images
-            for i, im in zip(batch, images):
+            # one pipeline call per strength in the batch (image-to-image takes one strength a call)
+            groups = ([[i for i in batch if strength_of(i) == v] for v in dict.fromkeys(map(strength_of, batch))]
+                      if method in I2I_MODES else [batch])
+            images = []
+            for group in groups:
+                kw = {**kwargs, "generator": [kwargs["generator"][batch.index(i)] for i in group]}
+                if kw.get("negative_prompt"):
+                    kw["negative_prompt"] = kw["negative_prompt"][:len(group)]
+                if method in I2I_MODES:
+                    kw.update(image=[load_start_image(starts[i], res) for i in group], strength=strength_of(group[0]))
+                else:
+                    kw.update(height=res, width=res)
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    images += list(zip(group, pipe([prompts[i] for i in group], **kw).images))
+            for i, im in sorted(images, key=lambda t: t[0]):
                 tmp = paths[i].with_suffix(".tmp.png")
                 im.save(tmp)
                 tmp.replace(paths[i])  # a killed job leaves no half-written image
@@ -171,5 +185,6 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
         bar.close()
     write_csv(pd.DataFrame({"index": range(n), "path": [str(p) for p in paths], "seed": seeds,
                             "prompt": prompts, "label": cls, "method": method,
-                            "start_image": [p or "" for p in starts]}), out_csv)
+                            "start_image": [p or "" for p in starts],
+                            "strength": [strength_of(i) if method in I2I_MODES else "" for i in range(n)]}), out_csv)
     return len(todo)

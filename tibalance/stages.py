@@ -368,11 +368,15 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
     variant = variant or {}
     synthetic = read_synthetic(synthetic_csvs, use_filter=variant.get("filter", True), limit=variant.get("limit"))
     train = m[m["split"] == "train"]
-    ts = build_training_set(train, weak_classes, method, synthetic, retrain_cfg.get("mix", "add"), seed)
+    combined = method.startswith("oversample+")
+    balanced = ({c: len(v) for c, v in read_synthetic(synthetic_csvs, use_filter=False).items()}
+                if combined else None)  # the oversample part's count: the mode's before the filter
+    ts = build_training_set(train, weak_classes, method, synthetic, retrain_cfg.get("mix", "add"), seed,
+                            balanced=balanced)
+    swap_p = float(retrain_cfg.get("combine_p", 0.5) if combined else retrain_cfg.get("replace_p", 0.5))
     clf = train_classifier(ts["path"], ts["label"], order, clf_cfg, seed, augment_flags=ts["classic"],
                            progress_desc=f"{method} seed {seed}", alternatives=ts["alternatives"],
-                           replace_p=float(retrain_cfg.get("replace_p", 0.5)), init=init_model,
-                           frozen_cache=frozen_cache)
+                           replace_p=swap_p, init=init_model, frozen_cache=frozen_cache)
     frozen = None
     if frozen_cache:
         from .frozen import open_features
@@ -387,7 +391,8 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
                **split_metrics(pred, order)["test"],
                "per_class_accuracy": pc["accuracy"].to_dict(),
                "weak_accuracy": float(pc.loc[weak_classes, "accuracy"].mean()) if weak_classes else float("nan"),
-               "train_counts": ts.groupby("label").size().to_dict()}
+               "train_counts": ts.groupby("label").size().to_dict(),
+               **({"swap_p": swap_p, "swappable": int(ts["alternatives"].map(bool).sum())} if combined else {})}
     write_json(metrics_out, metrics)
     side.write(meta, train_images=len(ts))
 
