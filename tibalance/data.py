@@ -410,6 +410,12 @@ def select_records(data_cfg: dict, seed: int):
 
     The unused records are the train/val-side images that the caps and the
     imbalance left out (never test): what an independent judge may learn from."""
+    src, _, rec, unused, skipped = _select(data_cfg, seed)
+    return src, rec, unused, skipped
+
+
+def _select(data_cfg: dict, seed: int):
+    """select_records, with the records after the caps and before the imbalance as well."""
     check_root(data_cfg)
     src = load_source(data_cfg, seed)
     order = list(src.names)
@@ -422,10 +428,10 @@ def select_records(data_cfg: dict, seed: int):
                 skipped.append((ref, cls, split, reason))
         src.records = src.records[[r is None for r in reasons]].reset_index(drop=True)
     split_rec = make_splits(src.records, data_cfg.get("val_fraction", 0.1), data_cfg.get("test_fraction", 0.2), seed)
-    rec = cap_per_class(split_rec, data_cfg.get("max_per_class") or {}, seed)
-    rec = apply_imbalance(rec, order, data_cfg.get("imbalance") or {}, seed)
+    capped = cap_per_class(split_rec, data_cfg.get("max_per_class") or {}, seed)
+    rec = apply_imbalance(capped, order, data_cfg.get("imbalance") or {}, seed)
     unused = split_rec[split_rec["split"].isin(["train", "val"]) & ~split_rec.index.isin(rec.index)]
-    return src, rec, unused, skipped
+    return src, capped, rec, unused, skipped
 
 
 def _materialise(src: SourceData, rec: pd.DataFrame, image_dir: str) -> list[tuple[str, str, str]]:
@@ -492,15 +498,12 @@ def build_oracle_set(data_cfg: dict, seed: int, cls: str, n: int, judge_per_clas
     those the per-class caps left out; each group in a seeded order), never a test or
     val image and none of the judge's pool (judge_per_class: the judge's
     train_per_class, 0 when it trains none). Written like a sample table."""
-    src, rec, unused, _ = select_records(data_cfg, seed)
+    src, capped, _, unused, _ = _select(data_cfg, seed)
     if cls not in src.names:
         raise TibalanceError(f"real_oracle: unknown class {cls!r}")
     if judge_per_class > 0:
         unused = unused.drop(index=judge_pool_index(unused, judge_per_class, seed))
     cand = unused[(unused["split"] == "train") & (unused["label"] == cls)]
-    capped = cap_per_class(make_splits(src.records, data_cfg.get("val_fraction", 0.1),
-                                       data_cfg.get("test_fraction", 0.2), seed),
-                           data_cfg.get("max_per_class") or {}, seed)
     removed = cand[cand.index.isin(capped.index)]  # in the study's caps, dropped by the imbalance
     left = cand[~cand.index.isin(capped.index)]
     rng = np.random.default_rng(derive_seed(seed, "real_oracle", cls))

@@ -49,18 +49,23 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
             reps = [real.path.iloc[order[i % len(real)]] for i in range(n)]
             alts = synth if method != "oversample" and synth else None
             if alts:
-                df.loc[real.index, "alternatives"] = pd.Series([alts] * len(real), index=real.index, dtype=object)
+                _swappable(df, real.index, alts)
             extra += [(p, cls, True, alts) for p in reps]
         elif method == "real_oracle" or mix == "add":
             extra += [(p, cls, False, None) for p in synth]
         elif mix == "replace":
             if synth:
-                df.loc[real.index, "alternatives"] = pd.Series([synth] * len(real), index=real.index, dtype=object)
+                _swappable(df, real.index, synth)
         else:
             raise TibalanceError(f"retrain.mix: unknown mode {mix!r} (add, replace)")
     if extra:
         df = pd.concat([df, pd.DataFrame(extra, columns=df.columns)], ignore_index=True)
     return df
+
+
+def _swappable(df: pd.DataFrame, index, alts: list[str]) -> None:
+    """The rows at `index` may each be swapped for one of `alts` (drawn by the trainer)."""
+    df.loc[index, "alternatives"] = pd.Series([alts] * len(index), index=index, dtype=object)
 
 
 def _mean_std(values) -> tuple[float, float]:

@@ -93,8 +93,11 @@ def correctness(preds, cls: str) -> "pd.Series":
     return pd.Series((t["pred"] == t["label"]).astype(int).to_numpy(), index=t["path"].to_numpy())
 
 
-def _matrix(runs: dict, method: str, seeds: list[int], cls: str) -> np.ndarray:
-    rows = [correctness(runs[(method, s)], cls) for s in seeds]
+def _matrix(runs: dict, method: str, seeds: list[int], cls: str, memo: dict) -> np.ndarray:
+    for s in seeds:
+        if (method, s, cls) not in memo:
+            memo[(method, s, cls)] = correctness(runs[(method, s)], cls)
+    rows = [memo[(method, s, cls)] for s in seeds]
     paths = rows[0].index
     for s, r in zip(seeds, rows):
         if not r.index.equals(paths):
@@ -113,7 +116,7 @@ def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0, 
     runs: {(method, seed): per-image test predictions (path, label, pred)}."""
     from .util import derive_seed
 
-    rows = []
+    rows, memo = [], {}  # each run's correctness per class, computed once
     for cls in weak:
         for ref in references:
             family = []
@@ -123,7 +126,7 @@ def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0, 
                 seeds = sorted({s for m, s in runs if m == method} & {s for m, s in runs if m == ref})
                 if not seeds:
                     continue
-                a, b = _matrix(runs, method, seeds, cls), _matrix(runs, ref, seeds, cls)
+                a, b = _matrix(runs, method, seeds, cls, memo), _matrix(runs, ref, seeds, cls, memo)
                 lift, low, high = lift_interval(a, b, n_boot=n_boot, seed=derive_seed(seed, "bootstrap", cls, method, ref))
                 family.append({"class": cls, "method": method, "reference": ref, "seeds": len(seeds),
                                "images": a.shape[1], "lift": lift, "low": low, "high": high,
