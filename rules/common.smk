@@ -7,8 +7,8 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
-from tibalance.config import (canonical, check_class_names, check_freeze, check_lora, class_settings, format_validation_error,
-                              refill_count)
+from tibalance.config import (canonical, check_class_names, check_freeze, check_lora, check_replicates, class_settings,
+                              format_validation_error, refill_count, replicate_dir, replicate_index, replicate_of)
 from tibalance.data import check_root, dataset_class_names, oracle_absent_reason
 from tibalance.defaults import FILTER_DEFAULTS
 from tibalance.fetch import WEIGHTS_DIR, classifier_weights_file, dataset_marker, inception_weights_file, weights_to_fetch
@@ -71,11 +71,13 @@ try:
     check_class_names(config, dataset_class_names(config["data"]))
     check_lora(config)
     check_freeze(config)
+    check_replicates(config)
 except TibalanceError as e:
     _fail(f"{CONFIGFILE}: {e}")
 
 
 SEED = config["seed"]
+REPLICATES = int(config["replicates"])
 
 # real_oracle needs real images the study removed: elsewhere its row is absent,
 # with the reason once on the terminal and under the summary table
@@ -89,12 +91,30 @@ if ORACLE_ABSENT:
 SAMPLE_KINDS = ["raw", "ti"] + [m for m in MODES if m not in ("raw", "ti") and m in config["retrain"]["methods"]]
 # the LoRA adapters those modes need (lora_i2i samples with the `lora` adapter)
 LORA_KINDS = sorted({LORA_ADAPTER[m] for m in SAMPLE_KINDS if m in LORA_MODES}, key=["lora", "ti_lora"].index)
+# replicates k > 0 make only what a retraining run reads: the modes of the
+# synthetic methods (oversample counts replicate 0's raw table: the count is the
+# same), their adapters, and the token where a mode or adapter needs it
+REP_SAMPLE_KINDS = [m for m in MODES if m in {SAMPLE_KIND[x] for x in config["retrain"]["methods"] if x in SAMPLE_KIND}]
+REP_LORA_KINDS = [k for k in LORA_KINDS if k in {LORA_ADAPTER[m] for m in REP_SAMPLE_KINDS if m in LORA_MODES}]
+REP_TOKEN = any(m in TOKEN_MODES for m in REP_SAMPLE_KINDS) or "ti_lora" in REP_LORA_KINDS
+
+
+def _rep(wildcards):
+    """The job's {rep} wildcard: '' (replicate 0) or '/rep<k>'."""
+    return wildcards.get("rep", "") or ""
 
 
 def section(name):
     """A config section as a params value: keys sorted, so that only a change of
     value (not of key order) reruns the jobs that use it."""
     return canonical(config[name])
+
+
+def retrain_section():
+    """The retrain section as a run sees it: without the methods and seeds lists
+    (a run's method and seed are its wildcards), so that adding a method or a
+    seed plans the new runs only, not every run again."""
+    return canonical({k: v for k, v in config["retrain"].items() if k not in ("methods", "seeds")})
 
 
 def fid_metrics():
@@ -129,11 +149,19 @@ def adapted_classes():
 
 
 def class_seed(wildcards):
-    return derive_seed(SEED, wildcards.cls)
+    """The class's seed; replicate k > 0 derives its own from it (replicate 0's is
+    the one an R = 1 study has, so adding replicates reruns nothing of it)."""
+    k = replicate_index(_rep(wildcards))
+    return derive_seed(SEED, wildcards.cls) if k == 0 else derive_seed(SEED, wildcards.cls, f"replicate{k}")
 
 
 def seeds_params(wildcards):
-    return class_settings(config, "seeds", wildcards.cls)
+    """The class's seeds settings; a replicate k > 0 adds the seed of its draw of
+    candidates (replicate 0 picks as an R = 1 study does)."""
+    settings = class_settings(config, "seeds", wildcards.cls)
+    if replicate_index(_rep(wildcards)):
+        settings = {**settings, "replicate_seed": class_seed(wildcards)}
+    return settings
 
 
 def generator_files(wildcards):
@@ -183,8 +211,8 @@ def _token(cls):
     return {"placeholder": ti["placeholder"].format(cls=cls), "num_vectors": ti["num_vectors"]}
 
 
-def _embeds(cls):
-    return f"results/inversion/{cls}/learned_embeds.safetensors"
+def _embeds(cls, rep=""):
+    return f"results/inversion/{cls}{rep}/learned_embeds.safetensors"
 
 
 def token_params(wildcards):
@@ -201,16 +229,17 @@ def sample_inputs(wildcards):
     inputs = {}
     if images_wanted(wildcards.cls) == 0:
         return inputs  # no images: no token, no adapter (none is trained for the class)
+    rep = _rep(wildcards)
     if wildcards.method in TOKEN_MODES:
-        inputs["embeds"] = _embeds(wildcards.cls)
+        inputs["embeds"] = _embeds(wildcards.cls, rep)
     if wildcards.method in LORA_MODES:
         kind = LORA_ADAPTER[wildcards.method]
-        inputs["lora"] = f"results/lora/{kind}/{wildcards.cls}/pytorch_lora_weights.safetensors"
+        inputs["lora"] = f"results/lora/{kind}/{wildcards.cls}{rep}/pytorch_lora_weights.safetensors"
     return inputs
 
 
 def lora_inputs(wildcards):
-    return {"embeds": _embeds(wildcards.cls)} if wildcards.lora_kind == "ti_lora" else {}
+    return {"embeds": _embeds(wildcards.cls, _rep(wildcards))} if wildcards.lora_kind == "ti_lora" else {}
 
 
 def lora_token_params(wildcards):
@@ -227,9 +256,22 @@ def class_filtered(wildcards):
     return {kind: f"results/samples/{kind}/{wildcards.cls}/filtered.csv" for kind in SAMPLE_KINDS}
 
 
+def run_replicate(wildcards):
+    """The replicate a retraining (or ablation) run trains on: its seed's
+    position in retrain.seeds (ablation.seeds for an ablation run), mod R."""
+    seeds = config["retrain"]["seeds"]
+    if "variant" in wildcards.keys():
+        seeds = config["ablation"].get("seeds") or seeds
+    try:
+        return replicate_of(int(wildcards.seed), seeds, REPLICATES)
+    except TibalanceError as e:
+        raise WorkflowError(f"{CONFIGFILE}: {e}")
+
+
 def retrain_synthetic(wildcards):
-    """Sample tables the method trains on: the filtered ones (their kept images);
-    oversample: the raw tables, whose size is the balanced count it repeats up to."""
+    """Sample tables the method trains on: the filtered ones (their kept images)
+    of the run's replicate; oversample: replicate 0's raw tables, whose size is
+    the balanced count it repeats up to (the same in every replicate)."""
     if wildcards.method == "oversample":
         return expand("results/samples/raw/{cls}/samples.csv", cls=adapted_classes())
     if wildcards.method == "real_oracle":
@@ -237,7 +279,8 @@ def retrain_synthetic(wildcards):
     kind = SAMPLE_KIND.get(wildcards.method)
     if kind is None:
         return []
-    return expand("results/samples/{kind}/{cls}/filtered.csv", kind=kind, cls=adapted_classes())
+    rep = replicate_dir(run_replicate(wildcards))
+    return expand("results/samples/{kind}/{cls}{rep}/filtered.csv", kind=kind, cls=adapted_classes(), rep=rep)
 
 
 def retrain_init(wildcards):
@@ -378,12 +421,15 @@ def study_jobs(wildcards):
     weak = weak_classes()
     jobs = []
 
-    def add(name, cls=None, method=None, **wc):
+    def add(name, cls=None, method=None, replicate=None, **wc):
         r = getattr(rules, name)
         wc = {**wc, **({"cls": cls} if cls else {}), **({"method": method} if method else {})}
+        if replicate is not None:
+            wc["rep"] = replicate_dir(replicate)
         fill = lambda pattern: expand(pattern, **wc)[0] if wc else str(pattern)
         meta = r.output.get("meta") or r.output.get("sidecar")
         jobs.append({"rule": name, "class": cls, "method": method if "variant" not in wc else f"{method} {wc['variant']}",
+                     "replicate": replicate,
                      "benchmark": fill(r.benchmark), "meta": fill(meta) if meta else None,
                      "done": fill(meta or r.output[0])})
 
@@ -397,15 +443,19 @@ def study_jobs(wildcards):
         add("generator_quality")
     adapted = adapted_classes()
     for cls in weak:
-        add("select_seeds", cls)
+        for k in range(REPLICATES if cls in adapted else 1):
+            add("select_seeds", cls, replicate=k)
+            if cls not in adapted:
+                continue  # 0 images: its seeds only
+            if k == 0 or REP_TOKEN:
+                add("textual_inversion", cls, replicate=k)
+            for kind in LORA_KINDS if k == 0 else REP_LORA_KINDS:
+                add("lora", cls, kind, replicate=k, lora_kind=kind)
+            for kind in SAMPLE_KINDS if k == 0 else REP_SAMPLE_KINDS:
+                add("sample", cls, kind, replicate=k)
+                add("filter_samples", cls, kind, replicate=k)
         if cls not in adapted:
-            continue  # 0 images: its seeds only
-        add("textual_inversion", cls)
-        for kind in LORA_KINDS:
-            add("lora", cls, kind, lora_kind=kind)
-        for kind in SAMPLE_KINDS:
-            add("sample", cls, kind)
-            add("filter_samples", cls, kind)
+            continue
         add("sample_grid", cls)
         add("fid", cls)
     if any(_uses_train_features(cls) for cls in adapted):

@@ -70,7 +70,7 @@ rule retrain:
         meta="results/retrain/{method}/seed{seed}/retrain.meta.json",
     params:
         classifier=retrain_classifier,
-        retrain=section("retrain"),
+        retrain=retrain_section(),
     log:
         "logs/retrain/{method}/seed{seed}.log",
     benchmark:
@@ -103,7 +103,7 @@ rule retrain_ablation:
         meta="results/ablation/{method}/{variant}/seed{seed}/retrain.meta.json",
     params:
         classifier=retrain_classifier,
-        retrain=section("retrain"),
+        retrain=retrain_section(),
         variant=lambda wildcards: parse_variant(wildcards.variant),
     log:
         "logs/retrain_ablation/{method}/{variant}/seed{seed}.log",
@@ -138,6 +138,8 @@ rule report:
         fid_min_images=config["metrics"].get("min_images", FID_RELIABLE_IMAGES),
         seed=SEED,
         notes=[ORACLE_ABSENT] if ORACLE_ABSENT else [],
+        # {retraining seed: the replicate it trained on}, for the verdict's ranking line
+        replicate_of_seed={s: replicate_of(s, config["retrain"]["seeds"], REPLICATES) for s in config["retrain"]["seeds"]},
     output:
         summary_csv="results/tables/summary.csv",
         summary_md="results/tables/summary.md",

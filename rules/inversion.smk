@@ -1,29 +1,29 @@
 rule textual_inversion:
     input:
-        seeds="results/seeds/{cls}/seeds.csv",
+        seeds="results/seeds/{cls}{rep}/seeds.csv",
         classes="results/data/classes.json",
         generator=generator_files,
     output:
-        embeds="results/inversion/{cls}/learned_embeds.safetensors",
-        loss="results/inversion/{cls}/loss.csv",
+        embeds="results/inversion/{cls}{rep}/learned_embeds.safetensors",
+        loss="results/inversion/{cls}{rep}/loss.csv",
         preview=report(
-            "results/inversion/{cls}/preview.png",
+            "results/inversion/{cls}{rep}/preview.png",
             caption="../workflow/report/preview.rst",
             category="3. Adaptation",
             subcategory="{cls}",
         ),
-        meta="results/inversion/{cls}/textual_inversion.meta.json",
+        meta="results/inversion/{cls}{rep}/textual_inversion.meta.json",
     params:
         ti=ti_params,
         seed=class_seed,
         model=MODEL,
         # not an output: Snakemake would delete it when a job fails, and a
         # restarted job must find it to resume
-        resume_dir="results/inversion/{cls}/resume",
+        resume_dir="results/inversion/{cls}{rep}/resume",
     log:
-        "logs/textual_inversion/{cls}.log",
+        "logs/textual_inversion/{cls}{rep}.log",
     benchmark:
-        "benchmarks/textual_inversion/{cls}.tsv"
+        "benchmarks/textual_inversion/{cls}{rep}.tsv"
     threads: 4
     # the study's critical path after the generator: the token gates its sampling
     # modes, the ti_lora adapter and their retraining runs, so it goes first

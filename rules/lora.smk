@@ -4,30 +4,30 @@
 rule lora:
     input:
         unpack(lora_inputs),
-        seeds="results/seeds/{cls}/seeds.csv",
+        seeds="results/seeds/{cls}{rep}/seeds.csv",
         classes="results/data/classes.json",
         generator=generator_files,
     output:
-        weights="results/lora/{lora_kind}/{cls}/pytorch_lora_weights.safetensors",
-        loss="results/lora/{lora_kind}/{cls}/loss.csv",
+        weights="results/lora/{lora_kind}/{cls}{rep}/pytorch_lora_weights.safetensors",
+        loss="results/lora/{lora_kind}/{cls}{rep}/loss.csv",
         preview=report(
-            "results/lora/{lora_kind}/{cls}/preview.png",
+            "results/lora/{lora_kind}/{cls}{rep}/preview.png",
             caption="../workflow/report/lora_preview.rst",
             category="3. Adaptation",
             subcategory="{cls}",
         ),
-        meta="results/lora/{lora_kind}/{cls}/lora.meta.json",
+        meta="results/lora/{lora_kind}/{cls}{rep}/lora.meta.json",
     params:
         lora=lora_params,
         token=lora_token_params,
         seed=class_seed,
         model=MODEL,
         # not an output: kept when a job fails, so that its retry resumes
-        resume_dir="results/lora/{lora_kind}/{cls}/resume",
+        resume_dir="results/lora/{lora_kind}/{cls}{rep}/resume",
     log:
-        "logs/lora/{lora_kind}/{cls}.log",
+        "logs/lora/{lora_kind}/{cls}{rep}.log",
     benchmark:
-        "benchmarks/lora/{lora_kind}/{cls}.tsv"
+        "benchmarks/lora/{lora_kind}/{cls}{rep}.tsv"
     threads: 4
     priority: 30  # after the token (ti_lora trains on it), before the sampling and retraining runs
     resources:

@@ -5,8 +5,8 @@ rule sample:
         classes="results/data/classes.json",
         generator=generator_files,
     output:
-        samples="results/samples/{method}/{cls}/samples.csv",
-        meta="results/samples/{method}/{cls}/sample.meta.json",
+        samples="results/samples/{method}/{cls}{rep}/samples.csv",
+        meta="results/samples/{method}/{cls}{rep}/sample.meta.json",
     params:
         sampling=sampling_params,
         token=token_params,
@@ -14,11 +14,11 @@ rule sample:
         model=MODEL,
         # images live beside samples.csv but are not an output: a rerun keeps
         # the ones already made with the same settings
-        image_dir="results/samples/{method}/{cls}/images",
+        image_dir="results/samples/{method}/{cls}{rep}/images",
     log:
-        "logs/sample/{method}/{cls}.log",
+        "logs/sample/{method}/{cls}{rep}.log",
     benchmark:
-        "benchmarks/sample/{method}/{cls}.tsv"
+        "benchmarks/sample/{method}/{cls}{rep}.tsv"
     threads: 4
     priority: 20  # before the retraining runs: they wait for these images
     resources:
@@ -84,19 +84,19 @@ rule train_features:
 
 rule filter_samples:
     input:
-        samples="results/samples/{method}/{cls}/samples.csv",
+        samples="results/samples/{method}/{cls}{rep}/samples.csv",
         manifest="results/data/manifest.csv",
         model="results/baseline/model.pt",
         features=filter_features,
     output:
-        filtered="results/samples/{method}/{cls}/filtered.csv",
-        meta="results/samples/{method}/{cls}/filter.meta.json",
+        filtered="results/samples/{method}/{cls}{rep}/filtered.csv",
+        meta="results/samples/{method}/{cls}{rep}/filter.meta.json",
     params:
         filter=filter_params,
     log:
-        "logs/filter_samples/{method}/{cls}.log",
+        "logs/filter_samples/{method}/{cls}{rep}.log",
     benchmark:
-        "benchmarks/filter_samples/{method}/{cls}.tsv"
+        "benchmarks/filter_samples/{method}/{cls}{rep}.tsv"
     threads: 2
     priority: 20
     resources:

@@ -3,9 +3,9 @@ rule select_seeds:
         manifest="results/data/manifest.csv",
         model="results/baseline/model.pt",
     output:
-        seeds="results/seeds/{cls}/seeds.csv",
+        seeds="results/seeds/{cls}{rep}/seeds.csv",
         sheet=report(
-            "results/seeds/{cls}/contact_sheet.png",
+            "results/seeds/{cls}{rep}/contact_sheet.png",
             caption="../workflow/report/seeds.rst",
             category="2. Seeds",
             subcategory="{cls}",
@@ -13,9 +13,9 @@ rule select_seeds:
     params:
         seeds=seeds_params,
     log:
-        "logs/select_seeds/{cls}.log",
+        "logs/select_seeds/{cls}{rep}.log",
     benchmark:
-        "benchmarks/select_seeds/{cls}.tsv"
+        "benchmarks/select_seeds/{cls}{rep}.tsv"
     priority: 55  # its class's token waits for it: a few seconds before the generator's UNet, not after
     resources:
         mem_mb=4000,

@@ -58,3 +58,21 @@ def test_seed_selection_prefers_recognised_images_and_reports_shortfall():
     assert all(i >= 30 for i in idx)  # only the top quarter are candidates
     idx, note = select_seed_indices(feats[:3], conf[:3], n=5)
     assert sorted(idx) == [0, 1, 2] and "took them all" in note
+
+
+def test_replicates_pick_other_good_diverse_seed_sets():
+    """replicates: R > 1: replicate k > 0 runs the same k-center among a random
+    half of the candidates, drawn with its own seed: another set of well-recognised
+    images each time, reproducible from the seed; replicate 0 (no seed) as before."""
+    rng = np.random.default_rng(1)
+    feats, conf = rng.normal(size=(60, 8)), np.linspace(0, 1, 60)
+    study, _ = select_seed_indices(feats, conf, n=5, candidate_fraction=0.5)
+    assert study == select_seed_indices(feats, conf, n=5, candidate_fraction=0.5, replicate_seed=None)[0]
+    reps = [select_seed_indices(feats, conf, n=5, candidate_fraction=0.5, replicate_seed=s)[0] for s in (11, 12, 13)]
+    for idx in reps:
+        assert len(set(idx)) == 5 and all(i >= 30 for i in idx)  # still among the best-recognised half
+        assert idx != study
+    assert len({tuple(sorted(i)) for i in reps}) == 3  # each replicate its own set
+    assert reps[0] == select_seed_indices(feats, conf, n=5, candidate_fraction=0.5, replicate_seed=11)[0]
+    few = select_seed_indices(feats[:5], conf[:5], n=5, replicate_seed=11)[0]
+    assert sorted(few) == [0, 1, 2, 3, 4]  # only n images: every replicate gets them

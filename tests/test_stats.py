@@ -99,3 +99,23 @@ def test_comparisons_and_verdict():
     runs[("ti", 1)] = _preds({"weak": [1] * 13, "other": [1] * 10})
     with pytest.raises(TibalanceError, match="ti seed 1"):
         comparisons(runs, ["weak"], ["baseline", "ti"])
+
+
+def test_replicate_ranking_says_whether_the_order_holds_in_every_replicate():
+    """Seeds 0-2 trained on replicates 0-2: the overall order is the mean lift's,
+    each replicate's its own seeds'; counted and in words."""
+    from tibalance.stats import ranking_line, replicate_ranking
+
+    acc = {"baseline": [0.10, 0.10, 0.10], "ti": [0.30, 0.20, 0.40], "lora": [0.20, 0.30, 0.15],
+           "ti_i2i": [0.15, 0.12, 0.11], "oversample": [0.9, 0.9, 0.9]}  # oversample: not an adaptation
+    runs = [{"method": m, "seed": s, "per_class_accuracy": {"shirt": v[s]}} for m, v in acc.items() for s in range(3)]
+    rk = replicate_ranking(runs, "shirt", {0: 0, 1: 1, 2: 2})
+    assert rk["overall"] == ["ti", "lora", "ti_i2i"]  # mean lifts 0.20, 0.117, 0.027
+    assert rk["replicates"] == {0: ["ti", "lora", "ti_i2i"], 1: ["lora", "ti", "ti_i2i"], 2: ["ti", "lora", "ti_i2i"]}
+    assert rk["same_order"] == 2 and rk["best_first"] == 2
+    assert rk["tau"] == {0: 1.0, 1: pytest.approx(1 / 3), 2: 1.0}
+    line = ranking_line(rk)
+    assert "over 3 replicates" in line and "same order in 2 of 3" in line and "`ti` first in 2 of 3" in line
+    one = replicate_ranking(runs, "shirt", {0: 0, 1: 0, 2: 0})  # replicates: 1: one replicate, said so
+    assert list(one["replicates"]) == [0] and "one replicate" in ranking_line(one)
+    assert replicate_ranking([r for r in runs if r["method"] in ("baseline", "ti")], "shirt", {}) is None

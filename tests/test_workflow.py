@@ -2,6 +2,7 @@
 rerun, and one-line errors for bad configs."""
 import json
 import subprocess
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -120,6 +121,7 @@ def test_tiny_dag_outputs(tiny_run):
 def test_tiny_dag_inversion_and_sampling(tiny_run):
     """The tiny config sets no resolution for TI, LoRA or sampling: each runs at
     the 32-px generator's own size (not SD 1.5's 512)."""
+    import torch
     from safetensors.torch import load_file
 
     wd, _ = tiny_run
@@ -518,7 +520,8 @@ def _planned_jobs(output):
             rule = line.split()[1].rstrip(":")
             jobs.append([rule, ""])
         elif line.strip().startswith("wildcards:") and jobs:
-            jobs[-1][1] = line.split(":", 1)[1].strip()
+            # replicate 0's {rep} is empty: left out ("cls=triangle"), a replicate's kept ("cls=triangle, rep=/rep1")
+            jobs[-1][1] = line.split(":", 1)[1].strip().removesuffix(", rep=")
     return [tuple(j) for j in jobs]
 
 
@@ -605,6 +608,79 @@ def test_per_class_lora_edit_reruns_only_that_class_lora(tiny_run, tmp_path):
         + [("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]
         + [("retrain", f"method={k}, seed={s}") for k in modes for s in (0, 1)]
         + [("report", ""), ("cost", ""), ("all", "")]), jobs
+
+
+def test_replicates_remake_each_adaptation_and_seed_k_trains_on_replicate_k(tiny_run, tmp_path):
+    """replicates: 2 on (a copy of) the tiny run: replicate 1 of the adapted
+    class's seed selection, token, adapter, sampling and filters, and the runs
+    of seed 1 that read them - nothing of replicate 0, of the runs of seed 0, of
+    baseline or oversample, or of the weak class that gets no images. Replicate 1's
+    token, adapter and images are its own; seed 1's runs train on them; a one-class
+    edit then plans that class's two replicates and what uses them."""
+    wd0, _ = tiny_run
+    wd = tmp_path / "rep"
+    shutil.copytree(wd0, wd, symlinks=True, ignore=shutil.ignore_patterns("locks"))  # shared: another worker may run in it
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["replicates"] = 2
+    cfg["retrain"]["methods"] = ["baseline", "oversample", "ti", "lora_i2i"]  # a token row and an adapter row
+    cfg["ablation"] = {"methods": []}
+    edited = tmp_path / "replicates.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", configfiles=[edited])
+    cls, rep = "triangle", "rep=/rep1"
+    assert sorted(_planned_jobs(p.stdout + p.stderr)) == sorted([
+        ("select_seeds", f"cls={cls}, {rep}"),
+        ("textual_inversion", f"cls={cls}, {rep}"),
+        ("lora", f"lora_kind=lora, cls={cls}, {rep}"),  # lora_i2i samples with the lora adapter
+        ("sample", f"method=ti, cls={cls}, {rep}"),
+        ("sample", f"method=lora_i2i, cls={cls}, {rep}"),
+        ("filter_samples", f"method=ti, cls={cls}, {rep}"),
+        ("filter_samples", f"method=lora_i2i, cls={cls}, {rep}"),
+        ("retrain", "method=ti, seed=1"),
+        ("retrain", "method=lora_i2i, seed=1"),
+        # replicate 0's grid, FID and judge show the study's modes: fewer methods here, fewer rows
+        ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}"), ("judge", f"cls={cls}"),
+        ("report", ""), ("cost", ""), ("all", "")]), p.stdout
+    block = _job_block(p.stdout, "retrain")
+    assert "results/samples/ti/triangle/rep1/filtered.csv" in block and "samples/ti/triangle/filtered.csv" not in block
+    snakemake(wd, configfiles=[edited])
+    res = wd / "results"
+    seeds0, seeds1 = (pd.read_csv(res / f"seeds/{cls}{r}/seeds.csv") for r in ("", "/rep1"))
+    assert sorted(seeds1["path"]) == sorted(seeds0["path"])  # 4 training images, 5 asked: both take them all
+    import torch
+    from safetensors.torch import load_file
+    for f in ("inversion/triangle{}/learned_embeds.safetensors", "lora/lora/triangle{}/pytorch_lora_weights.safetensors"):
+        a, b = load_file(res / f.format("")), load_file(res / f.format("/rep1"))
+        assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a), f  # its own seed: its own weights
+    for mode in ("ti", "lora_i2i"):
+        s0, s1 = (pd.read_csv(res / f"samples/{mode}/{cls}{r}/samples.csv") for r in ("", "/rep1"))
+        assert len(s0) == len(s1) == 4 and all("/rep1/images/" in q for q in s1["path"])
+        assert not np.array_equal(np.asarray(Image.open(wd / s0["path"][0])), np.asarray(Image.open(wd / s1["path"][0])))
+    cost = (res / "tables/cost.md").read_text()
+    assert "## Per replicate" in cost and "| 1 | 7 |" in cost  # replicate 1's seven jobs
+    verdict = (res / "tables/verdict.md").read_text()
+    assert "Ranking of the adaptations over 2 replicates" in verdict
+    assert "Nothing to be done" in (lambda q: q.stdout + q.stderr)(snakemake(wd, "-n", configfiles=[edited]))
+    # a one-class edit of the token: both replicates' tokens and what uses them
+    cfg["classes"] = {cls: {"ti": {"initializer": "shape", "steps": 4}}}
+    edited.write_text(yaml.safe_dump(cfg))
+    jobs = _planned_jobs((lambda q: q.stdout + q.stderr)(snakemake(wd, "-n", configfiles=[edited])))
+    assert sorted(jobs) == sorted(
+        [(r, f"cls={cls}{x}") for r in ("textual_inversion",) for x in ("", f", {rep}")]
+        + [(r, f"method=ti, cls={cls}{x}") for r in ("sample", "filter_samples") for x in ("", f", {rep}")]
+        + [("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]  # replicate 0's
+        + [("retrain", "method=ti, seed=0"), ("retrain", "method=ti, seed=1"),
+           ("report", ""), ("cost", ""), ("all", "")]), jobs
+
+
+def test_replicates_beyond_the_seeds_stop_with_one_line(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["replicates"] = 3  # two retraining seeds
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    p = snakemake(tmp_path, "-n", configfiles=[bad], check=False)
+    assert p.returncode != 0
+    assert "replicates: 3 but retrain.seeds lists 2 seeds" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_training_from_scratch_retrains_every_run_without_the_baseline(tiny_run, tmp_path):

@@ -132,6 +132,38 @@ def check_lora(config: dict) -> None:
                 raise TibalanceError(f"{key}: {problem}")
 
 
+def check_replicates(config: dict) -> None:
+    """replicates: R repeats each weak class's adaptation; retraining seed k reads
+    replicate k mod R, so a replicate no seed reads would be made for nothing."""
+    r = int(config.get("replicates", 1))
+    seeds = list((config.get("retrain") or {}).get("seeds") or [0, 1, 2])
+    if r > len(seeds):
+        raise TibalanceError(f"replicates: {r} but retrain.seeds lists {len(seeds)} seeds; retraining seed k reads "
+                             f"replicate k, so at most {len(seeds)} replicates are used")
+
+
+def replicate_of(seed: int, seeds: list[int], replicates: int) -> int:
+    """The replicate a retraining run with this seed trains on: the seed's
+    position in its list, mod R (R = 1: always replicate 0)."""
+    if replicates <= 1:
+        return 0
+    if seed not in seeds:
+        raise TibalanceError(f"retrain seed {seed} is not in the seeds list {list(seeds)}: with replicates: "
+                             f"{replicates} its replicate is its position there")
+    return list(seeds).index(seed) % replicates
+
+
+def replicate_dir(k: int) -> str:
+    """The {rep} wildcard of replicate k: '' for replicate 0 (the study's own
+    files, where they are with R = 1), '/rep<k>' for the others."""
+    return "" if k == 0 else f"/rep{k}"
+
+
+def replicate_index(rep: str) -> int:
+    """The inverse of replicate_dir."""
+    return 0 if not rep else int(rep.removeprefix("/rep"))
+
+
 def check_freeze(config: dict) -> None:
     """classifier.freeze_below keeps stages at their starting weights: the
     baseline needs ImageNet weights for it, a retraining run those or the baseline."""

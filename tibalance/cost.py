@@ -56,11 +56,11 @@ def job_rows(jobs: list[dict]) -> pd.DataFrame:
             # 30 s after a job's first 30 and so misses up to its last 30 s
             b["cpu_s"] = float(m["cpu_seconds"])
         rows.append({"stage": j["rule"], "class": j.get("class") or "", "method": j.get("method") or "",
-                     **b, "gpu_s": b["wall_s"] * gpus, "precision": precision_word(m), "cpu": cpu_word(m)})
+                     "replicate": j.get("replicate"), **b, "gpu_s": b["wall_s"] * gpus, "precision": precision_word(m), "cpu": cpu_word(m)})
     return pd.DataFrame(rows, columns=JOB_COLUMNS)
 
 
-JOB_COLUMNS = ["stage", "class", "method", "wall_s", "cpu_s", "max_rss_mib", "gpu_s", "precision", "cpu"]
+JOB_COLUMNS = ["stage", "class", "method", "replicate", "wall_s", "cpu_s", "max_rss_mib", "gpu_s", "precision", "cpu"]
 
 
 def precision_word(meta: dict) -> str:
@@ -124,6 +124,21 @@ def method_table(jobs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def replicate_table(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Per replicate of the adaptation (replicates: R > 1): its jobs (seed
+    selection, token, adapters, sampling, filtering of every adapted class) and
+    their seconds — what one more replicate costs. Empty with one replicate."""
+    rep = pd.to_numeric(jobs["replicate"], errors="coerce")
+    if not (rep > 0).any():
+        return pd.DataFrame(columns=["replicate", "jobs", "wall_s", "cpu_s", "gpu_s"])
+    t = jobs.assign(replicate=rep).dropna(subset=["replicate"]).groupby("replicate").agg(
+        jobs=("wall_s", "size"), wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"), gpu_s=("gpu_s", "sum"))
+    t = t.reset_index()
+    t["replicate"] = t["replicate"].astype(int)
+    t["jobs"] = t["jobs"].astype(int)
+    return t
+
+
 def _num(v, digits=1) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
@@ -147,11 +162,12 @@ def machine_lines(jobs: pd.DataFrame) -> str:
     return out
 
 
-def markdown(stages: pd.DataFrame, methods: pd.DataFrame, missing: int = 0, jobs: pd.DataFrame | None = None) -> str:
+def markdown(stages: pd.DataFrame, methods: pd.DataFrame, missing: int = 0, jobs: pd.DataFrame | None = None,
+             replicates: pd.DataFrame | None = None) -> str:
     def table(df):
         cols = list(df.columns)
         lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
-        for _, r in df.iterrows():
+        for _, r in df.astype(object).iterrows():  # object: a row of numbers only keeps its ints
             lines.append("| " + " | ".join(_num(r[c], 0 if c == "max_rss_mib" else 1) for c in cols) + " |")
         return "\n".join(lines)
 
@@ -171,5 +187,10 @@ def markdown(stages: pd.DataFrame, methods: pd.DataFrame, missing: int = 0, jobs
             + "## Per method: the jobs a row adds to the shared ones\n\n"
             + "`synthetic`: seed selection, inversion, sampling and filtering of every weak class "
             + "the method needs; `retrain`: its runs over all seeds. Seconds.\n\n"
-            + table(methods) + "\n\n## Per stage, weak class and mode or method (seeds summed)\n\n"
+            + table(methods) + "\n\n"
+            + ("## Per replicate: what one replicate of the adaptation costs\n\n"
+               "The seed selection, token, adapters, sampling and filtering of every adapted class under one "
+               "replicate's seeds (replicate 0 also makes the modes only the grids and FID use). Seconds.\n\n"
+               + table(replicates) + "\n\n" if replicates is not None and len(replicates) else "")
+            + "## Per stage, weak class and mode or method (seeds summed)\n\n"
             + "Seconds; peak memory in MiB (resident set of the largest job).\n\n" + table(stages) + "\n")

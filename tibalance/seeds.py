@@ -30,12 +30,17 @@ def kcenter_greedy(features: np.ndarray, k: int, first: int = 0) -> list[int]:
 
 
 def select_seed_indices(features: np.ndarray, confidence: np.ndarray, n: int,
-                        candidate_fraction: float = 0.5) -> tuple[list[int], str]:
+                        candidate_fraction: float = 0.5, replicate_seed: int | None = None) -> tuple[list[int], str]:
     """Indices of the seed images and a note.
 
     Candidates are the images whose true-class probability is in the top
     `candidate_fraction` (at least n of them); among them, greedy k-center
-    starting from the most confident image picks n diverse ones."""
+    starting from the most confident image picks n diverse ones.
+
+    A replicate (replicate_seed given) picks the same way among a random half of
+    the candidates (at least n), drawn with that seed: another good, diverse set,
+    so that the replicates' spread covers the choice of seed images. Where only
+    n candidates exist, every replicate gets them."""
     total = len(features)
     if total == 0:
         return [], "no training images"
@@ -44,8 +49,14 @@ def select_seed_indices(features: np.ndarray, confidence: np.ndarray, n: int,
         return [int(i) for i in order], f"only {total} training images (< {n} asked): took them all"
     n_cand = min(total, max(n, int(math.ceil(total * candidate_fraction))))
     order = np.argsort(-confidence, kind="mergesort")[:n_cand]
+    note = f"{n} of {n_cand} best-recognised of {total} training images"
+    if replicate_seed is not None:
+        keep = max(n, int(math.ceil(n_cand / 2)))
+        drawn = np.random.default_rng(replicate_seed).choice(n_cand, size=keep, replace=False)
+        order = order[np.sort(drawn)]  # still most confident first
+        note += f" (replicate: among a random {keep} of them)"
     picked = kcenter_greedy(features[order], n, first=0)
-    return [int(order[i]) for i in picked], f"{n} of {n_cand} best-recognised of {total} training images"
+    return [int(order[i]) for i in picked], note
 
 
 def contact_sheet(paths: list, out_png: str, tile: int = 128, cols: int | None = None,

@@ -107,7 +107,7 @@ def select_seeds(cls: str, manifest: str, model: str, seeds_cfg: dict,
     conf = probs[:, clf.classes.index(cls)]
     s = {**SEEDS_DEFAULTS, **seeds_cfg}
     n = int(s["n"])
-    idx, note = select_seed_indices(feats, conf, n, float(s["candidate_fraction"]))
+    idx, note = select_seed_indices(feats, conf, n, float(s["candidate_fraction"]), s.get("replicate_seed"))
     if len(idx) < n:
         log.warning("class %s: %s", cls, note)
     else:
@@ -406,12 +406,14 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
            lora_metas: list[str] | None = None, fid_min_images: int | None = None,
            classes: str | None = None, predictions: list[str] | None = None,
            significance_csv: str | None = None, significance_md: str | None = None,
-           verdict_md: str | None = None, seed: int = 0, notes: list[str] | None = None) -> None:
+           verdict_md: str | None = None, seed: int = 0, notes: list[str] | None = None,
+           replicate_of_seed: dict[int, int] | None = None) -> None:
     """The result tables. predictions: the retraining runs' per-image test
     predictions (beside each run's metrics.json): the paired intervals and tests
     (tibalance.stats) go into the summary (lift_<class>_low/_high, p_<class> vs
     baseline, p_over_<class> vs oversample, Holm-adjusted), the significance
-    table and the verdict in words."""
+    table and the verdict in words. replicate_of_seed: {retraining seed: the
+    replicate of the adaptation it trained on} (the verdict's ranking line)."""
     from pathlib import Path
 
     from .retrain import ablation_table, display_names, per_class_table, summary_table, to_markdown
@@ -476,7 +478,12 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
         shown = display_names(comp, names)
         write_csv(shown, significance_csv)
         write_markdown(significance_md, to_markdown(shown, pm_pairs=False), "Paired comparisons")
-        write_markdown(verdict_md, verdict(comp, names) + "".join(f"\n{n}\n" for n in notes or []), "Verdict")
+        from .stats import replicate_ranking
+
+        rankings = {c: replicate_ranking(run_rows, c, {int(k): int(v) for k, v in (replicate_of_seed or {}).items()})
+                    for c in weak_classes if c in kept}  # the classes that got synthetic images
+        write_markdown(verdict_md, verdict(comp, names, rankings=rankings) + "".join(f"\n{n}\n" for n in notes or []),
+                       "Verdict")
     if ablation_csv:
         ab = display_names(ablation_table([read_json(p) for p in ablation or []], run_rows, weak_classes), names)
         write_csv(ab, ablation_csv)
@@ -557,6 +564,7 @@ def cost(jobs: list[dict], methods: list[str], out_csv: str, methods_csv: str, o
     stages_t = display_names(stages_t, read_json(classes)["names"] if classes else {})
     write_csv(stages_t, out_csv)
     write_csv(methods_t, methods_csv)
-    write_markdown(out_md, c.markdown(stages_t, methods_t, missing=int(rows["wall_s"].isna().sum()), jobs=rows),
+    write_markdown(out_md, c.markdown(stages_t, methods_t, missing=int(rows["wall_s"].isna().sum()), jobs=rows,
+                                      replicates=c.replicate_table(rows)),
                    "What the study cost")
     log.info("cost: %d jobs, %.1f min of job wall time", len(rows), rows["wall_s"].sum() / 60)

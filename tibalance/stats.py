@@ -138,15 +138,82 @@ def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0, 
                                        "p", "p_holm"])
 
 
+ADAPTATIONS = tuple(m for m in SYNTHETIC_METHODS if m != "raw_sd")  # the rows with a learned token or adapter
+
+
+def _kendall_tau(order: list[str], other: list[str]) -> float:
+    """Kendall's tau between two orderings of the same items (1: the same order)."""
+    pos = {m: i for i, m in enumerate(other)}
+    pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
+    if not pairs:
+        return 1.0
+    return sum(1 if pos[a] < pos[b] else -1 for a, b in pairs) / len(pairs)
+
+
+def replicate_ranking(run_rows: list[dict], cls: str, replicate_of_seed: dict[int, int],
+                      methods: tuple[str, ...] = ADAPTATIONS) -> dict | None:
+    """Whether the ranking of the adaptation rows on one class holds replicate
+    by replicate: the overall order (mean paired lift over `baseline`, all
+    seeds), each replicate's order (the lifts of the seeds that trained on it),
+    in how many replicates the order is the overall one and the best row the
+    overall best, and each replicate order's Kendall tau with the overall one.
+
+    run_rows: the runs' metrics (method, seed, per_class_accuracy).
+    replicate_of_seed: {seed: the replicate it trained on}. None where fewer
+    than two adaptation rows have paired runs."""
+    base = {int(r["seed"]): r["per_class_accuracy"][cls] for r in run_rows if r["method"] == "baseline"}
+    lifts: dict[str, dict[int, float]] = {}
+    for r in run_rows:
+        if r["method"] in methods and int(r["seed"]) in base and cls in r["per_class_accuracy"]:
+            lifts.setdefault(r["method"], {})[int(r["seed"])] = r["per_class_accuracy"][cls] - base[int(r["seed"])]
+    shown = [m for m in methods if m in lifts]
+    if len(shown) < 2:
+        return None
+    seeds = sorted(set.intersection(*(set(lifts[m]) for m in shown)))
+    if not seeds:
+        return None
+
+    def order(ss):
+        means = {m: float(np.mean([lifts[m][s] for s in ss])) for m in shown}
+        return sorted(shown, key=lambda m: (-means[m], shown.index(m))), means
+
+    overall, means = order(seeds)
+    reps = sorted({replicate_of_seed.get(s, 0) for s in seeds})
+    per_rep = {k: order([s for s in seeds if replicate_of_seed.get(s, 0) == k])[0] for k in reps}
+    return {"class": cls, "overall": overall, "means": means, "replicates": per_rep,
+            "same_order": sum(o == overall for o in per_rep.values()),
+            "best_first": sum(o[0] == overall[0] for o in per_rep.values()),
+            "tau": {k: _kendall_tau(o, overall) for k, o in per_rep.items()}}
+
+
+def ranking_line(rk: dict | None) -> str | None:
+    """replicate_ranking in words (one bullet of the verdict)."""
+    if rk is None:
+        return None
+    r = len(rk["replicates"])
+    order = " > ".join(f"`{m}`" for m in rk["overall"])
+    if r < 2:
+        return (f"- Ranking of the adaptations: {order}, from one replicate of the seed images, token and adapters "
+                f"(the seeds vary the retraining only; `replicates: R` repeats the adaptation).")
+    taus = ", ".join(f"{t:+.2f}" for t in rk["tau"].values())
+    return (f"- Ranking of the adaptations over {r} replicates (seed images, token, adapters and samples made anew "
+            f"in each): {order}; the same order in {rk['same_order']} of {r} replicates, "
+            f"`{rk['overall'][0]}` first in {rk['best_first']} of {r} (Kendall's tau of each replicate's order "
+            f"with it: {taus}).")
+
+
 def _pts(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
-def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: float = 0.05) -> str:
+def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: float = 0.05,
+            rankings: dict[str, dict | None] | None = None) -> str:
     """The comparisons in words, per weak class: the best method with its interval,
-    which lifts over `baseline` are significant at alpha (Holm-adjusted), and whether
-    any method beats `oversample` significantly."""
+    which lifts over `baseline` are significant at alpha (Holm-adjusted), whether
+    any method beats `oversample` significantly, and (rankings: replicate_ranking
+    per class) whether the adaptations' ranking holds in every replicate."""
     names = names or {}
+    rankings = rankings or {}
     out = []
     for cls, grp in comp.groupby("class", sort=False):
         name = names.get(cls, cls)
@@ -202,5 +269,8 @@ def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: floa
             if len(worse):
                 out.append("- Significantly worse than `oversample`: " + ", ".join(
                     f"`{r.method}` {_pts(r.lift)}" for r in worse.itertuples()) + ".")
+        line = ranking_line(rankings.get(cls))
+        if line:
+            out.append(line)
         out.append("")
     return "\n".join(out) + "\n" if out else "No weak class with paired runs to compare.\n"
