@@ -7,7 +7,7 @@ CORES     ?= all
 PROFILE   ?= profiles/cpu
 FMNIST    := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test install demo-data clean-demo docs
+.PHONY: demo verdict test install demo-data clean-demo docs
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,15 @@ demo: install demo-data
 	echo "  results/analysis/per_class.csv, results/analysis/confusion.png, results/analysis/weak_classes.json" && \
 	echo "  results/seeds/<class>/contact_sheet.png, results/inversion/<class>/, results/samples/grid/<class>.png" && \
 	echo "  results/judge/<class>.json (class fidelity), results/samples/<mode>/<class>/filtered.csv (filter scores)"
+
+# the demo with its adaptation replicated 3 times (config/demo-replicates.yaml):
+# after `make demo` it adds replicates 1 and 2 and the runs that read them
+verdict: install demo-data
+	@extra=""; [ -f $(FMNIST) ] || extra="config/demo-download.yaml"; \
+	$(SNAKEMAKE) --configfile config/demo.yaml $$extra config/demo-replicates.yaml --workflow-profile $(PROFILE) --cores $(CORES) && \
+	$(SNAKEMAKE) --configfile config/demo.yaml $$extra config/demo-replicates.yaml --report results/report.html && \
+	echo "" && echo "Verdict finished (3 replicates of the adaptation): results/tables/verdict.md, results/tables/significance.md," && \
+	echo "results/tables/summary.md, results/tables/cost.md (what a replicate costs); the report: results/report.html"
 
 # two pytest workers (pytest-xdist, a test file per unit of work): the SLURM
 # cluster's file and the tiny DAG's files start first, side by side
