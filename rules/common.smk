@@ -100,7 +100,7 @@ REP_TOKEN = any(m in TOKEN_MODES for m in REP_SAMPLE_KINDS) or "ti_lora" in REP_
 
 
 def _rep(wildcards):
-    """The job's {rep} wildcard: '' (replicate 0) or '/rep<k>'."""
+    """The job's {rep} wildcard: empty for replicate 0, a rep<k> folder below the class's for replicate k."""
     return wildcards.get("rep", "") or ""
 
 

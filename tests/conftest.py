@@ -115,3 +115,29 @@ def cpu_kind(monkeypatch):
     yield set_kind
     P._warned.clear()
     P._resolved.clear()
+
+
+def planned_jobs(output):
+    """(rule, wildcards) of each job a dry run lists."""
+    jobs, rule = [], None
+    for line in output.splitlines():
+        if line.startswith(("rule ", "localrule ", "checkpoint ")):
+            rule = line.split()[1].rstrip(":")
+            jobs.append([rule, ""])
+        elif line.strip().startswith("wildcards:") and jobs:
+            # replicate 0's {rep} is empty: left out ("cls=triangle"), a replicate's kept ("cls=triangle, rep=/rep1")
+            jobs[-1][1] = line.split(":", 1)[1].strip().removesuffix(", rep=")
+    return [tuple(j) for j in jobs]
+
+
+def job_block(output, rule):
+    """The lines a dry run prints for the jobs of `rule` (input, output, ...)."""
+    blocks, keep = [], False
+    for line in output.splitlines():
+        if line.startswith(("rule ", "localrule ", "checkpoint ")):
+            keep = line.split()[1].rstrip(":") == rule
+        elif not line.strip():
+            keep = False
+        if keep:
+            blocks.append(line)
+    return "\n".join(blocks)

@@ -2,7 +2,6 @@
 rerun, and one-line errors for bad configs."""
 import json
 import subprocess
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -10,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import FMNIST, REPO, SNAKEMAKE, TINY, snakemake
+from conftest import FMNIST, REPO, SNAKEMAKE, TINY, job_block as _job_block, planned_jobs as _planned_jobs, snakemake
 
 
 def _bad_config(tmp_path, edit):
@@ -512,32 +511,6 @@ def test_snakemake_report(tiny_run):
         assert f"<td>{first}</td>" in page.replace("&amp;", "&") or f"<td><code>" in page, table
 
 
-def _planned_jobs(output):
-    """(rule, wildcards) of each job a dry run lists."""
-    jobs, rule = [], None
-    for line in output.splitlines():
-        if line.startswith(("rule ", "localrule ", "checkpoint ")):
-            rule = line.split()[1].rstrip(":")
-            jobs.append([rule, ""])
-        elif line.strip().startswith("wildcards:") and jobs:
-            # replicate 0's {rep} is empty: left out ("cls=triangle"), a replicate's kept ("cls=triangle, rep=/rep1")
-            jobs[-1][1] = line.split(":", 1)[1].strip().removesuffix(", rep=")
-    return [tuple(j) for j in jobs]
-
-
-def _job_block(output, rule):
-    """The lines a dry run prints for the jobs of `rule` (input, output, ...)."""
-    blocks, keep = [], False
-    for line in output.splitlines():
-        if line.startswith(("rule ", "localrule ", "checkpoint ")):
-            keep = line.split()[1].rstrip(":") == rule
-        elif not line.strip():
-            keep = False
-        if keep:
-            blocks.append(line)
-    return "\n".join(blocks)
-
-
 def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
     wd, _ = tiny_run
     weak = json.loads((wd / "results/analysis/weak_classes.json").read_text())["classes"]
@@ -610,79 +583,6 @@ def test_per_class_lora_edit_reruns_only_that_class_lora(tiny_run, tmp_path):
         + [("report", ""), ("cost", ""), ("all", "")]), jobs
 
 
-def test_replicates_remake_each_adaptation_and_seed_k_trains_on_replicate_k(tiny_run, tmp_path):
-    """replicates: 2 on (a copy of) the tiny run: replicate 1 of the adapted
-    class's seed selection, token, adapter, sampling and filters, and the runs
-    of seed 1 that read them - nothing of replicate 0, of the runs of seed 0, of
-    baseline or oversample, or of the weak class that gets no images. Replicate 1's
-    token, adapter and images are its own; seed 1's runs train on them; a one-class
-    edit then plans that class's two replicates and what uses them."""
-    wd0, _ = tiny_run
-    wd = tmp_path / "rep"
-    shutil.copytree(wd0, wd, symlinks=True, ignore=shutil.ignore_patterns("locks"))  # shared: another worker may run in it
-    cfg = yaml.safe_load(TINY.read_text())
-    cfg["replicates"] = 2
-    cfg["retrain"]["methods"] = ["baseline", "oversample", "ti", "lora_i2i"]  # a token row and an adapter row
-    cfg["ablation"] = {"methods": []}
-    edited = tmp_path / "replicates.yaml"
-    edited.write_text(yaml.safe_dump(cfg))
-    p = snakemake(wd, "-n", configfiles=[edited])
-    cls, rep = "triangle", "rep=/rep1"
-    assert sorted(_planned_jobs(p.stdout + p.stderr)) == sorted([
-        ("select_seeds", f"cls={cls}, {rep}"),
-        ("textual_inversion", f"cls={cls}, {rep}"),
-        ("lora", f"lora_kind=lora, cls={cls}, {rep}"),  # lora_i2i samples with the lora adapter
-        ("sample", f"method=ti, cls={cls}, {rep}"),
-        ("sample", f"method=lora_i2i, cls={cls}, {rep}"),
-        ("filter_samples", f"method=ti, cls={cls}, {rep}"),
-        ("filter_samples", f"method=lora_i2i, cls={cls}, {rep}"),
-        ("retrain", "method=ti, seed=1"),
-        ("retrain", "method=lora_i2i, seed=1"),
-        # replicate 0's grid, FID and judge show the study's modes: fewer methods here, fewer rows
-        ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}"), ("judge", f"cls={cls}"),
-        ("report", ""), ("cost", ""), ("all", "")]), p.stdout
-    block = _job_block(p.stdout, "retrain")
-    assert "results/samples/ti/triangle/rep1/filtered.csv" in block and "samples/ti/triangle/filtered.csv" not in block
-    snakemake(wd, configfiles=[edited])
-    res = wd / "results"
-    seeds0, seeds1 = (pd.read_csv(res / f"seeds/{cls}{r}/seeds.csv") for r in ("", "/rep1"))
-    assert sorted(seeds1["path"]) == sorted(seeds0["path"])  # 4 training images, 5 asked: both take them all
-    import torch
-    from safetensors.torch import load_file
-    for f in ("inversion/triangle{}/learned_embeds.safetensors", "lora/lora/triangle{}/pytorch_lora_weights.safetensors"):
-        a, b = load_file(res / f.format("")), load_file(res / f.format("/rep1"))
-        assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a), f  # its own seed: its own weights
-    for mode in ("ti", "lora_i2i"):
-        s0, s1 = (pd.read_csv(res / f"samples/{mode}/{cls}{r}/samples.csv") for r in ("", "/rep1"))
-        assert len(s0) == len(s1) == 4 and all("/rep1/images/" in q for q in s1["path"])
-        assert not np.array_equal(np.asarray(Image.open(wd / s0["path"][0])), np.asarray(Image.open(wd / s1["path"][0])))
-    cost = (res / "tables/cost.md").read_text()
-    assert "## Per replicate" in cost and "| 1 | 7 |" in cost  # replicate 1's seven jobs
-    verdict = (res / "tables/verdict.md").read_text()
-    assert "Ranking of the adaptations over 2 replicates" in verdict
-    assert "Nothing to be done" in (lambda q: q.stdout + q.stderr)(snakemake(wd, "-n", configfiles=[edited]))
-    # a one-class edit of the token: both replicates' tokens and what uses them
-    cfg["classes"] = {cls: {"ti": {"initializer": "shape", "steps": 4}}}
-    edited.write_text(yaml.safe_dump(cfg))
-    jobs = _planned_jobs((lambda q: q.stdout + q.stderr)(snakemake(wd, "-n", configfiles=[edited])))
-    assert sorted(jobs) == sorted(
-        [(r, f"cls={cls}{x}") for r in ("textual_inversion",) for x in ("", f", {rep}")]
-        + [(r, f"method=ti, cls={cls}{x}") for r in ("sample", "filter_samples") for x in ("", f", {rep}")]
-        + [("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]  # replicate 0's
-        + [("retrain", "method=ti, seed=0"), ("retrain", "method=ti, seed=1"),
-           ("report", ""), ("cost", ""), ("all", "")]), jobs
-
-
-def test_replicates_beyond_the_seeds_stop_with_one_line(tmp_path):
-    cfg = yaml.safe_load(TINY.read_text())
-    cfg["replicates"] = 3  # two retraining seeds
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(cfg))
-    p = snakemake(tmp_path, "-n", configfiles=[bad], check=False)
-    assert p.returncode != 0
-    assert "replicates: 3 but retrain.seeds lists 2 seeds" in p.stderr and "Traceback" not in p.stderr
-
-
 def test_training_from_scratch_retrains_every_run_without_the_baseline(tiny_run, tmp_path):
     """The tiny config fine-tunes the baseline (retrain.init: baseline, as the
     demo); init: scratch plans every retraining and ablation run again, now
@@ -725,87 +625,3 @@ def test_demo_config_finds_the_rare_class(tmp_path):
     assert train["shirt"] == 2 and train["coat"] == 200  # 1% of the capped 200
     weak = json.loads((tmp_path / "results/analysis/weak_classes.json").read_text())["classes"]
     assert "shirt" in weak
-
-
-def test_pretrained_generator_through_the_dag(tiny_run, tmp_path):
-    """generator.build: pretrain adds three jobs: pretraining (VAE, then UNet) on the majority
-    classes (data already there: nothing upstream reruns) and the baseline's
-    accuracy on its images; everything else of the run stays as it was."""
-    import shutil
-
-    wd0, _ = tiny_run
-    wd = tmp_path / "run"
-    shutil.copytree(wd0, wd, symlinks=True, ignore=shutil.ignore_patterns("locks"))  # shared: another worker may run in it
-    cfg = yaml.safe_load(TINY.read_text())
-    cfg["generator"] = {"build": "pretrain", "tiny": {"resolution": 32, "vae_channels": [16, 32]},
-                        "pretrain": {"vae_steps": 20, "unet_steps": 30, "batch_size": 16,
-                                     "quality_images": 4, "quality_steps": 2}}
-    edited = tmp_path / "pretrain.yaml"
-    edited.write_text(yaml.safe_dump(cfg))
-    target = "results/tables/generator_quality.md"
-    p = snakemake(wd, "-n", target, configfiles=[edited])
-    assert sorted(r for r, _ in _planned_jobs(p.stdout + p.stderr)) == ["generator_quality", "pretrain_generator",
-                                                                      "pretrain_vae"]
-    snakemake(wd, target, configfiles=[edited])
-    q = pd.read_csv(wd / "results/tables/generator_quality.csv")
-    learned = json.loads((wd / "results/generator/pretrain_generator.meta.json").read_text())["classes"]
-    assert "triangle" not in learned  # the rare class (10% of its images) is unknown to it
-    assert list(q["class"]) == learned + ["all (mean)"]
-    assert q["accuracy"].between(0, 1).all() and (q["n"].iloc[:-1] == 4).all()
-    assert (wd / "results/generator/pretrained_sd/model_index.json").exists()
-    assert "Chance level" in (wd / target).read_text()
-    # an edit of the UNet phase's settings reruns the UNet job, not the VAE's
-    cfg["generator"]["pretrain"]["unet_steps"] = 31
-    edited.write_text(yaml.safe_dump(cfg))
-    p = snakemake(wd, "-n", target, configfiles=[edited])
-    assert sorted(r for r, _ in _planned_jobs(p.stdout + p.stderr)) == ["generator_quality", "pretrain_generator"]
-
-
-HELD_OUT = {"Sword Lily": "circle", "pink-primrose": "square", "Löwenzahn": "cross", "Rare One": "triangle"}
-
-
-def test_held_out_style_dataset_goes_through_the_dag_with_display_names(tmp_path):
-    """Class folders with spaces, capitals, a hyphen and a non-ASCII letter, one
-    class with three images, one unreadable file: the whole DAG runs, and every
-    table names the classes as their folders do (slugs only in paths)."""
-    from tibalance.data import draw_synthetic
-
-    root = tmp_path / "flowers"
-    rng = np.random.default_rng(0)
-    for name, shape in HELD_OUT.items():
-        (root / name).mkdir(parents=True)
-        for i in range(3 if name == "Rare One" else 24):
-            Image.fromarray(draw_synthetic(shape, rng, 32)).save(root / name / f"{i:02d}.png")
-    (root / "Sword Lily" / "broken.png").write_bytes(b"\x89PNG not an image")
-    cfg = yaml.safe_load(TINY.read_text())
-    cfg["data"] = {"source": "imagefolder", "root": str(root), "val_fraction": 0.25, "test_fraction": 0.25}
-    cfg["analysis"] = {"strategy": "explicit", "classes": ["Rare One"]}  # one weak class: a short DAG
-    cfg["retrain"] = {"methods": ["baseline", "lora"], "seeds": [0]}
-    cfg["ablation"] = {"methods": []}
-    cfg["judge"] = {"train_per_class": 0}
-    config = tmp_path / "held_out.yaml"
-    config.write_text(yaml.safe_dump(cfg, allow_unicode=True))
-    wd = tmp_path / "run"
-    snakemake(wd, configfiles=[config])
-    res = wd / "results"
-
-    names = json.loads((res / "data/classes.json").read_text())["names"]
-    assert names == {"sword_lily": "Sword Lily", "pink_primrose": "pink-primrose", "lowenzahn": "Löwenzahn",
-                     "rare_one": "Rare One"}
-    assert list(pd.read_csv(res / "data/skipped.csv").path) == [str(root / "Sword Lily" / "broken.png")]
-    weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
-    assert weak == ["rare_one"]
-    analysis = pd.read_csv(res / "analysis/per_class.csv")  # the baseline's per-class table
-    assert list(analysis["class"]) == [names[s] for s in analysis["slug"]] and set(analysis["slug"]) == set(names)
-    per_class = pd.read_csv(res / "tables/per_class.csv")
-    assert sorted(per_class["class"]) == sorted(names[c] for c in weak)
-    summary = pd.read_csv(res / "tables/summary.csv")
-    assert list(summary.method) == ["baseline", "lora"]
-    for cls in weak:
-        assert f"acc_{names[cls]}_mean" in summary.columns and f"delta_{names[cls]}_mean" in summary.columns
-    cost = pd.read_csv(res / "tables/cost.csv", keep_default_na=False)
-    assert set(cost["class"]) - {""} == {names[c] for c in weak}
-    for table in ("summary.md", "per_class.md", "cost.md"):
-        text = (res / "tables" / table).read_text()
-        assert "Rare One" in text and "rare_one" not in text, table
-    assert (res / "lora/lora/rare_one/pytorch_lora_weights.safetensors").exists()  # slugs in paths
