@@ -56,7 +56,8 @@ def job_rows(jobs: list[dict]) -> pd.DataFrame:
             # 30 s after a job's first 30 and so misses up to its last 30 s
             b["cpu_s"] = float(m["cpu_seconds"])
         rows.append({"stage": j["rule"], "class": j.get("class") or "", "method": j.get("method") or "",
-                     "replicate": j.get("replicate"), **b, "gpu_s": b["wall_s"] * gpus, "precision": precision_word(m), "cpu": cpu_word(m)})
+                     "replicate": j.get("replicate"), **b, "gpu_s": b["wall_s"] * gpus,
+                     "precision": precision_word(m), "cpu": cpu_word(m)})
     return pd.DataFrame(rows, columns=JOB_COLUMNS)
 
 
