@@ -443,10 +443,11 @@ def study_jobs(wildcards):
         add("generator_quality")
     adapted = adapted_classes()
     for cls in weak:
-        for k in range(REPLICATES if cls in adapted else 1):
+        if cls not in adapted:
+            add("select_seeds", cls, replicate=0)
+            continue  # 0 images: its seeds only
+        for k in range(REPLICATES):
             add("select_seeds", cls, replicate=k)
-            if cls not in adapted:
-                continue  # 0 images: its seeds only
             if k == 0 or REP_TOKEN:
                 add("textual_inversion", cls, replicate=k)
             for kind in LORA_KINDS if k == 0 else REP_LORA_KINDS:
@@ -454,8 +455,6 @@ def study_jobs(wildcards):
             for kind in SAMPLE_KINDS if k == 0 else REP_SAMPLE_KINDS:
                 add("sample", cls, kind, replicate=k)
                 add("filter_samples", cls, kind, replicate=k)
-        if cls not in adapted:
-            continue
         add("sample_grid", cls)
         add("fid", cls)
     if any(_uses_train_features(cls) for cls in adapted):

@@ -135,8 +135,7 @@ def check_lora(config: dict) -> None:
 def check_replicates(config: dict) -> None:
     """replicates: R repeats each weak class's adaptation; retraining seed k reads
     replicate k mod R, so a replicate no seed reads would be made for nothing."""
-    r = int(config.get("replicates", 1))
-    seeds = list((config.get("retrain") or {}).get("seeds") or [0, 1, 2])
+    r, seeds = int(config["replicates"]), config["retrain"]["seeds"]  # the schema's defaults filled in
     if r > len(seeds):
         raise TibalanceError(f"replicates: {r} but retrain.seeds lists {len(seeds)} seeds; retraining seed k reads "
                              f"replicate k, so at most {len(seeds)} replicates are used")
