@@ -35,8 +35,10 @@ demo: install demo-data
 	echo "  results/seeds/<class>/contact_sheet.png, results/inversion/<class>/, results/samples/grid/<class>.png" && \
 	echo "  results/judge/<class>.json (class fidelity), results/samples/<mode>/<class>/filtered.csv (filter scores)"
 
-# the demo with its adaptation replicated 3 times (config/demo-replicates.yaml):
-# after `make demo` it adds replicates 1 and 2 and the runs that read them
+# the demo with its adaptation replicated 3 times and the yardstick and combined
+# methods (config/demo-replicates.yaml): after `make demo` it adds replicates 1
+# and 2, the runs that read them, and real_oracle, oversample+ti_lora and
+# oversample+lora_i2i
 verdict: install demo-data
 	@extra=""; [ -f $(FMNIST) ] || extra="config/demo-download.yaml"; \
 	$(SNAKEMAKE) --configfile config/demo.yaml $$extra config/demo-replicates.yaml --workflow-profile $(PROFILE) --cores $(CORES) && \

@@ -106,3 +106,29 @@ def test_readme_is_a_front_door():
     assert [l.split()[:2] for l in text.splitlines()[3:5]] == [["make", "demo"], ["make", "test"]]
     for link in [l for l in re.findall(r"\]\(([^)#]+)\)", text) if "://" not in l]:
         assert (ROOT / link).exists(), link
+
+
+def test_make_verdict_is_the_demo_with_the_yardstick_combined_methods_and_replicates():
+    """`make verdict` layers config/demo-replicates.yaml on config/demo.yaml the
+    way Snakemake merges --configfile overlays: the demo's 8 methods (what its
+    20 minutes hold) plus real_oracle and the two combined methods, three
+    replicates, and every other retraining setting the demo's own (so nothing
+    of `make demo`'s reruns)."""
+    import copy
+
+    import yaml
+    from snakemake.utils import update_config
+
+    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    merged = copy.deepcopy(demo)
+    update_config(merged, yaml.safe_load((ROOT / "config" / "demo-replicates.yaml").read_text()))
+    single = set(METHODS) - set(COMBINED_METHODS)
+    assert set(demo["retrain"]["methods"]) == single - {"real_oracle"}
+    assert set(merged["retrain"]["methods"]) - set(demo["retrain"]["methods"]) == {
+        "real_oracle", "oversample+ti_lora", "oversample+lora_i2i"}
+    assert set(merged["retrain"]["methods"]) <= set(METHODS)
+    assert merged["replicates"] == 3 and "replicates" not in demo
+    assert {k: v for k, v in merged["retrain"].items() if k != "methods"} == {
+        k: v for k, v in demo["retrain"].items() if k != "methods"}
+    assert {k: v for k, v in merged.items() if k not in ("retrain", "replicates")} == {
+        k: v for k, v in demo.items() if k != "retrain"}
