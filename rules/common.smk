@@ -7,8 +7,9 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
-from tibalance.config import (canonical, check_class_names, check_freeze, check_lora, check_replicates, class_settings,
-                              format_validation_error, refill_count, replicate_dir, replicate_index, replicate_of)
+from tibalance.config import (canonical, check_class_names, check_freeze, check_generator_preset, check_lora,
+                              check_replicates, class_settings, format_validation_error, refill_count,
+                              replicate_dir, replicate_index, replicate_of)
 from tibalance.data import check_root, dataset_class_names, oracle_absent_reason
 from tibalance.defaults import FILTER_DEFAULTS
 from tibalance.fetch import WEIGHTS_DIR, classifier_weights_file, dataset_marker, inception_weights_file, weights_to_fetch
@@ -72,6 +73,7 @@ try:
     check_lora(config)
     check_freeze(config)
     check_replicates(config)
+    check_generator_preset(config)
 except TibalanceError as e:
     _fail(f"{CONFIGFILE}: {e}")
 

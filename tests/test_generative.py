@@ -243,3 +243,28 @@ def test_resolution_defaults_to_the_generators_own(tiny_sd, caplog):
     assert said == ["sampling.resolution: 64 px, the generator's own size is 32 px (unset: its own)"]
     with pytest.raises(TibalanceError, match="generator.model: .*nowhere has no readable unet/vae config"):
         generator.native_resolution(str(tiny_sd) + "/nowhere")
+
+
+def test_sd15_preset_is_stable_diffusion_1_5s_exact_architecture():
+    """generator.tiny.preset: sd15 builds SD 1.5's layer sizes (random weights,
+    for timing): the parameter counts of stable-diffusion-v1-5's UNet, VAE and
+    CLIP ViT-L/14 text encoder, at 512 px (sized on the meta device: no memory)."""
+    from tibalance.generator import architecture, build_components
+
+    with torch.device("meta"):
+        te, vae, unet = build_components({"preset": "sd15"})
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert (count(unet), count(vae), count(te)) == (859_520_964, 83_653_863, 123_060_480)
+    assert unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1) == 512
+    assert unet.config.cross_attention_dim == te.config.hidden_size == 768 and vae.config.scaling_factor == 0.18215
+    assert architecture({})["layers_per_block"] == 1  # unset: the tiny sizes
+    with pytest.raises(TibalanceError, match=r"^generator.tiny.preset: unknown preset 'sdxl' \(sd15\)$"):
+        architecture({"preset": "sdxl"})
+    with pytest.raises(TibalanceError, match=r"sd15 fixes every size; remove generator.tiny.unet_channels$"):
+        architecture({"preset": "sd15", "unet_channels": [8, 16]})
+    from tibalance.config import check_generator_preset
+
+    check_generator_preset({"generator": {"build": "tiny", "tiny": {"preset": "sd15"}}})
+    with pytest.raises(TibalanceError, match=r"^generator.tiny.preset: sd15 is a random-weight architecture for "
+                                             r"timing \(generator.build: tiny\); generator.build is pretrain$"):
+        check_generator_preset({"generator": {"build": "pretrain", "tiny": {"preset": "sd15"}}})

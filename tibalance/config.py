@@ -141,6 +141,21 @@ def check_replicates(config: dict) -> None:
                              f"replicate k, so at most {len(seeds)} replicates are used")
 
 
+def check_generator_preset(config: dict) -> None:
+    """generator.tiny.preset (an architecture's exact sizes, random weights) is
+    for timing: built (generator.build: tiny), never pretrained here."""
+    gen = config["generator"]
+    preset = (gen.get("tiny") or {}).get("preset")
+    if preset is None:
+        return
+    from .generator import architecture
+
+    architecture(gen["tiny"])  # an unknown preset, or a size beside it: one line
+    if gen["build"] != "tiny":
+        raise TibalanceError(f"generator.tiny.preset: {preset} is a random-weight architecture for timing "
+                             f"(generator.build: tiny); generator.build is {gen['build']}")
+
+
 def replicate_of(seed: int, seeds: list[int], replicates: int) -> int:
     """The replicate a retraining run with this seed trains on: the seed's
     position in its list, mod R (R = 1: always replicate 0)."""

@@ -95,31 +95,52 @@ def clip_tokenizer(work_dir: Path):
 
 
 
-def build_tiny_pipeline(cfg: dict | None = None, seed: int = 0):
-    """A Stable-Diffusion-architecture pipeline with random weights: real
-    UNet2DConditionModel / AutoencoderKL / PNDM scheduler (SD 1.5's settings) and
-    CLIPTextModel / CLIPTokenizer with the real 49,408-token vocabulary."""
-    import tempfile
+# generator.tiny.preset: an architecture's exact layer sizes (random weights, for
+# timing rehearsals and benchmarks: its images mean nothing)
+PRESETS = {
+    # Stable Diffusion 1.5 (stable-diffusion-v1-5/stable-diffusion-v1-5's configs):
+    # UNet 859.5M, VAE 83.7M, CLIP ViT-L/14 text encoder 123.1M, 512 px
+    "sd15": {"resolution": 512, "unet_channels": [320, 640, 1280, 1280], "vae_channels": [128, 256, 512, 512],
+             "text_hidden": 768, "text_layers": 12, "text_heads": 12, "attention_head_dim": 8,
+             "latent_channels": 4, "layers_per_block": 2, "scaling_factor": 0.18215},
+}
 
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+def architecture(cfg: dict | None = None) -> dict:
+    """The sizes of the SD-architecture model build_tiny_pipeline makes: a
+    preset's (generator.tiny.preset) or the tiny ones (TINY_DEFAULTS, cfg over them)."""
+    cfg = dict(cfg or {})
+    preset = cfg.pop("preset", None)
+    if preset is None:
+        return {"layers_per_block": 1, **TINY_DEFAULTS, **cfg}
+    if preset not in PRESETS:
+        raise TibalanceError(f"generator.tiny.preset: unknown preset {preset!r} ({', '.join(PRESETS)})")
+    if cfg:
+        raise TibalanceError(f"generator.tiny.preset: {preset} fixes every size; remove generator.tiny."
+                             f"{sorted(cfg)[0]}")
+    return dict(PRESETS[preset])
+
+
+def build_components(cfg: dict | None = None):
+    """(text_encoder, vae, unet) of the architecture, randomly initialised (at the
+    current torch default device: `with torch.device("meta")` sizes them for free)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    c = {**TINY_DEFAULTS, **(cfg or {})}
-    seed_everything(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = clip_tokenizer(Path(tmp))
+    c = architecture(cfg)
     hidden = int(c["text_hidden"])
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
-        num_hidden_layers=int(c["text_layers"]), num_attention_heads=max(1, hidden // 16),
+        num_hidden_layers=int(c["text_layers"]), num_attention_heads=int(c.get("text_heads") or max(1, hidden // 16)),
         max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
         projection_dim=hidden, hidden_act="quick_gelu"))
+    layers = int(c["layers_per_block"])
     vae_ch = [int(x) for x in c["vae_channels"]]
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=int(c["latent_channels"]),
         down_block_types=["DownEncoderBlock2D"] * len(vae_ch), up_block_types=["UpDecoderBlock2D"] * len(vae_ch),
-        block_out_channels=vae_ch, layers_per_block=1, norm_num_groups=min(32, vae_ch[0]),
-        sample_size=int(c["resolution"]))
+        block_out_channels=vae_ch, layers_per_block=layers, norm_num_groups=min(32, vae_ch[0]),
+        sample_size=int(c["resolution"]), **({"scaling_factor": c["scaling_factor"]} if "scaling_factor" in c else {}))
     unet_ch = [int(x) for x in c["unet_channels"]]
     n = len(unet_ch)
     latent_size = int(c["resolution"]) // 2 ** (len(vae_ch) - 1)
@@ -127,8 +148,24 @@ def build_tiny_pipeline(cfg: dict | None = None, seed: int = 0):
         sample_size=latent_size, in_channels=int(c["latent_channels"]), out_channels=int(c["latent_channels"]),
         down_block_types=["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
         up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
-        block_out_channels=unet_ch, layers_per_block=1, cross_attention_dim=hidden,
+        block_out_channels=unet_ch, layers_per_block=layers, cross_attention_dim=hidden,
         attention_head_dim=int(c["attention_head_dim"]), norm_num_groups=min(32, unet_ch[0]))
+    return text_encoder, vae, unet
+
+
+def build_tiny_pipeline(cfg: dict | None = None, seed: int = 0):
+    """A Stable-Diffusion-architecture pipeline with random weights: real
+    UNet2DConditionModel / AutoencoderKL / PNDM scheduler (SD 1.5's settings) and
+    CLIPTextModel / CLIPTokenizer with the real 49,408-token vocabulary; the tiny
+    sizes, or a preset's (generator.tiny.preset: sd15 is SD 1.5's exact architecture)."""
+    import tempfile
+
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    seed_everything(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = clip_tokenizer(Path(tmp))
+    text_encoder, vae, unet = build_components(cfg)
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
                               set_alpha_to_one=False)
