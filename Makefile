@@ -7,7 +7,7 @@ CORES     ?= all
 PROFILE   ?= profiles/cpu
 FMNIST    := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo verdict test install demo-data clean-demo docs
+.PHONY: demo verdict rehearsal test install demo-data clean-demo docs
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,18 @@ verdict: install demo-data
 	$(SNAKEMAKE) --configfile config/demo.yaml $$extra config/demo-replicates.yaml --report results/report.html && \
 	echo "" && echo "Verdict finished (3 replicates of the adaptation): results/tables/verdict.md, results/tables/significance.md," && \
 	echo "results/tables/summary.md, results/tables/cost.md (what a replicate costs); the report: results/report.html"
+
+# the real study's shapes on a CPU (config/rehearsal.yaml): SD 1.5's architecture
+# with random weights at 512 px, ResNet-50 at 224 px, photo-sized JPEGs drawn
+# here, every count cut to the least; in rehearsal/ (timings: its cost table).
+# SD-1.5 jobs hold ~12 GB each: one at a time within REHEARSAL_MEM_MB
+REHEARSAL_MEM_MB ?= 22000
+rehearsal: install
+	$(PY) -m tibalance.rehearsal rehearsal/photos
+	$(SNAKEMAKE) --directory rehearsal --configfile config/rehearsal.yaml --workflow-profile $(PROFILE) \
+		--cores $(CORES) --resources mem_mb=$(REHEARSAL_MEM_MB) \
+		--set-resources textual_inversion:mem_mb=12000 lora:mem_mb=12000 sample:mem_mb=12000 build_generator:mem_mb=12000 && \
+	echo "" && echo "Rehearsal finished: rehearsal/results/tables/cost.md (every stage's wall time and peak memory)"
 
 # two pytest workers (pytest-xdist, a test file per unit of work): the SLURM
 # cluster's file and the tiny DAG's files start first, side by side

@@ -268,3 +268,41 @@ def test_sd15_preset_is_stable_diffusion_1_5s_exact_architecture():
     with pytest.raises(TibalanceError, match=r"^generator.tiny.preset: sd15 is a random-weight architecture for "
                                              r"timing \(generator.build: tiny\); generator.build is pretrain$"):
         check_generator_preset({"generator": {"build": "pretrain", "tiny": {"preset": "sd15"}}})
+
+
+def test_a_short_jobs_fixed_costs_are_capped_by_its_steps():
+    """adapt.fixed_costs: a full job keeps its settings (the demo's TI: 400 steps
+    x 8, 8 seeds); a short one (a rehearsal's 4 steps x 1 at 512 px) encodes,
+    evaluates and previews no more UNet passes than its steps make (~3 per
+    latent drawn: forward and backward)."""
+    from tibalance.adapt import fixed_costs
+
+    assert fixed_costs(400, 8, 8, 8, 4, 20) == {"variants": 8, "eval_latents": 64, "preview_images": 4,
+                                                "preview_steps": 20}
+    assert fixed_costs(4, 1, 4, 8, 4, 20) == {"variants": 1, "eval_latents": 4, "preview_images": 2,
+                                              "preview_steps": 1}
+    for steps in (1, 2, 4, 8, 50):
+        for bs in (1, 2, 4, 8):
+            f = fixed_costs(steps, bs, 5, 8, 4, 20)
+            drawn = steps * bs
+            assert f["variants"] * 5 <= max(5, drawn + 4)  # no more variants than the steps can draw
+            if drawn >= 2:
+                assert 2 * f["eval_latents"] + 2 * f["preview_images"] * f["preview_steps"] <= 3 * drawn
+
+
+def test_step_losses_flushed_every_n_steps_give_the_same_run(tiny_sd, seed_images, tmp_path):
+    """ti.log_every (the GPU path's one host-device synchronisation per N steps
+    instead of per step): the loss CSV and the token are the same whatever N,
+    and a checkpoint made under one N resumes under another."""
+    every_step = tmp_path / "n1"
+    _ti(tiny_sd, seed_images, every_step, settings={"log_every": 1})
+    a = pd.read_csv(every_step / "loss.csv")
+    assert list(a["step"]) == list(range(1, TI["steps"] + 1))
+    token = load_file(every_step / "e.safetensors")["<ankle_boot>"]
+    for n, stop in ((4, None), (5, 4)):
+        out = tmp_path / f"n{n}"
+        if stop:
+            _ti(tiny_sd, seed_images, out, settings={"log_every": 1}, stop_after=stop)
+        _ti(tiny_sd, seed_images, out, settings={"log_every": n})
+        pd.testing.assert_frame_equal(a, pd.read_csv(out / "loss.csv"))
+        assert torch.equal(token, load_file(out / "e.safetensors")["<ankle_boot>"])

@@ -111,6 +111,27 @@ def augmented_pixels(paths: list[str], resolution: int, variants: int, rng: rand
     return torch.stack(out) * 2 - 1
 
 
+def fixed_costs(steps: int, batch_size: int, n_seeds: int, variants: int, preview_images: int,
+                preview_steps: int) -> dict:
+    """What a job does besides its steps, capped by what its steps do, so that a
+    short job (a rehearsal's few steps at 512 px) is not mostly overhead. The
+    steps draw steps x batch latents, each a UNet forward and backward (about
+    three forwards); of the rest, the augmented variants encoded are no more
+    than the steps can draw, the fixed evaluation batch (16 to 64 latents, run
+    at the start and the end) no more than the steps draw (two forwards each),
+    the preview (an image is two forwards a step under guidance) no more than
+    half as many forwards, at least one image and one step. A full job (the
+    demo's 400 steps x 8) is not capped."""
+    drawn = max(1, steps * batch_size)
+    variants_used = min(variants, max(1, -(-drawn // max(1, n_seeds))))
+    n_lat = n_seeds * variants_used
+    images = min(preview_images, max(1, drawn // 2))
+    return {"variants": variants_used,
+            "eval_latents": min(max(16, min(64, n_lat)), drawn),
+            "preview_images": images,
+            "preview_steps": min(preview_steps, max(1, drawn // (2 * images)))}
+
+
 def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, adaptation: Adaptation,
         identity: dict, loss_out: str, preview_out: str, resume_dir: str, stop_after: int | None = None,
         return_pipeline: bool = False) -> dict:
@@ -133,7 +154,9 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     wdtype, amp_dtype = pipeline_dtypes(device, s["mixed_precision"], f"{adaptation.config_key}.mixed_precision")
     cpu_amp = wdtype is None and amp_dtype is not None
     steps = int(s["steps"])
-    fp = fingerprint({"model": model, "seeds": [[p, file_digest(p)] for p in seed_paths], "settings": s,
+    # log_every shapes no result: a checkpoint resumes under another
+    fp = fingerprint({"model": model, "seeds": [[p, file_digest(p)] for p in seed_paths],
+                      "settings": {k: v for k, v in s.items() if k != "log_every"},
                       "seed": seed, **identity, **({"cpu_bf16": True} if cpu_amp else {})})
 
     seed_everything(seed)
@@ -158,7 +181,16 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
 
     # ---- seed images -> latent distributions, once
     py_rng = random.Random(seed)
-    pixels = augmented_pixels(seed_paths, res, int(s["augment_variants"]), py_rng)
+    fixed = fixed_costs(steps, int(s["batch_size"]), len(seed_paths), int(s["augment_variants"]),
+                        int(s["preview_images"]), int(s["preview_steps"]))
+    capped = {key: (int(s[key]), fixed[k]) for k, key in (("variants", "augment_variants"),
+                                                          ("preview_images", "preview_images"),
+                                                          ("preview_steps", "preview_steps"))
+              if fixed[k] < int(s[key])}
+    if capped:
+        log.info("a short job (%d steps x %d): %s", steps, int(s["batch_size"]),
+                 ", ".join(f"{k} {a} -> {b}" for k, (a, b) in capped.items()))
+    pixels = augmented_pixels(seed_paths, res, fixed["variants"], py_rng)
     with torch.no_grad():
         means, stds = [], []
         for chunk in pixels.split(16):
@@ -197,7 +229,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     # step; this one changes only with the adaptation.
     pred_type = noise_sched.config.prediction_type
     eval_gen = torch.Generator().manual_seed(seed + 7919)
-    n_eval = max(16, min(64, lat_mean.shape[0]))
+    n_eval = fixed["eval_latents"]
     e_idx = torch.arange(n_eval) % lat_mean.shape[0]
     e_lat = lat_mean[e_idx.to(lat_mean.device)] * scaling
     e_noise = torch.randn(e_lat.shape, generator=eval_gen).to(device)
@@ -236,7 +268,20 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
         else:
             log.info("ignoring checkpoint %s: it was made with other settings or seeds", ckpt_path)
 
+    # the step losses stay on the device until a flush (every log_every steps, before
+    # a checkpoint, at the end): one host-device synchronisation per flush, not per step
+    pending: list = []
+    log_every = max(1, int(s.get("log_every") or 1))
+
+    def flush():
+        if pending:
+            values = torch.stack([loss_t for _, loss_t, _ in pending]).float().cpu().tolist()
+            history.extend((st, v, lr) for (st, _, lr), v in zip(pending, values))
+            pending.clear()
+            bar.set_postfix(loss=f"{history[-1][1]:.4f}", refresh=False)
+
     def save_checkpoint(step):
+        flush()
         ck = {"fingerprint": fp, "step": step, "adaptation": adaptation.state(opt), "history": history,
               "sched": sched.state_dict(), "gen": gen.get_state(), "py_rng": py_rng.getstate(),
               "torch_rng": torch.get_rng_state(), "eval_start": eval_start}
@@ -274,8 +319,9 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
         opt.step()
         sched.step()
         adaptation.after_step()
-        history.append((step, float(loss.item()), float(sched.get_last_lr()[0])))
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        pending.append((step, loss.detach(), float(sched.get_last_lr()[0])))
+        if step % log_every == 0:
+            flush()
         bar.update()
         if every and step % every == 0 and step < steps:
             save_checkpoint(step)
@@ -283,6 +329,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
             save_checkpoint(step)
             bar.close()
             return {"stopped_at": step}
+    flush()
     bar.close()
 
     eval_end = eval_loss()
@@ -294,9 +341,9 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
 
     # ---- preview with the adapted pipeline
     pipe.to(device)
-    n_prev = int(s["preview_images"])
+    n_prev = fixed["preview_images"]
     with torch.no_grad(), autocast:
-        images = pipe([templates[0].format(subject)] * n_prev, num_inference_steps=int(s["preview_steps"]),
+        images = pipe([templates[0].format(subject)] * n_prev, num_inference_steps=fixed["preview_steps"],
                       height=res, width=res,
                       generator=[torch.Generator().manual_seed(seed + i) for i in range(n_prev)]).images
     contact_sheet(images, preview_out)

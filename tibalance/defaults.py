@@ -17,6 +17,7 @@ TI_DEFAULTS = {
     "augment_variants": 8,        # augmented copies of each seed image encoded once
     "mixed_precision": "auto",    # auto (bf16/fp16 on GPU, fp32 on CPU) | no | fp16 | bf16
     "checkpoint_every": 100,
+    "log_every": 50,              # step losses flushed from the device every N steps
     "preview_images": 4,
     "preview_steps": 20,
     "device": "auto",
@@ -42,6 +43,7 @@ LORA_DEFAULTS = {
     "augment_variants": 8,
     "mixed_precision": "auto",
     "checkpoint_every": 100,
+    "log_every": 50,              # step losses flushed from the device every N steps
     "preview_images": 4,
     "preview_steps": 20,
     "device": "auto",
