@@ -1,14 +1,21 @@
-"""Measure textual inversion (steps/s) and sampling (images/s) and peak memory.
+"""The generative stages' speed: textual inversion and LoRA (image-steps/s),
+sampling and image-to-image (images/s), peak memory, and on a GPU the share
+of its bf16 peak that a FLOP count says each reaches.
 
-    python benchmarks/bench_generative.py                      # tiny offline SD on this machine
-    python benchmarks/bench_generative.py --model stable-diffusion-v1-5/stable-diffusion-v1-5 \
-        --resolution 512 --ti-steps 50 --batch-size 4         # a real SD on a GPU
+    python benchmarks/bench_generative.py                          # the tiny architecture on this machine (CI's form)
+    python benchmarks/bench_generative.py --architecture sd15 \
+        --ti-batch 4 8 --sample-batch 8 32 --sample-steps 25      # SD 1.5's (random weights) at 512 px: the GPU check
+    python benchmarks/bench_generative.py --model path/or/hub-id   # a real pipeline
 
-Prints one line per measurement; timing excludes model loading and warm-up.
+Each stage runs through tibalance's own functions (adapt.fit, sampling); the
+adaptations time their steps themselves (the first step, setup, evaluation
+and preview apart), sampling is timed after a warm-up call. --json writes
+every number (benchmarks/project_cost.py reads it).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import resource
 import sys
@@ -16,74 +23,153 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tibalance.generator import build_tiny  # noqa: E402
+from tibalance.generator import build_tiny, native_resolution  # noqa: E402
 from tibalance.inversion import train_textual_inversion  # noqa: E402
-from tibalance.sampling import sample_class  # noqa: E402
+from tibalance.lora import train_lora  # noqa: E402
+
+# dense bf16 peak (TFLOP/s) by the name torch reports: the share-of-peak column
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
 
 
-def peak_memory() -> str:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = f"peak RSS {rss:.0f} MiB"
-    if torch.cuda.is_available():
-        out += f", peak GPU {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+def peak_tflops(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+
+
+def peaks(device: str) -> dict:
+    out = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if device.startswith("cuda"):
+        out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+        torch.cuda.reset_peak_memory_stats(device)
     return out
 
 
-def main() -> None:
+def unet_flops(model: str, device: str) -> dict:
+    """FLOPs of one UNet forward at batch 1, and of a TI step's forward and
+    backward to the text conditioning, the weights frozen as in TI
+    (torch.utils.flop_counter)."""
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet").to(device).requires_grad_(False)
+    lat = unet.config.sample_size  # the generator's own latent size (64 for SD 1.5's 512 px)
+    x = torch.randn(1, unet.config.in_channels, lat, lat, device=device)
+    t = torch.tensor([500], device=device)
+    cond = torch.randn(1, 77, unet.config.cross_attention_dim, device=device, requires_grad=True)
+    with FlopCounterMode(display=False) as fwd, torch.no_grad():
+        unet(x, t, cond)
+    with FlopCounterMode(display=False) as step:
+        unet(x, t, cond).sample.float().pow(2).mean().backward()
+    del unet
+    return {"unet_forward_tflop": fwd.get_total_flops() / 1e12, "ti_step_tflop": step.get_total_flops() / 1e12}
+
+
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="SD folder or hub id (default: build the tiny offline one)")
-    ap.add_argument("--resolution", type=int, default=32)
-    ap.add_argument("--ti-steps", type=int, default=30)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--architecture", choices=["tiny", "sd15"], default="tiny")
+    ap.add_argument("--model", help="an SD folder or hub id instead of a built architecture")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--steps", type=int, default=6, help="TI and LoRA steps per measurement")
+    ap.add_argument("--ti-batch", type=int, nargs="+", default=[4])
+    ap.add_argument("--lora-batch", type=int, default=4)
+    ap.add_argument("--sample-batch", type=int, nargs="+", default=[8])
     ap.add_argument("--sample-steps", type=int, default=10)
-    args = ap.parse_args()
+    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--save-model", help="build the architecture into this folder and keep it (diffusers' example "
+                                         "then runs on the same weights)")
+    ap.add_argument("--json", help="write every number here")
+    a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
     tmp = Path(tempfile.mkdtemp())
-    model = args.model
+    model = a.model
     if model is None:
-        model = str(tmp / "tiny_sd")
-        build_tiny(model, {"resolution": args.resolution})
-    rng = np.random.default_rng(0)
+        model = a.save_model or str(tmp / a.architecture)
+        build_tiny(model, {"preset": "sd15"} if a.architecture == "sd15" else {"resolution": 32})
+    res = native_resolution(model)
+    from tibalance.rehearsal import photo
+    import random
+
+    rng = random.Random(0)
     seeds = []
-    for i in range(5):
-        p = tmp / f"seed{i}.png"
-        Image.fromarray(rng.integers(0, 255, (args.resolution, args.resolution, 3), dtype=np.uint8)).save(p)
+    for i in range(4):
+        p = tmp / f"seed{i}.jpg"
+        photo((200, 40, 40), 5, rng).save(p, quality=90)
         seeds.append(str(p))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"model {model}, device {device}, resolution {args.resolution}, batch {args.batch_size}")
+    gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
+    out = {"model": a.model or f"{a.architecture} (random weights)", "device": device, "gpu": gpu,
+           "resolution": res, "torch": torch.__version__}
+    print(f"{out['model']} at {res} px on {gpu or device}")
+    out.update(unet_flops(model, device))
+    peak = peak_tflops(device)
+    peaks(device)
 
-    common = dict(resolution=args.resolution, batch_size=args.batch_size, preview_images=1, preview_steps=1,
-                  checkpoint_every=0, augment_variants=4)
-    # warm-up run (kernels, allocator), then the timed one; both include the one-off load
-    t0 = time.perf_counter()
-    train_textual_inversion(model, seeds, "bench", "bench", {**common, "steps": 2}, 0, str(tmp / "w.st"),
-                            str(tmp / "w.csv"), str(tmp / "w.png"), str(tmp / "rw"))
-    t_fixed = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    train_textual_inversion(model, seeds, "bench", "bench", {**common, "steps": args.ti_steps + 2}, 0,
-                            str(tmp / "e.st"), str(tmp / "l.csv"), str(tmp / "p.png"), str(tmp / "r"))
-    t_ti = time.perf_counter() - t0 - t_fixed
-    print(f"textual inversion: {args.ti_steps / t_ti:.2f} steps/s "
-          f"({args.ti_steps} steps in {t_ti:.1f} s, load+setup {t_fixed:.1f} s); {peak_memory()}")
+    common = dict(steps=a.steps, checkpoint_every=0, device=device, preview_images=1, preview_steps=1)
+    rows = []
 
-    manifest = tmp / "m.csv"
-    manifest.write_text("path,label,split\nx,bench,train\n")
-    s = {"n_images": args.images, "batch_size": args.batch_size, "steps": args.sample_steps,
-         "resolution": args.resolution}
-    sample_class(model, "raw", "bench", "bench", {**s, "n_images": args.batch_size}, 1, str(manifest),
-                 str(tmp / "warm.csv"), str(tmp / "warm"))
-    t0 = time.perf_counter()
-    sample_class(model, "raw", "bench", "bench", s, 0, str(manifest), str(tmp / "s.csv"), str(tmp / "s"))
-    t_s = time.perf_counter() - t0
-    print(f"sampling: {args.images / t_s:.2f} images/s ({args.images} images, {args.sample_steps} steps, "
-          f"incl. load); {peak_memory()}")
+    def adapt_row(kind, bs, fn, **kw):
+        r = fn(model, seeds, "bench", "bench", {**common, "batch_size": bs}, 0, **kw)
+        sec = r["seconds"]
+        ips = bs / sec["step_s"]
+        row = {"stage": kind, "batch": bs, "image_steps_per_s": round(ips, 3), "s_per_step": round(sec["step_s"], 4),
+               "fixed_s": round(sec["setup_s"] + sec["eval_s"] + sec["preview_s"], 2), **peaks(device)}
+        if peak and kind == "ti":
+            row["share_of_bf16_peak"] = round(ips * out["ti_step_tflop"] / peak, 4)
+        rows.append(row)
+        print(row)
+
+    for bs in a.ti_batch:
+        d = tmp / f"ti{bs}"
+        adapt_row("ti", bs, train_textual_inversion, embeds_out=str(d / "e.safetensors"),
+                  loss_out=str(d / "l.csv"), preview_out=str(d / "p.png"), resume_dir=str(d / "r"))
+    d = tmp / "lora"
+    adapt_row("lora", a.lora_batch, train_lora, out_dir=str(d / "w"), loss_out=str(d / "l.csv"),
+              preview_out=str(d / "p.png"), resume_dir=str(d / "r"))
+
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from PIL import Image
+
+    from tibalance.generator import load_pipeline, pipeline_dtypes
+    from tibalance.sampling import make_scheduler
+
+    wdtype, amp = pipeline_dtypes(torch.device(device), "auto", "sampling.mixed_precision")
+    pipe = load_pipeline(model, device=device, dtype=wdtype)
+    pipe.scheduler = make_scheduler("dpmpp", pipe.scheduler.config)
+    i2i = StableDiffusionImg2ImgPipeline(**pipe.components)
+    i2i.set_progress_bar_config(disable=True)
+    start = Image.open(seeds[0]).convert("RGB").resize((res, res))
+    for bs in a.sample_batch:
+        for mode, call in (("sample", lambda n: pipe(["a photo of a flower"] * n, height=res, width=res,
+                                                     num_inference_steps=a.sample_steps,
+                                                     guidance_scale=a.guidance)),
+                           ("i2i", lambda n: i2i(["a photo of a flower"] * n, image=[start] * n, strength=0.5,
+                                                 num_inference_steps=a.sample_steps, guidance_scale=a.guidance))):
+            with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=amp or torch.float32,
+                                                 enabled=wdtype is None and amp is not None):
+                call(min(bs, 2))  # warm-up
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                call(bs)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t0
+            row = {"stage": mode, "batch": bs, "steps": a.sample_steps, "images_per_s": round(bs / dt, 3),
+                   **({"strength": 0.5} if mode == "i2i" else {}), **peaks(device)}
+            if peak and mode == "sample":
+                row["share_of_bf16_peak"] = round(bs / dt * 2 * a.sample_steps * out["unet_forward_tflop"] / peak, 4)
+            rows.append(row)
+            print(row)
+    out["rows"] = rows
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+    return out
 
 
 if __name__ == "__main__":

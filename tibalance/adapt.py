@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -111,6 +112,12 @@ def augmented_pixels(paths: list[str], resolution: int, variants: int, rng: rand
     return torch.stack(out) * 2 - 1
 
 
+def _sync(device) -> None:
+    """Wait for the device's queued work (timing only; a no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def fixed_costs(steps: int, batch_size: int, n_seeds: int, variants: int, preview_images: int,
                 preview_steps: int) -> dict:
     """What a job does besides its steps, capped by what its steps do, so that a
@@ -159,6 +166,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
                       "settings": {k: v for k, v in s.items() if k != "log_every"},
                       "seed": seed, **identity, **({"cpu_bf16": True} if cpu_amp else {})})
 
+    t_job = time.perf_counter()
     seed_everything(seed)
     pipe = load_pipeline(model)
     tok, te, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
@@ -291,14 +299,21 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
         os.replace(tmp, ckpt_path)
 
     # ---- training
+    clock = {"setup_s": time.perf_counter() - t_job}
+    t0 = time.perf_counter()
     if eval_start is None:
         eval_start = eval_loss()
+    clock["eval_s"] = time.perf_counter() - t0
     bs = int(s["batch_size"])
     n_lat = lat_mean.shape[0]
     every = int(s["checkpoint_every"])
     bar = tqdm(total=steps, initial=start, desc=f"{adaptation.label} {cls}", mininterval=2.0)
     autocast = autocast_ctx()
+    t_first = None  # the steps after the first (kernels, allocator warm) are timed
     for step in range(start + 1, steps + 1):
+        if step == start + 2:
+            _sync(device)
+            t_first = time.perf_counter()
         idx = torch.randint(0, n_lat, (bs,), generator=gen)
         eps_lat = torch.randn(lat_mean[idx].shape, generator=gen)
         latents = (lat_mean[idx] + lat_std[idx] * eps_lat.to(lat_mean.device)) * scaling
@@ -331,8 +346,14 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
             return {"stopped_at": step}
     flush()
     bar.close()
+    _sync(device)
+    timed_steps = steps - start - 1
+    if t_first is not None and timed_steps > 0:
+        clock["step_s"] = (time.perf_counter() - t_first) / timed_steps
 
+    t0 = time.perf_counter()
     eval_end = eval_loss()
+    clock["eval_s"] += time.perf_counter() - t0
     log.info("fixed-batch denoising loss on the seed images: %.5f at the start, %.5f at the end",
              eval_start, eval_end)
     adaptation.save()
@@ -340,6 +361,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     pd.DataFrame(history, columns=["step", "loss", "lr"]).to_csv(loss_out, index=False, float_format="%.6g")
 
     # ---- preview with the adapted pipeline
+    t0 = time.perf_counter()
     pipe.to(device)
     n_prev = fixed["preview_images"]
     with torch.no_grad(), autocast:
@@ -347,10 +369,12 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
                       height=res, width=res,
                       generator=[torch.Generator().manual_seed(seed + i) for i in range(n_prev)]).images
     contact_sheet(images, preview_out)
+    clock["preview_s"] = time.perf_counter() - t0
     if ckpt_path.exists():
         ckpt_path.unlink()  # done: a rerun with new settings must start from step 0
     result = {"final_loss": history[-1][1] if history else None, "steps": steps, "resumed_from_step": start,
-              "eval_loss_start": eval_start, "eval_loss_end": eval_end, "resolution": res}
+              "eval_loss_start": eval_start, "eval_loss_end": eval_end, "resolution": res,
+              "seconds": {k: round(v, 4) for k, v in clock.items()}}
     if return_pipeline:
         result["pipeline"] = pipe
     return result

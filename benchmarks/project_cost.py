@@ -1,0 +1,100 @@
+"""What a study's generative stages will cost, from the generative benchmark's
+numbers: GPU-hours (or CPU-hours, for a CPU benchmark) per stage for the
+config's weak classes and for every class of the dataset (Flowers-102: 102).
+
+    python benchmarks/project_cost.py BENCH_JSON [CONFIG] [--classes 102]
+
+BENCH_JSON: `benchmarks/bench_generative.py --json` (the device and model it
+ran on are printed with the result); CONFIG: a study config (default
+config/config.yaml). Inputs read from it: ti.steps and ti.batch_size,
+lora.steps and lora.batch_size (two adapters a class: lora, ti_lora),
+sampling.n_images (an integer; a refill target needs the data, so give
+--images), sampling.steps and sampling.strength (image-to-image runs
+strength x steps: scaled from the benchmark's), analysis.k and replicates. Each job also pays the
+benchmark's measured fixed seconds (setup, evaluation, preview). Not counted:
+the classifier trainings (benchmarks/bench_train.py), filter, judge, FID.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tibalance.defaults import LORA_DEFAULTS, SAMPLING_DEFAULTS, TI_DEFAULTS  # noqa: E402
+
+T2I_MODES, I2I_MODES = ("raw", "ti", "lora", "ti_lora"), ("ti_i2i", "lora_i2i")
+
+
+def nearest(rows: list[dict], stage: str, batch: int) -> dict:
+    cands = [r for r in rows if r["stage"] == stage]
+    if not cands:
+        raise SystemExit(f"project_cost: the benchmark has no {stage!r} row")
+    return min(cands, key=lambda r: (abs(r["batch"] - batch), -r["batch"]))
+
+
+def project(bench: dict, cfg: dict, classes: int | None = None, images: int | None = None) -> list[dict]:
+    """Seconds per stage for one weak class and for all of them."""
+    ti = {**TI_DEFAULTS, **(cfg.get("ti") or {})}
+    lora = {**LORA_DEFAULTS, **(cfg.get("lora") or {})}
+    smp = {**SAMPLING_DEFAULTS, **(cfg.get("sampling") or {})}
+    n = images if images is not None else smp["n_images"]
+    if not isinstance(n, int):
+        raise SystemExit(f"project_cost: sampling.n_images is {n!r}, a refill target; give --images N")
+    k = classes or int((cfg.get("analysis") or {}).get("k", 1))
+    reps = int(cfg.get("replicates", 1))
+    rows = bench["rows"]
+    strength = smp["strength"] if not isinstance(smp["strength"], list) else max(smp["strength"])
+    out = []
+    r = nearest(rows, "ti", int(ti["batch_size"]))
+    out.append(("textual_inversion", 1, int(ti["steps"]) * int(ti["batch_size"]) / r["image_steps_per_s"]
+                + r["fixed_s"], f"{ti['steps']} steps x {ti['batch_size']} at {r['image_steps_per_s']} image-steps/s"))
+    r = nearest(rows, "lora", int(lora["batch_size"]))
+    out.append(("lora (lora, ti_lora)", 2, int(lora["steps"]) * int(lora["batch_size"]) / r["image_steps_per_s"]
+                + r["fixed_s"], f"{lora['steps']} steps x {lora['batch_size']} at {r['image_steps_per_s']}"))
+    for stage, modes in (("sample", T2I_MODES), ("i2i", I2I_MODES)):
+        r = max((x for x in rows if x["stage"] == stage), key=lambda x: x["images_per_s"])
+        # image-to-image runs strength x steps: scaled from the benchmark's strength
+        scale = float(strength) / float(r["strength"]) if stage == "i2i" else 1.0
+        per_image = scale * int(smp["steps"]) / r["steps"] / r["images_per_s"]
+        out.append((f"sampling {', '.join(modes)}", len(modes), n * per_image,
+                    f"{n} images, {smp['steps']} steps (x{scale:g}) at {r['images_per_s']} images/s "
+                    f"({r['steps']} steps, batch {r['batch']})"))
+    return [{"stage": s, "jobs_per_class": j, "s_per_job": sec, "s_per_class": j * sec * reps,
+             "s_all": j * sec * reps * k, "basis": basis, "classes": k, "replicates": reps}
+            for s, j, sec, basis in out]
+
+
+def markdown(bench: dict, rows: list[dict], cfg_name: str) -> str:
+    unit = "GPU" if bench.get("gpu") else "CPU"
+    lines = [f"Projection from {bench['model']} at {bench['resolution']} px on {bench.get('gpu') or bench['device']} "
+             f"(torch {bench['torch']}), config {cfg_name}, {rows[0]['classes']} weak class(es), "
+             f"{rows[0]['replicates']} replicate(s):", "",
+             f"| stage | jobs a class | s a job | {unit}-hours, all classes | basis |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['stage']} | {r['jobs_per_class']} | {r['s_per_job']:.1f} | {r['s_all'] / 3600:.3f} | "
+                     f"{r['basis']} |")
+    lines.append(f"| all | | | {sum(r['s_all'] for r in rows) / 3600:.3f} | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bench_json")
+    ap.add_argument("config", nargs="?", default=str(REPO / "config" / "config.yaml"))
+    ap.add_argument("--classes", type=int, help="weak classes to adapt (default: the config's analysis.k)")
+    ap.add_argument("--images", type=int, help="images per mode and class (default: sampling.n_images)")
+    a = ap.parse_args(argv)
+    bench = json.loads(Path(a.bench_json).read_text())
+    cfg = yaml.safe_load(Path(a.config).read_text()) or {}
+    text = markdown(bench, project(bench, cfg, a.classes, a.images), Path(a.config).name)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The GPU check's reduced form (the tiny architecture on CPU) runs as CI runs
+it, so the script cannot rot; the cost projection's arithmetic by hand."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def test_gpu_checks_reduced_form_measures_every_generative_stage(tmp_path):
+    env = dict(os.environ, PY=sys.executable, OUT=str(tmp_path), WHEELS=str(tmp_path / "no-wheels"))
+    p = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--reduced"], capture_output=True, text=True,
+                       env=env, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["device"] == "cpu" and bench["resolution"] == 32 and bench["unet_forward_tflop"] > 0
+    assert bench["ti_step_tflop"] > bench["unet_forward_tflop"]  # forward and backward to the conditioning
+    stages = {r["stage"]: r for r in bench["rows"]}
+    assert set(stages) == {"ti", "lora", "sample", "i2i"}
+    assert stages["ti"]["image_steps_per_s"] > 0 and stages["lora"]["s_per_step"] > 0
+    assert stages["sample"]["images_per_s"] > 0 and stages["i2i"]["images_per_s"] > 0
+    assert all(r["peak_rss_mib"] > 0 for r in bench["rows"])
+    text = (tmp_path / "projection.md").read_text()
+    assert "config.yaml, 10 weak class(es)" in text and "| textual_inversion | 1 |" in text
+    assert "| sampling raw, ti, lora, ti_lora | 4 |" in text and "CPU-hours" in text
+
+
+def test_projection_arithmetic():
+    from project_cost import project
+
+    bench = {"rows": [{"stage": "ti", "batch": 4, "image_steps_per_s": 200.0, "fixed_s": 5.0},
+                      {"stage": "ti", "batch": 8, "image_steps_per_s": 250.0, "fixed_s": 5.0},
+                      {"stage": "lora", "batch": 4, "image_steps_per_s": 100.0, "fixed_s": 2.0},
+                      {"stage": "sample", "batch": 32, "steps": 25, "images_per_s": 10.0},
+                      {"stage": "i2i", "batch": 32, "steps": 25, "strength": 0.25, "images_per_s": 20.0}]}
+    cfg = {"ti": {"steps": 1000, "batch_size": 4}, "lora": {"steps": 800, "batch_size": 4},
+           "sampling": {"n_images": 100, "steps": 25, "strength": 0.5}, "analysis": {"k": 10}}
+    rows = {r["stage"]: r for r in project(bench, cfg)}
+    assert rows["textual_inversion"]["s_per_job"] == pytest.approx(1000 * 4 / 200 + 5)
+    assert rows["lora (lora, ti_lora)"]["s_per_class"] == pytest.approx(2 * (800 * 4 / 100 + 2))
+    assert rows["sampling raw, ti, lora, ti_lora"]["s_per_class"] == pytest.approx(4 * 100 / 10)
+    assert rows["sampling ti_i2i, lora_i2i"]["s_per_class"] == pytest.approx(2 * 100 * (0.5 / 0.25) / 20)
+    assert rows["textual_inversion"]["s_all"] == pytest.approx(10 * 25)
+    assert project(bench, {**cfg, "replicates": 3}, classes=102)[0]["s_all"] == pytest.approx(102 * 3 * 25)
