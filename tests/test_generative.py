@@ -306,3 +306,28 @@ def test_step_losses_flushed_every_n_steps_give_the_same_run(tiny_sd, seed_image
         _ti(tiny_sd, seed_images, out, settings={"log_every": n})
         pd.testing.assert_frame_equal(a, pd.read_csv(out / "loss.csv"))
         assert torch.equal(token, load_file(out / "e.safetensors")["<ankle_boot>"])
+
+
+def test_channels_last_computes_the_same_token_and_images(tiny_sd, seed_images, tmp_path):
+    """ti/lora/sampling.channels_last (the GPU path's NHWC UNet; auto: GPU only):
+    switched on on CPU it trains the same token and samples the same images, to
+    rounding; auto keeps a CPU's UNet as it was."""
+    from tibalance.generator import channels_last
+
+    assert channels_last("auto", "cpu") is False and channels_last(None, "cuda") is True
+    assert channels_last(True, "cpu") is True and channels_last(False, "cuda") is False
+    _ti(tiny_sd, seed_images, tmp_path / "plain")
+    _ti(tiny_sd, seed_images, tmp_path / "nhwc", settings={"channels_last": True})
+    a, b = pd.read_csv(tmp_path / "plain/loss.csv"), pd.read_csv(tmp_path / "nhwc/loss.csv")
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-4)
+    torch.testing.assert_close(load_file(tmp_path / "plain/e.safetensors")["<ankle_boot>"],
+                               load_file(tmp_path / "nhwc/e.safetensors")["<ankle_boot>"], rtol=1e-4, atol=1e-5)
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"path": ["x"], "label": ["a"], "split": ["train"]}).to_csv(manifest, index=False)
+    s = {"n_images": 2, "batch_size": 2, "steps": 2, "resolution": 32}
+    for name, extra in (("plain", {}), ("nhwc", {"channels_last": True})):
+        sample_class(tiny_sd, "raw", "ankle_boot", "Ankle boot", {**s, **extra}, 0, str(manifest),
+                     str(tmp_path / f"{name}.csv"), str(tmp_path / f"img_{name}"))
+    for i in range(2):
+        x, y = (np.asarray(Image.open(tmp_path / f"img_{n}/{i:05d}.png"), dtype=int) for n in ("plain", "nhwc"))
+        assert np.abs(x - y).max() <= 1  # 8-bit images: rounding at most one level

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .generator import load_pipeline, pipeline_dtypes, resolve_resolution
+from .generator import channels_last, load_pipeline, pipeline_dtypes, resolve_resolution
 from .seeds import contact_sheet
 from .util import TibalanceError, file_digest, fingerprint, pick_device, seed_everything
 
@@ -181,6 +181,8 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     te.to(device)
     for m in (vae, unet):
         m.to(device) if wdtype is None else m.to(device, dtype=wdtype)
+    if channels_last(s.get("channels_last"), device):
+        unet.to(memory_format=torch.channels_last)
     params = adaptation.prepare(pipe, device)
     for p in params:  # trained in fp32 whatever the frozen weights' dtype
         p.data = p.data.float()

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .generator import load_pipeline, pipeline_dtypes, resolve_resolution
+from .generator import channels_last, load_pipeline, pipeline_dtypes, resolve_resolution
 from .config import refill_count
 from .inversion import expand_placeholder
 from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
@@ -119,6 +119,7 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     # auto that resolves to bf16 on a CPU with native bf16 makes other images: its own mark
     setting = s.get("mixed_precision", "auto")
     fp_keys += ["mixed_precision"] if setting != "auto" else []
+    fp_keys += ["channels_last"] if s.get("channels_last", "auto") != "auto" else []
     device = pick_device(s["device"])
     wdtype, amp_dtype = pipeline_dtypes(device, setting, "sampling.mixed_precision")
     cpu_bf16 = {"cpu_bf16": True} if setting == "auto" and wdtype is None and amp_dtype is not None else {}
@@ -145,6 +146,8 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
         # on a GPU the weights are half precision; on CPU they stay fp32 and bf16 runs under autocast
         autocast = wdtype is None and amp_dtype is not None
         pipe = load_pipeline(model, device=device, dtype=wdtype)
+        if channels_last(s.get("channels_last"), device):
+            pipe.unet.to(memory_format=torch.channels_last)
         if method in TOKEN_MODES:
             pipe.load_textual_inversion(embeds, token=placeholder)
         if method in LORA_MODES:
