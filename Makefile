@@ -49,13 +49,16 @@ verdict: install demo-data
 # the real study's shapes on a CPU (config/rehearsal.yaml): SD 1.5's architecture
 # with random weights at 512 px, ResNet-50 at 224 px, photo-sized JPEGs drawn
 # here, every count cut to the least; in rehearsal/ (timings: its cost table).
-# SD-1.5 jobs hold ~12 GB each: one at a time within REHEARSAL_MEM_MB
+# SD-1.5 jobs hold ~12 GB each: one at a time within REHEARSAL_MEM_MB, on
+# REHEARSAL_SD_THREADS threads (all of a 2-core machine's)
 REHEARSAL_MEM_MB ?= 22000
+REHEARSAL_SD_THREADS ?= 2
 rehearsal: install
 	$(PY) -m tibalance.rehearsal rehearsal/photos
-	$(SNAKEMAKE) --directory rehearsal --configfile config/rehearsal.yaml --workflow-profile $(PROFILE) \
-		--cores $(CORES) --resources mem_mb=$(REHEARSAL_MEM_MB) \
-		--set-resources textual_inversion:mem_mb=12000 lora:mem_mb=12000 sample:mem_mb=12000 build_generator:mem_mb=12000 && \
+	$(SNAKEMAKE) -s $(CURDIR)/Snakefile --directory rehearsal --configfile $(CURDIR)/config/rehearsal.yaml \
+		--workflow-profile $(CURDIR)/$(PROFILE) --cores $(CORES) --resources mem_mb=$(REHEARSAL_MEM_MB) \
+		--set-resources textual_inversion:mem_mb=12000 lora:mem_mb=12000 sample:mem_mb=12000 build_generator:mem_mb=12000 \
+		--set-threads textual_inversion=$(REHEARSAL_SD_THREADS) lora=$(REHEARSAL_SD_THREADS) sample=$(REHEARSAL_SD_THREADS) && \
 	echo "" && echo "Rehearsal finished: rehearsal/results/tables/cost.md (every stage's wall time and peak memory)"
 
 # two pytest workers (pytest-xdist, a test file per unit of work): the SLURM
