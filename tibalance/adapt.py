@@ -197,6 +197,9 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
                                                           ("preview_images", "preview_images"),
                                                           ("preview_steps", "preview_steps"))
               if fixed[k] < int(s[key])}
+    full_eval = max(16, min(64, len(seed_paths) * fixed["variants"]))
+    if fixed["eval_latents"] < full_eval:
+        capped["evaluation latents"] = (full_eval, fixed["eval_latents"])
     if capped:
         log.info("a short job (%d steps x %d): %s", steps, int(s["batch_size"]),
                  ", ".join(f"{k} {a} -> {b}" for k, (a, b) in capped.items()))
