@@ -55,7 +55,8 @@ def test_only_the_new_token_trains(tiny_sd, seed_images, tmp_path):
     assert list(saved) == ["<ankle_boot>"] and torch.equal(saved["<ankle_boot>"][0], w[tid])
     loss = pd.read_csv(tmp_path / "loss.csv")
     assert list(loss.step) == [1, 2, 3, 4, 5, 6] and loss.loss.notna().all()
-    assert Image.open(tmp_path / "p.png").size == (256, 128)
+    # 6 steps x 2 draw 12 latents: a one-image preview (adapt.fixed_costs), shown at 128 px
+    assert Image.open(tmp_path / "p.png").size == (128, 128)
     assert not (tmp_path / "resume" / "checkpoint.pt").exists()  # finished runs leave no checkpoint
 
 
@@ -135,9 +136,8 @@ def test_sampling_is_resumable_and_paired(tiny_sd, seed_images, tmp_path):
 def test_bf16_sampling_on_cpu(tiny_sd, tmp_path, monkeypatch, cpu_kind):
     """sampling.mixed_precision: bf16 samples on CPU under bf16 autocast (the
     UNet computes in bf16, the weights stay fp32); its images are another set
-    (regenerated), while auto on a CPU without native bf16 keeps the fingerprint
-    of images made before the setting existed; auto on one with native bf16
-    samples in bf16, another set again."""
+    (regenerated), while auto keeps the fingerprint of images made before the
+    setting existed on either CPU kind (fp32: precision.PIPELINE_CPU_BF16)."""
     from diffusers import UNet2DConditionModel
 
     manifest = tmp_path / "m.csv"
@@ -163,13 +163,14 @@ def test_bf16_sampling_on_cpu(tiny_sd, tmp_path, monkeypatch, cpu_kind):
     assert n == 2 and set(dtypes) == {(torch.float32, torch.float32)}
     assert run(mixed_precision="auto")[0] == 0  # auto = unset: the same images, kept
     cpu_kind(True)
-    n, auto_bf16 = run(mixed_precision="auto")
+    assert run(mixed_precision="auto")[0] == 0  # native bf16 too: fp32, the same images
+    n, native_bf16 = run(mixed_precision="bf16")
     assert n == 2 and set(dtypes) == {(torch.float32, torch.bfloat16)}
     cpu_kind(False)
     n, bf16 = run(mixed_precision="bf16")
-    assert n == 2 and set(dtypes) == {(torch.float32, torch.bfloat16)}
+    assert n == 0  # the same setting on the other kind: the same fingerprint, kept
     assert all(im.shape == (32, 32, 3) for im in bf16) and any((a != b).any() for a, b in zip(fp32, bf16))
-    assert all((a == b).all() for a, b in zip(auto_bf16, bf16))  # the same computation, other fingerprints
+    assert all((a == b).all() for a, b in zip(native_bf16, bf16))
 
 
 def test_fewer_images_leave_no_stale_ones_and_zero_is_clean(tiny_sd, tmp_path):
@@ -272,22 +273,99 @@ def test_sd15_preset_is_stable_diffusion_1_5s_exact_architecture():
 
 def test_a_short_jobs_fixed_costs_are_capped_by_its_steps():
     """adapt.fixed_costs: a full job keeps its settings (the demo's TI: 400 steps
-    x 8, 8 seeds); a short one (a rehearsal's 4 steps x 1 at 512 px) encodes,
-    evaluates and previews no more UNet passes than its steps make (~3 per
-    latent drawn: forward and backward)."""
+    x 8, 8 seeds); a short one (a rehearsal's 4 steps x 1 at 512 px) encodes
+    only the latents it draws, evaluates and previews at most about the UNet
+    forwards its steps make (~3 per latent drawn: forward and backward; a VAE
+    decoding ~3, an encoding ~1.6)."""
     from tibalance.adapt import fixed_costs
 
-    assert fixed_costs(400, 8, 8, 8, 4, 20) == {"variants": 8, "eval_latents": 64, "preview_images": 4,
-                                                "preview_steps": 20}
-    assert fixed_costs(4, 1, 4, 8, 4, 20) == {"variants": 1, "eval_latents": 4, "preview_images": 2,
-                                              "preview_steps": 1}
+    assert fixed_costs(400, 8, 8, 8, 4, 20) == {"variants": 8, "lazy_encoding": False, "eval_latents": 64,
+                                                "preview_images": 4, "preview_steps": 20}
+    assert fixed_costs(4, 1, 4, 8, 4, 20) == {"variants": 1, "lazy_encoding": True, "eval_latents": 1,
+                                              "preview_images": 1, "preview_steps": 1}
     for steps in (1, 2, 4, 8, 50):
         for bs in (1, 2, 4, 8):
             f = fixed_costs(steps, bs, 5, 8, 4, 20)
             drawn = steps * bs
-            assert f["variants"] * 5 <= max(5, drawn + 4)  # no more variants than the steps can draw
-            if drawn >= 2:
-                assert 2 * f["eval_latents"] + 2 * f["preview_images"] * f["preview_steps"] <= 3 * drawn
+            n_lat = 5 * f["variants"]
+            assert n_lat <= max(5, drawn + 4)  # no more variants than the steps can draw
+            encoded = min(drawn, n_lat) if f["lazy_encoding"] else n_lat
+            assert encoded <= max(drawn, 5)
+            if drawn >= 16:  # past the floor of one latent, image and step
+                passes = 2 * f["eval_latents"] + f["preview_images"] * (2 * f["preview_steps"] + 3)
+                assert passes + 1.6 * encoded <= 3 * drawn, (steps, bs, f)
+
+
+def test_a_short_job_encodes_only_what_it_draws_and_resumes_the_same(tiny_sd, seed_images, tmp_path,
+                                                                        monkeypatch):
+    """Lazy encoding (a job that draws no more latents than its seeds give): each
+    seed latent goes through the VAE, alone, when first drawn or evaluated; a
+    job killed after its first step resumes to the same token bit for bit."""
+    from diffusers import AutoencoderKL
+
+    calls, encode = [], AutoencoderKL.encode
+
+    def watch(self, x, *a, **kw):
+        calls.append(x.shape[0])
+        return encode(self, x, *a, **kw)
+
+    monkeypatch.setattr(AutoencoderKL, "encode", watch)
+    short = {"steps": 2, "batch_size": 1, "checkpoint_every": 1}
+    whole = _ti(tiny_sd, seed_images, tmp_path / "whole", settings=short)
+    assert whole["latents"] == 3 and set(calls) == {1}
+    assert len(calls) == whole["latents_encoded"] <= 3  # the fixed evaluation's one latent and two drawn
+    calls.clear()
+    assert _ti(tiny_sd, seed_images, tmp_path / "cut", settings=short, stop_after=1) == {"stopped_at": 1}
+    resumed = _ti(tiny_sd, seed_images, tmp_path / "cut", settings=short)
+    assert resumed["resumed_from_step"] == 1 and set(calls) == {1}
+    a, b = (load_file(tmp_path / d / "e.safetensors")["<ankle_boot>"] for d in ("whole", "cut"))
+    assert torch.equal(a, b)
+    assert pd.read_csv(tmp_path / "whole" / "loss.csv").equals(pd.read_csv(tmp_path / "cut" / "loss.csv"))
+
+
+def test_compiled_unet_learns_the_same_token_and_samples_the_same_images(tiny_sd, seed_images, tmp_path):
+    """ti.compile / sampling.compile (torch.compile of the UNet; aot_eager here,
+    the backend that traces and differentiates as inductor does without its
+    minute of code generation on a CPU): the same token and images as the plain
+    UNet to rounding; an unknown backend stops with one line naming the key."""
+    plain = _ti(tiny_sd, seed_images, tmp_path / "plain")
+    comp = _ti(tiny_sd, seed_images, tmp_path / "comp", settings={"compile": "aot_eager"})
+    a, b = (load_file(tmp_path / d / "e.safetensors")["<ankle_boot>"] for d in ("plain", "comp"))
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert comp["eval_loss_end"] == pytest.approx(plain["eval_loss_end"], rel=1e-4)
+    with pytest.raises(TibalanceError, match=r"^ti.compile: 'no_such_backend' is not a torch.compile backend"):
+        _ti(tiny_sd, seed_images, tmp_path / "bad", settings={"compile": "no_such_backend"})
+
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"path": ["x"], "label": ["a"], "split": ["train"]}).to_csv(manifest, index=False)
+    s = {"n_images": 2, "batch_size": 2, "steps": 2, "resolution": 32}
+    images = {}
+    for name, extra in (("plain", {}), ("comp", {"compile": "aot_eager"})):
+        assert sample_class(tiny_sd, "raw", "a", "a", {**s, **extra}, 0, str(manifest), str(tmp_path / f"{name}.csv"),
+                            str(tmp_path / name)) == 2
+        images[name] = [np.asarray(Image.open(p), dtype=int) for p in sorted((tmp_path / name).glob("*.png"))]
+    assert all(np.abs(x - y).max() <= 1 for x, y in zip(images["plain"], images["comp"]))
+
+
+def test_sampling_batch_size_auto(tiny_sd, tmp_path):
+    """sampling.batch_size auto: on a GPU the batch from its free memory and a
+    batch-1 call's peak (batch_from_memory), on a CPU 8; every image keeps its
+    own seed, so auto and a batch of 1 make the same images."""
+    from tibalance.sampling import AUTO_BATCH_CPU, auto_batch_size, batch_from_memory
+
+    gb = 1 << 30
+    assert batch_from_memory(80 * gb, 2 * gb) == 34 and batch_from_memory(10 * gb, 2 * gb) == 4
+    assert batch_from_memory(gb, 2 * gb) == 1 and batch_from_memory(1000 * gb, gb // 10) == 64
+    assert auto_batch_size("cpu", probe=lambda: pytest.fail("no probe on a CPU")) == AUTO_BATCH_CPU == 8
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"path": ["x"], "label": ["a"], "split": ["train"]}).to_csv(manifest, index=False)
+    images = {}
+    for bs in ("auto", 1):
+        s = {"n_images": 3, "batch_size": bs, "steps": 2, "resolution": 32}
+        assert sample_class(tiny_sd, "raw", "a", "a", s, 0, str(manifest), str(tmp_path / f"{bs}.csv"),
+                            str(tmp_path / str(bs))) == 3
+        images[bs] = [np.asarray(Image.open(p), dtype=int) for p in sorted((tmp_path / str(bs)).glob("*.png"))]
+    assert all(np.abs(x - y).max() <= 1 for x, y in zip(images["auto"], images[1]))
 
 
 def test_step_losses_flushed_every_n_steps_give_the_same_run(tiny_sd, seed_images, tmp_path):

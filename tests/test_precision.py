@@ -46,6 +46,27 @@ def test_auto_is_bf16_only_on_a_cpu_with_native_bf16(cpu_kind, key, monkeypatch)
         P.resolve("cpu", "fp8", key, allowed)
 
 
+@pytest.mark.parametrize("key", ["ti.mixed_precision", "lora.mixed_precision", "sampling.mixed_precision"])
+def test_the_pipeline_stages_auto_is_fp32_on_every_cpu(cpu_kind, key, monkeypatch):
+    """TI, LoRA and sampling (generator.pipeline_dtypes): auto is fp32 on a CPU
+    with native bf16 too (bf16 autocast measured slower there:
+    precision.PIPELINE_CPU_BF16); bf16 when asked; on a GPU half-precision
+    frozen weights under autocast, as before."""
+    from tibalance.generator import pipeline_dtypes
+
+    for native in (True, False):
+        cpu_kind(native)
+        assert pipeline_dtypes("cpu", "auto", key) == (None, None)
+        assert pipeline_dtypes("cpu", None, key) == (None, None)
+        assert P.run_record()["precision"][key] == "fp32"
+        assert pipeline_dtypes("cpu", "bf16", key) == (None, torch.bfloat16)
+        assert pipeline_dtypes("cpu", "no", key) == (None, None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pipeline_dtypes("cuda", "auto", key) == (torch.bfloat16, torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert pipeline_dtypes("cuda", "auto", key) == (torch.float16, torch.float16)
+
+
 def test_explicit_bf16_without_native_support_warns_once(cpu_kind, caplog):
     cpu_kind(False)
     with caplog.at_level(logging.WARNING, logger="tibalance.precision"):
@@ -115,29 +136,31 @@ def _watch_unet(monkeypatch):
 
 
 @pytest.mark.parametrize("native", [False, True])
-def test_ti_and_lora_follow_the_cpu(tiny_sd, seed_images, tmp_path, monkeypatch, cpu_kind, native):
-    """ti and lora with mixed_precision auto: the UNet's training forward computes
-    in bf16 on a CPU with native bf16 and in fp32 on one without; the trained
-    parameters are fp32 either way."""
+def test_ti_and_lora_compute_in_fp32_on_a_cpu_unless_asked(tiny_sd, seed_images, tmp_path, monkeypatch, cpu_kind,
+                                                          native):
+    """ti and lora on a CPU: with mixed_precision auto the UNet's training forward
+    computes in fp32 on either CPU kind (PIPELINE_CPU_BF16); with bf16 under
+    bf16 autocast; the trained parameters are fp32 either way."""
+    from safetensors.torch import load_file
+
     from tibalance.inversion import train_textual_inversion
     from tibalance.lora import train_lora
 
     cpu_kind(native)
     dtypes = _watch_unet(monkeypatch)
-    want = torch.bfloat16 if native else torch.float32
     common = dict(steps=2, resolution=32, batch_size=2, augment_variants=1, checkpoint_every=0,
                   preview_images=1, preview_steps=1)
-    out = tmp_path / "ti"
-    train_textual_inversion(tiny_sd, seed_images, "ankle_boot", "Ankle boot", common, 3, str(out / "e.safetensors"),
-                            str(out / "loss.csv"), str(out / "p.png"), str(out / "resume"))
-    assert set(dtypes) == {want}
-    from safetensors.torch import load_file
-
-    assert {t.dtype for t in load_file(str(out / "e.safetensors")).values()} == {torch.float32}
-    dtypes.clear()
-    out = tmp_path / "lora"
-    train_lora(tiny_sd, seed_images, "ankle_boot", "Ankle boot", common, 3, str(out / "w"), str(out / "loss.csv"),
-               str(out / "p.png"), str(out / "resume"))
-    assert set(dtypes) == {want}
-    assert P._resolved == {"ti.mixed_precision": "bf16" if native else "fp32",
-                           "lora.mixed_precision": "bf16" if native else "fp32"}
+    for setting, want in (("auto", torch.float32), ("bf16", torch.bfloat16)):
+        out = tmp_path / setting
+        dtypes.clear()
+        train_textual_inversion(tiny_sd, seed_images, "ankle_boot", "Ankle boot",
+                                {**common, "mixed_precision": setting}, 3, str(out / "e.safetensors"),
+                                str(out / "loss.csv"), str(out / "p.png"), str(out / "resume"))
+        assert set(dtypes) == {want}
+        assert {t.dtype for t in load_file(str(out / "e.safetensors")).values()} == {torch.float32}
+        dtypes.clear()
+        train_lora(tiny_sd, seed_images, "ankle_boot", "Ankle boot", {**common, "mixed_precision": setting}, 3,
+                   str(out / "w"), str(out / "loss.csv"), str(out / "p.png"), str(out / "resume"))
+        assert set(dtypes) == {want}
+        resolved = "fp32" if setting == "auto" else "bf16"
+        assert P._resolved == {"ti.mixed_precision": resolved, "lora.mixed_precision": resolved}

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .generator import channels_last, load_pipeline, pipeline_dtypes, resolve_resolution
+from .generator import channels_last, compiled, load_pipeline, pipeline_dtypes, resolve_resolution
 from .seeds import contact_sheet
 from .util import TibalanceError, file_digest, fingerprint, pick_device, seed_everything
 
@@ -121,22 +121,68 @@ def _sync(device) -> None:
 def fixed_costs(steps: int, batch_size: int, n_seeds: int, variants: int, preview_images: int,
                 preview_steps: int) -> dict:
     """What a job does besides its steps, capped by what its steps do, so that a
-    short job (a rehearsal's few steps at 512 px) is not mostly overhead. The
-    steps draw steps x batch latents, each a UNet forward and backward (about
-    three forwards); of the rest, the augmented variants encoded are no more
-    than the steps can draw, the fixed evaluation batch (16 to 64 latents, run
-    at the start and the end) no more than the steps draw (two forwards each),
-    the preview (an image is two forwards a step under guidance) no more than
-    half as many forwards, at least one image and one step. A full job (the
-    demo's 400 steps x 8) is not capped."""
+    short job (a rehearsal's few steps at 512 px) is not mostly overhead.
+
+    In UNet forwards at the job's size (measured at SD 1.5's 512 px on CPU: a
+    step's latent is about 3.5, forward and backward; a VAE encoding about 1.6,
+    a decoding about 3) the steps do ~3 x drawn, drawn = steps x batch. Of the
+    rest: the augmented variants encoded are no more than the steps can draw,
+    and where the steps draw no more latents than there are (lazy) each is
+    encoded when first drawn; the fixed evaluation batch (16 to 64 latents, one
+    forward each at the start and the end) is at most a quarter of the latents
+    drawn (a sixth of the steps' work); the preview (an image is two forwards a
+    step under guidance and a decoding) at most one image per 16 latents drawn
+    and 8 drawn per image-step; at least one latent, image and step each. A full
+    job (the demo's 400 steps x 8) is not capped."""
     drawn = max(1, steps * batch_size)
     variants_used = min(variants, max(1, -(-drawn // max(1, n_seeds))))
     n_lat = n_seeds * variants_used
-    images = min(preview_images, max(1, drawn // 2))
+    images = min(preview_images, max(1, drawn // 16))
     return {"variants": variants_used,
-            "eval_latents": min(max(16, min(64, n_lat)), drawn),
+            "lazy_encoding": drawn <= n_lat,
+            "eval_latents": min(max(16, min(64, n_lat)), max(1, drawn // 4)),
             "preview_images": images,
-            "preview_steps": min(preview_steps, max(1, drawn // (2 * images)))}
+            "preview_steps": min(preview_steps, max(1, drawn // (8 * images)))}
+
+
+class SeedLatents:
+    """The seed images' latent distributions (mean, std), encoded by the VAE once
+    each: all at the start in chunks of 16, or (lazy: a short job that draws no
+    more latents than there are) one at a time when first asked for. Either
+    way a latent is always encoded the same way, so a resumed job computes the
+    same ones as an uninterrupted run."""
+
+    def __init__(self, vae, pixels: torch.Tensor, device, dtype, lazy: bool):
+        self.vae, self.pixels, self.device, self.dtype = vae, pixels, device, dtype or torch.float32
+        self.n = pixels.shape[0]
+        self.mean = self.std = None
+        self.have = torch.zeros(self.n, dtype=torch.bool)
+        if not lazy:
+            means, stds = zip(*(self._encode(chunk) for chunk in pixels.split(16)))
+            self.mean, self.std = torch.cat(means), torch.cat(stds)
+            self.have[:] = True
+            self.pixels = None
+
+    @torch.no_grad()
+    def _encode(self, px):
+        dist = self.vae.encode(px.to(self.device, dtype=self.dtype)).latent_dist
+        return dist.mean.float(), dist.std.float()
+
+    @property
+    def encoded(self) -> int:
+        return int(self.have.sum())
+
+    def get(self, idx: torch.Tensor):
+        """(mean, std) of the latents at idx (a CPU index tensor)."""
+        for i in sorted(set(idx.tolist()) - set(self.have.nonzero().flatten().tolist())):
+            m, sd = self._encode(self.pixels[i:i + 1])
+            if self.mean is None:
+                self.mean = torch.zeros((self.n, *m.shape[1:]), device=m.device)
+                self.std = torch.ones_like(self.mean)
+            self.mean[i], self.std[i] = m[0], sd[0]
+            self.have[i] = True
+        at = idx.to(self.mean.device)
+        return self.mean[at], self.std[at]
 
 
 def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, adaptation: Adaptation,
@@ -157,14 +203,13 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     res = resolve_resolution(settings.get("resolution"), model, f"{adaptation.config_key}.resolution")
     s = {**settings, "resolution": res}
     device = pick_device(s["device"])
-    # on CPU the weights stay fp32; bf16 (auto: where the CPU computes it natively) runs under autocast
+    # on CPU the weights stay fp32 (auto: fp32 arithmetic too); bf16, when asked, runs under autocast
     wdtype, amp_dtype = pipeline_dtypes(device, s["mixed_precision"], f"{adaptation.config_key}.mixed_precision")
-    cpu_amp = wdtype is None and amp_dtype is not None
     steps = int(s["steps"])
     # log_every shapes no result: a checkpoint resumes under another
     fp = fingerprint({"model": model, "seeds": [[p, file_digest(p)] for p in seed_paths],
                       "settings": {k: v for k, v in s.items() if k != "log_every"},
-                      "seed": seed, **identity, **({"cpu_bf16": True} if cpu_amp else {})})
+                      "seed": seed, **identity})
 
     t_job = time.perf_counter()
     seed_everything(seed)
@@ -186,6 +231,8 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     params = adaptation.prepare(pipe, device)
     for p in params:  # trained in fp32 whatever the frozen weights' dtype
         p.data = p.data.float()
+    # the training and evaluation passes (the preview samples with the plain pipeline)
+    net = compiled(unet, s.get("compile"), f"{adaptation.config_key}.compile")
     log.info("class %s: %s, %d trainable parameters, %d seed images, %d steps on %s", cls, adaptation.label,
              sum(p.numel() for p in params), len(seed_paths), steps, device)
 
@@ -200,17 +247,13 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     full_eval = max(16, min(64, len(seed_paths) * fixed["variants"]))
     if fixed["eval_latents"] < full_eval:
         capped["evaluation latents"] = (full_eval, fixed["eval_latents"])
-    if capped:
-        log.info("a short job (%d steps x %d): %s", steps, int(s["batch_size"]),
-                 ", ".join(f"{k} {a} -> {b}" for k, (a, b) in capped.items()))
+    if capped or fixed["lazy_encoding"]:
+        log.info("a short job (%d steps x %d): %s%s", steps, int(s["batch_size"]),
+                 ", ".join(f"{k} {a} -> {b}" for k, (a, b) in capped.items()),
+                 "; each seed latent encoded when first drawn" if fixed["lazy_encoding"] else "")
     pixels = augmented_pixels(seed_paths, res, fixed["variants"], py_rng)
-    with torch.no_grad():
-        means, stds = [], []
-        for chunk in pixels.split(16):
-            dist = vae.encode(chunk.to(device, dtype=wdtype or torch.float32)).latent_dist
-            means.append(dist.mean.float())
-            stds.append(dist.std.float())
-        lat_mean, lat_std = torch.cat(means), torch.cat(stds)
+    latents_of = SeedLatents(vae, pixels, device, wdtype, fixed["lazy_encoding"])
+    n_lat = pixels.shape[0]
     scaling = float(vae.config.scaling_factor)
     del pixels
 
@@ -243,8 +286,8 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     pred_type = noise_sched.config.prediction_type
     eval_gen = torch.Generator().manual_seed(seed + 7919)
     n_eval = fixed["eval_latents"]
-    e_idx = torch.arange(n_eval) % lat_mean.shape[0]
-    e_lat = lat_mean[e_idx.to(lat_mean.device)] * scaling
+    e_idx = torch.arange(n_eval) % n_lat
+    e_lat = latents_of.get(e_idx)[0] * scaling
     e_noise = torch.randn(e_lat.shape, generator=eval_gen).to(device)
     n_train_t = noise_sched.config.num_train_timesteps
     e_t = torch.linspace(0.05 * n_train_t, 0.95 * n_train_t, n_eval).long().to(device)
@@ -258,7 +301,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
             lat, noise, t = e_lat[sl].to(device), e_noise[sl], e_t[sl]
             with autocast_ctx():
                 cond = te(e_ids[sl])[0]
-                pred = unet(noise_sched.add_noise(lat, noise, t).to(unet.dtype), t, cond.to(unet.dtype)).sample
+                pred = net(noise_sched.add_noise(lat, noise, t).to(unet.dtype), t, cond.to(unet.dtype)).sample
             target = noise if pred_type == "epsilon" else noise_sched.get_velocity(lat, noise, t)
             total += float(F.mse_loss(pred.float(), target.float(), reduction="sum"))
         return total / e_lat.numel()
@@ -310,7 +353,6 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
         eval_start = eval_loss()
     clock["eval_s"] = time.perf_counter() - t0
     bs = int(s["batch_size"])
-    n_lat = lat_mean.shape[0]
     every = int(s["checkpoint_every"])
     bar = tqdm(total=steps, initial=start, desc=f"{adaptation.label} {cls}", mininterval=2.0)
     autocast = autocast_ctx()
@@ -320,8 +362,9 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
             _sync(device)
             t_first = time.perf_counter()
         idx = torch.randint(0, n_lat, (bs,), generator=gen)
-        eps_lat = torch.randn(lat_mean[idx].shape, generator=gen)
-        latents = (lat_mean[idx] + lat_std[idx] * eps_lat.to(lat_mean.device)) * scaling
+        mean, std = latents_of.get(idx)
+        eps_lat = torch.randn(mean.shape, generator=gen)
+        latents = (mean + std * eps_lat.to(mean.device)) * scaling
         noise = torch.randn(latents.shape, generator=gen).to(device)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (bs,), generator=gen).to(device)
         which = [templates.index(c) for c in (py_rng.choice(templates) for _ in range(bs))]
@@ -331,7 +374,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
                 cond = te(token_ids([templates[w].format(subject) for w in which]))[0]
             else:
                 cond = template_cond[torch.tensor(which, device=device)]
-            pred = unet(noisy.to(unet.dtype), t, cond.to(unet.dtype)).sample
+            pred = net(noisy.to(unet.dtype), t, cond.to(unet.dtype)).sample
         target = noise if pred_type == "epsilon" else noise_sched.get_velocity(latents, noise, t)
         loss = F.mse_loss(pred.float(), target.float())
         opt.zero_grad(set_to_none=True)
@@ -359,8 +402,8 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     t0 = time.perf_counter()
     eval_end = eval_loss()
     clock["eval_s"] += time.perf_counter() - t0
-    log.info("fixed-batch denoising loss on the seed images: %.5f at the start, %.5f at the end",
-             eval_start, eval_end)
+    log.info("fixed-batch denoising loss on the seed images: %.5f at the start, %.5f at the end "
+             "(%d of %d seed latents encoded)", eval_start, eval_end, latents_of.encoded, n_lat)
     adaptation.save()
     Path(loss_out).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(history, columns=["step", "loss", "lr"]).to_csv(loss_out, index=False, float_format="%.6g")
@@ -379,6 +422,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
         ckpt_path.unlink()  # done: a rerun with new settings must start from step 0
     result = {"final_loss": history[-1][1] if history else None, "steps": steps, "resumed_from_step": start,
               "eval_loss_start": eval_start, "eval_loss_end": eval_end, "resolution": res,
+              "latents_encoded": latents_of.encoded, "latents": n_lat,
               "seconds": {k: round(v, 4) for k, v in clock.items()}}
     if return_pipeline:
         result["pipeline"] = pipe

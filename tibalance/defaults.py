@@ -98,7 +98,7 @@ SAMPLING_DEFAULTS = {
     # a count per class, or a target the class is refilled to: "median" / "max"
     # (the median / largest train class size) or {"fill_to": N}
     "n_images": 100,
-    "batch_size": 8,
+    "batch_size": "auto",     # auto: on a GPU what fits in its free memory, on a CPU 8
     "scheduler": "dpmpp",     # dpmpp (DPM-Solver++) | ddim | euler | pndm
     "steps": 25,
     "guidance_scale": 7.5,

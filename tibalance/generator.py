@@ -246,16 +246,40 @@ def channels_last(setting, device) -> bool:
     return bool(setting)
 
 
+def compiled(module, setting, key: str):
+    """A stage's UNet under torch.compile (ti, lora, sampling .compile): false
+    (unset) as is; true with the default backend (inductor: worth it on a GPU
+    for a long job, its first step compiles for a minute or more); a backend's
+    name (e.g. aot_eager, cudagraphs) with that backend. The same computation
+    to rounding; the weights are shared with the module."""
+    import torch
+
+    if setting in (None, False):
+        return module
+    if setting is True:
+        backend = "inductor"
+    elif isinstance(setting, str) and setting:
+        backend = setting
+    else:
+        raise TibalanceError(f"{key}: {setting!r} is not true, false or a torch.compile backend's name")
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise TibalanceError(f"{key}: {backend!r} is not a torch.compile backend "
+                             f"({', '.join(sorted(torch._dynamo.list_backends()))})")
+    log.info("%s: the UNet under torch.compile (backend %s)", key, backend)
+    return torch.compile(module, backend=backend)
+
+
 def pipeline_dtypes(device, setting: str, key: str):
     """(weights, autocast) dtypes of a job that runs the pipeline (mixed_precision
     of ti, lora, sampling), from the precision it resolves to: on a GPU
     half-precision frozen weights under autocast in that dtype; on CPU fp32
-    weights (None), with bf16 autocast where bf16 resolves (auto: native bf16)."""
+    weights (None), with bf16 autocast only where bf16 is asked for (auto: fp32
+    on every CPU, precision.PIPELINE_CPU_BF16 says why)."""
     import torch
 
     from .precision import resolve
 
-    resolved = resolve(device, setting, key, allowed=("auto", "no", "fp16", "bf16"))
+    resolved = resolve(device, setting, key, allowed=("auto", "no", "fp16", "bf16"), cpu_auto="fp32")
     half = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[resolved]
     if torch.device(device).type == "cpu":
         return None, half

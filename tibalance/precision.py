@@ -5,8 +5,11 @@ textual inversion, LoRA, sampling).
 - `auto` (the default): on a GPU what each stage always did there (bf16
   autocast for the classifiers and the pretraining; half-precision frozen
   weights, bf16 where the GPU has it, else fp16, for TI, LoRA and sampling); on
-  a CPU bf16 autocast only where the CPU computes bf16 natively (AVX512-BF16
-  or AMX, and torch allowed to use them), fp32 on every other CPU.
+  a CPU bf16 autocast for the classifiers and the pretraining only where the
+  CPU computes bf16 natively (AVX512-BF16 or AMX, and torch allowed to use
+  them), fp32 on every other CPU; fp32 on every CPU for TI, LoRA and sampling
+  (the pipeline's bf16 autocast was slower than fp32 even with native bf16:
+  see PIPELINE_CPU_BF16).
 - `bf16`: bf16 also on a CPU without native support; it runs, emulated, and
   the job's log says once how much slower that was measured to be.
 - `no`: fp32. `fp16`: half-precision weights on a GPU (TI, LoRA, sampling).
@@ -28,6 +31,13 @@ log = logging.getLogger(__name__)
 # Measured with benchmarks/bench_train.py --images 1500 --epochs 1 --input memory
 # on a 2-core AVX2 CPU without native bf16 (issue #22): bf16 against fp32.
 EMULATED_SLOWDOWN = "the classifier 8.4x, the generator's pretraining 14-20x slower than fp32"
+
+# Why auto is fp32 on a CPU for the pipeline stages: bf16 autocast against fp32,
+# one job's threads, measured with native bf16 on both CPU kinds seen here.
+PIPELINE_CPU_BF16 = ("AMD EPYC (AVX512-BF16), the demo's 32 px generator: a TI step 0.195 s against 0.146 "
+                     "fp32, a LoRA step 0.179 against 0.122; Intel Xeon (AVX512-BF16, no AMX), SD 1.5 at "
+                     "512 px: a UNet forward 7.35 s against 4.34, a TI step 15.7 against 15.4, a VAE "
+                     "decoding 20.3 against 12.7")
 
 _resolved: dict[str, str] = {}
 _warned: set[str] = set()
@@ -67,11 +77,14 @@ def cpu_has_native_bf16() -> bool:
     return bool(cpu_info()["native_bf16"])
 
 
-def resolve(device, setting: str | None, key: str, allowed=("auto", "no", "bf16")) -> str:
+def resolve(device, setting: str | None, key: str, allowed=("auto", "no", "bf16"), cpu_auto: str = "native") -> str:
     """The precision a stage runs in: 'bf16' or 'fp32', or on a GPU for the
     stages with half-precision weights ('fp16' allowed) also 'fp16'.
 
-    key names the setting in errors and warnings (e.g. 'classifier.mixed_precision')."""
+    key names the setting in errors and warnings (e.g. 'classifier.mixed_precision').
+    cpu_auto: what auto is on a CPU: 'native' (bf16 where the CPU computes it
+    natively: the classifiers, the pretraining) or 'fp32' (the pipeline stages,
+    TI, LoRA and sampling, where bf16 autocast measured slower on both CPU kinds)."""
     import torch
 
     setting = "auto" if setting is None else setting
@@ -89,7 +102,7 @@ def resolve(device, setting: str | None, key: str, allowed=("auto", "no", "bf16"
             out = setting
     elif kind == "cpu":
         if setting == "auto":
-            out = "bf16" if cpu_has_native_bf16() else "fp32"
+            out = "bf16" if cpu_auto == "native" and cpu_has_native_bf16() else "fp32"
         elif setting == "fp16":
             out = "fp32"  # half-precision weights are a GPU setting: fp32 on CPU, as always
         else:  # bf16

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .generator import channels_last, load_pipeline, pipeline_dtypes, resolve_resolution
+from .generator import channels_last, compiled, load_pipeline, pipeline_dtypes, resolve_resolution
 from .config import refill_count
 from .inversion import expand_placeholder
 from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
@@ -68,6 +69,39 @@ def make_scheduler(name: str, config):
 
 def image_seed(base_seed: int, cls: str, index: int) -> int:
     return derive_seed(base_seed, cls, "sample", index)
+
+
+AUTO_BATCH_CPU = 8    # sampling.batch_size auto on a CPU: the default's batch
+AUTO_BATCH_MAX = 64   # ... and the most it takes on a GPU
+
+
+def batch_from_memory(free_bytes: int, per_image_bytes: int, headroom: float = 0.85,
+                      most: int = AUTO_BATCH_MAX) -> int:
+    """Images per pipeline call that fit in free_bytes at per_image_bytes each
+    (a batch-1 call's peak: an upper bound, as it includes what does not grow
+    with the batch), with headroom for the allocator; 1 to `most`."""
+    return max(1, min(most, int(headroom * free_bytes) // max(1, int(per_image_bytes))))
+
+
+def auto_batch_size(device, probe) -> int:
+    """sampling.batch_size auto: on a GPU the batch that fits in its free memory,
+    from one probing call of a single image (`probe()`, one step, its image
+    discarded); on a CPU AUTO_BATCH_CPU."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return AUTO_BATCH_CPU
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    probe()
+    torch.cuda.synchronize(device)
+    per_image = torch.cuda.max_memory_allocated(device) - base
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # the allocator's cache
+    bs = batch_from_memory(free, per_image)
+    log.info("sampling.batch_size auto: %d (%.2f GB a batch-1 call, %.1f GB free)", bs, per_image / 1e9, free / 1e9)
+    return bs
 
 
 def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dict, seed: int,
@@ -115,16 +149,15 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     out = Path(image_dir)
     fp_keys = ["scheduler", "steps", "guidance_scale", "resolution", "negative_prompt"]
     fp_keys += ["strength"] if method in I2I_MODES else []
-    # unset or auto: the fingerprints of images made before this setting existed hold;
-    # auto that resolves to bf16 on a CPU with native bf16 makes other images: its own mark
+    # unset or auto: the fingerprints of images made before this setting existed hold
+    # (auto is fp32 on every CPU); an explicit bf16 makes other images: its own mark
     setting = s.get("mixed_precision", "auto")
     fp_keys += ["mixed_precision"] if setting != "auto" else []
     fp_keys += ["channels_last"] if s.get("channels_last", "auto") != "auto" else []
+    fp_keys += ["compile"] if s.get("compile") not in (None, False) else []
     device = pick_device(s["device"])
     wdtype, amp_dtype = pipeline_dtypes(device, setting, "sampling.mixed_precision")
-    cpu_bf16 = {"cpu_bf16": True} if setting == "auto" and wdtype is None and amp_dtype is not None else {}
     fp = fingerprint({"model": model, "method": method, "subject": subject, "settings": {k: s[k] for k in fp_keys},
-                      **cpu_bf16,
                       "embeds": file_digest(embeds) if embeds else None, "seed": seed, "templates": templates,
                       **({"lora": file_digest(lora)} if lora else {}),
                       "starts": sorted(set(p for p in starts if p)) or None})
@@ -159,7 +192,22 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
 
             pipe = StableDiffusionImg2ImgPipeline(**pipe.components)  # the same loaded weights
             pipe.set_progress_bar_config(disable=True)
-        bs = int(s["batch_size"])
+        if s.get("compile") not in (None, False):
+            pipe.unet = compiled(pipe.unet, s["compile"], "sampling.compile")
+        if s["batch_size"] == "auto":
+            def probe():
+                kw = dict(num_inference_steps=max(1, math.ceil(1 / strength_of(todo[0]))) if method in I2I_MODES
+                          else 1, guidance_scale=float(s["guidance_scale"]),
+                          generator=[torch.Generator().manual_seed(seeds[todo[0]])])
+                if method in I2I_MODES:
+                    kw.update(image=[load_start_image(starts[todo[0]], res)], strength=strength_of(todo[0]))
+                else:
+                    kw.update(height=res, width=res)
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    pipe([prompts[todo[0]]], **kw)
+            bs = auto_batch_size(device, probe)
+        else:
+            bs = int(s["batch_size"])
         bar = tqdm(total=len(todo), desc=f"sample {method} {cls}", mininterval=2.0)
         for start in range(0, len(todo), bs):
             batch = todo[start:start + bs]
