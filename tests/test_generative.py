@@ -280,9 +280,12 @@ def test_a_short_jobs_fixed_costs_are_capped_by_its_steps():
     from tibalance.adapt import fixed_costs
 
     assert fixed_costs(400, 8, 8, 8, 4, 20) == {"variants": 8, "lazy_encoding": False, "eval_latents": 64,
-                                                "preview_images": 4, "preview_steps": 20}
-    assert fixed_costs(4, 1, 4, 8, 4, 20) == {"variants": 1, "lazy_encoding": True, "eval_latents": 1,
-                                              "preview_images": 1, "preview_steps": 1}
+                                                "preview_images": 4, "preview_steps": 20, "preview_resolution": 512}
+    # a 4-step job's one preview image at 512 px (2 forwards, a decoding ~3) is more than a quarter of its
+    # steps' 12 forwards: drawn at 256 px
+    assert fixed_costs(4, 1, 4, 8, 4, 20) == {"variants": 1, "lazy_encoding": True, "eval_latents": 0,
+                                              "preview_images": 1, "preview_steps": 1, "preview_resolution": 256}
+    assert fixed_costs(4, 1, 4, 8, 4, 20, resolution=64)["preview_resolution"] == 64  # never below 64 px
     for steps in (1, 2, 4, 8, 50):
         for bs in (1, 2, 4, 8):
             f = fixed_costs(steps, bs, 5, 8, 4, 20)
@@ -291,9 +294,10 @@ def test_a_short_jobs_fixed_costs_are_capped_by_its_steps():
             assert n_lat <= max(5, drawn + 4)  # no more variants than the steps can draw
             encoded = min(drawn, n_lat) if f["lazy_encoding"] else n_lat
             assert encoded <= max(drawn, 5)
-            if drawn >= 16:  # past the floor of one latent, image and step
-                passes = 2 * f["eval_latents"] + f["preview_images"] * (2 * f["preview_steps"] + 3)
-                assert passes + 1.6 * encoded <= 3 * drawn, (steps, bs, f)
+            preview = f["preview_images"] * (2 * f["preview_steps"] + 3) * (f["preview_resolution"] / 512) ** 2
+            assert preview <= max(0.75 * drawn, 5 / 4)  # at most a quarter of the steps' work, or its floor
+            if drawn >= 16:  # past the floor of one latent and image
+                assert 2 * f["eval_latents"] + preview + 1.6 * encoded <= 3 * drawn, (steps, bs, f)
 
 
 def test_a_short_job_encodes_only_what_it_draws_and_resumes_the_same(tiny_sd, seed_images, tmp_path,
@@ -313,7 +317,8 @@ def test_a_short_job_encodes_only_what_it_draws_and_resumes_the_same(tiny_sd, se
     short = {"steps": 2, "batch_size": 1, "checkpoint_every": 1}
     whole = _ti(tiny_sd, seed_images, tmp_path / "whole", settings=short)
     assert whole["latents"] == 3 and set(calls) == {1}
-    assert len(calls) == whole["latents_encoded"] <= 3  # the fixed evaluation's one latent and two drawn
+    assert len(calls) == whole["latents_encoded"] <= 2  # the two drawn (2 latents: no fixed evaluation)
+    assert whole["eval_loss_start"] is None and whole["eval_loss_end"] is None
     calls.clear()
     assert _ti(tiny_sd, seed_images, tmp_path / "cut", settings=short, stop_after=1) == {"stopped_at": 1}
     resumed = _ti(tiny_sd, seed_images, tmp_path / "cut", settings=short)

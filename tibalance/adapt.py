@@ -11,7 +11,7 @@
   bf16/fp16 on GPU with the trained parameters in fp32;
 - a fixed evaluation batch (the seed latents at spread timesteps, fixed noise)
   whose denoising loss changes only with the adaptation: the job logs it at the
-  start and the end, the tests assert it drops;
+  start and the end, the tests assert it drops (none in a job of under 8 latents);
 - a checkpoint every K steps (the adaptation's tensors and optimizer state, the
   LR schedule, every RNG, the loss history) lets a killed job resume where it
   stopped and end with the same result as an uninterrupted run;
@@ -119,7 +119,7 @@ def _sync(device) -> None:
 
 
 def fixed_costs(steps: int, batch_size: int, n_seeds: int, variants: int, preview_images: int,
-                preview_steps: int) -> dict:
+                preview_steps: int, resolution: int = 512) -> dict:
     """What a job does besides its steps, capped by what its steps do, so that a
     short job (a rehearsal's few steps at 512 px) is not mostly overhead.
 
@@ -130,19 +130,27 @@ def fixed_costs(steps: int, batch_size: int, n_seeds: int, variants: int, previe
     and where the steps draw no more latents than there are (lazy) each is
     encoded when first drawn; the fixed evaluation batch (16 to 64 latents, one
     forward each at the start and the end) is at most a quarter of the latents
-    drawn (a sixth of the steps' work); the preview (an image is two forwards a
+    drawn (a sixth of the steps' work), none below 8 (a latent or two measure
+    nothing); the preview (an image is two forwards a
     step under guidance and a decoding) at most one image per 16 latents drawn
-    and 8 drawn per image-step; at least one latent, image and step each. A full
-    job (the demo's 400 steps x 8) is not capped."""
+    and 8 drawn per image-step; at least one image and step; and
+    where even that one image (2 forwards and a decoding: 5) is more than a
+    quarter of the steps' work, it is drawn at half the size (a quarter of the
+    cost), down to 64 px. A full job (the demo's 400 steps x 8) is not capped."""
     drawn = max(1, steps * batch_size)
     variants_used = min(variants, max(1, -(-drawn // max(1, n_seeds))))
     n_lat = n_seeds * variants_used
     images = min(preview_images, max(1, drawn // 16))
+    p_steps = min(preview_steps, max(1, drawn // (8 * images)))
+    p_res, cost = resolution, images * (2 * p_steps + 3)
+    while cost > 0.75 * drawn and p_res // 2 >= 64:
+        p_res, cost = p_res // 2, cost / 4
     return {"variants": variants_used,
             "lazy_encoding": drawn <= n_lat,
-            "eval_latents": min(max(16, min(64, n_lat)), max(1, drawn // 4)),
+            "eval_latents": 0 if drawn < 8 else min(max(16, min(64, n_lat)), drawn // 4),
             "preview_images": images,
-            "preview_steps": min(preview_steps, max(1, drawn // (8 * images)))}
+            "preview_steps": p_steps,
+            "preview_resolution": p_res}
 
 
 class SeedLatents:
@@ -157,6 +165,7 @@ class SeedLatents:
         self.n = pixels.shape[0]
         self.mean = self.std = None
         self.have = torch.zeros(self.n, dtype=torch.bool)
+        self.seconds = 0.0  # spent encoding (a lazy job's fall inside its steps: the steps' time leaves them out)
         if not lazy:
             means, stds = zip(*(self._encode(chunk) for chunk in pixels.split(16)))
             self.mean, self.std = torch.cat(means), torch.cat(stds)
@@ -165,8 +174,12 @@ class SeedLatents:
 
     @torch.no_grad()
     def _encode(self, px):
+        t0 = time.perf_counter()
         dist = self.vae.encode(px.to(self.device, dtype=self.dtype)).latent_dist
-        return dist.mean.float(), dist.std.float()
+        out = dist.mean.float(), dist.std.float()
+        _sync(self.device)
+        self.seconds += time.perf_counter() - t0
+        return out
 
     @property
     def encoded(self) -> int:
@@ -197,6 +210,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     return_pipeline: also return the adapted pipeline (tests inspect its weights)."""
     import pandas as pd
 
+    t_job = time.perf_counter()
     if not seed_paths:
         raise TibalanceError(f"{adaptation.label}: class {cls!r} has an empty seed list")
     # unset: the generator's own size (what a value equal to it gives, checkpoints included)
@@ -211,7 +225,6 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
                       "settings": {k: v for k, v in s.items() if k != "log_every"},
                       "seed": seed, **identity})
 
-    t_job = time.perf_counter()
     seed_everything(seed)
     pipe = load_pipeline(model)
     tok, te, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
@@ -239,7 +252,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     # ---- seed images -> latent distributions, once
     py_rng = random.Random(seed)
     fixed = fixed_costs(steps, int(s["batch_size"]), len(seed_paths), int(s["augment_variants"]),
-                        int(s["preview_images"]), int(s["preview_steps"]))
+                        int(s["preview_images"]), int(s["preview_steps"]), res)
     capped = {key: (int(s[key]), fixed[k]) for k, key in (("variants", "augment_variants"),
                                                           ("preview_images", "preview_images"),
                                                           ("preview_steps", "preview_steps"))
@@ -247,6 +260,8 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     full_eval = max(16, min(64, len(seed_paths) * fixed["variants"]))
     if fixed["eval_latents"] < full_eval:
         capped["evaluation latents"] = (full_eval, fixed["eval_latents"])
+    if fixed["preview_resolution"] < res:
+        capped["preview px"] = (res, fixed["preview_resolution"])
     if capped or fixed["lazy_encoding"]:
         log.info("a short job (%d steps x %d): %s%s", steps, int(s["batch_size"]),
                  ", ".join(f"{k} {a} -> {b}" for k, (a, b) in capped.items()),
@@ -287,14 +302,16 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     eval_gen = torch.Generator().manual_seed(seed + 7919)
     n_eval = fixed["eval_latents"]
     e_idx = torch.arange(n_eval) % n_lat
-    e_lat = latents_of.get(e_idx)[0] * scaling
+    e_lat = latents_of.get(e_idx)[0] * scaling if n_eval else torch.zeros(0)
     e_noise = torch.randn(e_lat.shape, generator=eval_gen).to(device)
     n_train_t = noise_sched.config.num_train_timesteps
     e_t = torch.linspace(0.05 * n_train_t, 0.95 * n_train_t, n_eval).long().to(device)
-    e_ids = token_ids([templates[i % len(templates)].format(subject) for i in range(n_eval)])
+    e_ids = token_ids([templates[i % len(templates)].format(subject) for i in range(n_eval)]) if n_eval else None
 
     @torch.no_grad()
-    def eval_loss() -> float:
+    def eval_loss() -> float | None:
+        if not n_eval:  # a job of fewer than 8 latents: none (one latent's loss says nothing)
+            return None
         total = 0.0
         for i in range(0, n_eval, 16):
             sl = slice(i, i + 16)
@@ -356,11 +373,14 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     every = int(s["checkpoint_every"])
     bar = tqdm(total=steps, initial=start, desc=f"{adaptation.label} {cls}", mininterval=2.0)
     autocast = autocast_ctx()
-    t_first = None  # the steps after the first (kernels, allocator warm) are timed
+    t_first = None  # the steps after the first (kernels, allocator warm) are timed, less their encodings
+    enc_first = 0.0
+    t_loop, enc_loop = time.perf_counter(), latents_of.seconds
     for step in range(start + 1, steps + 1):
         if step == start + 2:
             _sync(device)
-            t_first = time.perf_counter()
+            t_first, enc_first = time.perf_counter(), latents_of.seconds
+            clock["first_step_s"] = t_first - t_loop - (enc_first - enc_loop)  # kernels chosen, memory first touched
         idx = torch.randint(0, n_lat, (bs,), generator=gen)
         mean, std = latents_of.get(idx)
         eps_lat = torch.randn(mean.shape, generator=gen)
@@ -397,13 +417,17 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     _sync(device)
     timed_steps = steps - start - 1
     if t_first is not None and timed_steps > 0:
-        clock["step_s"] = (time.perf_counter() - t_first) / timed_steps
+        clock["step_s"] = (time.perf_counter() - t_first - (latents_of.seconds - enc_first)) / timed_steps
 
     t0 = time.perf_counter()
     eval_end = eval_loss()
     clock["eval_s"] += time.perf_counter() - t0
-    log.info("fixed-batch denoising loss on the seed images: %.5f at the start, %.5f at the end "
-             "(%d of %d seed latents encoded)", eval_start, eval_end, latents_of.encoded, n_lat)
+    if eval_end is None:
+        log.info("no fixed-batch evaluation: %d latents drawn (%d of %d seed latents encoded)",
+                 steps * bs, latents_of.encoded, n_lat)
+    else:
+        log.info("fixed-batch denoising loss on the seed images: %.5f at the start, %.5f at the end "
+                 "(%d of %d seed latents encoded)", eval_start, eval_end, latents_of.encoded, n_lat)
     adaptation.save()
     Path(loss_out).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(history, columns=["step", "loss", "lr"]).to_csv(loss_out, index=False, float_format="%.6g")
@@ -413,11 +437,13 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     pipe.to(device)
     n_prev = fixed["preview_images"]
     with torch.no_grad(), autocast:
+        p_res = fixed["preview_resolution"]
         images = pipe([templates[0].format(subject)] * n_prev, num_inference_steps=fixed["preview_steps"],
-                      height=res, width=res,
+                      height=p_res, width=p_res,
                       generator=[torch.Generator().manual_seed(seed + i) for i in range(n_prev)]).images
     contact_sheet(images, preview_out)
     clock["preview_s"] = time.perf_counter() - t0
+    clock["encode_s"] = latents_of.seconds  # within setup_s, eval_s and (lazy) the steps
     if ckpt_path.exists():
         ckpt_path.unlink()  # done: a rerun with new settings must start from step 0
     result = {"final_loss": history[-1][1] if history else None, "steps": steps, "resumed_from_step": start,
