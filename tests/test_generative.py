@@ -259,7 +259,7 @@ def test_sd15_preset_is_stable_diffusion_1_5s_exact_architecture():
     assert unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1) == 512
     assert unet.config.cross_attention_dim == te.config.hidden_size == 768 and vae.config.scaling_factor == 0.18215
     assert architecture({})["layers_per_block"] == 1  # unset: the tiny sizes
-    with pytest.raises(TibalanceError, match=r"^generator.tiny.preset: unknown preset 'sdxl' \(sd15\)$"):
+    with pytest.raises(TibalanceError, match=r"^generator.tiny.preset: unknown preset 'sdxl' \(sd15, sd21\)$"):
         architecture({"preset": "sdxl"})
     with pytest.raises(TibalanceError, match=r"sd15 fixes every size; remove generator.tiny.unet_channels$"):
         architecture({"preset": "sd15", "unet_channels": [8, 16]})

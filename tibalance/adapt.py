@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .generator import channels_last, compiled, load_pipeline, pipeline_dtypes, resolve_resolution
+from .generator import channels_last, compiled, load_pipeline, pipeline_dtypes, resolve_resolution, set_attention
 from .seeds import contact_sheet
 from .util import TibalanceError, file_digest, fingerprint, pick_device, seed_everything
 
@@ -241,6 +241,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
         m.to(device) if wdtype is None else m.to(device, dtype=wdtype)
     if channels_last(s.get("channels_last"), device):
         unet.to(memory_format=torch.channels_last)
+    set_attention(unet, s.get("attention"), f"{adaptation.config_key}.attention")
     params = adaptation.prepare(pipe, device)
     for p in params:  # trained in fp32 whatever the frozen weights' dtype
         p.data = p.data.float()
@@ -278,7 +279,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     # foreach: the multi-tensor kernels, bit-identical to the per-tensor loop (the CPU
     # default): TI's step over the 49,408 x d embedding matrix 17.6 -> 6.0 ms on CPU
     opt = torch.optim.AdamW(params, lr=float(s["lr"]), betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8,
-                            foreach=True)
+                            foreach=bool(s.get("foreach", True)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(s["lr_schedule"], int(s["warmup_steps"]), steps))
     gen = torch.Generator(device="cpu").manual_seed(seed)
 

@@ -145,7 +145,12 @@ def check_generator_preset(config: dict) -> None:
     """generator.tiny.preset (an architecture's exact sizes, random weights) is
     for timing: built (generator.build: tiny), never pretrained here."""
     gen = config["generator"]
-    preset = (gen.get("tiny") or {}).get("preset")
+    tiny = gen.get("tiny") or {}
+    preset = tiny.get("preset")
+    if tiny.get("family", "sd1") != "sd1" and gen["build"] != "tiny":
+        raise TibalanceError(f"generator.tiny.family: {tiny['family']} is built with random weights "
+                             f"(generator.build: tiny); generator.build is {gen['build']} (its pretraining is "
+                             f"SD 1.x's, epsilon-prediction)")
     if preset is None:
         return
     from .generator import architecture

@@ -23,11 +23,36 @@ def is_local(model: str) -> bool:
     return os.path.exists(model) or not HUB_ID.match(model) or model.startswith(("results/", "resources/"))
 
 
+# The pipeline classes (model_index.json's _class_name) every generative stage
+# handles: SD 1.x and SD 2.x (epsilon and v-prediction) are StableDiffusionPipeline.
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
+FAMILIES = "SD 1.x and SD 2.x (epsilon and v-prediction), as StableDiffusionPipeline"
+
+
 def check_model(model: str, key: str = "generator.model") -> None:
-    """One-line error when a local generator folder does not exist."""
-    if is_local(model) and not (Path(model) / "model_index.json").is_file():
+    """One-line error when a local generator folder does not exist, or holds a
+    pipeline family the stages do not handle (SDXL: not yet)."""
+    if not is_local(model):
+        return
+    index = Path(model) / "model_index.json"
+    if not index.is_file():
         what = "does not exist" if not os.path.exists(model) else "has no model_index.json (not a save_pretrained folder)"
         raise TibalanceError(f"{key}: generator folder {model} {what}")
+    try:
+        cls = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError) as e:
+        raise TibalanceError(f"{key}: {index} is not readable JSON ({type(e).__name__})") from e
+    if cls not in SUPPORTED_PIPELINES:
+        raise TibalanceError(f"{key}: {model} is a {cls}; TI, LoRA and sampling support {FAMILIES}")
+
+
+def prediction_type(model: str) -> str:
+    """What the generator's UNet predicts (its scheduler's config): epsilon
+    (SD 1.x, SD 2.x base) or v_prediction (SD 2.x 768-v); the training losses
+    take their target from it."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.load_config(model, subfolder="scheduler").get("prediction_type", "epsilon")
 
 
 # What a Stable Diffusion hub repo holds beyond one pipeline in fp32 safetensors
@@ -103,6 +128,12 @@ PRESETS = {
     "sd15": {"resolution": 512, "unet_channels": [320, 640, 1280, 1280], "vae_channels": [128, 256, 512, 512],
              "text_hidden": 768, "text_layers": 12, "text_heads": 12, "attention_head_dim": 8,
              "latent_channels": 4, "layers_per_block": 2, "scaling_factor": 0.18215},
+    # Stable Diffusion 2.1 768-v (stabilityai/stable-diffusion-2-1's configs): the same
+    # UNet widths with linear projections and 5-20 heads of 64, an OpenCLIP ViT-H text
+    # encoder (1024 wide, 23 layers: the penultimate of 24), v-prediction, 768 px
+    "sd21": {"resolution": 768, "unet_channels": [320, 640, 1280, 1280], "vae_channels": [128, 256, 512, 512],
+             "text_hidden": 1024, "text_layers": 23, "text_heads": 16, "attention_head_dim": [5, 10, 20, 20],
+             "latent_channels": 4, "layers_per_block": 2, "scaling_factor": 0.18215, "family": "sd2"},
 }
 
 
@@ -112,7 +143,10 @@ def architecture(cfg: dict | None = None) -> dict:
     cfg = dict(cfg or {})
     preset = cfg.pop("preset", None)
     if preset is None:
-        return {"layers_per_block": 1, **TINY_DEFAULTS, **cfg}
+        out = {"layers_per_block": 1, **TINY_DEFAULTS, **cfg}
+        if out.get("family", "sd1") not in ("sd1", "sd2"):
+            raise TibalanceError(f"generator.tiny.family: {out['family']!r} is not sd1 or sd2")
+        return out
     if preset not in PRESETS:
         raise TibalanceError(f"generator.tiny.preset: unknown preset {preset!r} ({', '.join(PRESETS)})")
     if cfg:
@@ -128,12 +162,13 @@ def build_components(cfg: dict | None = None):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     c = architecture(cfg)
+    sd2 = c.get("family", "sd1") == "sd2"  # SD 2.x: OpenCLIP's GELU, linear projections in the UNet
     hidden = int(c["text_hidden"])
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
         num_hidden_layers=int(c["text_layers"]), num_attention_heads=int(c.get("text_heads") or max(1, hidden // 16)),
         max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        projection_dim=hidden, hidden_act="quick_gelu"))
+        projection_dim=hidden, hidden_act="gelu" if sd2 else "quick_gelu"))
     layers = int(c["layers_per_block"])
     vae_ch = [int(x) for x in c["vae_channels"]]
     vae = AutoencoderKL(
@@ -149,7 +184,9 @@ def build_components(cfg: dict | None = None):
         down_block_types=["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
         up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
         block_out_channels=unet_ch, layers_per_block=layers, cross_attention_dim=hidden,
-        attention_head_dim=int(c["attention_head_dim"]), norm_num_groups=min(32, unet_ch[0]))
+        attention_head_dim=(c["attention_head_dim"] if isinstance(c["attention_head_dim"], list)
+                            else int(c["attention_head_dim"])),
+        use_linear_projection=sd2, norm_num_groups=min(32, unet_ch[0]))
     return text_encoder, vae, unet
 
 
@@ -160,15 +197,20 @@ def build_tiny_pipeline(cfg: dict | None = None, seed: int = 0):
     sizes, or a preset's (generator.tiny.preset: sd15 is SD 1.5's exact architecture)."""
     import tempfile
 
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
 
     seed_everything(seed)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = clip_tokenizer(Path(tmp))
     text_encoder, vae, unet = build_components(cfg)
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
-                              set_alpha_to_one=False)
+    if architecture(cfg).get("family", "sd1") == "sd2":  # SD 2.1 768-v's scheduler
+        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False,
+                                  steps_offset=1, prediction_type="v_prediction")
+    else:
+        scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
+                                  set_alpha_to_one=False)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -244,6 +286,22 @@ def channels_last(setting, device) -> bool:
     if setting in (None, "auto"):
         return torch.device(device).type == "cuda"
     return bool(setting)
+
+
+def set_attention(unet, setting, key: str) -> None:
+    """The UNet's attention (ti, lora, sampling .attention): sdpa (unset: PyTorch's
+    scaled_dot_product_attention, diffusers' default, fused kernels on a GPU) or
+    plain (diffusers' AttnProcessor: the softmax of the product, materialised).
+    The same computation to rounding."""
+    if setting is None:
+        return  # diffusers' own choice: SDPA wherever torch has it
+    if setting == "sdpa":
+        from diffusers.models.attention_processor import AttnProcessor2_0 as processor
+    elif setting == "plain":
+        from diffusers.models.attention_processor import AttnProcessor as processor
+    else:
+        raise TibalanceError(f"{key}: {setting!r} is not sdpa or plain")
+    unet.set_attn_processor(processor())
 
 
 def compiled(module, setting, key: str):

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .generator import channels_last, compiled, load_pipeline, pipeline_dtypes, resolve_resolution
+from .generator import channels_last, compiled, load_pipeline, pipeline_dtypes, resolve_resolution, set_attention
 from .config import refill_count
 from .inversion import expand_placeholder
 from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
@@ -155,6 +155,7 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     fp_keys += ["mixed_precision"] if setting != "auto" else []
     fp_keys += ["channels_last"] if s.get("channels_last", "auto") != "auto" else []
     fp_keys += ["compile"] if s.get("compile") not in (None, False) else []
+    fp_keys += ["attention"] if s.get("attention", "sdpa") != "sdpa" else []
     device = pick_device(s["device"])
     wdtype, amp_dtype = pipeline_dtypes(device, setting, "sampling.mixed_precision")
     fp = fingerprint({"model": model, "method": method, "subject": subject, "settings": {k: s[k] for k in fp_keys},
@@ -181,6 +182,7 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
         pipe = load_pipeline(model, device=device, dtype=wdtype)
         if channels_last(s.get("channels_last"), device):
             pipe.unet.to(memory_format=torch.channels_last)
+        set_attention(pipe.unet, s.get("attention"), "sampling.attention")
         if method in TOKEN_MODES:
             pipe.load_textual_inversion(embeds, token=placeholder)
         if method in LORA_MODES:
