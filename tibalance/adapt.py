@@ -131,12 +131,12 @@ def fixed_costs(steps: int, batch_size: int, n_seeds: int, variants: int, previe
     encoded when first drawn; the fixed evaluation batch (16 to 64 latents, one
     forward each at the start and the end) is at most a quarter of the latents
     drawn (a sixth of the steps' work), none below 8 (a latent or two measure
-    nothing); the preview (an image is two forwards a
-    step under guidance and a decoding) at most one image per 16 latents drawn
-    and 8 drawn per image-step; at least one image and step; and
-    where even that one image (2 forwards and a decoding: 5) is more than a
-    quarter of the steps' work, it is drawn at half the size (a quarter of the
-    cost), down to 64 px. A full job (the demo's 400 steps x 8) is not capped."""
+    nothing); the preview (an image is two forwards a step under guidance and
+    a decoding) at most one image per 16 latents drawn and 8 drawn per
+    image-step, at least one image and step; where even that one image (5) is
+    more than a quarter of the steps' work, it is drawn at half the size (a
+    quarter of the cost), down to 64 px. A full job (the demo's 400 steps x 8)
+    is not capped."""
     drawn = max(1, steps * batch_size)
     variants_used = min(variants, max(1, -(-drawn // max(1, n_seeds))))
     n_lat = n_seeds * variants_used
@@ -165,7 +165,7 @@ class SeedLatents:
         self.n = pixels.shape[0]
         self.mean = self.std = None
         self.have = torch.zeros(self.n, dtype=torch.bool)
-        self.seconds = 0.0  # spent encoding (a lazy job's fall inside its steps: the steps' time leaves them out)
+        self.seconds = 0.0  # spent encoding (a lazy job's encodings fall inside its steps; step_s leaves them out)
         if not lazy:
             means, stds = zip(*(self._encode(chunk) for chunk in pixels.split(16)))
             self.mean, self.std = torch.cat(means), torch.cat(stds)
