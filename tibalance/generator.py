@@ -48,8 +48,8 @@ def check_model(model: str, key: str = "generator.model") -> None:
 
 def prediction_type(model: str) -> str:
     """What the generator's UNet predicts (its scheduler's config): epsilon
-    (SD 1.x, SD 2.x base) or v_prediction (SD 2.x 768-v); the training losses
-    take their target from it."""
+    (SD 1.x, SD 2.x base) or v_prediction (SD 2.x 768-v). The training losses
+    read the same value from the scheduler they build (adapt.fit)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.load_config(model, subfolder="scheduler").get("prediction_type", "epsilon")

@@ -194,42 +194,31 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
 
             pipe = StableDiffusionImg2ImgPipeline(**pipe.components)  # the same loaded weights
             pipe.set_progress_bar_config(disable=True)
-        if s.get("compile") not in (None, False):
-            pipe.unet = compiled(pipe.unet, s["compile"], "sampling.compile")
-        if s["batch_size"] == "auto":
-            def probe():
-                kw = dict(num_inference_steps=max(1, math.ceil(1 / strength_of(todo[0]))) if method in I2I_MODES
-                          else 1, guidance_scale=float(s["guidance_scale"]),
-                          generator=[torch.Generator().manual_seed(seeds[todo[0]])])
-                if method in I2I_MODES:
-                    kw.update(image=[load_start_image(starts[todo[0]], res)], strength=strength_of(todo[0]))
-                else:
-                    kw.update(height=res, width=res)
-                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    pipe([prompts[todo[0]]], **kw)
-            bs = auto_batch_size(device, probe)
+        pipe.unet = compiled(pipe.unet, s.get("compile"), "sampling.compile")
+
+        def generate(group: list[int], steps: int) -> list:
+            """The images of `group` (one strength: image-to-image takes one a call), each from its own seed."""
+            kw = dict(num_inference_steps=steps, guidance_scale=float(s["guidance_scale"]),
+                      negative_prompt=[s["negative_prompt"]] * len(group) if s["negative_prompt"] else None,
+                      generator=[torch.Generator().manual_seed(seeds[i]) for i in group])
+            if method in I2I_MODES:
+                kw.update(image=[load_start_image(starts[i], res) for i in group], strength=strength_of(group[0]))
+            else:
+                kw.update(height=res, width=res)
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                return pipe([prompts[i] for i in group], **kw).images
+
+        if s["batch_size"] == "auto":  # probed with the first image, one step (image-to-image: at least one)
+            probe_steps = max(1, math.ceil(1 / strength_of(todo[0]))) if method in I2I_MODES else 1
+            bs = auto_batch_size(device, lambda: generate(todo[:1], probe_steps))
         else:
             bs = int(s["batch_size"])
         bar = tqdm(total=len(todo), desc=f"sample {method} {cls}", mininterval=2.0)
         for start in range(0, len(todo), bs):
             batch = todo[start:start + bs]
-            kwargs = dict(num_inference_steps=int(s["steps"]), guidance_scale=float(s["guidance_scale"]),
-                          negative_prompt=[s["negative_prompt"]] * len(batch) if s["negative_prompt"] else None,
-                          generator=[torch.Generator().manual_seed(seeds[i]) for i in batch])
-            # one pipeline call per strength in the batch (image-to-image takes one strength a call)
             groups = ([[i for i in batch if strength_of(i) == v] for v in dict.fromkeys(map(strength_of, batch))]
                       if method in I2I_MODES else [batch])
-            images = []
-            for group in groups:
-                kw = {**kwargs, "generator": [kwargs["generator"][batch.index(i)] for i in group]}
-                if kw.get("negative_prompt"):
-                    kw["negative_prompt"] = kw["negative_prompt"][:len(group)]
-                if method in I2I_MODES:
-                    kw.update(image=[load_start_image(starts[i], res) for i in group], strength=strength_of(group[0]))
-                else:
-                    kw.update(height=res, width=res)
-                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    images += list(zip(group, pipe([prompts[i] for i in group], **kw).images))
+            images = [im for group in groups for im in zip(group, generate(group, int(s["steps"])))]
             for i, im in sorted(images, key=lambda t: t[0]):
                 tmp = paths[i].with_suffix(".tmp.png")
                 im.save(tmp)
