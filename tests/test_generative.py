@@ -253,14 +253,14 @@ def test_sd15_preset_is_stable_diffusion_1_5s_exact_architecture():
     from tibalance.generator import architecture, build_components
 
     with torch.device("meta"):
-        te, vae, unet = build_components({"preset": "sd15"})
+        te, vae, unet = (build_components({"preset": "sd15"})[k] for k in ("text_encoder", "vae", "unet"))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert (count(unet), count(vae), count(te)) == (859_520_964, 83_653_863, 123_060_480)
     assert unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1) == 512
     assert unet.config.cross_attention_dim == te.config.hidden_size == 768 and vae.config.scaling_factor == 0.18215
     assert architecture({})["layers_per_block"] == 1  # unset: the tiny sizes
-    with pytest.raises(TibalanceError, match=r"^generator.tiny.preset: unknown preset 'sdxl' \(sd15, sd21\)$"):
-        architecture({"preset": "sdxl"})
+    with pytest.raises(TibalanceError, match=r"^generator.tiny.preset: unknown preset 'sd3' \(sd15, sd21, sdxl\)$"):
+        architecture({"preset": "sd3"})
     with pytest.raises(TibalanceError, match=r"sd15 fixes every size; remove generator.tiny.unet_channels$"):
         architecture({"preset": "sd15", "unet_channels": [8, 16]})
     from tibalance.config import check_generator_preset

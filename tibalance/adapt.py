@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .generator import channels_last, compiled, load_pipeline, pipeline_dtypes, resolve_resolution, set_attention
+from .generator import (channels_last, compiled, is_xl, load_pipeline, pipeline_dtypes, resolve_resolution,
+                        set_attention, text_pairs)
 from .seeds import contact_sheet
 from .util import TibalanceError, file_digest, fingerprint, pick_device, seed_everything
 
@@ -198,6 +200,49 @@ class SeedLatents:
         return self.mean[at], self.std[at]
 
 
+class PromptConditioning:
+    """The UNet's conditioning on a batch of prompts, as the family's pipeline
+    computes it when it samples: SD 1.x / 2.x the text encoder's last hidden
+    states; SDXL both encoders' penultimate hidden states side by side, the
+    pooled OpenCLIP embedding and the micro-conditioning (original size, crop's
+    top-left, target size) added to the time embedding. The micro-conditioning
+    is the one sampling uses by default, (R, R), (0, 0), (R, R) at the job's
+    resolution R, so a token or adapter is learned under the conditions its
+    images are drawn with."""
+
+    def __init__(self, pipe, device, resolution: int):
+        self.pairs, self.xl, self.device = text_pairs(pipe), is_xl(pipe), device
+        self.time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
+
+    def ids(self, prompts: list[str]) -> list[torch.Tensor]:
+        """The prompts' token ids, one tensor per tokenizer."""
+        return [tok(prompts, padding="max_length", truncation=True, max_length=tok.model_max_length,
+                    return_tensors="pt").input_ids.to(self.device) for tok, _ in self.pairs]
+
+    def encode(self, ids: list[torch.Tensor]) -> tuple:
+        """(hidden states, pooled embedding or None) of token ids from `ids`."""
+        if not self.xl:
+            return self.pairs[0][1](ids[0])[0], None
+        hidden, pooled = [], None
+        for (_, te), x in zip(self.pairs, ids):
+            out = te(x, output_hidden_states=True)
+            pooled = out[0]  # the last encoder's: its projected pooled embedding
+            hidden.append(out.hidden_states[-2])
+        return torch.cat(hidden, dim=-1), pooled
+
+    @staticmethod
+    def take(cond: tuple, idx: torch.Tensor) -> tuple:
+        return cond[0][idx], None if cond[1] is None else cond[1][idx]
+
+    def unet_kwargs(self, cond: tuple, dtype) -> dict:
+        hidden, pooled = cond
+        kw = {"encoder_hidden_states": hidden.to(dtype)}
+        if self.xl:
+            kw["added_cond_kwargs"] = {"text_embeds": pooled.to(dtype),
+                                       "time_ids": self.time_ids.to(hidden.device, dtype).expand(len(hidden), -1)}
+        return kw
+
+
 def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, adaptation: Adaptation,
         identity: dict, loss_out: str, preview_out: str, resume_dir: str, stop_after: int | None = None,
         return_pipeline: bool = False) -> dict:
@@ -227,18 +272,22 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
 
     seed_everything(seed)
     pipe = load_pipeline(model)
-    tok, te, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
+    vae, unet = pipe.vae, pipe.unet
+    encoders = [te for _, te in text_pairs(pipe)]
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
 
     # ---- everything frozen and on the device; then the adaptation adds what trains
-    for m in (vae, unet, te):
+    for m in (vae, unet, *encoders):
         m.requires_grad_(False)
         m.eval()
-    te.to(device)
-    for m in (vae, unet):
-        m.to(device) if wdtype is None else m.to(device, dtype=wdtype)
+    for te in encoders:
+        te.to(device)
+    unet.to(device) if wdtype is None else unet.to(device, dtype=wdtype)
+    # a VAE that overflows in fp16 (force_upcast: SDXL's) encodes in fp32, as its pipelines decode
+    vae_dtype = torch.float32 if wdtype == torch.float16 and vae.config.get("force_upcast") else wdtype
+    vae.to(device) if vae_dtype is None else vae.to(device, dtype=vae_dtype)
     if channels_last(s.get("channels_last"), device):
         unet.to(memory_format=torch.channels_last)
     set_attention(unet, s.get("attention"), f"{adaptation.config_key}.attention")
@@ -268,7 +317,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
                  ", ".join(f"{k} {a} -> {b}" for k, (a, b) in capped.items()),
                  "; each seed latent encoded when first drawn" if fixed["lazy_encoding"] else "")
     pixels = augmented_pixels(seed_paths, res, fixed["variants"], py_rng)
-    latents_of = SeedLatents(vae, pixels, device, wdtype, fixed["lazy_encoding"])
+    latents_of = SeedLatents(vae, pixels, device, vae_dtype, fixed["lazy_encoding"])
     n_lat = pixels.shape[0]
     scaling = float(vae.config.scaling_factor)
     del pixels
@@ -286,15 +335,13 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     def autocast_ctx():
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
-    def token_ids(prompts):
-        return tok(prompts, padding="max_length", truncation=True, max_length=tok.model_max_length,
-                   return_tensors="pt").input_ids.to(device)
+    conditioning = PromptConditioning(pipe, device, res)
 
     # a frozen text encoder encodes each template once
     template_cond = None
     if not adaptation.trains_text_encoder:
         with torch.no_grad(), autocast_ctx():
-            template_cond = te(token_ids([t.format(subject) for t in templates]))[0]
+            template_cond = conditioning.encode(conditioning.ids([t.format(subject) for t in templates]))
 
     # ---- a fixed evaluation batch: the seed latents at evenly spread timesteps with
     # fixed noise. The training loss is dominated by the random timestep of each
@@ -307,7 +354,7 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     e_noise = torch.randn(e_lat.shape, generator=eval_gen).to(device)
     n_train_t = noise_sched.config.num_train_timesteps
     e_t = torch.linspace(0.05 * n_train_t, 0.95 * n_train_t, n_eval).long().to(device)
-    e_ids = token_ids([templates[i % len(templates)].format(subject) for i in range(n_eval)]) if n_eval else None
+    e_ids = conditioning.ids([templates[i % len(templates)].format(subject) for i in range(n_eval)]) if n_eval else None
 
     @torch.no_grad()
     def eval_loss() -> float | None:
@@ -318,8 +365,9 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
             sl = slice(i, i + 16)
             lat, noise, t = e_lat[sl].to(device), e_noise[sl], e_t[sl]
             with autocast_ctx():
-                cond = te(e_ids[sl])[0]
-                pred = net(noise_sched.add_noise(lat, noise, t).to(unet.dtype), t, cond.to(unet.dtype)).sample
+                cond = conditioning.encode([x[sl] for x in e_ids])
+                pred = net(noise_sched.add_noise(lat, noise, t).to(unet.dtype), t,
+                           **conditioning.unet_kwargs(cond, unet.dtype)).sample
             target = noise if pred_type == "epsilon" else noise_sched.get_velocity(lat, noise, t)
             total += float(F.mse_loss(pred.float(), target.float(), reduction="sum"))
         return total / e_lat.numel()
@@ -392,10 +440,10 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
         noisy = noise_sched.add_noise(latents, noise, t)
         with autocast:
             if template_cond is None:
-                cond = te(token_ids([templates[w].format(subject) for w in which]))[0]
+                cond = conditioning.encode(conditioning.ids([templates[w].format(subject) for w in which]))
             else:
-                cond = template_cond[torch.tensor(which, device=device)]
-            pred = net(noisy.to(unet.dtype), t, cond.to(unet.dtype)).sample
+                cond = conditioning.take(template_cond, torch.tensor(which, device=device))
+            pred = net(noisy.to(unet.dtype), t, **conditioning.unet_kwargs(cond, unet.dtype)).sample
         target = noise if pred_type == "epsilon" else noise_sched.get_velocity(latents, noise, t)
         loss = F.mse_loss(pred.float(), target.float())
         opt.zero_grad(set_to_none=True)
@@ -435,9 +483,12 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
 
     # ---- preview with the adapted pipeline
     t0 = time.perf_counter()
-    pipe.to(device)
+    # half-precision weights (a GPU): the whole pipeline in them, as diffusers samples (a VAE
+    # that overflows in fp16 is upcast by SDXL's pipeline for its decoding); else fp32 weights
+    # under the job's autocast
+    pipe.to(device) if wdtype is None else pipe.to(device, dtype=wdtype)
     n_prev = fixed["preview_images"]
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), (autocast if wdtype is None else contextlib.nullcontext()):
         p_res = fixed["preview_resolution"]
         images = pipe([templates[0].format(subject)] * n_prev, num_inference_steps=fixed["preview_steps"],
                       height=p_res, width=p_res,

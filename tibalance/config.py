@@ -147,16 +147,14 @@ def check_generator_preset(config: dict) -> None:
     gen = config["generator"]
     tiny = gen.get("tiny") or {}
     preset = tiny.get("preset")
+    from .generator import architecture
+
+    architecture(tiny)  # an unknown preset or family, or a size beside a preset: one line
     if tiny.get("family", "sd1") != "sd1" and gen["build"] != "tiny":
         raise TibalanceError(f"generator.tiny.family: {tiny['family']} is built with random weights "
                              f"(generator.build: tiny); generator.build is {gen['build']} (its pretraining is "
                              f"SD 1.x's, epsilon-prediction)")
-    if preset is None:
-        return
-    from .generator import architecture
-
-    architecture(gen["tiny"])  # an unknown preset, or a size beside it: one line
-    if gen["build"] != "tiny":
+    if preset is not None and gen["build"] != "tiny":
         raise TibalanceError(f"generator.tiny.preset: {preset} is a random-weight architecture for timing "
                              f"(generator.build: tiny); generator.build is {gen['build']}")
 

@@ -24,26 +24,65 @@ def is_local(model: str) -> bool:
 
 
 # The pipeline classes (model_index.json's _class_name) every generative stage
-# handles: SD 1.x and SD 2.x (epsilon and v-prediction) are StableDiffusionPipeline.
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
-FAMILIES = "SD 1.x and SD 2.x (epsilon and v-prediction), as StableDiffusionPipeline"
+# handles, and their family: SD 1.x and SD 2.x (epsilon and v-prediction) are
+# StableDiffusionPipeline, SDXL (base) StableDiffusionXLPipeline; a folder saved
+# from an image-to-image pipeline opens as its text-to-image sibling.
+FAMILY_OF = {"StableDiffusionPipeline": "sd", "StableDiffusionImg2ImgPipeline": "sd",
+             "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl"}
+SUPPORTED_PIPELINES = tuple(FAMILY_OF)
+FAMILIES = ("SD 1.x and SD 2.x (epsilon and v-prediction) as StableDiffusionPipeline, "
+            "SDXL base (two text encoders) as StableDiffusionXLPipeline")
+
+
+def model_index(model: str) -> dict | None:
+    """The pipeline's model_index.json: a local folder's, or a hub id's from the
+    local HF cache (None where it is not there: offline before fetching)."""
+    if is_local(model):
+        index = Path(model) / "model_index.json"
+        try:
+            return json.loads(index.read_text())
+        except (OSError, ValueError) as e:
+            raise TibalanceError(f"generator.model: {index} is not readable JSON ({type(e).__name__})") from e
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.load_config(model)
+    except (OSError, ValueError):
+        return None
+
+
+def family_problem(index: dict) -> str | None:
+    """Why the pipeline a model_index.json describes is not one the stages handle, or None."""
+    cls = index.get("_class_name")
+    if cls not in FAMILY_OF:
+        return f"is a {cls}; TI, LoRA and sampling support {FAMILIES}"
+    missing = [k for k in ("text_encoder", "tokenizer", "unet", "vae") + (("text_encoder_2", "tokenizer_2")
+               if FAMILY_OF[cls] == "sdxl" else ()) if not (index.get(k) or [None, None])[-1]]
+    if missing:  # e.g. SDXL's refiner: text_encoder_2 only
+        return (f"is a {cls} without {', '.join(missing)} (an SDXL refiner?); TI, LoRA and sampling need "
+                f"the family's every text encoder and tokenizer, its UNet and VAE")
+    return None
+
+
+def family(model: str) -> str:
+    """The generator's family from its model_index.json: sd (SD 1.x, 2.x) or sdxl
+    (sd where a hub id is not in the local cache: its load says more)."""
+    index = model_index(model)
+    return FAMILY_OF.get((index or {}).get("_class_name"), "sd")
 
 
 def check_model(model: str, key: str = "generator.model") -> None:
     """One-line error when a local generator folder does not exist, or holds a
-    pipeline family the stages do not handle (SDXL: not yet)."""
+    pipeline family the stages do not handle (parse time: the Snakefile calls it)."""
     if not is_local(model):
         return
     index = Path(model) / "model_index.json"
     if not index.is_file():
         what = "does not exist" if not os.path.exists(model) else "has no model_index.json (not a save_pretrained folder)"
         raise TibalanceError(f"{key}: generator folder {model} {what}")
-    try:
-        cls = json.loads(index.read_text()).get("_class_name")
-    except (OSError, ValueError) as e:
-        raise TibalanceError(f"{key}: {index} is not readable JSON ({type(e).__name__})") from e
-    if cls not in SUPPORTED_PIPELINES:
-        raise TibalanceError(f"{key}: {model} is a {cls}; TI, LoRA and sampling support {FAMILIES}")
+    problem = family_problem(model_index(model))
+    if problem:
+        raise TibalanceError(f"{key}: {model} {problem}")
 
 
 def prediction_type(model: str) -> str:
@@ -134,7 +173,20 @@ PRESETS = {
     "sd21": {"resolution": 768, "unet_channels": [320, 640, 1280, 1280], "vae_channels": [128, 256, 512, 512],
              "text_hidden": 1024, "text_layers": 23, "text_heads": 16, "attention_head_dim": [5, 10, 20, 20],
              "latent_channels": 4, "layers_per_block": 2, "scaling_factor": 0.18215, "family": "sd2"},
+    # SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0's configs): UNet 2.57B with
+    # three levels (1, 2, 10 transformer layers), cross-attention on both text encoders'
+    # penultimate layers (CLIP ViT-L 768 + OpenCLIP ViT-bigG 1280, 32 layers), the pooled
+    # bigG embedding and the size/crop micro-conditioning (6 x 256) added to the time
+    # embedding, VAE scale 0.13025, 1024 px
+    "sdxl": {"resolution": 1024, "unet_channels": [320, 640, 1280], "vae_channels": [128, 256, 512, 512],
+             "text_hidden": 768, "text_layers": 12, "text_heads": 12, "text_2_hidden": 1280, "text_2_layers": 32,
+             "text_2_heads": 20, "attention_head_dim": [5, 10, 20], "transformer_layers": [1, 2, 10],
+             "addition_time_embed_dim": 256, "latent_channels": 4, "layers_per_block": 2,
+             "scaling_factor": 0.13025, "family": "sdxl"},
 }
+
+
+TINY_FAMILIES = ("sd1", "sd2", "sdxl")  # generator.tiny.family
 
 
 def architecture(cfg: dict | None = None) -> dict:
@@ -144,8 +196,8 @@ def architecture(cfg: dict | None = None) -> dict:
     preset = cfg.pop("preset", None)
     if preset is None:
         out = {"layers_per_block": 1, **TINY_DEFAULTS, **cfg}
-        if out.get("family", "sd1") not in ("sd1", "sd2"):
-            raise TibalanceError(f"generator.tiny.family: {out['family']!r} is not sd1 or sd2")
+        if out.get("family", "sd1") not in TINY_FAMILIES:
+            raise TibalanceError(f"generator.tiny.family: {out['family']!r} is not {', '.join(TINY_FAMILIES)}")
         return out
     if preset not in PRESETS:
         raise TibalanceError(f"generator.tiny.preset: unknown preset {preset!r} ({', '.join(PRESETS)})")
@@ -155,23 +207,43 @@ def architecture(cfg: dict | None = None) -> dict:
     return dict(PRESETS[preset])
 
 
-def build_components(cfg: dict | None = None):
-    """(text_encoder, vae, unet) of the architecture, randomly initialised (at the
-    current torch default device: `with torch.device("meta")` sizes them for free)."""
+def _text_encoder(hidden: int, layers: int, heads: int | None, act: str, projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+        num_attention_heads=int(heads or max(1, hidden // 16)), max_position_embeddings=77, bos_token_id=49406,
+        eos_token_id=49407, pad_token_id=49407, projection_dim=hidden, hidden_act=act)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def build_components(cfg: dict | None = None) -> dict:
+    """The architecture's models, randomly initialised (at the current torch
+    default device: `with torch.device("meta")` sizes them for free): text_encoder,
+    vae, unet, and for SDXL's kind text_encoder_2 (with the pooled projection)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     c = architecture(cfg)
-    sd2 = c.get("family", "sd1") == "sd2"  # SD 2.x: OpenCLIP's GELU, linear projections in the UNet
+    fam = c.get("family", "sd1")
     hidden = int(c["text_hidden"])
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
-        num_hidden_layers=int(c["text_layers"]), num_attention_heads=int(c.get("text_heads") or max(1, hidden // 16)),
-        max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        projection_dim=hidden, hidden_act="gelu" if sd2 else "quick_gelu"))
+    # SD 1.x: OpenAI CLIP's quick GELU; SD 2.x: OpenCLIP's GELU and linear projections in the
+    # UNet; SDXL: both encoders (CLIP ViT-L and OpenCLIP), the UNet reads their concatenation
+    out = {"text_encoder": _text_encoder(hidden, int(c["text_layers"]), c.get("text_heads"),
+                                         "gelu" if fam == "sd2" else "quick_gelu")}
+    cross = hidden
+    extra: dict = {}
+    if fam == "sdxl":
+        hidden_2 = int(c.get("text_2_hidden", hidden))
+        out["text_encoder_2"] = _text_encoder(hidden_2, int(c.get("text_2_layers", c["text_layers"])),
+                                              c.get("text_2_heads"), "gelu", projection=True)
+        cross = hidden + hidden_2
+        time_dim = int(c.get("addition_time_embed_dim", 8))
+        extra = dict(addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+                     projection_class_embeddings_input_dim=6 * time_dim + hidden_2,
+                     transformer_layers_per_block=c.get("transformer_layers", 1))
     layers = int(c["layers_per_block"])
     vae_ch = [int(x) for x in c["vae_channels"]]
-    vae = AutoencoderKL(
+    out["vae"] = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=int(c["latent_channels"]),
         down_block_types=["DownEncoderBlock2D"] * len(vae_ch), up_block_types=["UpDecoderBlock2D"] * len(vae_ch),
         block_out_channels=vae_ch, layers_per_block=layers, norm_num_groups=min(32, vae_ch[0]),
@@ -179,47 +251,63 @@ def build_components(cfg: dict | None = None):
     unet_ch = [int(x) for x in c["unet_channels"]]
     n = len(unet_ch)
     latent_size = int(c["resolution"]) // 2 ** (len(vae_ch) - 1)
-    unet = UNet2DConditionModel(
+    if fam == "sdxl":  # no attention at the widest level
+        down = ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n - 1)
+        up = ["CrossAttnUpBlock2D"] * (n - 1) + ["UpBlock2D"]
+    else:  # none at the narrowest
+        down = ["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"]
+        up = ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1)
+    out["unet"] = UNet2DConditionModel(
         sample_size=latent_size, in_channels=int(c["latent_channels"]), out_channels=int(c["latent_channels"]),
-        down_block_types=["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
-        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
-        block_out_channels=unet_ch, layers_per_block=layers, cross_attention_dim=hidden,
+        down_block_types=down, up_block_types=up, block_out_channels=unet_ch, layers_per_block=layers,
+        cross_attention_dim=cross,
         attention_head_dim=(c["attention_head_dim"] if isinstance(c["attention_head_dim"], list)
                             else int(c["attention_head_dim"])),
-        use_linear_projection=sd2, norm_num_groups=min(32, unet_ch[0]))
-    return text_encoder, vae, unet
+        use_linear_projection=fam != "sd1", norm_num_groups=min(32, unet_ch[0]), **extra)
+    return out
 
 
 def build_tiny_pipeline(cfg: dict | None = None, seed: int = 0):
     """A Stable-Diffusion-architecture pipeline with random weights: real
-    UNet2DConditionModel / AutoencoderKL / PNDM scheduler (SD 1.5's settings) and
-    CLIPTextModel / CLIPTokenizer with the real 49,408-token vocabulary; the tiny
-    sizes, or a preset's (generator.tiny.preset: sd15 is SD 1.5's exact architecture)."""
+    UNet2DConditionModel / AutoencoderKL / scheduler and CLIPTextModel(s) /
+    CLIPTokenizer(s) with the real 49,408-token vocabulary; the tiny sizes, or a
+    preset's (generator.tiny.preset: sd15 is SD 1.5's exact architecture). The
+    family (generator.tiny.family) picks the kind: sd1 (PNDM, as SD 1.5), sd2
+    (v-prediction DDIM, as SD 2.1 768-v), sdxl (two text encoders, Euler, as SDXL base)."""
     import tempfile
 
-    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
+    from diffusers import (DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+                           StableDiffusionXLPipeline)
 
     seed_everything(seed)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = clip_tokenizer(Path(tmp))
-    text_encoder, vae, unet = build_components(cfg)
-    if architecture(cfg).get("family", "sd1") == "sd2":  # SD 2.1 768-v's scheduler
-        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                  num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False,
-                                  steps_offset=1, prediction_type="v_prediction")
+    parts = build_components(cfg)
+    fam = architecture(cfg).get("family", "sd1")
+    betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                 steps_offset=1)
+    if fam == "sdxl":  # SDXL base's scheduler and its second tokenizer (OpenCLIP pads with '!')
+        import copy
+
+        tokenizer_2 = copy.deepcopy(tokenizer)
+        tokenizer_2.pad_token = "!"
+        scheduler = EulerDiscreteScheduler(**betas, interpolation_type="linear", timestep_spacing="leading",
+                                           prediction_type="epsilon")
+        return StableDiffusionXLPipeline(tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler,
+                                         force_zeros_for_empty_prompt=True, add_watermarker=False, **parts)
+    if fam == "sd2":  # SD 2.1 768-v's scheduler
+        scheduler = DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False,
+                                  prediction_type="v_prediction")
     else:
-        scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                  num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
-                                  set_alpha_to_one=False)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+        scheduler = PNDMScheduler(**betas, skip_prk_steps=True, set_alpha_to_one=False)
+    return StableDiffusionPipeline(tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False, **parts)
 
 
 def build_tiny(out_dir: str, cfg: dict | None = None, seed: int = 0) -> None:
     pipe = build_tiny_pipeline(cfg, seed)
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    log.info("tiny SD pipeline saved to %s", out_dir)
+    log.info("tiny %s pipeline saved to %s", type(pipe).__name__, out_dir)
 
 
 def native_resolution(model: str) -> int:
@@ -252,17 +340,23 @@ def resolve_resolution(setting, model: str, key: str) -> int:
 
 
 def load_pipeline(model: str, device=None, dtype=None):
-    """StableDiffusionPipeline from a local save_pretrained folder or a hub id.
+    """The text-to-image pipeline of the generator's family (model_index.json's
+    class: StableDiffusionPipeline or StableDiffusionXLPipeline) from a local
+    save_pretrained folder or a hub id.
 
     Offline users of a hub id get a one-line error naming the setting."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     check_model(model)
-    kwargs = dict(safety_checker=None, requires_safety_checker=False)
+    index = model_index(model)
+    if index is not None and family_problem(index):  # a hub id's, from the cache
+        raise TibalanceError(f"generator.model: hub id {model!r} {family_problem(index)}")
+    xl = FAMILY_OF.get((index or {}).get("_class_name")) == "sdxl"
+    kwargs = {} if xl else dict(safety_checker=None, requires_safety_checker=False)
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(model, **kwargs)
+        pipe = (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).from_pretrained(model, **kwargs)
     except (OSError, ValueError) as e:
         if is_local(model):
             raise TibalanceError(f"generator.model: {model} could not be loaded ({type(e).__name__}: "
@@ -273,6 +367,29 @@ def load_pipeline(model: str, device=None, dtype=None):
     if device is not None:
         pipe.to(device)
     return pipe
+
+
+def is_xl(pipe) -> bool:
+    """Whether a loaded pipeline is SDXL's kind (two text encoders, added conditions)."""
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def img2img(pipe):
+    """The family's image-to-image pipeline on the same loaded weights."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+    out = (StableDiffusionXLImg2ImgPipeline if is_xl(pipe) else StableDiffusionImg2ImgPipeline)(**pipe.components)
+    out.set_progress_bar_config(disable=True)
+    return out
+
+
+def text_pairs(pipe) -> list:
+    """(tokenizer, text_encoder) of each text encoder the prompts go through: one
+    (SD 1.x, 2.x) or two (SDXL: CLIP ViT-L, then OpenCLIP ViT-bigG)."""
+    pairs = [(pipe.tokenizer, pipe.text_encoder)]
+    if is_xl(pipe):
+        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    return pairs
 
 
 def channels_last(setting, device) -> bool:

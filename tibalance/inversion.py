@@ -59,9 +59,16 @@ class _Rows:
 
 
 
+# SDXL's learned embeddings: one file, a tensor per text encoder under these keys
+# (the layout of SDXL embeddings in the wild, which diffusers' documentation loads
+# with load_textual_inversion once per encoder)
+XL_KEYS = ("clip_l", "clip_g")
+
+
 class TokenAdaptation(Adaptation):
-    """A new word: its embedding row(s) train; every other row is restored after
-    each step (AdamW's weight decay would move them)."""
+    """A new word: its embedding row(s) train, in every text encoder the prompts
+    go through (SDXL: both); every other row is restored after each step
+    (AdamW's weight decay would move them)."""
 
     label = "TI"
     config_key = "ti"
@@ -74,61 +81,95 @@ class TokenAdaptation(Adaptation):
         self.subject = " ".join(self.tokens)
         self.word = initializer_word(cls_name, settings["initializer"])
 
-    def prepare(self, pipe, device):
-        tok, te = pipe.tokenizer, pipe.text_encoder
+    def _add(self, tok, te, which: int):
         n_vec = self.n_vec
         if tok.add_tokens(self.tokens) != n_vec:
             raise TibalanceError(f"ti.placeholder: {self.placeholder!r} (class {self.cls}) is already a token "
                                  "of the tokenizer")
-        self.ids = tok.convert_tokens_to_ids(self.tokens)
+        ids = tok.convert_tokens_to_ids(self.tokens)
         te.resize_token_embeddings(len(tok), mean_resizing=False)
         weight = te.get_input_embeddings().weight
         with torch.no_grad():
-            if self.word is None:
-                init = torch.randn(n_vec, weight.shape[1], generator=torch.Generator().manual_seed(self.seed))
-                init = init.to(weight.device) * weight[:-n_vec].std()
+            if self.word is None:  # the first encoder's draw is the one-encoder families' (the same seed)
+                g = torch.Generator().manual_seed(self.seed + which)
+                init = torch.randn(n_vec, weight.shape[1], generator=g).to(weight.device) * weight[:-n_vec].std()
             else:
                 init_ids = tok.encode(self.word, add_special_tokens=False)
                 if not init_ids:
                     raise TibalanceError(f"ti.initializer: {self.word!r} (class {self.cls}) encodes to no token")
-                if len(init_ids) > 1:
+                if len(init_ids) > 1 and which == 0:
                     log.info("initializer %r is %d tokens; starting from their mean embedding", self.word,
                              len(init_ids))
                 init = weight[init_ids].mean(0, keepdim=True).expand(n_vec, -1)
-            weight[self.ids] = init.to(weight.dtype)
-        log.info("class %s: token %s (%d vector(s)), initializer %r", self.cls, self.placeholder, n_vec,
-                 self.word if self.word else "random")
+            weight[ids] = init.to(weight.dtype)
         weight.requires_grad_(True)
-        self.weight = weight
-        self.rows = _Rows(te, self.ids)
-        return [weight]
+        return ids, weight, _Rows(te, ids)
+
+    def prepare(self, pipe, device):
+        from .generator import text_pairs
+
+        added = [self._add(tok, te, i) for i, (tok, te) in enumerate(text_pairs(pipe))]
+        self.ids = added[0][0]
+        self.weights = [w for _, w, _ in added]
+        self.rows = [r for _, _, r in added]
+        self.xl = len(added) > 1
+        log.info("class %s: token %s (%d vector(s)) in %d text encoder(s), initializer %r", self.cls,
+                 self.placeholder, self.n_vec, len(added), self.word if self.word else "random")
+        return list(self.weights)
 
     def after_step(self):
-        self.rows.restore_others()
+        for rows in self.rows:
+            rows.restore_others()
 
     def state(self, opt):
-        st = opt.state.get(self.weight, {})
-        return {"rows": self.rows.learned(), "adam_step": float(st["step"]) if st else 0.0,
-                "exp_avg": st["exp_avg"][self.ids].cpu().clone() if st else None,
-                "exp_avg_sq": st["exp_avg_sq"][self.ids].cpu().clone() if st else None}
+        out = []
+        for w, rows in zip(self.weights, self.rows):
+            st = opt.state.get(w, {})
+            ids = rows.ids.to(w.device)
+            out.append({"rows": rows.learned(), "adam_step": float(st["step"]) if st else 0.0,
+                        "exp_avg": st["exp_avg"][ids].cpu().clone() if st else None,
+                        "exp_avg_sq": st["exp_avg_sq"][ids].cpu().clone() if st else None})
+        return {"encoders": out}
 
     def load_state(self, ck, opt):
-        w = self.weight
-        with torch.no_grad():
-            w[self.ids] = ck["rows"].to(w.device, w.dtype)
-        if ck["exp_avg"] is None:
-            return
-        st = opt.state[w]  # AdamW state, rebuilt: only the trainable rows matter
-        st["step"] = torch.tensor(ck["adam_step"])
-        for k in ("exp_avg", "exp_avg_sq"):
-            st[k] = torch.zeros_like(w, memory_format=torch.preserve_format)
-            st[k][self.ids] = ck[k].to(w.device, w.dtype)
+        encoders = ck["encoders"] if "encoders" in ck else [ck]  # a checkpoint of one encoder's older layout
+        for w, rows, c in zip(self.weights, self.rows, encoders, strict=True):
+            ids = rows.ids.to(w.device)
+            with torch.no_grad():
+                w[ids] = c["rows"].to(w.device, w.dtype)
+            if c["exp_avg"] is None:
+                continue
+            st = opt.state[w]  # AdamW state, rebuilt: only the trainable rows matter
+            st["step"] = torch.tensor(c["adam_step"])
+            for k in ("exp_avg", "exp_avg_sq"):
+                st[k] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                st[k][ids] = c[k].to(w.device, w.dtype)
 
     def save(self):
         from safetensors.torch import save_file
 
         Path(self.embeds_out).parent.mkdir(parents=True, exist_ok=True)
-        save_file({self.placeholder: self.rows.learned().contiguous()}, self.embeds_out)
+        learned = [rows.learned().contiguous() for rows in self.rows]
+        save_file(dict(zip(XL_KEYS, learned)) if self.xl else {self.placeholder: learned[0]}, self.embeds_out)
+
+
+def load_token(pipe, embeds: str, placeholder: str) -> None:
+    """A learned token into the pipeline with diffusers' own loader: the file's
+    one tensor (SD 1.x, 2.x), or for SDXL its clip_l tensor into the first text
+    encoder and its clip_g tensor into the second."""
+    from .generator import is_xl
+
+    if not is_xl(pipe):
+        pipe.load_textual_inversion(embeds, token=placeholder)
+        return
+    from safetensors.torch import load_file
+
+    state = load_file(embeds)
+    if set(XL_KEYS) - set(state):
+        raise TibalanceError(f"{embeds}: holds {sorted(state)}, not SDXL's {' and '.join(XL_KEYS)} (a token "
+                             "learned on another generator family?)")
+    for key, (tok, te) in zip(XL_KEYS, ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))):
+        pipe.load_textual_inversion(state[key], token=placeholder, tokenizer=tok, text_encoder=te)
 
 
 def train_textual_inversion(model: str, seed_paths: list[str], cls: str, cls_name: str, settings: dict,

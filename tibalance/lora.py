@@ -7,9 +7,9 @@ Two kinds, one job each per weak class:
 - `ti_lora`: the prompts use the class's learned TI token, loaded and kept
   frozen (token + LoRA, as Diff-Mix does).
 
-The adapter is saved with `StableDiffusionPipeline.save_lora_weights`
-(pytorch_lora_weights.safetensors, rank/alpha in its metadata), the format
-`load_lora_weights` reads."""
+The adapter is saved with the family's `save_lora_weights` (StableDiffusionPipeline's,
+StableDiffusionXLPipeline's: pytorch_lora_weights.safetensors, rank/alpha in its
+metadata), the format `load_lora_weights` reads."""
 from __future__ import annotations
 
 import logging
@@ -48,17 +48,23 @@ class LoraAdaptation(Adaptation):
                           target_modules=list(targets))
 
     def prepare(self, pipe, device):
+        from .generator import text_pairs
+        from .inversion import load_token
+
+        encoders = [te for _, te in text_pairs(pipe)]
         if self.embeds:
-            pipe.load_textual_inversion(self.embeds, token=self.placeholder)  # the learned token, frozen
-            pipe.text_encoder.requires_grad_(False)
-        self.unet, self.te = pipe.unet, pipe.text_encoder
+            load_token(pipe, self.embeds, self.placeholder)  # the learned token, frozen
+            for te in encoders:
+                te.requires_grad_(False)
+        self.pipe_class, self.unet, self.encoders = type(pipe), pipe.unet, encoders
         pipe.unet.add_adapter(self._config(self.s["target_modules"]))
-        if self.trains_text_encoder:
+        if self.trains_text_encoder:  # every text encoder (SDXL: both, as diffusers' SDXL LoRA training)
             problem = text_encoder_lora_problem()
             if problem:
                 raise TibalanceError(f"lora.train_text_encoder: {problem}")
-            pipe.text_encoder.add_adapter(self._config(TEXT_ENCODER_TARGETS))
-        mods = [pipe.unet] + ([pipe.text_encoder] if self.trains_text_encoder else [])
+            for te in encoders:
+                te.add_adapter(self._config(TEXT_ENCODER_TARGETS))
+        mods = [pipe.unet] + (encoders if self.trains_text_encoder else [])
         self.params = [p for m in mods for p in m.parameters() if p.requires_grad]
         if not self.params:
             raise TibalanceError(f"lora.target_modules: {self.s['target_modules']} match no UNet layer")
@@ -74,7 +80,6 @@ class LoraAdaptation(Adaptation):
         opt.load_state_dict(ck["opt"])
 
     def save(self):
-        from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
@@ -82,14 +87,17 @@ class LoraAdaptation(Adaptation):
             return convert_state_dict_to_diffusers({k: v.detach().float().cpu().contiguous()
                                                     for k, v in get_peft_model_state_dict(m).items()})
 
-        te = self.trains_text_encoder
+        kw = {}
+        if self.trains_text_encoder:  # text_encoder_lora_layers, and SDXL's text_encoder_2_lora_layers
+            for i, te in enumerate(self.encoders):
+                name = "text_encoder" + ("" if i == 0 else f"_{i + 1}")
+                kw[f"{name}_lora_layers"] = layers(te)
+                kw[f"{name}_lora_adapter_metadata"] = te.peft_config["default"].to_dict()
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
-        StableDiffusionPipeline.save_lora_weights(
+        # the family's own writer (StableDiffusionPipeline's or StableDiffusionXLPipeline's)
+        self.pipe_class.save_lora_weights(
             self.out_dir, unet_lora_layers=layers(self.unet),
-            text_encoder_lora_layers=layers(self.te) if te else None,
-            unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict(),
-            text_encoder_lora_adapter_metadata=self.te.peft_config["default"].to_dict() if te else None,
-            safe_serialization=True)
+            unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict(), safe_serialization=True, **kw)
 
 
 def lora_subject(kind: str, cls_name: str, prompt_name: str | None = None, placeholder: str | None = None,

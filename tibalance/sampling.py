@@ -26,9 +26,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .generator import channels_last, compiled, load_pipeline, pipeline_dtypes, resolve_resolution, set_attention
+from .generator import (channels_last, compiled, img2img, load_pipeline, pipeline_dtypes, resolve_resolution,
+                        set_attention)
 from .config import refill_count
-from .inversion import expand_placeholder
+from .inversion import expand_placeholder, load_token
 from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
 from .defaults import I2I_MODES, LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES  # noqa: F401 - part of this module's interface
 
@@ -184,16 +185,13 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
             pipe.unet.to(memory_format=torch.channels_last)
         set_attention(pipe.unet, s.get("attention"), "sampling.attention")
         if method in TOKEN_MODES:
-            pipe.load_textual_inversion(embeds, token=placeholder)
+            load_token(pipe, embeds, placeholder)
         if method in LORA_MODES:
             pipe.load_lora_weights(lora)
             pipe.fuse_lora()  # merged into the weights: no per-layer adapter cost while sampling
         pipe.scheduler = make_scheduler(s["scheduler"], pipe.scheduler.config)
         if method in I2I_MODES:
-            from diffusers import StableDiffusionImg2ImgPipeline
-
-            pipe = StableDiffusionImg2ImgPipeline(**pipe.components)  # the same loaded weights
-            pipe.set_progress_bar_config(disable=True)
+            pipe = img2img(pipe)  # the family's image-to-image pipeline, the same loaded weights
         pipe.unet = compiled(pipe.unet, s.get("compile"), "sampling.compile")
 
         def generate(group: list[int], steps: int) -> list:
