@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tibalance.generator import check_model, clip_tokenizer, load_pipeline
+from tibalance.generator import build_tiny, check_model, clip_tokenizer, load_pipeline
 from tibalance.inversion import train_textual_inversion
 from tibalance.sampling import n_images_for, sample_class
 from tibalance.util import TibalanceError
@@ -131,6 +131,31 @@ def test_sampling_is_resumable_and_paired(tiny_sd, seed_images, tmp_path):
                  str(tmp_path / "raw.csv"), str(tmp_path / "raw"))
     raw = pd.read_csv(tmp_path / "raw.csv")
     assert list(raw.prompt) == ["a photo of a boot"] * 3 and list(raw.seed) == list(table.seed)
+
+
+def test_a_generator_rebuilt_in_place_makes_new_images_and_no_checkpoint_resumes(seed_images, tmp_path):
+    """The jobs' own reuse (images on disk, a killed adaptation's checkpoint)
+    follows the generator's files, not its path: rebuilt at the same folder
+    with other weights, nothing made with the old one is kept."""
+    import shutil
+
+    from tibalance.generator import model_digest
+
+    model = tmp_path / "gen"
+    build_tiny(str(model), {"resolution": 32}, seed=0)
+    digest = model_digest(str(model))
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"path": ["x"], "label": ["a"], "split": ["train"]}).to_csv(manifest, index=False)
+    s = {"n_images": 2, "batch_size": 2, "steps": 2, "resolution": 32}
+    args = (str(model), "raw", "a", "a", s, 0, str(manifest), str(tmp_path / "raw.csv"), str(tmp_path / "raw"))
+    assert sample_class(*args) == 2 and sample_class(*args) == 0
+    before = (tmp_path / "raw" / "00000.png").read_bytes()
+    assert _ti(str(model), seed_images, tmp_path / "ti", stop_after=2) == {"stopped_at": 2}
+    shutil.rmtree(model)
+    build_tiny(str(model), {"resolution": 32}, seed=1)  # the same path, other weights
+    assert model_digest(str(model)) != digest
+    assert sample_class(*args) == 2 and (tmp_path / "raw" / "00000.png").read_bytes() != before
+    assert _ti(str(model), seed_images, tmp_path / "ti")["resumed_from_step"] == 0
 
 
 def test_bf16_sampling_on_cpu(tiny_sd, tmp_path, monkeypatch, cpu_kind):

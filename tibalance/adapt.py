@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .generator import (channels_last, compiled, is_xl, load_pipeline, pipeline_dtypes, resolve_resolution,
-                        set_attention, text_pairs)
+from .generator import (channels_last, compiled, is_xl, load_pipeline, model_digest, pipeline_dtypes,
+                        resolve_resolution, set_attention, text_pairs)
 from .seeds import contact_sheet
 from .util import TibalanceError, file_digest, fingerprint, pick_device, seed_everything
 
@@ -266,7 +266,8 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     wdtype, amp_dtype = pipeline_dtypes(device, s["mixed_precision"], f"{adaptation.config_key}.mixed_precision")
     steps = int(s["steps"])
     # log_every shapes no result: a checkpoint resumes under another
-    fp = fingerprint({"model": model, "seeds": [[p, file_digest(p)] for p in seed_paths],
+    fp = fingerprint({"model": model, "model_digest": model_digest(model),
+                      "seeds": [[p, file_digest(p)] for p in seed_paths],
                       "settings": {k: v for k, v in s.items() if k != "log_every"},
                       "seed": seed, **identity})
 

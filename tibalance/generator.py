@@ -85,6 +85,28 @@ def check_model(model: str, key: str = "generator.model") -> None:
         raise TibalanceError(f"{key}: {model} {problem}")
 
 
+_digests: dict = {}
+
+
+def model_digest(model: str) -> str:
+    """What the generator is, for the jobs' own reuse (sampling's images on disk,
+    an adaptation's checkpoint): the digest of every file of a local folder
+    (hidden ones, e.g. a download's .cache, aside), so a folder rebuilt or
+    replaced at the same path makes new images; a hub id as written. Hashing
+    runs at ~1.4 GB/s (SD 1.5's fp32 files ~3 s, SDXL's ~10 s), once per job."""
+    if not is_local(model) or not os.path.isdir(model):
+        return model
+    root = Path(model)
+    files = sorted(f for f in root.rglob("*") if f.is_file()
+                   and not any(part.startswith(".") for part in f.relative_to(root).parts))
+    key = (str(root.resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key not in _digests:
+        from .util import file_digest, fingerprint
+
+        _digests[key] = fingerprint([[str(f.relative_to(root)), file_digest(f)] for f in files])
+    return _digests[key]
+
+
 def prediction_type(model: str) -> str:
     """What the generator's UNet predicts (its scheduler's config): epsilon
     (SD 1.x, SD 2.x base) or v_prediction (SD 2.x 768-v). The training losses

@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .generator import (channels_last, compiled, img2img, load_pipeline, pipeline_dtypes, resolve_resolution,
-                        set_attention)
+from .generator import (channels_last, compiled, img2img, load_pipeline, model_digest, pipeline_dtypes,
+                        resolve_resolution, set_attention)
 from .config import refill_count
 from .inversion import expand_placeholder, load_token
 from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
@@ -159,7 +159,9 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     fp_keys += ["attention"] if s.get("attention", "sdpa") != "sdpa" else []
     device = pick_device(s["device"])
     wdtype, amp_dtype = pipeline_dtypes(device, setting, "sampling.mixed_precision")
-    fp = fingerprint({"model": model, "method": method, "subject": subject, "settings": {k: s[k] for k in fp_keys},
+    # the model's files, not only its path: a generator rebuilt in place makes new images
+    fp = fingerprint({"model": model, "model_digest": model_digest(model) if n else None, "method": method,
+                      "subject": subject, "settings": {k: s[k] for k in fp_keys},
                       "embeds": file_digest(embeds) if embeds else None, "seed": seed, "templates": templates,
                       **({"lora": file_digest(lora)} if lora else {}),
                       "starts": sorted(set(p for p in starts if p)) or None})

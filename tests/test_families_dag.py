@@ -1,0 +1,69 @@
+"""The tiny DAG end to end on the other generator families (issue #26): SD 2.x's
+kind (v-prediction) and SDXL's, each from a copy of the tiny run with only
+generator.tiny.family changed. A file of its own so that, under `make test`'s
+two workers, these runs go beside the others."""
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import TINY, planned_jobs, snakemake
+
+# what the generator's change reaches; the data, baseline, analysis, seeds,
+# judge and the runs without synthetic images stay as they are
+GENERATIVE = {"build_generator", "textual_inversion", "lora", "sample", "filter_samples", "fid", "sample_grid",
+              "judge", "retrain", "retrain_ablation", "cost", "report", "all"}
+
+
+@pytest.mark.parametrize("fam", ["sd2", "sdxl"])
+def test_the_tiny_dag_end_to_end_on_the_family(fam, tiny_run, tmp_path):
+    wd0, _ = tiny_run
+    wd = tmp_path / "run"
+    shutil.copytree(wd0, wd, symlinks=True, ignore=shutil.ignore_patterns("locks"))  # shared: another worker may run in it
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["generator"]["tiny"]["family"] = fam
+    cfg["retrain"]["seeds"] = [0]  # the family's runs once (seed 1's stay from the copy, unread)
+    edited = tmp_path / f"{fam}.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", configfiles=[edited])
+    planned = planned_jobs(p.stdout + p.stderr)
+    assert {r for r, _ in planned} <= GENERATIVE and "build_generator" in {r for r, _ in planned}
+    retrained = sorted(w for r, w in planned if r == "retrain")
+    assert "method=baseline, seed=0" not in retrained and "method=real_oracle, seed=0" not in retrained
+    snakemake(wd, configfiles=[edited])
+
+    res = wd / "results"
+    index = json.loads((res / "generator/tiny_sd/model_index.json").read_text())
+    scheduler = json.loads((res / "generator/tiny_sd/scheduler/scheduler_config.json").read_text())
+    weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
+    adapted = [c for c in weak if (res / f"inversion/{c}/learned_embeds.safetensors").exists()]
+    assert adapted == ["triangle"]  # the class that gets images (circle is at its target size)
+    embeds = load_file(res / "inversion/triangle/learned_embeds.safetensors")
+    if fam == "sdxl":
+        assert index["_class_name"] == "StableDiffusionXLPipeline" and index["text_encoder_2"][1]
+        assert sorted(embeds) == ["clip_g", "clip_l"]  # one vector set per text encoder
+    else:
+        assert index["_class_name"] == "StableDiffusionPipeline"
+        assert scheduler["prediction_type"] == "v_prediction" and list(embeds) == ["<triangle>"]
+    for kind in ("lora", "ti_lora"):
+        assert (res / f"lora/{kind}/triangle/pytorch_lora_weights.safetensors").stat().st_size > 0
+    for mode in ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora"):
+        samples = pd.read_csv(res / f"samples/{mode}/triangle/samples.csv")
+        assert len(samples) == 4
+        assert all(Image.open(wd / f).size == (32, 32) for f in samples["path"])  # the model's own size
+        # the family's images, not the copied run's
+        assert any(Image.open(wd / f).tobytes() != Image.open(wd0 / f).tobytes() for f in samples["path"])
+
+    # the tables complete: every method of the study, its accuracy, the ablation and the cost
+    summary = pd.read_csv(res / "tables/summary.csv").set_index("method")
+    assert list(summary.index) == cfg["retrain"]["methods"]
+    assert summary["accuracy_mean"].notna().all() and (summary["seeds"] == 1).all()
+    ablation = pd.read_csv(res / "tables/ablation.csv")
+    assert len(ablation) == 4 and ablation.filter(like="acc_triangle").notna().all().all()
+    cost = pd.read_csv(res / "tables/cost.csv", keep_default_na=False)
+    assert {"textual_inversion", "lora", "sample"} <= set(cost["stage"])
+    assert "triangle" in (res / "tables/verdict.md").read_text()
