@@ -5,7 +5,13 @@ of its bf16 peak that a FLOP count says each reaches.
     python benchmarks/bench_generative.py                          # the tiny architecture on this machine (CI's form)
     python benchmarks/bench_generative.py --architecture sd15 \
         --ti-batch 4 8 --sample-batch 8 32 --sample-steps 25      # SD 1.5's (random weights) at 512 px: the GPU check
+    python benchmarks/bench_generative.py --architecture sdxl \
+        --ti-batch 4 --sample-batch 8 --sample-steps 25           # SDXL base's (random weights) at 1024 px
     python benchmarks/bench_generative.py --model path/or/hub-id   # a real pipeline
+
+Architectures: tiny, tiny-sd2, tiny-sdxl (the tests' sizes, each family's kind),
+sd15, sd21 (768 px, v-prediction), sdxl (SDXL base 1.0's exact sizes): the
+cost of a family is the same numbers on its architecture.
 
 Each stage runs through tibalance's own functions (adapt.fit, sampling); the
 adaptations time their steps themselves (the first step, setup, evaluation
@@ -29,6 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tibalance.generator import build_tiny, native_resolution  # noqa: E402
 from tibalance.inversion import train_textual_inversion  # noqa: E402
 from tibalance.lora import train_lora  # noqa: E402
+
+# --architecture: what build_tiny makes (generator.tiny)
+ARCHITECTURES = {"tiny": {"resolution": 32}, "tiny-sd2": {"resolution": 32, "family": "sd2"},
+                 "tiny-sdxl": {"resolution": 32, "family": "sdxl"}, "sd15": {"preset": "sd15"},
+                 "sd21": {"preset": "sd21"}, "sdxl": {"preset": "sdxl"}}
 
 # dense bf16 peak (TFLOP/s) by the name torch reports: the share-of-peak column
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
@@ -61,17 +72,22 @@ def unet_flops(model: str, device: str) -> dict:
     x = torch.randn(1, unet.config.in_channels, lat, lat, device=device)
     t = torch.tensor([500], device=device)
     cond = torch.randn(1, 77, unet.config.cross_attention_dim, device=device, requires_grad=True)
+    added = {}
+    if unet.config.addition_embed_type == "text_time":  # SDXL: the pooled embedding and 6 size/crop numbers
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        added = {"added_cond_kwargs": {"text_embeds": torch.randn(1, pooled, device=device),
+                                       "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]], device=device)}}
     with FlopCounterMode(display=False) as fwd, torch.no_grad():
-        unet(x, t, cond)
+        unet(x, t, cond, **added)
     with FlopCounterMode(display=False) as step:
-        unet(x, t, cond).sample.float().pow(2).mean().backward()
+        unet(x, t, cond, **added).sample.float().pow(2).mean().backward()
     del unet
     return {"unet_forward_tflop": fwd.get_total_flops() / 1e12, "ti_step_tflop": step.get_total_flops() / 1e12}
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--architecture", choices=["tiny", "sd15"], default="tiny")
+    ap.add_argument("--architecture", choices=list(ARCHITECTURES), default="tiny")
     ap.add_argument("--model", help="an SD folder or hub id instead of a built architecture")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=6, help="TI and LoRA steps per measurement")
@@ -91,7 +107,7 @@ def main(argv=None) -> dict:
     model = a.model
     if model is None:
         model = a.save_model or str(tmp / a.architecture)
-        build_tiny(model, {"preset": "sd15"} if a.architecture == "sd15" else {"resolution": 32})
+        build_tiny(model, ARCHITECTURES[a.architecture])
     res = native_resolution(model)
     from tibalance.rehearsal import photo
     import random
@@ -103,8 +119,10 @@ def main(argv=None) -> dict:
         photo((200, 40, 40), 5, rng).save(p, quality=90)
         seeds.append(str(p))
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
-    out = {"model": a.model or f"{a.architecture} (random weights)", "device": device, "gpu": gpu,
-           "resolution": res, "torch": torch.__version__}
+    from tibalance.generator import family
+
+    out = {"model": a.model or f"{a.architecture} (random weights)", "family": family(model), "device": device,
+           "gpu": gpu, "resolution": res, "torch": torch.__version__}
     print(f"{out['model']} at {res} px on {gpu or device}")
     out.update(unet_flops(model, device))
     peak = peak_tflops(device)
@@ -132,17 +150,15 @@ def main(argv=None) -> dict:
     adapt_row("lora", a.lora_batch, train_lora, out_dir=str(d / "w"), loss_out=str(d / "l.csv"),
               preview_out=str(d / "p.png"), resume_dir=str(d / "r"))
 
-    from diffusers import StableDiffusionImg2ImgPipeline
     from PIL import Image
 
-    from tibalance.generator import load_pipeline, pipeline_dtypes
+    from tibalance.generator import img2img, load_pipeline, pipeline_dtypes
     from tibalance.sampling import make_scheduler
 
     wdtype, amp = pipeline_dtypes(torch.device(device), "auto", "sampling.mixed_precision")
     pipe = load_pipeline(model, device=device, dtype=wdtype)
     pipe.scheduler = make_scheduler("dpmpp", pipe.scheduler.config)
-    i2i = StableDiffusionImg2ImgPipeline(**pipe.components)
-    i2i.set_progress_bar_config(disable=True)
+    i2i = img2img(pipe)  # the family's
     start = Image.open(seeds[0]).convert("RGB").resize((res, res))
     for bs in a.sample_batch:
         for mode, call in (("sample", lambda n: pipe(["a photo of a flower"] * n, height=res, width=res,

@@ -2,11 +2,12 @@
 numbers: GPU-hours (or CPU-hours, for a CPU benchmark) per stage for the
 config's weak classes and for every class of the dataset (Flowers-102: 102).
 
-    python benchmarks/project_cost.py BENCH_JSON [CONFIG] [--classes 102]
+    python benchmarks/project_cost.py BENCH_JSON [CONFIG ...] [--classes 102]
 
 BENCH_JSON: `benchmarks/bench_generative.py --json` (the device and model it
 ran on are printed with the result); CONFIG: a study config (default
-config/config.yaml). Inputs read from it: ti.steps and ti.batch_size,
+config/config.yaml), or several merged in order as Snakemake merges its
+--configfile list (config/config.yaml config/flowers-sdxl.yaml). Inputs read from it: ti.steps and ti.batch_size,
 lora.steps and lora.batch_size (two adapters a class: lora, ti_lora),
 sampling.n_images (an integer; a refill target needs the data, so give
 --images), sampling.steps and sampling.strength (image-to-image runs
@@ -28,6 +29,14 @@ sys.path.insert(0, str(REPO))
 from tibalance.defaults import LORA_DEFAULTS, SAMPLING_DEFAULTS, TI_DEFAULTS  # noqa: E402
 
 T2I_MODES, I2I_MODES = ("raw", "ti", "lora", "ti_lora"), ("ti_i2i", "lora_i2i")
+
+
+def merged(base: dict, over: dict) -> dict:
+    """over's keys over base's, section by section (Snakemake's merge of configfiles)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def nearest(rows: list[dict], stage: str, batch: int) -> dict:
@@ -85,13 +94,15 @@ def markdown(bench: dict, rows: list[dict], cfg_name: str) -> str:
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bench_json")
-    ap.add_argument("config", nargs="?", default=str(REPO / "config" / "config.yaml"))
+    ap.add_argument("config", nargs="*", default=[str(REPO / "config" / "config.yaml")])
     ap.add_argument("--classes", type=int, help="weak classes to adapt (default: the config's analysis.k)")
     ap.add_argument("--images", type=int, help="images per mode and class (default: sampling.n_images)")
     a = ap.parse_args(argv)
     bench = json.loads(Path(a.bench_json).read_text())
-    cfg = yaml.safe_load(Path(a.config).read_text()) or {}
-    text = markdown(bench, project(bench, cfg, a.classes, a.images), Path(a.config).name)
+    cfg: dict = {}
+    for path in a.config:
+        cfg = merged(cfg, yaml.safe_load(Path(path).read_text()) or {})
+    text = markdown(bench, project(bench, cfg, a.classes, a.images), " + ".join(Path(c).name for c in a.config))
     print(text)
     return text
 

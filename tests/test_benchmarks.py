@@ -47,3 +47,28 @@ def test_projection_arithmetic():
     assert rows["sampling ti_i2i, lora_i2i"]["s_per_class"] == pytest.approx(2 * 100 * (0.5 / 0.25) / 20)
     assert rows["textual_inversion"]["s_all"] == pytest.approx(10 * 25)
     assert project(bench, {**cfg, "replicates": 3}, classes=102)[0]["s_all"] == pytest.approx(102 * 3 * 25)
+
+
+def test_the_reduced_form_takes_sdxls_kind_and_projects_on_its_config(tmp_path):
+    """--architecture sdxl: the same stages measured on SDXL's kind (its tiny
+    build on CPU here; SDXL base's sizes on the GPU), the projection read from
+    config/config.yaml with config/flowers-sdxl.yaml over it."""
+    env = dict(os.environ, PY=sys.executable, OUT=str(tmp_path), WHEELS=str(tmp_path / "no-wheels"))
+    p = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--architecture", "sdxl", "--reduced"],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["family"] == "sdxl" and bench["model"] == "tiny-sdxl (random weights)"
+    assert {r["stage"] for r in bench["rows"]} == {"ti", "lora", "sample", "i2i"}
+    assert "config config.yaml + flowers-sdxl.yaml" in (tmp_path / "projection.md").read_text()
+    bad = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--architecture", "sd3"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "--architecture sd3 is not sd15, sd21 or sdxl" in bad.stderr
+
+
+def test_project_cost_merges_its_configs_as_snakemake_does():
+    from project_cost import merged
+
+    base = {"ti": {"steps": 1000, "lr": 0.005}, "generator": {"model": "a/b"}, "seed": 0}
+    assert merged(base, {"ti": {"steps": 500}, "generator": {"model": "c/d"}}) == {
+        "ti": {"steps": 500, "lr": 0.005}, "generator": {"model": "c/d"}, "seed": 0}

@@ -234,3 +234,22 @@ def test_a_family_the_stages_do_not_handle_stops_with_one_line(tmp_path, tiny_fa
             check_generator_preset({"generator": {"build": "pretrain", "tiny": {"family": fam}}})
     with pytest.raises(TibalanceError, match=r"^generator.tiny.family: 'sd3' is not sd1, sd2, sdxl"):
         check_generator_preset({"generator": {"build": "tiny", "tiny": {"family": "sd3", "preset": None}}})
+
+
+def test_the_sdxl_variant_of_the_real_study_plans_its_generator(tmp_path):
+    """config/flowers-sdxl.yaml over config/config.yaml: valid (the schema and
+    the parse-time checks), the study's DAG planned from it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(repo / "Snakefile"), "-d", str(tmp_path),
+           "-n", "--configfile", str(repo / "config/config.yaml"), str(repo / "config/flowers-sdxl.yaml")]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "rule train_baseline:" in p.stdout + p.stderr
+    variant = yaml.safe_load((repo / "config/flowers-sdxl.yaml").read_text())
+    assert variant["generator"]["model"] == "stabilityai/stable-diffusion-xl-base-1.0"
