@@ -286,7 +286,8 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     for te in encoders:
         te.to(device)
     unet.to(device) if wdtype is None else unet.to(device, dtype=wdtype)
-    # a VAE that overflows in fp16 (force_upcast: SDXL's) encodes in fp32, as its pipelines decode
+    # under fp16 weights a VAE marked force_upcast (the config's default: SD 1.5's and SDXL's, whose
+    # activations overflow fp16) encodes in fp32, as diffusers' pipelines upcast it to decode
     vae_dtype = torch.float32 if wdtype == torch.float16 and vae.config.get("force_upcast") else wdtype
     vae.to(device) if vae_dtype is None else vae.to(device, dtype=vae_dtype)
     if channels_last(s.get("channels_last"), device):
@@ -355,7 +356,8 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     e_noise = torch.randn(e_lat.shape, generator=eval_gen).to(device)
     n_train_t = noise_sched.config.num_train_timesteps
     e_t = torch.linspace(0.05 * n_train_t, 0.95 * n_train_t, n_eval).long().to(device)
-    e_ids = conditioning.ids([templates[i % len(templates)].format(subject) for i in range(n_eval)]) if n_eval else None
+    e_ids = (conditioning.ids([templates[i % len(templates)].format(subject) for i in range(n_eval)])
+             if n_eval else None)
 
     @torch.no_grad()
     def eval_loss() -> float | None:

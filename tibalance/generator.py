@@ -29,7 +29,6 @@ def is_local(model: str) -> bool:
 # from an image-to-image pipeline opens as its text-to-image sibling.
 FAMILY_OF = {"StableDiffusionPipeline": "sd", "StableDiffusionImg2ImgPipeline": "sd",
              "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl"}
-SUPPORTED_PIPELINES = tuple(FAMILY_OF)
 FAMILIES = ("SD 1.x and SD 2.x (epsilon and v-prediction) as StableDiffusionPipeline, "
             "SDXL base (two text encoders) as StableDiffusionXLPipeline")
 
@@ -369,10 +368,11 @@ def load_pipeline(model: str, device=None, dtype=None):
     Offline users of a hub id get a one-line error naming the setting."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    check_model(model)
+    check_model(model)  # a local folder's family
     index = model_index(model)
-    if index is not None and family_problem(index):  # a hub id's, from the cache
-        raise TibalanceError(f"generator.model: hub id {model!r} {family_problem(index)}")
+    problem = None if index is None or is_local(model) else family_problem(index)  # a hub id's, from the cache
+    if problem:
+        raise TibalanceError(f"generator.model: hub id {model!r} {problem}")
     xl = FAMILY_OF.get((index or {}).get("_class_name")) == "sdxl"
     kwargs = {} if xl else dict(safety_checker=None, requires_safety_checker=False)
     if dtype is not None:

@@ -109,7 +109,6 @@ class TokenAdaptation(Adaptation):
         from .generator import text_pairs
 
         added = [self._add(tok, te, i) for i, (tok, te) in enumerate(text_pairs(pipe))]
-        self.ids = added[0][0]
         self.weights = [w for _, w, _ in added]
         self.rows = [r for _, _, r in added]
         self.xl = len(added) > 1
@@ -157,7 +156,7 @@ def load_token(pipe, embeds: str, placeholder: str) -> None:
     """A learned token into the pipeline with diffusers' own loader: the file's
     one tensor (SD 1.x, 2.x), or for SDXL its clip_l tensor into the first text
     encoder and its clip_g tensor into the second."""
-    from .generator import is_xl
+    from .generator import is_xl, text_pairs
 
     if not is_xl(pipe):
         pipe.load_textual_inversion(embeds, token=placeholder)
@@ -168,7 +167,7 @@ def load_token(pipe, embeds: str, placeholder: str) -> None:
     if set(XL_KEYS) - set(state):
         raise TibalanceError(f"{embeds}: holds {sorted(state)}, not SDXL's {' and '.join(XL_KEYS)} (a token "
                              "learned on another generator family?)")
-    for key, (tok, te) in zip(XL_KEYS, ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))):
+    for key, (tok, te) in zip(XL_KEYS, text_pairs(pipe), strict=True):
         pipe.load_textual_inversion(state[key], token=placeholder, tokenizer=tok, text_encoder=te)
 
 
