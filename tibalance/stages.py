@@ -438,7 +438,7 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
             preds[(r["method"], int(r["seed"]))] = pd.read_csv(by_dir[str(Path(p).parent)],
                                                                dtype={"path": str, "label": str, "pred": str})
         methods = [m for m in summary["method"]]
-        comp = comparisons(preds, weak_classes, methods, seed=seed)
+        comp = comparisons(preds, weak_classes, methods, seed=seed, replicate_of_seed=replicate_of_seed)
         summary = _with_comparisons(summary, comp, weak_classes)
     summary = display_names(summary, names)
     loss_rows: dict[str, dict] = {}
@@ -473,7 +473,7 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
     write_csv(per_class, per_class_csv)
     write_markdown(summary_md, to_markdown(summary) + "".join(f"\n{n}\n" for n in notes or []), "Summary per method")
     write_markdown(per_class_md, to_markdown(per_class), "Per weak class")
-    _plots(per_class, fid_rows, acc_plot, fid_plot)
+    _plots(per_class, fid_rows, acc_plot, fid_plot, run_rows, weak_classes)
     if comp is not None and significance_csv:
         shown = display_names(comp, names)
         write_csv(shown, significance_csv)
@@ -482,8 +482,10 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
 
         rankings = {c: replicate_ranking(run_rows, c, {int(k): int(v) for k, v in (replicate_of_seed or {}).items()})
                     for c in weak_classes if c in kept}  # the classes that got synthetic images
-        write_markdown(verdict_md, verdict(comp, names, rankings=rankings) + "".join(f"\n{n}\n" for n in notes or []),
-                       "Verdict")
+        counts = {c: {m: float(np.mean([r["train_counts"].get(c, 0) for r in run_rows if r["method"] == m]))
+                      for m in comp["method"].unique()} for c in weak_classes}
+        write_markdown(verdict_md, verdict(comp, names, rankings=rankings, counts=counts)
+                       + "".join(f"\n{n}\n" for n in notes or []), "Verdict")
     if ablation_csv:
         ab = display_names(ablation_table([read_json(p) for p in ablation or []], run_rows, weak_classes), names)
         write_csv(ab, ablation_csv)
@@ -505,7 +507,11 @@ def _with_comparisons(summary: pd.DataFrame, comp: pd.DataFrame, weak: list[str]
     return out
 
 
-def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str) -> None:
+def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str,
+           run_rows: list[dict] | None = None, weak: list[str] | None = None) -> None:
+    """The accuracy plot: per weak class and method the mean paired lift over
+    `baseline` with the std of the per-seed paired differences as its error bar
+    (run_rows and weak give them, in per_class's row order); the FID plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -515,10 +521,14 @@ def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str
     others = [m for m in methods if m != "baseline"]
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(per_class) + 2), 3.5))
     x = np.arange(len(per_class))
+    from .retrain import paired_deltas
+
     for i, meth in enumerate(others):
         delta = per_class[f"acc_{meth}_mean"] - per_class["acc_baseline_mean"]
+        spread = [np.std(d, ddof=1) if len(d := paired_deltas(run_rows or [], meth, c)) > 1 else 0.0
+                  for c in (weak or [])] if weak and len(weak) == len(per_class) else None
         ax.bar(x + (i - (len(others) - 1) / 2) * 0.8 / max(1, len(others)), delta, 0.8 / max(1, len(others)),
-               yerr=per_class[f"acc_{meth}_std"], label=meth)
+               yerr=spread, label=meth)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, per_class["class"])
     ax.set_ylabel("test accuracy − baseline")

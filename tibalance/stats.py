@@ -1,32 +1,52 @@
-"""Intervals and tests for the paired comparison of two methods on one class.
+"""Whether a method lifts a weak class: tests and intervals whose unit is the training run.
 
-Every method is evaluated on the same test images under the same seeds (and,
-with replicates, the same replicate per seed), so the data of a comparison is a
-matrix of per-image correctness, seeds x images, for each of the two methods.
+Every method is evaluated on the same test images under the same retraining
+seeds (and, with `replicates`, the same replicate of the adaptation per seed).
+A comparison of method A with a reference B on one class is summarised per
+**run**: the lift of a seed is A's accuracy on the class's test images minus
+B's under that seed. Two runs of one method already disagree on many test
+images (each follows its own SGD path), so the claim "A lifts the class" must
+rest on the spread of these per-run lifts, not on the count of images.
 
-- `lift_interval`: the mean paired lift (accuracy of A minus accuracy of B,
-  averaged over seeds) with a percentile bootstrap interval that resamples
-  seeds and then test images (a two-stage bootstrap: the seeds' spread, which
-  with replicates includes the adaptation's, and the test images' sampling
-  error both enter it).
-- `sign_flip_test`: the exact paired permutation test on images. Per image the
-  seeds' correctness difference is summed (an integer in -S..S); under the null
-  hypothesis that the two methods are exchangeable on every image, each image's
-  sum is as likely negated. The null distribution of the total is computed
-  exactly (a convolution over images), so the p-value is deterministic. With
-  one seed it is McNemar's exact test (a binomial test on the discordant
-  images). It conditions on the seeds/replicates run: it asks whether the
-  methods differ on these, the interval whether the lift is larger than their
-  spread.
-- `holm`: Holm's step-down adjustment of a family of p-values.
+- The unit: a retraining seed. Where seeds share a replicate of the
+  adaptation (R replicates, more seeds than R) and A or B reads synthetic
+  images, the seeds of one replicate are averaged into one unit: runs that
+  share an adaptation are not independent draws of the method.
+- `run_test`: the paired t-test over the units' lifts (scipy's ttest_1samp,
+  df = units - 1). Assumptions: the units are independent and their lifts
+  roughly normal (each is a mean over the class's test images). The test
+  images are fixed: the claim is about the class's test set under new
+  training runs. Where every unit has the same lift the t statistic does not
+  exist: the exact sign-flip test over units decides (p = 2^(1-U), 1 for a
+  zero lift), which needs no variance.
+- `holm_levels`: one family for every class x method x reference the verdict
+  speaks of. Holm's step-down decision, and for each row an interval at the
+  level of the step that decided it (rejected at step r of m: level
+  1 - alpha/(m - r); not rejected: the level of the first step that failed),
+  so that "significant" and "the interval excludes 0" are the same statement.
+- `sign_flip_test`: the exact paired permutation test on images (per image
+  the seeds' correctness differences summed; with one seed, McNemar's exact
+  test). It holds the trained models fixed, so it only says *these models*
+  differ; it is reported as `p_images`, never as the verdict's significance.
+- `holm`: Holm's step-down adjusted p-values.
+
+The calibration (tests/test_stats.py, benchmarks/calibration.py) draws
+studies with no true lift and a per-run spread, and counts how often the
+verdict says "significant".
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
+from scipy import stats as _st
 
-from .defaults import SYNTHETIC_METHODS
+from .defaults import COMBINED_METHODS, SYNTHETIC_METHODS
 from .util import TibalanceError
+
+ALPHA = 0.05
+YARDSTICKS = ("real_oracle",)  # rows that measure the study, not methods it proposes
 
 
 def _check(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,27 +57,57 @@ def _check(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def lift_interval(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """(mean lift, low, high): a and b are 0/1 arrays, seeds x images, the same
-    images in the same order under the same seeds. Bootstrap: per replicate,
-    draw the seeds with replacement, then the images with replacement (one draw
-    of images per replicate, shared by the drawn seeds: the pairing holds)."""
+def reads_adaptation(method: str) -> bool:
+    """Whether a method's training set holds synthetic images (and so its runs
+    depend on the replicate of the adaptation they read)."""
+    return method in SYNTHETIC_METHODS or method in COMBINED_METHODS
+
+
+def unit_lifts(a, b, units=None) -> np.ndarray:
+    """Per-unit lifts: a and b are 0/1 arrays, seeds x images (the same images
+    in the same order under the same seeds). Each seed's lift is the mean of
+    a - b over the images; units (a label per seed, e.g. its replicate) groups
+    seeds, whose lifts are averaged into one."""
     a, b = _check(a, b)
-    d = (a - b).astype(np.float64)  # seeds x images
-    s, n = d.shape
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    for k in range(n_boot):
-        rows = rng.integers(0, s, size=s)
-        cols = rng.integers(0, n, size=n)
-        stats[k] = d[np.ix_(rows, cols)].mean()
-    alpha = (1.0 - level) / 2
-    low, high = np.quantile(stats, [alpha, 1 - alpha])
-    return float(d.mean()), float(low), float(high)
+    per_seed = (a - b).mean(axis=1)
+    if units is None:
+        return per_seed
+    units = list(units)
+    if len(units) != len(per_seed):
+        raise TibalanceError(f"paired comparison: {len(units)} unit labels for {len(per_seed)} seeds")
+    return np.array([per_seed[[i for i, u in enumerate(units) if u == g]].mean() for g in dict.fromkeys(units)])
+
+
+def run_test(lifts) -> float:
+    """Two-sided p-value that the units' mean lift is 0 (module docstring): the
+    paired t-test over units; the exact sign-flip over units where their lifts
+    are all equal; NaN with fewer than two units (no spread to judge by)."""
+    d = np.asarray(lifts, dtype=float)
+    if len(d) < 2:
+        return float("nan")
+    if np.ptp(d) <= 1e-12:
+        return 1.0 if abs(d[0]) <= 1e-12 else min(1.0, 2.0 ** (1 - len(d)))
+    return float(_st.ttest_1samp(d, 0.0).pvalue)
+
+
+def run_interval(lifts, level: float) -> tuple[float, float]:
+    """The interval dual to run_test at `level`: the t interval over units
+    (scipy's); for equal lifts the sign-flip's inversion (the point where its
+    p-value clears 1 - level, else unbounded)."""
+    d = np.asarray(lifts, dtype=float)
+    if len(d) < 2 or not np.isfinite(level):
+        return float("nan"), float("nan")
+    if np.ptp(d) <= 1e-12:
+        if 2.0 ** (1 - len(d)) < 1 - level:
+            return float(d[0]), float(d[0])
+        return -math.inf, math.inf
+    ci = _st.ttest_1samp(d, 0.0).confidence_interval(confidence_level=level)
+    return float(ci.low), float(ci.high)
 
 
 def sign_flip_test(a, b) -> float:
-    """Two-sided exact p-value of the paired sign-flip test (see the module's docstring)."""
+    """Two-sided exact p-value of the image-level sign-flip test (module docstring):
+    whether these trained models differ on these images."""
     a, b = _check(a, b)
     k = np.abs((a - b).sum(axis=0))  # per image |sum over seeds|
     observed = int(abs((a - b).sum()))
@@ -87,6 +137,25 @@ def holm(pvalues) -> list[float]:
     return out.tolist()
 
 
+def holm_levels(pvalues, alpha: float = ALPHA) -> tuple[list[bool], list[float]]:
+    """Holm's decisions at alpha and, per row, the confidence level of its
+    interval (module docstring): rows rejected at step r (0-based) of m get
+    1 - alpha/(m - r); the rest the level of the first step that failed. NaN
+    p-values: not rejected, level NaN."""
+    p = np.asarray(list(pvalues), dtype=float)
+    idx = [i for i in np.argsort(p, kind="stable") if not np.isnan(p[i])]
+    m = len(idx)
+    reject, level = [False] * len(p), [float("nan")] * len(p)
+    failed = None
+    for rank, i in enumerate(idx):
+        if failed is None and p[i] >= alpha / (m - rank):
+            failed = rank
+        step = rank if failed is None else failed
+        reject[i] = failed is None
+        level[i] = 1.0 - alpha / (m - step)
+    return reject, level
+
+
 def correctness(preds, cls: str) -> "pd.Series":
     """Per test image of class cls (indexed by path, sorted): 1 where the prediction is right."""
     t = preds[preds["label"] == cls].sort_values("path")
@@ -106,20 +175,29 @@ def _matrix(runs: dict, method: str, seeds: list[int], cls: str, memo: dict) -> 
     return np.stack([r.to_numpy() for r in rows])
 
 
-def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0, n_boot: int = 2000,
-                references: tuple[str, ...] = ("baseline", "oversample")) -> pd.DataFrame:
-    """Per weak class, method and reference (baseline, oversample): the paired
-    lift on the class's test images over the seeds both have, its bootstrap 95%
-    interval, the sign-flip test's p-value and its Holm adjustment over the
-    methods compared with that reference for that class.
+COLUMNS = ["class", "method", "reference", "seeds", "units", "images", "lift", "se", "low", "high", "level",
+           "p", "p_holm", "significant", "p_images"]
 
-    runs: {(method, seed): per-image test predictions (path, label, pred)}."""
-    from .util import derive_seed
 
-    rows, memo = [], {}  # each run's correctness per class, computed once
+def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0,
+                references: tuple[str, ...] = ("baseline", "oversample"),
+                replicate_of_seed: dict[int, int] | None = None, alpha: float = ALPHA) -> pd.DataFrame:
+    """Per weak class, method and reference (baseline, oversample): the mean
+    paired lift on the class's test images over the seeds both ran, the run-level
+    test's p-value (`p`, over `units`), Holm's adjustment over every row
+    (`p_holm`), the decision the verdict uses (`significant`), the interval
+    dual to it (`low`, `high` at `level`), and the image-level test (`p_images`:
+    these trained models differ; not a claim about the method).
+
+    runs: {(method, seed): per-image test predictions (path, label, pred)}.
+    replicate_of_seed: {seed: the replicate of the adaptation it trained on}:
+    where a comparison involves synthetic images and seeds share replicates,
+    the unit is the replicate. `seed` is kept for callers; nothing is drawn."""
+    del seed  # the tests are exact or analytic: nothing random left
+    rep = {int(k): int(v) for k, v in (replicate_of_seed or {}).items()}
+    rows, lifts, memo = [], [], {}  # each run's correctness per class, computed once
     for cls in weak:
         for ref in references:
-            family = []
             for method in methods:
                 if method == ref or (ref == "oversample" and method == "baseline"):
                     continue
@@ -127,15 +205,35 @@ def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0, 
                 if not seeds:
                     continue
                 a, b = _matrix(runs, method, seeds, cls, memo), _matrix(runs, ref, seeds, cls, memo)
-                lift, low, high = lift_interval(a, b, n_boot=n_boot, seed=derive_seed(seed, "bootstrap", cls, method, ref))
-                family.append({"class": cls, "method": method, "reference": ref, "seeds": len(seeds),
-                               "images": a.shape[1], "lift": lift, "low": low, "high": high,
-                               "p": sign_flip_test(a, b)})
-            for row, adj in zip(family, holm(r["p"] for r in family)):
-                row["p_holm"] = adj
-            rows += family
-    return pd.DataFrame(rows, columns=["class", "method", "reference", "seeds", "images", "lift", "low", "high",
-                                       "p", "p_holm"])
+                labels = [rep.get(s, 0) for s in seeds]
+                grouped = bool(rep) and (reads_adaptation(method) or reads_adaptation(ref)) and \
+                    len(set(labels)) < len(seeds)
+                d = unit_lifts(a, b, labels if grouped else None)
+                lifts.append(d)
+                rows.append({"class": cls, "method": method, "reference": ref, "seeds": len(seeds),
+                             "units": len(d), "images": a.shape[1], "lift": float(d.mean()),
+                             "se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan"),
+                             "p": run_test(d), "p_images": sign_flip_test(a, b)})
+    reject, level = holm_levels([r["p"] for r in rows], alpha)
+    for r, d, adj, rej, lev in zip(rows, lifts, holm([r["p"] for r in rows]), reject, level):
+        r["p_holm"], r["significant"], r["level"] = adj, bool(rej), lev
+        r["low"], r["high"] = run_interval(d, lev)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def detectable_lift(comp: pd.DataFrame, cls: str, alpha: float = ALPHA) -> float | None:
+    """The smallest lift over `baseline` the verdict's family could call
+    significant on class cls: the t-test at Holm's strictest threshold
+    (alpha/m, m the family's size) with the class's median standard error
+    between units, and never under one test image. None where no row has a
+    spread to judge by."""
+    rows = comp[(comp["class"] == cls) & (comp["reference"] == "baseline") & (comp["se"] > 0)]
+    if rows.empty:
+        return None
+    m = max(1, int(comp["p"].notna().sum()))
+    u = int(rows["units"].median())
+    return max(1.0 / int(rows["images"].max()),
+               float(_st.t.ppf(1 - alpha / (2 * m), u - 1) * rows["se"].median()))
 
 
 ADAPTATIONS = tuple(m for m in SYNTHETIC_METHODS if m != "raw_sd")  # the rows with a learned token or adapter
@@ -206,69 +304,94 @@ def _pts(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
-def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: float = 0.05,
-            rankings: dict[str, dict | None] | None = None) -> str:
-    """The comparisons in words, per weak class: the best method with its interval,
-    which lifts over `baseline` are significant at alpha (Holm-adjusted), whether
-    any method beats `oversample` significantly, and (rankings: replicate_ranking
-    per class) whether the adaptations' ranking holds in every replicate."""
+def _ci(r) -> str:
+    return f"{r['level']:.4g} CI [{_pts(r['low'])}, {_pts(r['high'])}]" if np.isfinite(r["level"]) else "no interval"
+
+
+def _listed(rows: pd.DataFrame) -> str:
+    return ", ".join(f"`{r.method}` {_pts(r.lift)}" for r in rows.itertuples())
+
+
+def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: float = ALPHA,
+            rankings: dict[str, dict | None] | None = None,
+            counts: dict[str, dict[str, float]] | None = None) -> str:
+    """The comparisons in words, per weak class: the best method (never a
+    yardstick) with its interval, which lifts over `baseline` are significant
+    (comparisons' `significant`: run-level test, Holm over every row), whether
+    any method beats `oversample`, the smallest lift the family could detect,
+    the yardstick with both training counts, and (rankings: replicate_ranking
+    per class) whether the adaptations' ranking holds in every replicate.
+    counts: {class: {method: the class's training images in its runs}}."""
     names = names or {}
     rankings = rankings or {}
+    counts = counts or {}
+    m = int(comp["p"].notna().sum())
     out = []
     for cls, grp in comp.groupby("class", sort=False):
         name = names.get(cls, cls)
         base = grp[grp["reference"] == "baseline"].sort_values("lift", ascending=False, kind="stable")
         if base.empty:
             continue
-        seeds, images = int(base["seeds"].max()), int(base["images"].max())
-        best = base.iloc[0]
-        tied = [m for m, v in zip(base["method"], base["lift"]) if np.isclose(v, best["lift"], rtol=0, atol=1e-12)]
+        seeds, units, images = int(base["seeds"].max()), int(base["units"].min()), int(base["images"].max())
         out.append(f"### {name}\n")
-        out.append(f"Paired over {seeds} seed(s) and the class's {images} test images; 95% bootstrap intervals "
-                   f"(seeds, then images), p-values of the exact sign-flip test Holm-adjusted over the methods.\n")
-        if len(tied) > 1:
-            out.append(f"- Best methods (tied): {', '.join(f'`{m}`' for m in tied)}, {_pts(best['lift'])} points "
-                       f"over `baseline` (`{best['method']}`: 95% CI [{_pts(best['low'])}, {_pts(best['high'])}], "
-                       f"adjusted p = {best['p_holm']:.3g}).")
-        else:
-            out.append(f"- Best method: `{best['method']}`, {_pts(best['lift'])} points over `baseline` "
-                       f"(95% CI [{_pts(best['low'])}, {_pts(best['high'])}], adjusted p = {best['p_holm']:.3g}).")
-        sig = base[base["p_holm"] < alpha]
+        unit_word = "run" if units == seeds else "replicate of the adaptation (its seeds averaged) for rows with synthetic images"
+        out.append(f"Paired over {seeds} retraining seed(s) on the class's {images} test images. The unit is the "
+                   f"{unit_word}: a t-test over the per-unit lifts, Holm-adjusted over all {m} comparisons of this "
+                   f"verdict; each interval is at the level of the Holm step that decided its row, so a lift is "
+                   f"significant exactly when its interval excludes 0.\n")
+        methods = base[~base["method"].isin(YARDSTICKS)]
+        if len(methods):
+            best = methods.iloc[0]
+            tied = [mm for mm, v in zip(methods["method"], methods["lift"])
+                    if np.isclose(v, best["lift"], rtol=0, atol=1e-12)]
+            verb = "significant" if best["significant"] else "not significant"
+            head = (f"- Best methods (tied): {', '.join(f'`{t}`' for t in tied)}, " if len(tied) > 1
+                    else f"- Best method: `{best['method']}`, ")
+            out.append(head + f"{_pts(best['lift'])} points over `baseline` ({_ci(best)}, adjusted p = "
+                       f"{best['p_holm']:.3g}: {verb}).")
+        sig = base[base["significant"]]
         up, down = sig[sig["lift"] > 0], sig[sig["lift"] < 0]
-        rest = base[base["p_holm"] >= alpha]
+        rest = base[~base["significant"] & base["p"].notna()]
+        untested = base[base["p"].isna()]
         if len(up):
-            out.append("- Significant lift over `baseline` at 5%: " + ", ".join(
-                f"`{r.method}` {_pts(r.lift)}" for r in up.itertuples()) + ".")
+            out.append("- Significant lift over `baseline`: " + _listed(up) + ".")
         if len(down):
-            out.append("- Significantly worse than `baseline`: " + ", ".join(
-                f"`{r.method}` {_pts(r.lift)}" for r in down.itertuples()) + ".")
+            out.append("- Significantly worse than `baseline`: " + _listed(down) + ".")
         if len(rest):
-            out.append("- Not distinguishable from `baseline` at 5%: " + ", ".join(
-                f"`{r.method}` {_pts(r.lift)}" for r in rest.itertuples()) + ".")
-        oracle = base[base["method"] == "real_oracle"]
+            out.append("- Not distinguishable from `baseline`: " + _listed(rest) + ".")
+        if len(untested):
+            out.append("- Not tested (a single unit: no spread between runs to judge by): " + _listed(untested) + ".")
+        floor = detectable_lift(comp, cls, alpha)
+        if floor is not None:
+            out.append(f"- Detectable here: lifts under about {100 * floor:.1f} points cannot be called significant "
+                       f"with {units} unit(s), {images} test images and {m} comparisons.")
+        if images < 20:
+            out.append(f"- **Too few test images**: {images}, so one image is {100 / images:.1f} points; no lift "
+                       f"the study is about can be separated from chance on this class.")
+        oracle = base[base["method"].isin(YARDSTICKS)]
         gen = base[base["method"].isin(SYNTHETIC_METHODS)]
         if len(oracle):
             o = oracle.iloc[0]
-            line = (f"- Real-image oracle (`real_oracle`, held-back real images to the same count): "
-                    f"{_pts(o['lift'])} points (95% CI [{_pts(o['low'])}, {_pts(o['high'])}])")
+            n = counts.get(cls, {})
+            line = (f"- Real-image yardstick (`{o['method']}`, {n.get(o['method'], float('nan')):.0f} real training "
+                    f"images of the class): {_pts(o['lift'])} points ({_ci(o)})")
             if len(gen) and o["lift"] > 0:
                 g = gen.iloc[0]
-                line += f"; the best generative row, `{g['method']}`, reaches {g['lift'] / o['lift']:.0%} of it"
+                line += (f"; the best generative row, `{g['method']}` ({n.get(g['method'], float('nan')):.0f} "
+                         f"training images of the class), reaches {g['lift'] / o['lift']:.0%} of it")
             out.append(line + ".")
         over = grp[grp["reference"] == "oversample"].sort_values("lift", ascending=False, kind="stable")
         if len(over):
-            better = over[(over["p_holm"] < alpha) & (over["lift"] > 0)]
-            worse = over[(over["p_holm"] < alpha) & (over["lift"] < 0)]
+            better = over[over["significant"] & (over["lift"] > 0)]
+            worse = over[over["significant"] & (over["lift"] < 0)]
             if len(better):
-                out.append("- Significantly better than `oversample`: " + ", ".join(
-                    f"`{r.method}` {_pts(r.lift)}" for r in better.itertuples()) + ".")
+                out.append("- Significantly better than `oversample`: " + _listed(better) + ".")
             else:
                 top = over.iloc[0]
                 out.append(f"- No method is significantly better than `oversample` (closest: `{top['method']}`, "
-                           f"{_pts(top['lift'])} points, 95% CI [{_pts(top['low'])}, {_pts(top['high'])}]).")
+                           f"{_pts(top['lift'])} points, {_ci(top)}).")
             if len(worse):
-                out.append("- Significantly worse than `oversample`: " + ", ".join(
-                    f"`{r.method}` {_pts(r.lift)}" for r in worse.itertuples()) + ".")
+                out.append("- Significantly worse than `oversample`: " + _listed(worse) + ".")
         line = ranking_line(rankings.get(cls))
         if line:
             out.append(line)
