@@ -52,6 +52,63 @@ def test_real_features_are_cached_per_class(sets):
     assert a["fid"] == pytest.approx(b["fid"])
 
 
+def test_a_retrained_classifier_or_changed_real_images_never_reuse_the_cache(sets):
+    """The same cache folder and class name: a classifier with other weights,
+    or other bytes under the same real paths, computes the real side anew (a
+    stale cache would give the first FID again)."""
+    import shutil
+
+    ckpt, s, d = sets
+    cache, real = d / "cache-stale", d / "real-stale"
+    real.mkdir()
+    paths = [str(real / f"{i}.png") for i in range(len(s["circles"]))]
+    for src, dst in zip(s["circles"], paths):
+        shutil.copy(src, dst)
+    first = fid_kid(paths, s["stripes"], "classifier", classifier=ckpt, cache_root=str(cache), real_cache_name="c")
+    torch.manual_seed(1)
+    other = d / "clf-retrained.pt"
+    TrainedClassifier(build_model("resnet18", 3), ["a", "b", "c"], "resnet18", 32).save(str(other))
+    fresh = fid_kid(paths, s["stripes"], "classifier", classifier=str(other), cache_root=str(cache))
+    cached = fid_kid(paths, s["stripes"], "classifier", classifier=str(other), cache_root=str(cache),
+                     real_cache_name="c")
+    assert cached["fid"] == pytest.approx(fresh["fid"]) and cached["fid"] != pytest.approx(first["fid"])
+    for src, dst in zip(s["circles2"], paths):  # same names, other images
+        shutil.copy(src, dst)
+    moved = fid_kid(paths, s["stripes"], "classifier", classifier=ckpt, cache_root=str(cache), real_cache_name="c")
+    assert moved["fid"] == pytest.approx(
+        fid_kid(s["circles2"], s["stripes"], "classifier", classifier=ckpt)["fid"])
+    assert moved["fid"] != pytest.approx(first["fid"])
+
+
+def test_fid_never_reads_the_test_split(tmp_path, monkeypatch):
+    """stages.fid hands FID the class's val images only, whatever else the manifest holds."""
+    import pandas as pd
+
+    from tibalance import fid as fid_mod
+    from tibalance import stages
+    from tibalance.util import read_json
+
+    rows = [(f"img/{split}/{cls}{i}.png", cls, split) for split in ("train", "val", "test") for cls in ("a", "b")
+            for i in range(4)]
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(rows, columns=["path", "label", "split"]).to_csv(manifest, index=False)
+    samples = tmp_path / "samples.csv"
+    pd.DataFrame({"path": [f"s{i}.png" for i in range(5)]}).to_csv(samples, index=False)
+    seen = []
+
+    def spy(real, fake, network, **kw):
+        seen.append(list(real))
+        return {"network": network, "fid": 1.0, "kid_mean": 0.0, "kid_std": 0.0, "n_real": len(real),
+                "n_fake": len(fake)}
+
+    monkeypatch.setattr(fid_mod, "fid_kid", spy)
+    monkeypatch.setattr("tibalance.data.load_manifest", lambda p: pd.read_csv(p))
+    stages.fid("a", str(manifest), "clf.pt", {"ti": str(samples)}, {"networks": ["classifier"]},
+               str(tmp_path / "fid.json"), str(tmp_path / "cache"), str(tmp_path / "meta.json"))
+    assert seen == [[f"img/val/a{i}.png" for i in range(4)]]
+    assert read_json(tmp_path / "fid.json")["rows"][0]["n_real"] == 4
+
+
 def test_too_few_images_is_a_clear_error(sets):
     ckpt, s, _ = sets
     with pytest.raises(TibalanceError, match="need at least 2 real"):

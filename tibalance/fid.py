@@ -7,8 +7,10 @@ torch-fidelity, with two feature networks:
   torch-fidelity feature extractor: a domain-specific distance that also works
   offline.
 
-Real-image features are cached by torch-fidelity under a per-class name, so
-they are computed once per class and reused for raw and ti."""
+Real-image features are cached by torch-fidelity under a per-class name that
+carries a digest of the feature network's file and of the real images (their
+paths and bytes): computed once per class and reused across the sampling
+modes, and never reused after a retrained classifier or a changed real set."""
 from __future__ import annotations
 
 import logging
@@ -95,6 +97,18 @@ def register_classifier_extractor() -> None:
         register_feature_extractor(CLASSIFIER_EXTRACTOR, _classifier_extractor_class())
 
 
+def real_side_key(real_paths: list[str], weights: str | None) -> str:
+    """A short digest of what the real side's features depend on: the feature
+    network's weights file (when there is one) and every real image's path and
+    bytes."""
+    import os
+
+    from .util import file_digest, fingerprint
+
+    return fingerprint({"weights": file_digest(weights) if weights and os.path.isfile(weights) else weights,
+                        "real": [(str(p), file_digest(p)) for p in real_paths]})[:16]
+
+
 def fid_kid(real_paths: list[str], fake_paths: list[str], network: str, *, classifier: str | None = None,
             inception_weights: str | None = None, cache_root: str | None = None,
             real_cache_name: str | None = None, device: str = "cpu", batch_size: int = 64) -> dict:
@@ -124,7 +138,8 @@ def fid_kid(real_paths: list[str], fake_paths: list[str], network: str, *, class
         cuda=str(device).startswith("cuda"), verbose=False, save_cpu_ram=True,
     )
     if cache_root and real_cache_name:
-        kwargs.update(cache=True, cache_root=cache_root, input2_cache_name=f"{real_cache_name}-{network}")
+        kwargs.update(cache=True, cache_root=cache_root,
+                      input2_cache_name=f"{real_cache_name}-{network}-{real_side_key(real_paths, weights)}")
     else:
         kwargs.update(cache=False)
     m = torch_fidelity.calculate_metrics(**kwargs)

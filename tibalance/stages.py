@@ -245,7 +245,9 @@ def sample_grid(cls: str, seeds_csv: str, sample_csvs: dict[str, str], out_png: 
 
 def fid(cls: str, manifest: str, model: str, sample_csvs: dict[str, str], metrics_cfg: dict,
         out_json: str, cache_root: str, meta: str) -> None:
-    """FID/KID of each sampling mode's images against the class's real val+test images.
+    """FID/KID of each sampling mode's images against the class's real val images
+    (never test: FID informs settings, and the test split is read only by the
+    final evaluation).
 
     A set of fewer than 2 images (a class already at its target size gets 0)
     has no FID: its row says so instead of stopping the job."""
@@ -255,7 +257,7 @@ def fid(cls: str, manifest: str, model: str, sample_csvs: dict[str, str], metric
 
     side = Sidecar()
     m = load_manifest(manifest)
-    real = list(m[(m["label"] == cls) & m["split"].isin(["val", "test"])]["path"])
+    real = list(m[(m["label"] == cls) & (m["split"] == "val")]["path"])
     device = str(pick_device("auto"))
     rows = []
     for network in metrics_cfg.get("networks", ["classifier"]):
