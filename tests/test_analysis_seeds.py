@@ -76,3 +76,17 @@ def test_replicates_pick_other_good_diverse_seed_sets():
     assert reps[0] == select_seed_indices(feats, conf, n=5, candidate_fraction=0.5, replicate_seed=11)[0]
     few = select_seed_indices(feats[:5], conf[:5], n=5, replicate_seed=11)[0]
     assert sorted(few) == [0, 1, 2, 3, 4]  # only n images: every replicate gets them
+
+
+def test_no_weak_class_stops_the_analysis_with_one_line(tmp_path):
+    """strategy threshold below every class: a one-line stop at the analysis,
+    before any adaptation or retraining is scheduled."""
+    from tibalance.analysis import analyse
+
+    y_true = ["a"] * 10 + ["b"] * 10 + ["c"] * 10 + ["d"] * 10
+    pred = pd.DataFrame({"label": y_true, "pred": y_true, "split": "val"})
+    pred.loc[3, "pred"] = "b"
+    with pytest.raises(TibalanceError, match=r"no class is weak under strategy 'threshold' on val \(lowest f1: "):
+        analyse(pred, CLASSES, {"strategy": "threshold", "metric": "f1", "threshold": 0.5},
+                str(tmp_path / "pc.csv"), str(tmp_path / "cm.png"), str(tmp_path / "weak.json"))
+    assert not (tmp_path / "weak.json").exists()

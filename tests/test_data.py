@@ -139,3 +139,51 @@ def test_fashion_mnist_idx_source(tmp_path):
     classes = read_json(out / "c.json")
     assert classes["classes"][0] == "t_shirt_top" and classes["names"]["t_shirt_top"] == "T-shirt/top"
     assert classes["counts"]["shirt"]["train"] == 4
+
+
+def test_a_class_without_val_or_test_images_stops_prepare_data(tmp_path):
+    """One line naming the class and split, before any manifest is written."""
+    for split, classes in (("train", ("a", "b")), ("test", ("a",))):
+        for cls in classes:
+            d = tmp_path / "r" / split / cls
+            d.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(d / f"{i}.png")
+    cfg = {"source": "imagefolder", "root": str(tmp_path / "r"), "val_fraction": 0.25}
+    with pytest.raises(TibalanceError, match="class 'b' has no readable test images"):
+        build_manifest(cfg, 0, tmp_path / "m.csv", tmp_path / "c.json", tmp_path / "s.csv", tmp_path / "i")
+    assert not (tmp_path / "m.csv").exists()
+    (tmp_path / "r" / "test" / "b").mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (0, i * 40, 0)).save(tmp_path / "r" / "test" / "b" / f"{i}.png")
+    cfg["val_fraction"] = 0.01  # 4 training images: none left for val
+    with pytest.raises(TibalanceError, match="class 'a' has no readable val images"):
+        build_manifest(cfg, 0, tmp_path / "m.csv", tmp_path / "c.json", tmp_path / "s.csv", tmp_path / "i")
+
+
+def test_an_interrupted_write_leaves_no_image_a_rerun_would_reuse(tmp_path, monkeypatch):
+    """Materialised dataset images: a save that dies half-way (a kill, a full
+    disk) leaves no file under the image's name, so the rerun writes it whole."""
+    rng = np.random.default_rng(1)
+    for prefix, n in (("train", 60), ("t10k", 30)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    cfg = {"source": "fashion_mnist", "root": str(tmp_path), "val_fraction": 0.2}
+    out = tmp_path / "o"
+    real_save, calls = Image.Image.save, []
+
+    def dying_save(self, fp, *a, **kw):
+        calls.append(fp)
+        if len(calls) == 5:
+            with open(fp, "wb") as fh:  # half an image, then the disk is full
+                fh.write(b"\x89PNG\r\n\x1a\n")
+            raise OSError(28, "No space left on device")
+        return real_save(self, fp, *a, **kw)
+
+    monkeypatch.setattr(Image.Image, "save", dying_save)
+    with pytest.raises(OSError):
+        build_manifest(cfg, 0, out / "m.csv", out / "c.json", out / "s.csv", out / "img")
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    m = build_manifest(cfg, 0, out / "m.csv", out / "c.json", out / "s.csv", out / "img")
+    assert all(check_image(p) is None for p in m["path"])
+    assert not list((out / "img").rglob("*.tmp"))

@@ -109,6 +109,12 @@ def analyse(predictions: pd.DataFrame, classes: list[str], cfg: dict,
         raise TibalanceError(f"analysis.split: the baseline has no predictions on split {split!r}")
     metrics = per_class_metrics(pred["label"], pred["pred"], classes)
     weak = select_weak_classes(metrics, cfg)
+    if not weak:  # stop here, before any class is adapted or any method retrained for nothing to compare
+        metric = cfg.get("metric", "f1")
+        low = metrics.sort_values(metric, kind="mergesort").iloc[0]
+        raise TibalanceError(f"analysis: no class is weak under strategy {cfg.get('strategy', 'bottom_k')!r} on "
+                             f"{split} (lowest {metric}: {low['class']} {low[metric]:.3f}); nothing to adapt or "
+                             f"compare: change analysis.threshold, k or classes")
     names = names or {}
     shown = [names.get(c, c) for c in classes]
     table = metrics.assign(weak=metrics["class"].isin(weak))

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from .util import TibalanceError, derive_seed, slugify, write_csv, write_json
+from .util import TibalanceError, derive_seed, save_image_atomic, slugify, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -387,10 +387,12 @@ def build_manifest(data_cfg: dict, seed: int, out_manifest: str, out_classes: st
     manifest["split"] = pd.Categorical(manifest["split"], SPLITS, ordered=True)
     manifest["label"] = pd.Categorical(manifest["label"], order, ordered=True)
     manifest = manifest.sort_values(["split", "label", "path"]).astype(str).reset_index(drop=True)
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         missing = [c for c in order if not ((manifest.split == split) & (manifest.label == c)).any()]
-        if split == "train" and missing:
-            raise TibalanceError(f"data: class {missing[0]!r} has no readable training images")
+        if missing:  # a class without val images cannot be analysed, one without test images never judged
+            raise TibalanceError(f"data: class {missing[0]!r} has no readable {split} images"
+                                 + (" (the weak classes are chosen on val)" if split == "val" else
+                                    " (its lift could not be measured)" if split == "test" else ""))
     write_csv(manifest, out_manifest)
     write_csv(pd.DataFrame(skipped, columns=["path", "label", "split", "reason"]), out_skipped)
     counts = manifest.groupby(["label", "split"]).size().unstack(fill_value=0)
@@ -441,9 +443,8 @@ def _materialise(src: SourceData, rec: pd.DataFrame, image_dir: str) -> list[tup
         if src.arrays:
             arr = src.arrays[_array_split(split, src.arrays)][int(ref)]
             path = Path(image_dir) / split / cls / f"{int(ref):06d}.png"
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(arr).save(path)
+            if not path.exists():  # written whole or not at all (save_image_atomic)
+                save_image_atomic(Image.fromarray(arr), path)
             rows.append((str(path), cls, split))
         else:
             rows.append((ref, cls, split))

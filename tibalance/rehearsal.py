@@ -15,6 +15,8 @@ import math
 import random
 from pathlib import Path
 
+from .util import save_image_atomic
+
 CLASSES = {  # name: (petal colour, petals)
     "red_poppy": ((200, 30, 30), 4),
     "blue_iris": ((60, 70, 200), 3),
@@ -58,7 +60,7 @@ def make_photo_folder(out_dir: str, per_class: int = 20, seed: int = 0) -> list[
             p = out / name / f"{i:03d}.jpg"
             im = photo(colour, petals, rng)  # drawn even when kept: the same rng stream either way
             if not p.exists():
-                im.save(p, quality=90)
+                save_image_atomic(im, p, quality=90)
             paths.append(str(p))
     return paths
 

@@ -420,7 +420,9 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
 
     from .retrain import ablation_table, display_names, per_class_table, summary_table, to_markdown
 
-    weak_classes = read_json(weak)["classes"]
+    weak_info = read_json(weak)
+    weak_classes = weak_info["classes"]
+    notes = list(notes or []) + selection_notes(weak_info)
     run_rows = [read_json(p) for p in runs]
     fid_rows = {}
     for p in fids:
@@ -493,6 +495,17 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
         write_csv(ab, ablation_csv)
         write_markdown(ablation_md, to_markdown(ab) if len(ab) else
                        "No ablation configured (config `ablation.methods` is empty).\n", "Ablation")
+
+
+def selection_notes(weak_info: dict) -> list[str]:
+    """The tables' warnings about how the weak classes were chosen (weak_info:
+    weak_classes.json): chosen on the test split, every lift on them is
+    measured on the images that picked them."""
+    if weak_info.get("split") == "test":
+        return ["**Weak classes chosen on the test split** (`analysis.split: test`): the classes were picked for "
+                "doing badly on the very images their lifts are measured on, so those lifts are biased upward "
+                "(regression to the mean). Choose them on `val` for a verdict."]
+    return []
 
 
 def _with_comparisons(summary: pd.DataFrame, comp: pd.DataFrame, weak: list[str]) -> pd.DataFrame:

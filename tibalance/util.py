@@ -124,6 +124,22 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def save_image_atomic(image, path: str | os.PathLike, **kw: Any) -> None:
+    """image.save(path) through a temporary file in the same folder, renamed into
+    place: a kill or a full disk leaves no truncated image that a later run
+    would take as done (a run reuses any image file that exists)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format=kw.pop("format", None) or image.format or path.suffix.lstrip(".").upper().replace(
+            "JPG", "JPEG"), **kw)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def fingerprint(obj: Any) -> str:
     return hashlib.sha256(dumps_json(obj).encode()).hexdigest()[:16]
 

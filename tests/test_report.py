@@ -1,0 +1,64 @@
+"""The report stage on a small study written by hand: the flag for weak classes
+chosen on test, and the accuracy plot's error bars (paired differences)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tibalance import stages
+
+
+def _study(tmp_path, split: str):
+    """baseline and ti under 3 seeds on class `weak` (10 test images): ti is
+    baseline + 2 images on every seed, while both accuracies vary by seed."""
+    runs, preds = [], []
+    for method, extra in (("baseline", 0), ("ti", 2)):
+        for seed in range(3):
+            right = 2 * seed + extra  # 0, 2, 4 (+2): the accuracies spread, their differences do not
+            d = tmp_path / method / f"seed{seed}"
+            d.mkdir(parents=True)
+            p = pd.DataFrame({"path": [f"w{i}.png" for i in range(10)] + [f"o{i}.png" for i in range(10)],
+                              "label": ["weak"] * 10 + ["other"] * 10})
+            p["pred"] = ["weak" if i < right else "other" for i in range(10)] + ["other"] * 10
+            p.to_csv(d / "predictions.csv", index=False)
+            acc = {"weak": right / 10, "other": 1.0}
+            (d / "metrics.json").write_text(json.dumps({
+                "method": method, "seed": seed, "accuracy": (right + 10) / 20, "macro_f1": 0.5,
+                "per_class_accuracy": acc, "weak_accuracy": acc["weak"], "train_counts": {"weak": 5, "other": 50}}))
+            runs.append(str(d / "metrics.json"))
+            preds.append(str(d / "predictions.csv"))
+    weak = tmp_path / "weak.json"
+    weak.write_text(json.dumps({"classes": ["weak"], "split": split}))
+    out = {k: str(tmp_path / "out" / v) for k, v in (
+        ("summary_csv", "s.csv"), ("summary_md", "s.md"), ("per_class_csv", "pc.csv"), ("per_class_md", "pc.md"),
+        ("acc_plot", "acc.png"), ("fid_plot", "fid.png"), ("significance_csv", "sig.csv"),
+        ("significance_md", "sig.md"), ("verdict_md", "v.md"))}
+    (tmp_path / "out").mkdir()
+    return runs, preds, str(weak), out
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_weak_classes_chosen_on_test_are_flagged_in_the_tables(tmp_path, split):
+    runs, preds, weak, out = _study(tmp_path, split)
+    stages.report(runs, [], weak, predictions=preds, **out)
+    flagged = [("chosen on the test split" in open(out[k]).read()) for k in ("summary_md", "verdict_md")]
+    assert flagged == [split == "test"] * 2
+
+
+def test_accuracy_plot_error_bars_are_the_paired_differences_spread(tmp_path, monkeypatch):
+    """ti - baseline is +0.2 on every seed while each method's accuracy has
+    std 0.2: the bar's error is 0 (the paired spread), not 0.2."""
+    import matplotlib.axes
+
+    seen = []
+    real_bar = matplotlib.axes.Axes.bar
+
+    def spy(self, x, height, *a, yerr=None, **kw):
+        seen.append((list(np.atleast_1d(height)), None if yerr is None else list(np.atleast_1d(yerr))))
+        return real_bar(self, x, height, *a, yerr=yerr, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy)
+    runs, preds, weak, out = _study(tmp_path, "val")
+    stages.report(runs, [], weak, predictions=preds, **out)
+    assert seen == [([pytest.approx(0.2)], [pytest.approx(0.0)])]
