@@ -8,7 +8,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 
 from tibalance.config import (canonical, check_class_names, check_freeze, check_generator_preset, check_lora,
-                              check_replicates, class_settings, format_validation_error, refill_count,
+                              check_oracle_at, check_replicates, class_settings, format_validation_error, refill_count,
                               replicate_dir, replicate_index, replicate_of)
 from tibalance.data import check_root, dataset_class_names, oracle_absent_reason
 from tibalance.defaults import FILTER_DEFAULTS
@@ -73,6 +73,7 @@ try:
     check_lora(config)
     check_freeze(config)
     check_replicates(config)
+    check_oracle_at(config)
     check_generator_preset(config)
 except TibalanceError as e:
     _fail(f"{CONFIGFILE}: {e}")
@@ -83,10 +84,11 @@ REPLICATES = int(config["replicates"])
 
 # real_oracle needs real images the study removed: elsewhere its row is absent,
 # with the reason once on the terminal and under the summary table
-ORACLE_ABSENT = oracle_absent_reason(config["data"]) if "real_oracle" in config["retrain"]["methods"] else None
+ORACLE_ABSENT = (oracle_absent_reason(config["data"])
+                 if any(m.startswith("real_oracle") for m in config["retrain"]["methods"]) else None)
 if ORACLE_ABSENT:
     print(f"tibalance: {ORACLE_ABSENT}", file=sys.stderr)
-    config["retrain"]["methods"] = [m for m in config["retrain"]["methods"] if m != "real_oracle"]
+    config["retrain"]["methods"] = [m for m in config["retrain"]["methods"] if not m.startswith("real_oracle")]
 
 # sampling modes the study generates: raw and ti always (grids, FID); the
 # real-image-guided and LoRA modes when their retraining method is part of the study
@@ -278,11 +280,13 @@ def retrain_synthetic(wildcards):
         return expand("results/samples/raw/{cls}/samples.csv", cls=adapted_classes())
     if wildcards.method == "real_oracle":
         return expand("results/oracle/{cls}/images.csv", cls=adapted_classes())
+    oracle = (expand("results/oracle/{cls}/images.csv", cls=adapted_classes())
+              if wildcards.method.startswith("real_oracle@") else [])  # cut to the mode's kept count
     kind = SAMPLE_KIND.get(wildcards.method)
     if kind is None:
         return []
     rep = replicate_dir(run_replicate(wildcards))
-    return expand("results/samples/{kind}/{cls}{rep}/filtered.csv", kind=kind, cls=adapted_classes(), rep=rep)
+    return oracle + expand("results/samples/{kind}/{cls}{rep}/filtered.csv", kind=kind, cls=adapted_classes(), rep=rep)
 
 
 def retrain_init(wildcards):
@@ -469,7 +473,7 @@ def study_jobs(wildcards):
             add("judge", cls)
     if uses_frozen_features():
         add("frozen_features")
-    if "real_oracle" in config["retrain"]["methods"]:
+    if any(m.startswith("real_oracle") for m in config["retrain"]["methods"]):
         for cls in adapted:
             add("oracle_images", cls, "real_oracle")
     for method in config["retrain"]["methods"]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tibalance import docs
-from tibalance.defaults import COMBINED_METHODS, FILTER_METHODS, METHODS, MODES, SYNTHETIC_METHODS
+from tibalance.defaults import COMBINED_METHODS, FILTER_METHODS, METHODS, MODES, ORACLE_AT_METHODS, SYNTHETIC_METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "config" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -31,8 +31,10 @@ def test_the_schema_lists_the_registrys_names():
     props = schema["properties"]
     assert tuple(props["retrain"]["properties"]["methods"]["items"]["enum"]) == METHODS
     # the default: every method but the combined ones (oversample+<method>), which a study opts into
+    # the default: every method but those a study opts into: the combined ones (oversample+<method>) and the
+    # yardstick at a method's count (real_oracle@<method>)
     assert tuple(props["retrain"]["properties"]["methods"]["default"]) == tuple(
-        m for m in METHODS if m not in COMBINED_METHODS)
+        m for m in METHODS if m not in COMBINED_METHODS and m not in ORACLE_AT_METHODS)
     assert tuple(props["ablation"]["properties"]["methods"]["items"]["enum"]) == SYNTHETIC_METHODS
     assert tuple(schema["$defs"]["filter"]["properties"]["method"]["enum"]) == FILTER_METHODS
 
@@ -90,8 +92,9 @@ def test_the_docs_miss_no_rule_method_or_mode():
     listed = re.findall(r"^\| `(\w+)` \|", outputs.split("## What lands")[0], flags=re.M)
     assert sorted(listed) == docs.rule_names(), "docs/outputs.md's job table and rules/*.smk differ"
     readme = set(_backticked((ROOT / "README.md").read_text()))
-    single = set(METHODS) - set(COMBINED_METHODS)  # the README names those as `oversample+<method>`
-    assert single <= readme and "oversample+<method>" in readme
+    # the README names those as `oversample+<method>` and `real_oracle@<method>`
+    single = set(METHODS) - set(COMBINED_METHODS) - set(ORACLE_AT_METHODS)
+    assert single <= readme and "oversample+<method>" in readme and "real_oracle@<method>" in readme
     assert set(MODES) - {"raw"} <= readme and "raw" in readme
     demo = set(_backticked((ROOT / "docs" / "demo.md").read_text()))
     assert single <= demo and set(MODES) <= demo
@@ -122,12 +125,12 @@ def test_make_verdict_is_the_demo_with_the_yardstick_combined_methods_and_replic
     demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     merged = copy.deepcopy(demo)
     update_config(merged, yaml.safe_load((ROOT / "config" / "demo-replicates.yaml").read_text()))
-    single = set(METHODS) - set(COMBINED_METHODS)
+    single = set(METHODS) - set(COMBINED_METHODS) - set(ORACLE_AT_METHODS)
     assert set(demo["retrain"]["methods"]) == single - {"real_oracle"}
     assert set(merged["retrain"]["methods"]) - set(demo["retrain"]["methods"]) == {
-        "real_oracle", "oversample+ti_lora", "oversample+lora_i2i"}
+        "real_oracle", "oversample+ti_lora", "oversample+lora_i2i", *ORACLE_AT_METHODS}
     assert set(merged["retrain"]["methods"]) <= set(METHODS)
-    assert merged["replicates"] == 3 and "replicates" not in demo
+    assert merged["replicates"] == 3 and "replicates" not in demo and len(demo["retrain"]["seeds"]) == 5
     assert {k: v for k, v in merged["retrain"].items() if k != "methods"} == {
         k: v for k, v in demo["retrain"].items() if k != "methods"}
     assert {k: v for k, v in merged.items() if k not in ("retrain", "replicates")} == {

@@ -171,8 +171,8 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     res = wd / "results"
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
     summary = pd.read_csv(res / "tables/summary.csv").set_index("method")
-    assert list(summary.index) == ["baseline", "oversample", "real_oracle", "raw_sd", "ti", "ti_i2i", "lora",
-                                   "lora_i2i", "ti_lora", "oversample+ti_i2i"]
+    assert list(summary.index) == ["baseline", "oversample", "real_oracle", "real_oracle@ti_i2i", "raw_sd", "ti",
+                                   "ti_i2i", "lora", "lora_i2i", "ti_lora", "oversample+ti_i2i"]
     runs = {(meth, s): json.loads((res / f"retrain/{meth}/seed{s}/metrics.json").read_text())
             for meth in summary.index for s in (0, 1)}
     base_counts = runs["baseline", 0]["train_counts"]
@@ -195,7 +195,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
         counts = runs[method, 0]["train_counts"]
         for cls in weak:  # mix 'add': the kept synthetic images (oversample: the balanced count) on top
             kind = {"raw_sd": "raw", "oversample": "raw", "baseline": None, "real_oracle": None,
-                    "oversample+ti_i2i": "ti_i2i"}.get(method, method)
+                    "real_oracle@ti_i2i": None, "oversample+ti_i2i": "ti_i2i"}.get(method, method)
             if kind is None:  # real_oracle: its own test
                 continue
             if not (res / f"samples/{kind}/{cls}").exists():  # a class at its target: 0 images, no table
@@ -229,9 +229,9 @@ def test_tables_match_the_per_seed_runs(tiny_run):
         fid = json.loads((res / f"fid/{cls}.json").read_text())["rows"]
         assert {(r["method"], r["network"]) for r in fid} == {(m, "classifier") for m in modes}
         for kind in modes:
-            assert per_class.loc[cls, f"n_{kind}_classifier"] == f"{n} vs 24"
+            assert per_class.loc[cls, f"n_{kind}_classifier"] == f"{n} vs 12"  # the class's val images, never test
             f = next(r for r in fid if r["method"] == kind)
-            # 4 vs 24 images: below the tables' minimum (100), so marked
+            # 4 vs 12 images: below the tables' minimum (100), so marked
             assert cells.loc[cls, f"fid_{kind}_classifier"] == f"{f['fid']:.4f} (few)"
             assert cells.loc[cls, f"kid_{kind}_classifier"] == f"{f['kid_mean']:.4f} (few)"
             kept = pd.read_csv(res / f"samples/{kind}/{cls}/filtered.csv").kept
@@ -280,7 +280,7 @@ def test_intervals_and_p_values_match_an_independent_computation(tiny_run):
     raw = {}
     for cls in weak:
         for ref in ("baseline", "oversample"):
-            for m in [m for m in methods if m not in (ref, "baseline")]:
+            for m in [m for m in methods if m not in (ref, "baseline") and not (ref == "oversample" and "@" in m)]:
                 d = np.array([(correct(m, s, cls) - correct(ref, s, cls)).mean() for s in seeds])
                 if np.ptp(d) == 0:
                     raw[(cls, m, ref)] = 1.0 if d[0] == 0 else 0.5  # the sign-flip over 2 units
@@ -322,9 +322,9 @@ def test_real_oracle_trains_on_held_back_real_training_images_only(tiny_run):
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
     pixels = lambda p: hashlib.sha256(np.asarray(Image.open(wd / p)).tobytes()).hexdigest()  # noqa: E731
     taken = {pixels(p) for p in list(m.path) + list(pool.path)}
-    # array sources: train and val images index the train array, by file name
-    train_array = {(lbl, p.rsplit("/", 1)[1]) for lbl, p, split in zip(m.label, m.path, m.split) if split != "test"}
-    train_array |= {(lbl, p.rsplit("/", 1)[1]) for lbl, p in zip(pool.label, pool.path)}
+    # the tiny study's synthetic source draws an array per split: a file's folder names its array
+    index = lambda p: tuple(p.split("/")[-3:])  # noqa: E731 - (array, class, index)
+    train_array = {index(p) for p in list(m.path) + list(pool.path)}
     n_train = m.query("split == 'train'").groupby("label").size()
     base = json.loads((res / "retrain/baseline/seed0/metrics.json").read_text())["train_counts"]
     checked = 0
@@ -335,7 +335,7 @@ def test_real_oracle_trains_on_held_back_real_training_images_only(tiny_run):
         o = pd.read_csv(f)
         assert len(o) == max(0, 8 - int(n_train[cls])) and (o.label == cls).all()  # the synthetic sets' count
         assert all("/train/" in p for p in o.path)
-        assert not {(cls, p.rsplit("/", 1)[1]) for p in o.path} & train_array
+        assert not {index(p) for p in o.path} & train_array
         assert not {pixels(p) for p in o.path} & taken
         assert list(o.source) == sorted(o.source, key=["imbalance", "caps"].index)
         assert (o.source == "imbalance").any()  # the images the imbalance removed come first
@@ -343,14 +343,18 @@ def test_real_oracle_trains_on_held_back_real_training_images_only(tiny_run):
             counts = json.loads((res / f"retrain/real_oracle/seed{seed}/metrics.json").read_text())["train_counts"]
             assert counts[cls] == base[cls] + len(o)
             assert {c: v for c, v in counts.items() if c != cls} == {c: v for c, v in base.items() if c != cls}
+            # real_oracle@ti_i2i: the same real images, cut to as many as ti_i2i kept of the class
+            at = json.loads((res / f"retrain/real_oracle@ti_i2i/seed{seed}/metrics.json").read_text())["train_counts"]
+            ti = json.loads((res / f"retrain/ti_i2i/seed{seed}/metrics.json").read_text())["train_counts"]
+            assert at[cls] == ti[cls] < counts[cls] or at[cls] == ti[cls] == counts[cls]
         checked += 1
     assert checked
     summary = pd.read_csv(res / "tables/summary.csv").set_index("method")
     names = json.loads((res / "data/classes.json").read_text())["names"]
     for cls in weak:
-        ref = summary.loc["real_oracle", f"delta_{names[cls]}_mean"]
         col = f"oracle_share_{names[cls]}"
-        for method in ("oversample", "ti_i2i"):
+        for method, oracle in (("oversample", "real_oracle"), ("ti_i2i", "real_oracle@ti_i2i")):
+            ref = summary.loc[oracle, f"delta_{names[cls]}_mean"]  # ti_i2i: the oracle at its own count
             want = summary.loc[method, f"delta_{names[cls]}_mean"] / ref if ref > 0 else float("nan")
             assert summary.loc[method, col] == pytest.approx(want, abs=1e-4, nan_ok=True)
 
@@ -401,8 +405,9 @@ def test_judge_learns_only_from_images_the_study_does_not_use(tiny_run):
     # what they are: the index into the source's train array (the file name) and the pixels
     import hashlib
 
-    study = {(lbl, p.rsplit("/", 1)[1]) for lbl, p, s in zip(m.label, m.path, m.split) if s != "test"}
-    assert not {(lbl, p.rsplit("/", 1)[1]) for lbl, p in zip(pool.label, pool.path)} & study
+    # the tiny study's synthetic source draws an array per split: a file's folder names its array
+    index = lambda p: tuple(p.split("/")[-3:])  # noqa: E731 - (array, class, index)
+    assert not {index(p) for p in pool.path} & {index(p) for p in m.path}
     pixels = lambda p: hashlib.sha256(np.asarray(Image.open(wd / p)).tobytes()).hexdigest()  # noqa: E731
     assert not {pixels(p) for p in pool.path} & {pixels(p) for p in m.path}
     assert all("/test/" not in p for p in pool.path)
@@ -443,9 +448,9 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
     # per weak class its seeds; where it gets images TI, 2 LoRA, 6 modes x (sample, filter), grid, FID,
-    # judge, and real_oracle's images; 10 methods x 2 seeds; the training images' features for the knn
+    # judge, and real_oracle's images; 11 methods x 2 seeds; the training images' features for the knn
     # filters (once); the frozen stages' outputs for the retraining runs (once)
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 19 + 20 + 3
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 19 + 22 + 3
                                                               + bool(adapted) + 1)
     assert row("oracle_images", adapted[0], "real_oracle").jobs == 1
     assert row("frozen_features", "", "").jobs == 1
@@ -456,8 +461,7 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert (t.gpu_s == 0).all()  # this machine has no GPU (and every job has its benchmark file)
 
     m = pd.read_csv(res / "tables/cost_methods.csv").set_index("method")
-    assert list(m.index) == ["baseline", "oversample", "real_oracle", "raw_sd", "ti", "ti_i2i", "lora", "lora_i2i",
-                             "ti_lora", "oversample+ti_i2i"]
+    assert list(m.index) == yaml.safe_load(TINY.read_text())["retrain"]["methods"]  # in the config's order
     assert m.loc["real_oracle", "synthetic_wall_s"] == pytest.approx(
         sum(wall(f"oracle_images/{cls}.tsv") for cls in adapted))
     ti = sum(wall(f"select_seeds/{cls}.tsv") for cls in weak) + sum(wall(f"textual_inversion/{cls}.tsv") for cls in adapted) + sum(
@@ -552,6 +556,8 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
         ("retrain", "method=ti_lora, seed=1"),
         ("retrain", "method=oversample+ti_i2i, seed=0"),  # swaps in ti_i2i's images
         ("retrain", "method=oversample+ti_i2i, seed=1"),
+        ("retrain", "method=real_oracle@ti_i2i, seed=0"),  # cut to the count ti_i2i keeps
+        ("retrain", "method=real_oracle@ti_i2i, seed=1"),
         ("retrain_ablation", "method=ti_i2i, variant=n2-filter, seed=0"),
         ("retrain_ablation", "method=ti_i2i, variant=n2-nofilter, seed=0"),
         ("retrain_ablation", "method=ti_i2i, variant=balanced-nofilter, seed=0"),
@@ -600,7 +606,7 @@ def test_training_from_scratch_retrains_every_run_without_the_baseline(tiny_run,
     p = snakemake(wd, "-n", configfiles=[edited])
     rules = sorted({r for r, _ in _planned_jobs(p.stdout + p.stderr)})
     assert rules == ["all", "cost", "report", "retrain", "retrain_ablation"]
-    assert len(_planned_jobs(p.stdout + p.stderr)) == 20 + 3 + 3  # 10 methods x 2 seeds, 3 ablation runs
+    assert len(_planned_jobs(p.stdout + p.stderr)) == 22 + 3 + 3  # 11 methods x 2 seeds, 3 ablation runs
     for rule in ("retrain", "retrain_ablation"):
         assert "results/baseline/model.pt" not in _job_block(p.stdout, rule)
 

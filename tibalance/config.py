@@ -141,6 +141,16 @@ def check_replicates(config: dict) -> None:
                              f"replicate k, so at most {len(seeds)} replicates are used")
 
 
+def check_oracle_at(config: dict) -> None:
+    """real_oracle@<method> cuts the oracle to the count <method> kept: that
+    method must be part of the study (its samples and filter set the count)."""
+    methods = config["retrain"]["methods"]
+    for m in methods:
+        if m.startswith("real_oracle@") and m.split("@", 1)[1] not in methods:
+            raise TibalanceError(f"retrain.methods: {m} takes the count {m.split('@', 1)[1]} kept, which is not "
+                                 f"in retrain.methods; add it or drop {m}")
+
+
 def check_generator_preset(config: dict) -> None:
     """generator.tiny.preset (an architecture's exact sizes, random weights) is
     for timing: built (generator.build: tiny), never pretrained here."""

@@ -17,7 +17,7 @@ def method_stages(method: str) -> dict[str, str | None]:
     """The jobs a retraining method adds to the shared ones (data, baseline,
     analysis, generator, FID, judge, grids): {stage: the sampling mode its jobs
     must have, or None for all of the stage's jobs}; its retraining runs aside."""
-    if method == "real_oracle":  # its held-back real images
+    if method.startswith("real_oracle"):  # its held-back real images (@<method>: that method's samples are its)
         return {"oracle_images": None}
     mode = SAMPLE_KIND.get(method)
     if mode is None:  # baseline, oversample: real images only

@@ -127,7 +127,13 @@ SYNTHETIC_METHODS = ("raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
 # images (real or repeated) is swapped for one of the mode's kept synthetic images
 # with probability retrain.combine_p, drawn anew each epoch
 COMBINED_METHODS = tuple(f"oversample+{m}" for m in SYNTHETIC_METHODS)
-METHODS = ("baseline", "oversample", "real_oracle", *SYNTHETIC_METHODS, *COMBINED_METHODS)
+# the yardstick at a synthetic method's own count: real_oracle's held-back real
+# images cut to as many as that method kept (per class and replicate), so that
+# "a method reaches x% of the oracle" compares training sets of one size
+ORACLE_AT_METHODS = tuple(f"real_oracle@{m}" for m in SYNTHETIC_METHODS)
+# the rows that measure the study rather than propose a method (never "best")
+YARDSTICK_METHODS = ("real_oracle", *ORACLE_AT_METHODS)
+METHODS = ("baseline", "oversample", "real_oracle", *ORACLE_AT_METHODS, *SYNTHETIC_METHODS, *COMBINED_METHODS)
 # the sampling modes (results/samples/<mode>/)
 MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
 # the modes that sample with the class's learned token (they need its inversion)

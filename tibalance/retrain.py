@@ -8,10 +8,17 @@ import pandas as pd
 
 from .util import TibalanceError, derive_seed
 
-from .defaults import METHODS, MODES
+from .defaults import METHODS, MODES, YARDSTICK_METHODS
 # the sampling mode whose images a method trains on
 SAMPLE_KIND = {"raw_sd": "raw", **{m: m for m in MODES if m != "raw"}}
 SAMPLE_KIND.update({f"oversample+{m}": k for m, k in list(SAMPLE_KIND.items())})
+# real_oracle@<method>: the oracle cut to that method's kept count (it reads the mode's filtered tables)
+SAMPLE_KIND.update({f"real_oracle@{m}": SAMPLE_KIND[m] for m in list(SAMPLE_KIND) if "+" not in m})
+
+
+def oracle_at(method: str) -> str | None:
+    """The synthetic method whose kept count a real_oracle@<method> row takes (None for other rows)."""
+    return method.split("@", 1)[1] if method.startswith("real_oracle@") else None
 
 
 def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthetic: dict[str, list[str]],
@@ -86,7 +93,9 @@ def summary_table(runs: list[dict], weak: list[str] | None = None) -> pd.DataFra
     weak class the paired difference to `baseline` over seeds (`delta_<class>`,
     mean ± std) with on how many seeds it was positive (`improved_<class>`);
     with a real_oracle row, each other row's mean lift as a share of the
-    oracle's (`oracle_share_<class>`; empty where the oracle did not lift it)."""
+    oracle's (`oracle_share_<class>`; empty where the oracle did not lift it),
+    against real_oracle@<method> (the oracle at the row's own kept count) where
+    the study ran it, else against real_oracle."""
     rows = []
     has_baseline = any(r["method"] == "baseline" for r in runs)
     for method in [m for m in METHODS if any(r["method"] == m for r in runs)]:
@@ -102,12 +111,13 @@ def summary_table(runs: list[dict], weak: list[str] | None = None) -> pd.DataFra
             row[f"improved_{cls}"] = f"{sum(x > 0 for x in d)}/{len(d)}" if d else ""
         rows.append(row)
     # the share of the real-image oracle's lift a row reaches (where the oracle lifted the class)
-    oracle = next((r for r in rows if r["method"] == "real_oracle"), None)
-    for cls in (weak or []) if oracle is not None and has_baseline else []:
-        ref = oracle[f"delta_{cls}_mean"]
+    by = {r["method"]: r for r in rows}
+    for cls in (weak or []) if "real_oracle" in by and has_baseline else []:
         for row in rows:
-            if row["method"] not in ("baseline", "real_oracle"):
-                row[f"oracle_share_{cls}"] = row[f"delta_{cls}_mean"] / ref if ref > 0 else float("nan")
+            if row["method"] in ("baseline", *YARDSTICK_METHODS):
+                continue
+            ref = by.get(f"real_oracle@{row['method']}", by["real_oracle"])[f"delta_{cls}_mean"]
+            row[f"oracle_share_{cls}"] = row[f"delta_{cls}_mean"] / ref if ref > 0 else float("nan")
     return pd.DataFrame(rows)
 
 

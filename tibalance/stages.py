@@ -369,12 +369,18 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
     weak_classes = read_json(weak)["classes"]
     variant = variant or {}
     synthetic = read_synthetic(synthetic_csvs, use_filter=variant.get("filter", True), limit=variant.get("limit"))
+    if method.startswith("real_oracle@"):  # the oracle's images, as many per class as the method kept
+        filtered = [c for c in synthetic_csvs if "kept" in pd.read_csv(c, nrows=0).columns]
+        kept = read_synthetic(filtered)
+        oracle = read_synthetic([c for c in synthetic_csvs if c not in filtered])
+        synthetic = {c: paths[:len(kept.get(c, []))] for c, paths in oracle.items()}
+        log.info("%s: %s real images (the method's kept counts)", method, {c: len(v) for c, v in synthetic.items()})
     train = m[m["split"] == "train"]
     combined = method.startswith("oversample+")
     balanced = ({c: len(v) for c, v in read_synthetic(synthetic_csvs, use_filter=False).items()}
                 if combined else None)  # the oversample part's count: the mode's before the filter
-    ts = build_training_set(train, weak_classes, method, synthetic, retrain_cfg.get("mix", "add"), seed,
-                            balanced=balanced)
+    ts = build_training_set(train, weak_classes, "real_oracle" if method.startswith("real_oracle@") else method,
+                            synthetic, retrain_cfg.get("mix", "add"), seed, balanced=balanced)
     swap_p = float(retrain_cfg.get("combine_p", 0.5) if combined else retrain_cfg.get("replace_p", 0.5))
     clf = train_classifier(ts["path"], ts["label"], order, clf_cfg, seed, augment_flags=ts["classic"],
                            progress_desc=f"{method} seed {seed}", alternatives=ts["alternatives"],

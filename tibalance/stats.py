@@ -42,11 +42,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-from .defaults import COMBINED_METHODS, SYNTHETIC_METHODS
+from .defaults import COMBINED_METHODS, ORACLE_AT_METHODS, SYNTHETIC_METHODS, YARDSTICK_METHODS
 from .util import TibalanceError
 
 ALPHA = 0.05
-YARDSTICKS = ("real_oracle",)  # rows that measure the study, not methods it proposes
+YARDSTICKS = YARDSTICK_METHODS  # rows that measure the study, not methods it proposes
 
 
 def _check(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +60,7 @@ def _check(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def reads_adaptation(method: str) -> bool:
     """Whether a method's training set holds synthetic images (and so its runs
     depend on the replicate of the adaptation they read)."""
-    return method in SYNTHETIC_METHODS or method in COMBINED_METHODS
+    return method in SYNTHETIC_METHODS or method in COMBINED_METHODS or method in ORACLE_AT_METHODS
 
 
 def unit_lifts(a, b, units=None) -> np.ndarray:
@@ -191,23 +191,24 @@ def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0,
 
     runs: {(method, seed): per-image test predictions (path, label, pred)}.
     replicate_of_seed: {seed: the replicate of the adaptation it trained on}:
-    where a comparison involves synthetic images and seeds share replicates,
-    the unit is the replicate. `seed` is kept for callers; nothing is drawn."""
+    where a comparison involves synthetic images and the seeds' R > 1
+    replicates are fewer than the seeds, the unit is the replicate; with one
+    replicate the unit is the seed and the claim is conditional on the one
+    adaptation made. `seed` is kept for callers; nothing is drawn."""
     del seed  # the tests are exact or analytic: nothing random left
     rep = {int(k): int(v) for k, v in (replicate_of_seed or {}).items()}
     rows, lifts, memo = [], [], {}  # each run's correctness per class, computed once
     for cls in weak:
         for ref in references:
             for method in methods:
-                if method == ref or (ref == "oversample" and method == "baseline"):
-                    continue
+                if method == ref or (ref == "oversample" and method in ("baseline", *ORACLE_AT_METHODS)):
+                    continue  # real_oracle@<method>: the yardstick of one row's share, against baseline only
                 seeds = sorted({s for m, s in runs if m == method} & {s for m, s in runs if m == ref})
                 if not seeds:
                     continue
                 a, b = _matrix(runs, method, seeds, cls, memo), _matrix(runs, ref, seeds, cls, memo)
                 labels = [rep.get(s, 0) for s in seeds]
-                grouped = bool(rep) and (reads_adaptation(method) or reads_adaptation(ref)) and \
-                    len(set(labels)) < len(seeds)
+                grouped = (reads_adaptation(method) or reads_adaptation(ref)) and 1 < len(set(labels)) < len(seeds)
                 d = unit_lifts(a, b, labels if grouped else None)
                 lifts.append(d)
                 rows.append({"class": cls, "method": method, "reference": ref, "seeds": len(seeds),
@@ -368,18 +369,22 @@ def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: floa
         if images < 20:
             out.append(f"- **Too few test images**: {images}, so one image is {100 / images:.1f} points; no lift "
                        f"the study is about can be separated from chance on this class.")
-        oracle = base[base["method"].isin(YARDSTICKS)]
+        by = {r["method"]: r for _, r in base.iterrows()}
         gen = base[base["method"].isin(SYNTHETIC_METHODS)]
-        if len(oracle):
-            o = oracle.iloc[0]
-            n = counts.get(cls, {})
-            line = (f"- Real-image yardstick (`{o['method']}`, {n.get(o['method'], float('nan')):.0f} real training "
-                    f"images of the class): {_pts(o['lift'])} points ({_ci(o)})")
-            if len(gen) and o["lift"] > 0:
-                g = gen.iloc[0]
-                line += (f"; the best generative row, `{g['method']}` ({n.get(g['method'], float('nan')):.0f} "
-                         f"training images of the class), reaches {g['lift'] / o['lift']:.0%} of it")
-            out.append(line + ".")
+        n = counts.get(cls, {})
+        if "real_oracle" in by:
+            o = by["real_oracle"]
+            out.append(f"- Real-image yardstick (`real_oracle`, {n.get('real_oracle', float('nan')):.0f} real training "
+                       f"images of the class): {_pts(o['lift'])} points ({_ci(o)}).")
+        if len(gen) and any(m in by for m in YARDSTICKS):
+            g = gen.iloc[0]
+            at = by.get(f"real_oracle@{g['method']}")
+            o = at if at is not None else by.get("real_oracle")
+            if o is not None and o["lift"] > 0:
+                equal = "at equal counts" if at is not None else "at unequal counts"
+                out.append(f"- The best generative row, `{g['method']}` ({n.get(g['method'], float('nan')):.0f} "
+                           f"training images of the class), reaches {g['lift'] / o['lift']:.0%} of `{o['method']}` "
+                           f"({n.get(o['method'], float('nan')):.0f} real ones, {_pts(o['lift'])} points): {equal}.")
         over = grp[grp["reference"] == "oversample"].sort_values("lift", ascending=False, kind="stable")
         if len(over):
             better = over[over["significant"] & (over["lift"] > 0)]
