@@ -56,7 +56,10 @@ def bench_classifier(paths, labels, epochs: int, threads: int, input_: str = "fi
                      freeze_below: str = "") -> dict:
     import torch
 
-    from tibalance import classifier as C
+    try:  # the training recipe's module (older checkouts, run with --against, kept it in classifier)
+        from tibalance import training as C
+    except ImportError:
+        from tibalance import classifier as C
 
     torch.set_num_threads(threads)
     classes = sorted(set(labels))

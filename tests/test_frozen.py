@@ -7,7 +7,8 @@ import torch
 
 from conftest import random_images
 from tibalance import frozen
-from tibalance.classifier import TrainedClassifier, predict, train_classifier
+from tibalance.classifier import TrainedClassifier, predict
+from tibalance.training import train_classifier
 from tibalance.util import TibalanceError
 
 CFG = {"arch": "resnet18", "image_size": 16, "epochs": 2, "batch_size": 8, "lr": 0.05, "device": "cpu"}

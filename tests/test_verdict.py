@@ -50,7 +50,7 @@ def _img(path, value):
 def test_filter_keeps_by_its_recorded_score_and_never_reads_test_images(tmp_path):
     """The kept flag is score >= threshold; val/test images are unreadable here,
     so a filter that opened one would fail."""
-    from tibalance.classifier import train_classifier
+    from tibalance.training import train_classifier
     from tibalance.filtering import filter_class
 
     rows = []

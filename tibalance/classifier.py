@@ -1,5 +1,6 @@
-"""The classifier recipe shared by the baseline and every retraining method:
-torchvision ResNet, standard augmentations, seeded, CPU or GPU."""
+"""The classifier shared by the baseline and every retraining method: torchvision
+ResNet, its input pipelines and augmentations, saving, loading and prediction
+(the training recipe is tibalance.training)."""
 from __future__ import annotations
 
 import logging
@@ -12,10 +13,8 @@ import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import models, transforms
-from tqdm.auto import tqdm
 
-from .precision import autocast_bf16
-from .util import TibalanceError, pick_device, seed_everything
+from .util import TibalanceError
 
 log = logging.getLogger(__name__)
 
@@ -280,128 +279,8 @@ class TrainedClassifier:
         return feats, m.fc(feats)
 
 
-STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")
-
-
-def freeze_stages(model: nn.Module, below: str | None, has_start: bool) -> list[nn.Module]:
-    """Fix the weights of every ResNet stage before `below` (stem = conv1 + bn1;
-    then layer1..layer4, fc): they keep the starting weights and BatchNorm
-    statistics, and need no backward pass. Returns the frozen modules."""
-    if not below or below == "stem":
-        return []
-    if below not in STAGES:
-        raise TibalanceError(f"classifier.freeze_below: {below!r} is not one of {', '.join(STAGES)}")
-    if not has_start:
-        raise TibalanceError(f"classifier.freeze_below: {below!r} freezes randomly initialised weights; "
-                             f"it needs a start (retrain.init: baseline, or classifier.pretrained: true)")
-    names = {"stem": ["conv1", "bn1"]}
-    frozen = []
-    for stage in STAGES[:STAGES.index(below)]:
-        for name in names.get(stage, [stage]):
-            mod = getattr(model, name)
-            mod.requires_grad_(False)
-            frozen.append(mod)
-    return frozen
-
-
 def _load_size(image_size: int) -> int:
     return int(math.ceil(image_size * 1.14))  # the usual 256/224 resize-then-crop ratio
-
-
-AUGMENTS = ("standard", "flip")
-
-
-def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
-                     augment_flags=None, progress_desc: str = "train", alternatives=None,
-                     replace_p: float = 0.0, init: str | None = None,
-                     frozen_cache: str | None = None) -> TrainedClassifier:
-    """Train a ResNet on (paths, labels); labels are class slugs.
-
-    cfg: arch, pretrained, image_size, epochs, batch_size, lr, momentum,
-    weight_decay, label_smoothing, device, num_workers, input, mixed_precision,
-    freeze_below (the stages before it keep their starting weights: see freeze_stages),
-    augment (standard: random resized crop and flip; flip: the whole image, mirrored
-    at random, see tibalance.frozen).
-    augment_flags: per-image booleans; True images get the classic (heavy) augmentation.
-    init: a saved classifier (same architecture and classes) to fine-tune instead
-    of training from the recipe's initial weights.
-    frozen_cache: a frozen_features file of `init` (augment flip with freeze_below):
-    the training images' frozen-stage outputs, computed once for every run.
-    """
-    seed_everything(seed)
-    device = pick_device(cfg.get("device", "auto"))
-    index = {c: i for i, c in enumerate(classes)}
-    y = [index[l] for l in labels]
-    size = int(cfg["image_size"])
-    g = torch.Generator().manual_seed(seed)
-    bs = int(cfg["batch_size"])
-    augment = cfg.get("augment", "standard")
-    if augment not in AUGMENTS:
-        raise TibalanceError(f"classifier.augment: unknown value {augment!r} ({', '.join(AUGMENTS)})")
-    if augment == "flip":
-        loader = None  # built below, once the model's frozen stages are known
-    elif cfg.get("input", "files") == "memory":
-        loader = TensorBatches(paths, y, size, _load_size(size), bs, g, augment_flags, alternatives, replace_p)
-    else:  # files (default): decoded once too (ImageCache), augmented per image with PIL; num_workers apply
-        ds = ImageListDataset(paths, y, train_transform(size), ImageCache(_load_size(size)), augment_flags,
-                              train_transform(size, "classic"), alternatives, replace_p)
-        loader = DataLoader(ds, batch_size=bs, shuffle=True, generator=g,
-                            num_workers=int(cfg.get("num_workers", 0)), drop_last=len(ds) > bs,
-                            pin_memory=device.type == "cuda",
-                            persistent_workers=int(cfg.get("num_workers", 0)) > 0)
-    if init:
-        start = TrainedClassifier.load(init)
-        if start.arch != cfg["arch"] or start.classes != list(classes):
-            raise TibalanceError(f"{init}: a {start.arch} over {len(start.classes)} classes cannot start a "
-                                 f"{cfg['arch']} over {len(classes)} classes (retrain.init: baseline needs the "
-                                 f"baseline's architecture)")
-        model = start.model.to(device).train()
-    else:
-        model = build_model(cfg["arch"], len(classes), bool(cfg.get("pretrained", False)),
-                            cfg.get("weights_file")).to(device)
-    model = model.to(memory_format=torch.channels_last)
-    frozen = freeze_stages(model, cfg.get("freeze_below"), init or cfg.get("pretrained"))
-    forward = model
-    if augment == "flip":
-        from .frozen import ViewBatches, open_features, split_model
-
-        below = cfg.get("freeze_below") or "stem"
-        lower, forward = split_model(model, below)
-        cache = open_features(frozen_cache, init, below, size) if frozen_cache and below != "stem" else None
-        loader = ViewBatches(paths, y, size, bs, g, lower, augment_flags, alternatives, replace_p,
-                             cache=cache, device=device)
-        log.info("augment flip, stages below %s frozen: %d images' outputs cached (%s), %d computed here",
-                 below, loader.n_cached, frozen_cache or "none", loader.n_live)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=float(cfg["lr"]),
-                          momentum=float(cfg.get("momentum", 0.9)),
-                          weight_decay=float(cfg.get("weight_decay", 5e-4)), nesterov=True)
-    epochs = int(cfg["epochs"])
-    total = max(1, epochs * len(loader))
-    warmup = min(total // 10, 100)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
-    crit = nn.CrossEntropyLoss(label_smoothing=float(cfg.get("label_smoothing", 0.0)))
-    amp = autocast_bf16(device, cfg.get("mixed_precision", "auto"), "classifier.mixed_precision")
-    model.train()
-    for m in frozen:  # frozen stages keep their BatchNorm statistics too
-        m.eval()
-    bar = tqdm(total=total, desc=progress_desc, mininterval=2.0)
-    for epoch in range(epochs):
-        for xb, yb in loader:
-            xb = xb.to(device, non_blocking=True)
-            xb = xb.to(memory_format=torch.channels_last) if xb.dim() == 4 else xb
-            yb = yb.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = crit(forward(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
-            bar.update()
-    bar.close()
-    model.eval()
-    return TrainedClassifier(model, list(classes), cfg["arch"], size)
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ import logging
 import os
 import platform
 
-from .util import TibalanceError
+from .errors import TibalanceError
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .defaults import MODES, SEEDS_DEFAULTS
+from .evaluation import evaluate, split_metrics
 from .filtering import kept_mask
 from .util import Sidecar, TibalanceError, read_json, write_csv, write_json, write_markdown
 
@@ -24,43 +25,9 @@ def prepare_data(data_cfg: dict, seed: int, manifest: str, classes: str, skipped
     side.write(meta, images=len(m))
 
 
-def split_metrics(df: pd.DataFrame, classes: list[str]) -> dict:
-    from .analysis import per_class_metrics
-
-    out = {}
-    for split, grp in df.groupby("split", sort=True):
-        pc = per_class_metrics(grp["label"], grp["pred"], classes)
-        present = pc[pc["support"] > 0]
-        out[split] = {"accuracy": float((grp["label"] == grp["pred"]).mean()),
-                      "macro_f1": float(present["f1"].mean()),
-                      "n": int(len(grp))}
-    return out
-
-
-def evaluate(clf, manifest: pd.DataFrame, splits=("val", "test"), frozen=None) -> pd.DataFrame:
-    """Per-image predictions of a classifier on the given splits. frozen:
-    (FrozenFeatures, below) when the classifier's stages below `below` are the
-    cache's: their outputs of the test images are read, not recomputed."""
-    from .classifier import predict
-
-    ev = manifest[manifest["split"].isin(splits)].reset_index(drop=True)
-    if frozen is not None and set(splits) == {"test"}:
-        from .frozen import predict_cached
-
-        probs = predict_cached(clf, list(ev["path"]), *frozen)
-    else:
-        probs, _ = predict(clf, list(ev["path"]))
-    idx = {c: i for i, c in enumerate(clf.classes)}
-    pred_i = probs.argmax(1)
-    ev = ev.assign(pred=[clf.classes[i] for i in pred_i],
-                   confidence=probs[np.arange(len(ev)), pred_i],
-                   prob_true=probs[np.arange(len(ev)), [idx[l] for l in ev["label"]]])
-    return ev[["path", "label", "split", "pred", "confidence", "prob_true"]]
-
-
 def train_baseline(manifest: str, classes: str, clf_cfg: dict, seed: int,
                    model_out: str, predictions_out: str, metrics_out: str, meta: str) -> None:
-    from .classifier import train_classifier
+    from .training import train_classifier
     from .data import load_manifest
 
     side = Sidecar(seed)
@@ -359,7 +326,7 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
     predictions_out: the per-image test predictions (path, label, pred), which the
     report's intervals and tests read."""
     from .analysis import per_class_metrics
-    from .classifier import train_classifier
+    from .training import train_classifier
     from .data import load_manifest
     from .retrain import build_training_set
 

@@ -14,9 +14,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-
-class TibalanceError(Exception):
-    """A user-facing error: its message is one line naming the file, class or key at fault."""
+from .errors import TibalanceError  # noqa: F401 - re-exported: `from .util import TibalanceError` stays valid
 
 
 _FOLD = {"æ": "ae", "ø": "o", "ß": "ss", "œ": "oe", "ð": "d", "þ": "th", "ł": "l", "đ": "d", "ı": "i"}
