@@ -243,43 +243,12 @@ class PromptConditioning:
         return kw
 
 
-def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, adaptation: Adaptation,
-        identity: dict, loss_out: str, preview_out: str, resume_dir: str, stop_after: int | None = None,
-        return_pipeline: bool = False) -> dict:
-    """Adapt the pipeline at `model` to seed_paths with `adaptation`; write the
-    loss CSV and the preview; `adaptation.save()` writes the result.
-
-    identity: what else shapes the result (class, name, …): with the model, the
-    seed files and the settings it decides whether a checkpoint may be resumed.
-    stop_after: end the run after that many steps (tests use it to simulate a kill).
-    return_pipeline: also return the adapted pipeline (tests inspect its weights)."""
-    import pandas as pd
-
-    t_job = time.perf_counter()
-    if not seed_paths:
-        raise TibalanceError(f"{adaptation.label}: class {cls!r} has an empty seed list")
-    # unset: the generator's own size (what a value equal to it gives, checkpoints included)
-    res = resolve_resolution(settings.get("resolution"), model, f"{adaptation.config_key}.resolution")
-    s = {**settings, "resolution": res}
-    device = pick_device(s["device"])
-    # on CPU the weights stay fp32 (auto: fp32 arithmetic too); bf16, when asked, runs under autocast
-    wdtype, amp_dtype = pipeline_dtypes(device, s["mixed_precision"], f"{adaptation.config_key}.mixed_precision")
-    steps = int(s["steps"])
-    # log_every shapes no result: a checkpoint resumes under another
-    fp = fingerprint({"model": model, "model_digest": model_digest(model),
-                      "seeds": [[p, file_digest(p)] for p in seed_paths],
-                      "settings": {k: v for k, v in s.items() if k != "log_every"},
-                      "seed": seed, **identity})
-
-    seed_everything(seed)
-    pipe = load_pipeline(model)
+def _place(pipe, adaptation: Adaptation, device, wdtype, s: dict):
+    """Freeze every module and put it on the device (fp32 on CPU; half-precision
+    weights where asked), then let the adaptation add what trains. Returns
+    (trainable parameters, the UNet's training forward, the VAE's dtype)."""
     vae, unet = pipe.vae, pipe.unet
     encoders = [te for _, te in text_pairs(pipe)]
-    from diffusers import DDPMScheduler
-
-    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
-
-    # ---- everything frozen and on the device; then the adaptation adds what trains
     for m in (vae, unet, *encoders):
         m.requires_grad_(False)
         m.eval()
@@ -297,19 +266,18 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     for p in params:  # trained in fp32 whatever the frozen weights' dtype
         p.data = p.data.float()
     # the training and evaluation passes (the preview samples with the plain pipeline)
-    net = compiled(unet, s.get("compile"), f"{adaptation.config_key}.compile")
-    log.info("class %s: %s, %d trainable parameters, %d seed images, %d steps on %s", cls, adaptation.label,
-             sum(p.numel() for p in params), len(seed_paths), steps, device)
+    return params, compiled(unet, s.get("compile"), f"{adaptation.config_key}.compile"), vae_dtype
 
-    # ---- seed images -> latent distributions, once
-    py_rng = random.Random(seed)
-    fixed = fixed_costs(steps, int(s["batch_size"]), len(seed_paths), int(s["augment_variants"]),
+
+def _plan(s: dict, steps: int, n_seeds: int, res: int) -> dict:
+    """fixed_costs for this job, and one log line saying what a short job caps."""
+    fixed = fixed_costs(steps, int(s["batch_size"]), n_seeds, int(s["augment_variants"]),
                         int(s["preview_images"]), int(s["preview_steps"]), res)
     capped = {key: (int(s[key]), fixed[k]) for k, key in (("variants", "augment_variants"),
                                                           ("preview_images", "preview_images"),
                                                           ("preview_steps", "preview_steps"))
               if fixed[k] < int(s[key])}
-    full_eval = max(16, min(64, len(seed_paths) * fixed["variants"]))
+    full_eval = max(16, min(64, n_seeds * fixed["variants"]))
     if fixed["eval_latents"] < full_eval:
         capped["evaluation latents"] = (full_eval, fixed["eval_latents"])
     if fixed["preview_resolution"] < res:
@@ -318,17 +286,218 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
         log.info("a short job (%d steps x %d): %s%s", steps, int(s["batch_size"]),
                  ", ".join(f"{k} {a} -> {b}" for k, (a, b) in capped.items()),
                  "; each seed latent encoded when first drawn" if fixed["lazy_encoding"] else "")
-    pixels = augmented_pixels(seed_paths, res, fixed["variants"], py_rng)
-    latents_of = SeedLatents(vae, pixels, device, vae_dtype, fixed["lazy_encoding"])
-    n_lat = pixels.shape[0]
-    scaling = float(vae.config.scaling_factor)
-    del pixels
+    return fixed
 
+
+class _FixedEval:
+    """A fixed evaluation batch: the seed latents at evenly spread timesteps with
+    fixed noise. The training loss is dominated by each step's random timestep;
+    this one changes only with the adaptation. None of it for a job of fewer
+    than 8 latents drawn (one latent's loss says nothing)."""
+
+    def __init__(self, n_eval: int, latents_of, scaling: float, seed: int, device, noise_sched, conditioning,
+                 prompts: list[str]):
+        eval_gen = torch.Generator().manual_seed(seed + 7919)
+        self.n, self.device, self.noise_sched, self.conditioning = n_eval, device, noise_sched, conditioning
+        e_idx = torch.arange(n_eval) % latents_of.n
+        self.lat = latents_of.get(e_idx)[0] * scaling if n_eval else torch.zeros(0)
+        self.noise = torch.randn(self.lat.shape, generator=eval_gen).to(device)
+        n_train_t = noise_sched.config.num_train_timesteps
+        self.t = torch.linspace(0.05 * n_train_t, 0.95 * n_train_t, n_eval).long().to(device)
+        self.ids = conditioning.ids(prompts) if n_eval else None
+
+    @torch.no_grad()
+    def loss(self, net, unet, autocast_ctx) -> float | None:
+        if not self.n:
+            return None
+        total = 0.0
+        for i in range(0, self.n, 16):
+            sl = slice(i, i + 16)
+            lat, noise, t = self.lat[sl].to(self.device), self.noise[sl], self.t[sl]
+            with autocast_ctx():
+                cond = self.conditioning.encode([x[sl] for x in self.ids])
+                pred = net(self.noise_sched.add_noise(lat, noise, t).to(unet.dtype), t,
+                           **self.conditioning.unet_kwargs(cond, unet.dtype)).sample
+            total += float(F.mse_loss(pred.float(), _target(self.noise_sched, lat, noise, t).float(),
+                                      reduction="sum"))
+        return total / self.lat.numel()
+
+
+def _target(noise_sched, latents, noise, t):
+    """What the UNet predicts: the noise (epsilon) or the velocity (v-prediction)."""
+    if noise_sched.config.prediction_type == "epsilon":
+        return noise
+    return noise_sched.get_velocity(latents, noise, t)
+
+
+class _Checkpoint:
+    """The job's resumable state in resume_dir/checkpoint.pt, written atomically;
+    taken up only when its fingerprint (model, seeds, settings, identity) matches."""
+
+    def __init__(self, resume_dir: str, fp: str):
+        self.path, self.fp = Path(resume_dir) / "checkpoint.pt", fp
+
+    def restore(self, adaptation: Adaptation, opt, sched, gen, py_rng) -> tuple[int, list, float | None]:
+        """(start step, loss history, the evaluation loss at the start) of a matching checkpoint, else (0, [], None)."""
+        if not self.path.exists():
+            return 0, [], None
+        ck = torch.load(self.path, map_location="cpu", weights_only=False)
+        if ck.get("fingerprint") != self.fp:
+            log.info("ignoring checkpoint %s: it was made with other settings or seeds", self.path)
+            return 0, [], None
+        adaptation.load_state(ck["adaptation"], opt)
+        sched.load_state_dict(ck["sched"])
+        gen.set_state(ck["gen"])
+        py_rng.setstate(ck["py_rng"])
+        torch.set_rng_state(ck["torch_rng"])
+        log.info("resuming from checkpoint %s at step %d", self.path, int(ck["step"]))
+        return int(ck["step"]), list(ck["history"]), ck.get("eval_start")
+
+    def save(self, step: int, adaptation: Adaptation, opt, sched, gen, py_rng, history: list,
+             eval_start: float | None) -> None:
+        ck = {"fingerprint": self.fp, "step": step, "adaptation": adaptation.state(opt), "history": history,
+              "sched": sched.state_dict(), "gen": gen.get_state(), "py_rng": py_rng.getstate(),
+              "torch_rng": torch.get_rng_state(), "eval_start": eval_start}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(ck, tmp)
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        """Done: a rerun with new settings must start from step 0."""
+        if self.path.exists():
+            self.path.unlink()
+
+
+def _preview(pipe, device, wdtype, autocast, fixed: dict, prompt: str, seed: int, preview_out: str) -> None:
+    """A contact sheet of the adapted pipeline's images. Half-precision weights (a
+    GPU): the whole pipeline in them, as diffusers samples (a VAE that overflows in
+    fp16 is upcast by SDXL's pipeline for its decoding); else fp32 weights under
+    the job's autocast."""
+    pipe.to(device) if wdtype is None else pipe.to(device, dtype=wdtype)
+    n_prev, p_res = fixed["preview_images"], fixed["preview_resolution"]
+    with torch.no_grad(), (autocast if wdtype is None else contextlib.nullcontext()):
+        images = pipe([prompt] * n_prev, num_inference_steps=fixed["preview_steps"], height=p_res, width=p_res,
+                      generator=[torch.Generator().manual_seed(seed + i) for i in range(n_prev)]).images
+    contact_sheet(images, preview_out)
+
+
+def _steps(ctx: dict, start: int, steps: int, history: list, bar, checkpoint, stop_after: int | None,
+           clock: dict) -> int | None:
+    """The training steps start+1..steps; returns the step a stop_after ended at,
+    else None. The step losses stay on the device until a flush (every
+    log_every steps, before a checkpoint, at the end): one host-device
+    synchronisation per flush, not per step. The steps after the first (kernels
+    chosen, memory first touched) are timed, less their encodings."""
+    c = ctx
+    gen, py_rng, latents_of, device = c["gen"], c["py_rng"], c["latents_of"], c["device"]
+    noise_sched, conditioning, templates, unet = c["noise_sched"], c["conditioning"], c["templates"], c["unet"]
+    opt, sched, adaptation, bs = c["opt"], c["sched"], c["adaptation"], c["batch_size"]
+    pending: list = []
+
+    def flush():
+        if pending:
+            values = torch.stack([loss_t for _, loss_t, _ in pending]).float().cpu().tolist()
+            history.extend((st, v, lr) for (st, _, lr), v in zip(pending, values))
+            pending.clear()
+            bar.set_postfix(loss=f"{history[-1][1]:.4f}", refresh=False)
+
+    def save(step):
+        flush()
+        checkpoint.save(step, adaptation, opt, sched, gen, py_rng, history, c["eval_start"])
+
+    t_first, enc_first = None, 0.0
+    t_loop, enc_loop = time.perf_counter(), latents_of.seconds
+    for step in range(start + 1, steps + 1):
+        if step == start + 2:
+            _sync(device)
+            t_first, enc_first = time.perf_counter(), latents_of.seconds
+            clock["first_step_s"] = t_first - t_loop - (enc_first - enc_loop)
+        idx = torch.randint(0, latents_of.n, (bs,), generator=gen)
+        mean, std = latents_of.get(idx)
+        eps_lat = torch.randn(mean.shape, generator=gen)
+        latents = (mean + std * eps_lat.to(mean.device)) * c["scaling"]
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (bs,), generator=gen).to(device)
+        which = [templates.index(w) for w in (py_rng.choice(templates) for _ in range(bs))]
+        noisy = noise_sched.add_noise(latents, noise, t)
+        with c["autocast"]:
+            if c["template_cond"] is None:
+                cond = conditioning.encode(conditioning.ids([templates[w].format(c["subject"]) for w in which]))
+            else:
+                cond = conditioning.take(c["template_cond"], torch.tensor(which, device=device))
+            pred = c["net"](noisy.to(unet.dtype), t, **conditioning.unet_kwargs(cond, unet.dtype)).sample
+        loss = F.mse_loss(pred.float(), _target(noise_sched, latents, noise, t).float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        adaptation.after_step()
+        pending.append((step, loss.detach(), float(sched.get_last_lr()[0])))
+        if step % c["log_every"] == 0:
+            flush()
+        bar.update()
+        if c["every"] and step % c["every"] == 0 and step < steps:
+            save(step)
+        if stop_after is not None and step >= stop_after:
+            save(step)
+            return step
+    flush()
+    _sync(device)
+    timed_steps = steps - start - 1
+    if t_first is not None and timed_steps > 0:
+        clock["step_s"] = (time.perf_counter() - t_first - (latents_of.seconds - enc_first)) / timed_steps
+    return None
+
+
+def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, adaptation: Adaptation,
+        identity: dict, loss_out: str, preview_out: str, resume_dir: str, stop_after: int | None = None,
+        return_pipeline: bool = False) -> dict:
+    """Adapt the pipeline at `model` to seed_paths with `adaptation`; write the
+    loss CSV and the preview; `adaptation.save()` writes the result. The parts:
+    placing and freezing (_place), what a short job caps (_plan), the seed
+    latents (SeedLatents), the fixed evaluation batch (_FixedEval), the
+    checkpoint (_Checkpoint), the steps (_steps), the preview (_preview).
+
+    identity: what else shapes the result (class, name, …): with the model, the
+    seed files and the settings it decides whether a checkpoint may be resumed.
+    stop_after: end the run after that many steps (tests use it to simulate a kill).
+    return_pipeline: also return the adapted pipeline (tests inspect its weights)."""
+    import pandas as pd
+    from diffusers import DDPMScheduler
+
+    t_job = time.perf_counter()
+    if not seed_paths:
+        raise TibalanceError(f"{adaptation.label}: class {cls!r} has an empty seed list")
+    # unset: the generator's own size (what a value equal to it gives, checkpoints included)
+    res = resolve_resolution(settings.get("resolution"), model, f"{adaptation.config_key}.resolution")
+    s = {**settings, "resolution": res}
+    device = pick_device(s["device"])
+    # on CPU the weights stay fp32 (auto: fp32 arithmetic too); bf16, when asked, runs under autocast
+    wdtype, amp_dtype = pipeline_dtypes(device, s["mixed_precision"], f"{adaptation.config_key}.mixed_precision")
+    steps, bs = int(s["steps"]), int(s["batch_size"])
+    # log_every shapes no result: a checkpoint resumes under another
+    fp = fingerprint({"model": model, "model_digest": model_digest(model),
+                      "seeds": [[p, file_digest(p)] for p in seed_paths],
+                      "settings": {k: v for k, v in s.items() if k != "log_every"},
+                      "seed": seed, **identity})
+
+    seed_everything(seed)
+    pipe = load_pipeline(model)
+    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    params, net, vae_dtype = _place(pipe, adaptation, device, wdtype, s)
+    log.info("class %s: %s, %d trainable parameters, %d seed images, %d steps on %s", cls, adaptation.label,
+             sum(p.numel() for p in params), len(seed_paths), steps, device)
+
+    # ---- seed images -> latent distributions, once
+    py_rng = random.Random(seed)
+    fixed = _plan(s, steps, len(seed_paths), res)
+    pixels = augmented_pixels(seed_paths, res, fixed["variants"], py_rng)
+    latents_of = SeedLatents(pipe.vae, pixels, device, vae_dtype, fixed["lazy_encoding"])
+    del pixels
     templates = s["templates"] or (OBJECT_TEMPLATES if s["learnable_property"] == "object" else STYLE_TEMPLATES)
     subject = adaptation.subject
-
-    # foreach: the multi-tensor kernels, bit-identical to the per-tensor loop (the CPU
-    # default): TI's step over the 49,408 x d embedding matrix 17.6 -> 6.0 ms on CPU
+    # foreach: the multi-tensor kernels, bit-identical to the per-tensor loop (the CPU default), faster
     opt = torch.optim.AdamW(params, lr=float(s["lr"]), betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8,
                             foreach=bool(s.get("foreach", True)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(s["lr_schedule"], int(s["warmup_steps"]), steps))
@@ -338,172 +507,56 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     conditioning = PromptConditioning(pipe, device, res)
-
-    # a frozen text encoder encodes each template once
-    template_cond = None
+    template_cond = None  # a frozen text encoder encodes each template once
     if not adaptation.trains_text_encoder:
         with torch.no_grad(), autocast_ctx():
             template_cond = conditioning.encode(conditioning.ids([t.format(subject) for t in templates]))
-
-    # ---- a fixed evaluation batch: the seed latents at evenly spread timesteps with
-    # fixed noise. The training loss is dominated by the random timestep of each
-    # step; this one changes only with the adaptation.
-    pred_type = noise_sched.config.prediction_type
-    eval_gen = torch.Generator().manual_seed(seed + 7919)
+    scaling = float(pipe.vae.config.scaling_factor)
     n_eval = fixed["eval_latents"]
-    e_idx = torch.arange(n_eval) % n_lat
-    e_lat = latents_of.get(e_idx)[0] * scaling if n_eval else torch.zeros(0)
-    e_noise = torch.randn(e_lat.shape, generator=eval_gen).to(device)
-    n_train_t = noise_sched.config.num_train_timesteps
-    e_t = torch.linspace(0.05 * n_train_t, 0.95 * n_train_t, n_eval).long().to(device)
-    e_ids = (conditioning.ids([templates[i % len(templates)].format(subject) for i in range(n_eval)])
-             if n_eval else None)
-
-    @torch.no_grad()
-    def eval_loss() -> float | None:
-        if not n_eval:  # a job of fewer than 8 latents: none (one latent's loss says nothing)
-            return None
-        total = 0.0
-        for i in range(0, n_eval, 16):
-            sl = slice(i, i + 16)
-            lat, noise, t = e_lat[sl].to(device), e_noise[sl], e_t[sl]
-            with autocast_ctx():
-                cond = conditioning.encode([x[sl] for x in e_ids])
-                pred = net(noise_sched.add_noise(lat, noise, t).to(unet.dtype), t,
-                           **conditioning.unet_kwargs(cond, unet.dtype)).sample
-            target = noise if pred_type == "epsilon" else noise_sched.get_velocity(lat, noise, t)
-            total += float(F.mse_loss(pred.float(), target.float(), reduction="sum"))
-        return total / e_lat.numel()
-
-    # ---- resume
-    start, history = 0, []
-    eval_start = None
-    ckpt_path = Path(resume_dir) / "checkpoint.pt"
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck.get("fingerprint") == fp:
-            adaptation.load_state(ck["adaptation"], opt)
-            sched.load_state_dict(ck["sched"])
-            gen.set_state(ck["gen"])
-            py_rng.setstate(ck["py_rng"])
-            torch.set_rng_state(ck["torch_rng"])
-            start, history = int(ck["step"]), list(ck["history"])
-            eval_start = ck.get("eval_start")
-            log.info("resuming from checkpoint %s at step %d", ckpt_path, start)
-        else:
-            log.info("ignoring checkpoint %s: it was made with other settings or seeds", ckpt_path)
-
-    # the step losses stay on the device until a flush (every log_every steps, before
-    # a checkpoint, at the end): one host-device synchronisation per flush, not per step
-    pending: list = []
-    log_every = max(1, int(s.get("log_every") or 1))
-
-    def flush():
-        if pending:
-            values = torch.stack([loss_t for _, loss_t, _ in pending]).float().cpu().tolist()
-            history.extend((st, v, lr) for (st, _, lr), v in zip(pending, values))
-            pending.clear()
-            bar.set_postfix(loss=f"{history[-1][1]:.4f}", refresh=False)
-
-    def save_checkpoint(step):
-        flush()
-        ck = {"fingerprint": fp, "step": step, "adaptation": adaptation.state(opt), "history": history,
-              "sched": sched.state_dict(), "gen": gen.get_state(), "py_rng": py_rng.getstate(),
-              "torch_rng": torch.get_rng_state(), "eval_start": eval_start}
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(ck, tmp)
-        os.replace(tmp, ckpt_path)
+    evaluation = _FixedEval(n_eval, latents_of, scaling, seed, device, noise_sched, conditioning,
+                            [templates[i % len(templates)].format(subject) for i in range(n_eval)])
+    checkpoint = _Checkpoint(resume_dir, fp)
+    start, history, eval_start = checkpoint.restore(adaptation, opt, sched, gen, py_rng)
 
     # ---- training
     clock = {"setup_s": time.perf_counter() - t_job}
     t0 = time.perf_counter()
     if eval_start is None:
-        eval_start = eval_loss()
+        eval_start = evaluation.loss(net, pipe.unet, autocast_ctx)
     clock["eval_s"] = time.perf_counter() - t0
-    bs = int(s["batch_size"])
-    every = int(s["checkpoint_every"])
     bar = tqdm(total=steps, initial=start, desc=f"{adaptation.label} {cls}", mininterval=2.0)
     autocast = autocast_ctx()
-    t_first = None  # the steps after the first (kernels, allocator warm) are timed, less their encodings
-    enc_first = 0.0
-    t_loop, enc_loop = time.perf_counter(), latents_of.seconds
-    for step in range(start + 1, steps + 1):
-        if step == start + 2:
-            _sync(device)
-            t_first, enc_first = time.perf_counter(), latents_of.seconds
-            clock["first_step_s"] = t_first - t_loop - (enc_first - enc_loop)  # kernels chosen, memory first touched
-        idx = torch.randint(0, n_lat, (bs,), generator=gen)
-        mean, std = latents_of.get(idx)
-        eps_lat = torch.randn(mean.shape, generator=gen)
-        latents = (mean + std * eps_lat.to(mean.device)) * scaling
-        noise = torch.randn(latents.shape, generator=gen).to(device)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (bs,), generator=gen).to(device)
-        which = [templates.index(c) for c in (py_rng.choice(templates) for _ in range(bs))]
-        noisy = noise_sched.add_noise(latents, noise, t)
-        with autocast:
-            if template_cond is None:
-                cond = conditioning.encode(conditioning.ids([templates[w].format(subject) for w in which]))
-            else:
-                cond = conditioning.take(template_cond, torch.tensor(which, device=device))
-            pred = net(noisy.to(unet.dtype), t, **conditioning.unet_kwargs(cond, unet.dtype)).sample
-        target = noise if pred_type == "epsilon" else noise_sched.get_velocity(latents, noise, t)
-        loss = F.mse_loss(pred.float(), target.float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        adaptation.after_step()
-        pending.append((step, loss.detach(), float(sched.get_last_lr()[0])))
-        if step % log_every == 0:
-            flush()
-        bar.update()
-        if every and step % every == 0 and step < steps:
-            save_checkpoint(step)
-        if stop_after is not None and step >= stop_after:
-            save_checkpoint(step)
-            bar.close()
-            return {"stopped_at": step}
-    flush()
+    ctx = {"gen": gen, "py_rng": py_rng, "latents_of": latents_of, "device": device, "noise_sched": noise_sched,
+           "conditioning": conditioning, "templates": templates, "subject": subject, "unet": pipe.unet, "net": net,
+           "opt": opt, "sched": sched, "adaptation": adaptation, "batch_size": bs, "scaling": scaling,
+           "autocast": autocast, "template_cond": template_cond, "eval_start": eval_start,
+           "log_every": max(1, int(s.get("log_every") or 1)), "every": int(s["checkpoint_every"])}
+    stopped = _steps(ctx, start, steps, history, bar, checkpoint, stop_after, clock)
     bar.close()
-    _sync(device)
-    timed_steps = steps - start - 1
-    if t_first is not None and timed_steps > 0:
-        clock["step_s"] = (time.perf_counter() - t_first - (latents_of.seconds - enc_first)) / timed_steps
+    if stopped is not None:
+        return {"stopped_at": stopped}
 
     t0 = time.perf_counter()
-    eval_end = eval_loss()
+    eval_end = evaluation.loss(net, pipe.unet, autocast_ctx)
     clock["eval_s"] += time.perf_counter() - t0
     if eval_end is None:
         log.info("no fixed-batch evaluation: %d latents drawn (%d of %d seed latents encoded)",
-                 steps * bs, latents_of.encoded, n_lat)
+                 steps * bs, latents_of.encoded, latents_of.n)
     else:
         log.info("fixed-batch denoising loss on the seed images: %.5f at the start, %.5f at the end "
-                 "(%d of %d seed latents encoded)", eval_start, eval_end, latents_of.encoded, n_lat)
+                 "(%d of %d seed latents encoded)", eval_start, eval_end, latents_of.encoded, latents_of.n)
     adaptation.save()
     Path(loss_out).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(history, columns=["step", "loss", "lr"]).to_csv(loss_out, index=False, float_format="%.6g")
 
-    # ---- preview with the adapted pipeline
     t0 = time.perf_counter()
-    # half-precision weights (a GPU): the whole pipeline in them, as diffusers samples (a VAE
-    # that overflows in fp16 is upcast by SDXL's pipeline for its decoding); else fp32 weights
-    # under the job's autocast
-    pipe.to(device) if wdtype is None else pipe.to(device, dtype=wdtype)
-    n_prev = fixed["preview_images"]
-    with torch.no_grad(), (autocast if wdtype is None else contextlib.nullcontext()):
-        p_res = fixed["preview_resolution"]
-        images = pipe([templates[0].format(subject)] * n_prev, num_inference_steps=fixed["preview_steps"],
-                      height=p_res, width=p_res,
-                      generator=[torch.Generator().manual_seed(seed + i) for i in range(n_prev)]).images
-    contact_sheet(images, preview_out)
+    _preview(pipe, device, wdtype, autocast, fixed, templates[0].format(subject), seed, preview_out)
     clock["preview_s"] = time.perf_counter() - t0
     clock["encode_s"] = latents_of.seconds  # within setup_s, eval_s and (lazy) the steps
-    if ckpt_path.exists():
-        ckpt_path.unlink()  # done: a rerun with new settings must start from step 0
+    checkpoint.remove()
     result = {"final_loss": history[-1][1] if history else None, "steps": steps, "resumed_from_step": start,
               "eval_loss_start": eval_start, "eval_loss_end": eval_end, "resolution": res,
-              "latents_encoded": latents_of.encoded, "latents": n_lat,
+              "latents_encoded": latents_of.encoded, "latents": latents_of.n,
               "seconds": {k: round(v, 4) for k, v in clock.items()}}
     if return_pipeline:
         result["pipeline"] = pipe
