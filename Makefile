@@ -75,4 +75,4 @@ docs: install
 	$(PY) -m tibalance.docs demo results
 
 clean-demo:
-	rm -rf results logs benchmarks/*/ benchmarks/*.tsv .snakemake
+	rm -rf results logs .snakemake

@@ -21,7 +21,7 @@ checkpoint analyse_confusion:
     log:
         "logs/analyse_confusion.log",
     benchmark:
-        "benchmarks/analyse_confusion.tsv"
+        "results/benchmarks/analyse_confusion.tsv"
     priority: 55  # 3 s: the seeds and every token wait for it (else after the generator's UNet)
     resources:
         mem_mb=2000,

@@ -14,7 +14,7 @@ rule train_baseline:
     log:
         "logs/train_baseline.log",
     benchmark:
-        "benchmarks/train_baseline.tsv"
+        "results/benchmarks/train_baseline.tsv"
     threads: 8
     priority: 50  # with the generator's VAE, first: the seed selection and every token wait for it
     resources:

@@ -13,7 +13,7 @@ rule prepare_data:
     log:
         "logs/prepare_data.log",
     benchmark:
-        "benchmarks/prepare_data.tsv"
+        "results/benchmarks/prepare_data.tsv"
     resources:
         mem_mb=4000,
         runtime=60,
@@ -43,7 +43,7 @@ rule oracle_images:
     log:
         "logs/oracle_images/{cls}.log",
     benchmark:
-        "benchmarks/oracle_images/{cls}.tsv"
+        "results/benchmarks/oracle_images/{cls}.tsv"
     resources:
         mem_mb=4000,
         runtime=60,

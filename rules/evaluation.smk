@@ -13,7 +13,7 @@ rule fid:
     log:
         "logs/fid/{cls}.log",
     benchmark:
-        "benchmarks/fid/{cls}.tsv"
+        "results/benchmarks/fid/{cls}.tsv"
     threads: 4
     resources:
         gpu=1,
@@ -43,7 +43,7 @@ rule frozen_features:
     log:
         "logs/frozen_features.log",
     benchmark:
-        "benchmarks/frozen_features.tsv"
+        "results/benchmarks/frozen_features.tsv"
     threads: 1
     priority: 10  # before the retraining runs, after the chain token -> adapter -> samples
     resources:
@@ -74,7 +74,7 @@ rule retrain:
     log:
         "logs/retrain/{method}/seed{seed}.log",
     benchmark:
-        "benchmarks/retrain/{method}/seed{seed}.tsv"
+        "results/benchmarks/retrain/{method}/seed{seed}.tsv"
     threads: 8
     resources:
         gpu=1,
@@ -108,7 +108,7 @@ rule retrain_ablation:
     log:
         "logs/retrain_ablation/{method}/{variant}/seed{seed}.log",
     benchmark:
-        "benchmarks/retrain_ablation/{method}/{variant}/seed{seed}.tsv"
+        "results/benchmarks/retrain_ablation/{method}/{variant}/seed{seed}.tsv"
     threads: 8
     resources:
         gpu=1,
@@ -160,7 +160,7 @@ rule report:
     log:
         "logs/report.log",
     benchmark:
-        "benchmarks/report.tsv"
+        "results/benchmarks/report.tsv"
     resources:
         mem_mb=2000,
         runtime=10,

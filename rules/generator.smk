@@ -28,7 +28,7 @@ rule build_generator:
     log:
         "logs/build_generator.log",
     benchmark:
-        "benchmarks/build_generator.tsv"
+        "results/benchmarks/build_generator.tsv"
     resources:
         mem_mb=4000,
         runtime=10,
@@ -57,7 +57,7 @@ rule pretrain_vae:
     log:
         "logs/pretrain_vae.log",
     benchmark:
-        "benchmarks/pretrain_vae.tsv"
+        "results/benchmarks/pretrain_vae.tsv"
     threads: 8
     priority: 50  # with the baseline, first: the UNet waits for it
     resources:
@@ -87,7 +87,7 @@ rule pretrain_generator:
     log:
         "logs/pretrain_generator.log",
     benchmark:
-        "benchmarks/pretrain_generator.tsv"
+        "results/benchmarks/pretrain_generator.tsv"
     threads: 8
     priority: 50
     resources:
@@ -128,7 +128,7 @@ rule generator_quality:
     log:
         "logs/generator_quality.log",
     benchmark:
-        "benchmarks/generator_quality.tsv"
+        "results/benchmarks/generator_quality.tsv"
     threads: 4
     # before the retraining runs: nothing but the cost table waits for it, but left
     # to the end it ran alone on one core (70 s of an AVX2 demo's tail)

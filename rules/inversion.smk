@@ -23,7 +23,7 @@ rule textual_inversion:
     log:
         "logs/textual_inversion/{cls}{rep}.log",
     benchmark:
-        "benchmarks/textual_inversion/{cls}{rep}.tsv"
+        "results/benchmarks/textual_inversion/{cls}{rep}.tsv"
     threads: 4
     # the study's critical path after the generator: the token gates its sampling
     # modes, the ti_lora adapter and their retraining runs, so it goes first

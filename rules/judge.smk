@@ -18,7 +18,7 @@ rule judge_pool:
     log:
         "logs/judge_pool.log",
     benchmark:
-        "benchmarks/judge_pool.tsv"
+        "results/benchmarks/judge_pool.tsv"
     resources:
         mem_mb=4000,
         runtime=60,
@@ -45,7 +45,7 @@ rule train_judge:
     log:
         "logs/train_judge.log",
     benchmark:
-        "benchmarks/train_judge.tsv"
+        "results/benchmarks/train_judge.tsv"
     threads: 8
     priority: 5  # before the retraining runs: the judge's tables wait for it
     resources:
@@ -68,7 +68,7 @@ rule judge:
     log:
         "logs/judge/{cls}.log",
     benchmark:
-        "benchmarks/judge/{cls}.tsv"
+        "results/benchmarks/judge/{cls}.tsv"
     threads: 2
     resources:
         mem_mb=4000,

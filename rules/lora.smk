@@ -27,7 +27,7 @@ rule lora:
     log:
         "logs/lora/{lora_kind}/{cls}{rep}.log",
     benchmark:
-        "benchmarks/lora/{lora_kind}/{cls}{rep}.tsv"
+        "results/benchmarks/lora/{lora_kind}/{cls}{rep}.tsv"
     threads: 4
     priority: 30  # after the token (ti_lora trains on it), before the sampling and retraining runs
     resources:

@@ -18,7 +18,7 @@ rule sample:
     log:
         "logs/sample/{method}/{cls}{rep}.log",
     benchmark:
-        "benchmarks/sample/{method}/{cls}{rep}.tsv"
+        "results/benchmarks/sample/{method}/{cls}{rep}.tsv"
     threads: 4
     priority: 20  # before the retraining runs: they wait for these images
     resources:
@@ -45,7 +45,7 @@ rule sample_grid:
     log:
         "logs/sample_grid/{cls}.log",
     benchmark:
-        "benchmarks/sample_grid/{cls}.tsv"
+        "results/benchmarks/sample_grid/{cls}.tsv"
     resources:
         mem_mb=1000,
         runtime=5,
@@ -70,7 +70,7 @@ rule train_features:
     log:
         "logs/train_features.log",
     benchmark:
-        "benchmarks/train_features.tsv"
+        "results/benchmarks/train_features.tsv"
     threads: 2
     priority: 20
     resources:
@@ -96,7 +96,7 @@ rule filter_samples:
     log:
         "logs/filter_samples/{method}/{cls}{rep}.log",
     benchmark:
-        "benchmarks/filter_samples/{method}/{cls}{rep}.tsv"
+        "results/benchmarks/filter_samples/{method}/{cls}{rep}.tsv"
     threads: 2
     priority: 20
     resources:

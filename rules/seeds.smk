@@ -15,7 +15,7 @@ rule select_seeds:
     log:
         "logs/select_seeds/{cls}{rep}.log",
     benchmark:
-        "benchmarks/select_seeds/{cls}{rep}.tsv"
+        "results/benchmarks/select_seeds/{cls}{rep}.tsv"
     priority: 55  # its class's token waits for it: a few seconds before the generator's UNet, not after
     resources:
         mem_mb=4000,

@@ -135,3 +135,12 @@ def test_make_verdict_is_the_demo_with_the_yardstick_combined_methods_and_replic
         k: v for k, v in demo["retrain"].items() if k != "methods"}
     assert {k: v for k, v in merged.items() if k not in ("retrain", "replicates")} == {
         k: v for k, v in demo.items() if k != "retrain"}
+
+
+def test_no_rule_writes_its_benchmark_beside_the_benchmark_scripts():
+    """Snakemake's per-job benchmark files are outputs: under results/, never in benchmarks/ (the scripts)."""
+    found = [(f.name, line.strip()) for f in ROOT.glob("rules/*.smk") for line in f.read_text().splitlines()
+             if re.match(r'\s*"benchmarks/', line)]
+    assert not found, found
+    assert sum(line.strip().startswith('"results/benchmarks/') for f in ROOT.glob("rules/*.smk")
+               for line in f.read_text().splitlines()) >= 20  # every rule's, moved (not dropped)

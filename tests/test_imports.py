@@ -64,3 +64,11 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path
 
 def test_the_package_has_no_import_cycle():
     assert find_cycle(import_graph()) is None
+
+
+def test_no_function_in_the_package_is_over_120_lines():
+    """A function a reader can hold: the long ones are split into named parts."""
+    long = [f"{p.name}:{n.name} ({n.end_lineno - n.lineno + 1} lines)" for p in sorted(PKG.glob("*.py"))
+            for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 120]
+    assert not long, long

@@ -425,7 +425,7 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
 
     def wall(rel):
-        return float(pd.read_csv(wd / "benchmarks" / rel, sep="\t")["s"].iloc[0])
+        return float(pd.read_csv(wd / "results" / "benchmarks" / rel, sep="\t")["s"].iloc[0])
 
     t = pd.read_csv(res / "tables/cost.csv", keep_default_na=False)
     row = lambda stage, cls="", method="": t[(t.stage == stage) & (t["class"] == cls) & (t.method == method)].iloc[0]
@@ -489,7 +489,7 @@ def test_a_deleted_benchmark_file_reruns_nothing(tiny_run, tmp_path):
     wd0, _ = tiny_run
     wd = tmp_path / "run"
     shutil.copytree(wd0, wd, symlinks=True, ignore=shutil.ignore_patterns("locks"))  # shared: another worker may run in it
-    (wd / "benchmarks/train_baseline.tsv").unlink()
+    (wd / "results/benchmarks/train_baseline.tsv").unlink()
     p = snakemake(wd, "-n")
     assert "Nothing to be done" in p.stdout + p.stderr
     snakemake(wd, "--forcerun", "cost", "results/tables/cost.md")

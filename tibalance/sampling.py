@@ -105,6 +105,27 @@ def auto_batch_size(device, probe) -> int:
     return bs
 
 
+def mode_pipeline(model: str, method: str, s: dict, device, wdtype, embeds: str | None, placeholder: str | None,
+                  lora: str | None):
+    """The pipeline a sampling mode samples with: the generator with the class's
+    token and/or LoRA adapter (fused), the configured scheduler, the family's
+    image-to-image pipeline for the real-image-guided modes, the switches."""
+    pipe = load_pipeline(model, device=device, dtype=wdtype)
+    if channels_last(s.get("channels_last"), device):
+        pipe.unet.to(memory_format=torch.channels_last)
+    set_attention(pipe.unet, s.get("attention"), "sampling.attention")
+    if method in TOKEN_MODES:
+        load_token(pipe, embeds, placeholder)
+    if method in LORA_MODES:
+        pipe.load_lora_weights(lora)
+        pipe.fuse_lora()  # merged into the weights: no per-layer adapter cost while sampling
+    pipe.scheduler = make_scheduler(s["scheduler"], pipe.scheduler.config)
+    if method in I2I_MODES:
+        pipe = img2img(pipe)  # the family's image-to-image pipeline, the same loaded weights
+    pipe.unet = compiled(pipe.unet, s.get("compile"), "sampling.compile")
+    return pipe
+
+
 def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dict, seed: int,
                  manifest: str, out_csv: str, image_dir: str, embeds: str | None = None,
                  placeholder: str | None = None, num_vectors: int = 1, lora: str | None = None,
@@ -182,19 +203,7 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     if todo:
         # on a GPU the weights are half precision; on CPU they stay fp32 and bf16 runs under autocast
         autocast = wdtype is None and amp_dtype is not None
-        pipe = load_pipeline(model, device=device, dtype=wdtype)
-        if channels_last(s.get("channels_last"), device):
-            pipe.unet.to(memory_format=torch.channels_last)
-        set_attention(pipe.unet, s.get("attention"), "sampling.attention")
-        if method in TOKEN_MODES:
-            load_token(pipe, embeds, placeholder)
-        if method in LORA_MODES:
-            pipe.load_lora_weights(lora)
-            pipe.fuse_lora()  # merged into the weights: no per-layer adapter cost while sampling
-        pipe.scheduler = make_scheduler(s["scheduler"], pipe.scheduler.config)
-        if method in I2I_MODES:
-            pipe = img2img(pipe)  # the family's image-to-image pipeline, the same loaded weights
-        pipe.unet = compiled(pipe.unet, s.get("compile"), "sampling.compile")
+        pipe = mode_pipeline(model, method, s, device, wdtype, embeds, placeholder, lora)
 
         def generate(group: list[int], steps: int) -> list:
             """The images of `group` (one strength: image-to-image takes one a call), each from its own seed."""
