@@ -7,7 +7,7 @@ CORES     ?= all
 PROFILE   ?= profiles/cpu
 FMNIST    := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo verdict rehearsal test install demo-data clean-demo docs
+.PHONY: demo verdict rehearsal test lint install demo-data clean-demo docs
 
 install: $(VENV)/.installed
 
@@ -65,8 +65,14 @@ rehearsal: install
 # cluster's file and the tiny DAG's files start first, side by side
 # (tests/conftest.py queues them first; the tiny run is shared), the rest fill in
 TEST_WORKERS ?= 2
-test: install
+test: install lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+
+# seconds: ruff (lint and import order), snakefmt, Snakemake's linter (the demo's config)
+lint: install
+	$(VENV)/bin/ruff check tibalance workflow tests benchmarks
+	$(VENV)/bin/snakefmt --check Snakefile rules
+	$(SNAKEMAKE) --configfile config/demo.yaml --lint
 
 # config/README.md from the schema; docs/demo.md's tables and the README's plot
 # from the demo run under results/ (run `make demo` first), the run named

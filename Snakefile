@@ -35,7 +35,6 @@ localrules:
     cost,
 
 
-
 include: "rules/common.smk"
 
 
@@ -62,7 +61,7 @@ include: "rules/evaluation.smk"
 
 
 rule all:
+    default_target: True
     input:
         early_targets(),  # before the checkpoint: pretraining and the judge start beside the baseline
         all_targets,
-    default_target: True

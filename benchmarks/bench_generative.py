@@ -109,8 +109,9 @@ def main(argv=None) -> dict:
         model = a.save_model or str(tmp / a.architecture)
         build_tiny(model, ARCHITECTURES[a.architecture])
     res = native_resolution(model)
-    from tibalance.rehearsal import photo
     import random
+
+    from tibalance.rehearsal import photo
 
     rng = random.Random(0)
     seeds = []

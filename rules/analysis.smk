@@ -16,17 +16,17 @@ checkpoint analyse_confusion:
             category="1. Baseline",
         ),
         weak="results/analysis/weak_classes.json",
-    params:
-        analysis=section("analysis"),
     log:
         "logs/analyse_confusion.log",
     benchmark:
         "results/benchmarks/analyse_confusion.tsv"
     priority: 55  # 3 s: the seeds and every token wait for it (else after the generator's UNet)
+    conda:
+        "../envs/torch.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        analysis=section("analysis"),
     script:
         "../workflow/scripts/analyse_confusion.py"

@@ -8,20 +8,20 @@ rule train_baseline:
         predictions="results/baseline/predictions.csv",
         metrics="results/baseline/metrics.json",
         meta="results/baseline/train_baseline.meta.json",
-    params:
-        classifier=section("classifier"),
-        seed=SEED,
     log:
         "logs/train_baseline.log",
     benchmark:
         "results/benchmarks/train_baseline.tsv"
-    threads: 8
     priority: 50  # with the generator's VAE, first: the seed selection and every token wait for it
+    conda:
+        "../envs/torch.yaml"
+    threads: 8
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=240,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        classifier=section("classifier"),
+        seed=SEED,
     script:
         "../workflow/scripts/train_baseline.py"

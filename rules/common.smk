@@ -7,19 +7,45 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
-from tibalance.config import (canonical, check_class_names, check_freeze, check_generator_preset, check_lora,
-                              check_oracle_at, check_replicates, class_settings, format_validation_error, refill_count,
-                              replicate_dir, replicate_index, replicate_of)
+from tibalance.config import (
+    canonical,
+    check_class_names,
+    check_freeze,
+    check_generator_preset,
+    check_lora,
+    check_oracle_at,
+    check_replicates,
+    class_settings,
+    format_validation_error,
+    refill_count,
+    replicate_dir,
+    replicate_index,
+    replicate_of,
+)
 from tibalance.data import check_root, dataset_class_names, oracle_absent_reason
 from tibalance.defaults import FILTER_DEFAULTS
-from tibalance.fetch import WEIGHTS_DIR, classifier_weights_file, dataset_marker, inception_weights_file, weights_to_fetch
+from tibalance.fetch import (
+    WEIGHTS_DIR,
+    classifier_weights_file,
+    dataset_marker,
+    inception_weights_file,
+    weights_to_fetch,
+)
 from tibalance.generator import check_model, fetched_folder, is_local
-from tibalance.defaults import (FID_RELIABLE_IMAGES, LORA_ADAPTER, LORA_DEFAULTS, LORA_MODES, MODES, PRETRAIN_DEFAULTS,
-                                PRETRAIN_VAE_KEYS,
-                                SAMPLING_DEFAULTS, TI_DEFAULTS, TOKEN_MODES)
+from tibalance.defaults import (
+    FID_RELIABLE_IMAGES,
+    LORA_ADAPTER,
+    LORA_DEFAULTS,
+    LORA_MODES,
+    MODES,
+    PRETRAIN_DEFAULTS,
+    PRETRAIN_VAE_KEYS,
+    SAMPLING_DEFAULTS,
+    TI_DEFAULTS,
+    TOKEN_MODES,
+)
 from tibalance.retrain import SAMPLE_KIND, ablation_variants, parse_variant
 from tibalance.util import TibalanceError, derive_seed, read_json
-
 
 CONFIGFILE = (workflow.configfiles or ["config/config.yaml"])[-1]
 
@@ -34,7 +60,11 @@ try:
 except WorkflowError as e:
     err = e.__context__  # the jsonschema ValidationError validate() caught
     err = err if hasattr(err, "absolute_path") else None
-    _fail(format_validation_error(err, CONFIGFILE) if err is not None else f"{CONFIGFILE}: {e}")
+    _fail(
+        format_validation_error(err, CONFIGFILE)
+        if err is not None
+        else f"{CONFIGFILE}: {e}"
+    )
 
 # the Stable Diffusion pipeline: built offline (tiny) or a local folder / hub id;
 # FETCH_REPO: the hub id fetch_generator downloads (None: nothing to fetch, no such rule)
@@ -55,17 +85,25 @@ else:
 # torchvision's dataset download (data.download: true) and the weights files
 DATASET_MARKER = dataset_marker(config["data"])
 DATASET_FETCHED = [DATASET_MARKER] if DATASET_MARKER else []
-WEIGHTS = weights_to_fetch(config)  # {file name: URL}; {} when nothing is pretrained and FID uses no Inception
+WEIGHTS = weights_to_fetch(
+    config
+)  # {file name: URL}; {} when nothing is pretrained and FID uses no Inception
 
 # the class-fidelity judge: a given checkpoint, one trained on images the study
 # does not use (judge.train_per_class > 0), or none
-JUDGE = config["judge"].get("model") or ("results/judge/model.pt" if config["judge"]["train_per_class"] else None)
+JUDGE = config["judge"].get("model") or (
+    "results/judge/model.pt" if config["judge"]["train_per_class"] else None
+)
 # the judge's pool per class (the oracle never takes those images), 0 when no judge is trained
-JUDGE_POOL_PER_CLASS = 0 if config["judge"].get("model") else int(config["judge"]["train_per_class"])
+JUDGE_POOL_PER_CLASS = (
+    0 if config["judge"].get("model") else int(config["judge"]["train_per_class"])
+)
 
 try:
     if config["judge"].get("model") and not os.path.isfile(config["judge"]["model"]):
-        raise TibalanceError(f"judge.model: judge checkpoint {config['judge']['model']} does not exist")
+        raise TibalanceError(
+            f"judge.model: judge checkpoint {config['judge']['model']} does not exist"
+        )
     if config["generator"]["build"] == "none":
         check_model(config["generator"]["model"])
     check_root(config["data"])
@@ -84,23 +122,43 @@ REPLICATES = int(config["replicates"])
 
 # real_oracle needs real images the study removed: elsewhere its row is absent,
 # with the reason once on the terminal and under the summary table
-ORACLE_ABSENT = (oracle_absent_reason(config["data"])
-                 if any(m.startswith("real_oracle") for m in config["retrain"]["methods"]) else None)
+ORACLE_ABSENT = (
+    oracle_absent_reason(config["data"])
+    if any(m.startswith("real_oracle") for m in config["retrain"]["methods"])
+    else None
+)
 if ORACLE_ABSENT:
     print(f"tibalance: {ORACLE_ABSENT}", file=sys.stderr)
-    config["retrain"]["methods"] = [m for m in config["retrain"]["methods"] if not m.startswith("real_oracle")]
+    config["retrain"]["methods"] = [
+        m for m in config["retrain"]["methods"] if not m.startswith("real_oracle")
+    ]
 
 # sampling modes the study generates: raw and ti always (grids, FID); the
 # real-image-guided and LoRA modes when their retraining method is part of the study
-SAMPLE_KINDS = ["raw", "ti"] + [m for m in MODES if m not in ("raw", "ti") and m in config["retrain"]["methods"]]
+SAMPLE_KINDS = ["raw", "ti"] + [
+    m for m in MODES if m not in ("raw", "ti") and m in config["retrain"]["methods"]
+]
 # the LoRA adapters those modes need (lora_i2i samples with the `lora` adapter)
-LORA_KINDS = sorted({LORA_ADAPTER[m] for m in SAMPLE_KINDS if m in LORA_MODES}, key=["lora", "ti_lora"].index)
+LORA_KINDS = sorted(
+    {LORA_ADAPTER[m] for m in SAMPLE_KINDS if m in LORA_MODES},
+    key=["lora", "ti_lora"].index,
+)
 # replicates k > 0 make only what a retraining run reads: the modes of the
 # synthetic methods (oversample counts replicate 0's raw table: the count is the
 # same), their adapters, and the token where a mode or adapter needs it
-REP_SAMPLE_KINDS = [m for m in MODES if m in {SAMPLE_KIND[x] for x in config["retrain"]["methods"] if x in SAMPLE_KIND}]
-REP_LORA_KINDS = [k for k in LORA_KINDS if k in {LORA_ADAPTER[m] for m in REP_SAMPLE_KINDS if m in LORA_MODES}]
-REP_TOKEN = any(m in TOKEN_MODES for m in REP_SAMPLE_KINDS) or "ti_lora" in REP_LORA_KINDS
+REP_SAMPLE_KINDS = [
+    m
+    for m in MODES
+    if m in {SAMPLE_KIND[x] for x in config["retrain"]["methods"] if x in SAMPLE_KIND}
+]
+REP_LORA_KINDS = [
+    k
+    for k in LORA_KINDS
+    if k in {LORA_ADAPTER[m] for m in REP_SAMPLE_KINDS if m in LORA_MODES}
+]
+REP_TOKEN = (
+    any(m in TOKEN_MODES for m in REP_SAMPLE_KINDS) or "ti_lora" in REP_LORA_KINDS
+)
 
 
 def _rep(wildcards):
@@ -118,7 +176,9 @@ def retrain_section():
     """The retrain section as a run sees it: without the methods and seeds lists
     (a run's method and seed are its wildcards), so that adding a method or a
     seed plans the new runs only, not every run again."""
-    return canonical({k: v for k, v in config["retrain"].items() if k not in ("methods", "seeds")})
+    return canonical(
+        {k: v for k, v in config["retrain"].items() if k not in ("methods", "seeds")}
+    )
 
 
 def fid_metrics():
@@ -140,7 +200,10 @@ def images_wanted(cls):
     # after the checkpoint (Snakemake defers this until it has run): classes.json,
     # its input, then exists, also when a target names the class's files directly
     checkpoints.analyse_confusion.get()
-    counts = {c: v.get("train", 0) for c, v in read_json("results/data/classes.json")["counts"].items()}
+    counts = {
+        c: v.get("train", 0)
+        for c, v in read_json("results/data/classes.json")["counts"].items()
+    }
     return refill_count(setting, cls, counts)
 
 
@@ -156,7 +219,11 @@ def class_seed(wildcards):
     """The class's seed; replicate k > 0 derives its own from it (replicate 0's is
     the one an R = 1 study has, so adding replicates reruns nothing of it)."""
     k = replicate_index(_rep(wildcards))
-    return derive_seed(SEED, wildcards.cls) if k == 0 else derive_seed(SEED, wildcards.cls, f"replicate{k}")
+    return (
+        derive_seed(SEED, wildcards.cls)
+        if k == 0
+        else derive_seed(SEED, wildcards.cls, f"replicate{k}")
+    )
 
 
 def seeds_params(wildcards):
@@ -206,13 +273,20 @@ def _uses_train_features(cls):
 
 
 def filter_features(wildcards):
-    return ["results/baseline/train_features.npz"] if _uses_train_features(wildcards.cls) else []
+    return (
+        ["results/baseline/train_features.npz"]
+        if _uses_train_features(wildcards.cls)
+        else []
+    )
 
 
 def _token(cls):
     """What a job that uses the class's learned token needs of its inversion settings."""
     ti = _ti_settings(cls)
-    return {"placeholder": ti["placeholder"].format(cls=cls), "num_vectors": ti["num_vectors"]}
+    return {
+        "placeholder": ti["placeholder"].format(cls=cls),
+        "num_vectors": ti["num_vectors"],
+    }
 
 
 def _embeds(cls, rep=""):
@@ -221,7 +295,8 @@ def _embeds(cls, rep=""):
 
 def token_params(wildcards):
     """What a sampling mode needs beside its inputs: the token's placeholder
-    (ti, ti_i2i, ti_lora), the words the lora adapter was trained with (lora, lora_i2i)."""
+    (ti, ti_i2i, ti_lora), the words the lora adapter was trained with (lora, lora_i2i).
+    """
     if wildcards.method in TOKEN_MODES:
         return _token(wildcards.cls)
     if wildcards.method in ("lora", "lora_i2i"):
@@ -238,12 +313,18 @@ def sample_inputs(wildcards):
         inputs["embeds"] = _embeds(wildcards.cls, rep)
     if wildcards.method in LORA_MODES:
         kind = LORA_ADAPTER[wildcards.method]
-        inputs["lora"] = f"results/lora/{kind}/{wildcards.cls}{rep}/pytorch_lora_weights.safetensors"
+        inputs["lora"] = (
+            f"results/lora/{kind}/{wildcards.cls}{rep}/pytorch_lora_weights.safetensors"
+        )
     return inputs
 
 
 def lora_inputs(wildcards):
-    return {"embeds": _embeds(wildcards.cls, _rep(wildcards))} if wildcards.lora_kind == "ti_lora" else {}
+    return (
+        {"embeds": _embeds(wildcards.cls, _rep(wildcards))}
+        if wildcards.lora_kind == "ti_lora"
+        else {}
+    )
 
 
 def lora_token_params(wildcards):
@@ -252,12 +333,18 @@ def lora_token_params(wildcards):
 
 def class_samples(wildcards):
     """{mode: sample table} of one class, for its grid and FID."""
-    return {kind: f"results/samples/{kind}/{wildcards.cls}/samples.csv" for kind in SAMPLE_KINDS}
+    return {
+        kind: f"results/samples/{kind}/{wildcards.cls}/samples.csv"
+        for kind in SAMPLE_KINDS
+    }
 
 
 def class_filtered(wildcards):
     """{mode: filtered sample table} of one class, for the judge."""
-    return {kind: f"results/samples/{kind}/{wildcards.cls}/filtered.csv" for kind in SAMPLE_KINDS}
+    return {
+        kind: f"results/samples/{kind}/{wildcards.cls}/filtered.csv"
+        for kind in SAMPLE_KINDS
+    }
 
 
 def run_replicate(wildcards):
@@ -280,29 +367,47 @@ def retrain_synthetic(wildcards):
         return expand("results/samples/raw/{cls}/samples.csv", cls=adapted_classes())
     if wildcards.method == "real_oracle":
         return expand("results/oracle/{cls}/images.csv", cls=adapted_classes())
-    oracle = (expand("results/oracle/{cls}/images.csv", cls=adapted_classes())
-              if wildcards.method.startswith("real_oracle@") else [])  # cut to the mode's kept count
+    oracle = (
+        expand("results/oracle/{cls}/images.csv", cls=adapted_classes())
+        if wildcards.method.startswith("real_oracle@")
+        else []
+    )  # cut to the mode's kept count
     kind = SAMPLE_KIND.get(wildcards.method)
     if kind is None:
         return []
     rep = replicate_dir(run_replicate(wildcards))
-    return oracle + expand("results/samples/{kind}/{cls}{rep}/filtered.csv", kind=kind, cls=adapted_classes(), rep=rep)
+    return oracle + expand(
+        "results/samples/{kind}/{cls}{rep}/filtered.csv",
+        kind=kind,
+        cls=adapted_classes(),
+        rep=rep,
+    )
 
 
 def retrain_init(wildcards):
     """retrain.init: baseline -> every run fine-tunes the baseline classifier."""
-    return ["results/baseline/model.pt"] if config["retrain"].get("init", "scratch") == "baseline" else []
+    return (
+        ["results/baseline/model.pt"]
+        if config["retrain"].get("init", "scratch") == "baseline"
+        else []
+    )
 
 
 def retrain_classifier(wildcards):
     """The baseline's recipe, with the retrain section's overrides (same for every method)."""
-    return canonical({**config["classifier"], **config["retrain"].get("classifier", {})})
+    return canonical(
+        {**config["classifier"], **config["retrain"].get("classifier", {})}
+    )
 
 
 def uses_frozen_features():
     """Fine-tuning the baseline above frozen stages: their outputs come from the frozen_features job."""
-    return (config["retrain"].get("init", "scratch") == "baseline"
-            and retrain_classifier(None).get("freeze_below") not in (None, "stem"))
+    return config["retrain"].get(
+        "init", "scratch"
+    ) == "baseline" and retrain_classifier(None).get("freeze_below") not in (
+        None,
+        "stem",
+    )
 
 
 def retrain_frozen(wildcards):
@@ -311,7 +416,11 @@ def retrain_frozen(wildcards):
 
 def retrain_weights(wildcards):
     """The ImageNet weights a retraining run starts from (none when it fine-tunes the baseline)."""
-    return [] if retrain_init(wildcards) else classifier_weights_file(retrain_classifier(wildcards))
+    return (
+        []
+        if retrain_init(wildcards)
+        else classifier_weights_file(retrain_classifier(wildcards))
+    )
 
 
 def retrain_runs(wildcards):
@@ -324,18 +433,26 @@ def retrain_runs(wildcards):
 
 def retrain_predictions(wildcards):
     """Every retraining run's per-image test predictions (the report's intervals and tests)."""
-    return [p.replace("metrics.json", "predictions.csv") for p in retrain_runs(wildcards)]
+    return [
+        p.replace("metrics.json", "predictions.csv") for p in retrain_runs(wildcards)
+    ]
 
 
 def ablation_cells():
     """(method, variant, seed) of every ablation run."""
     ab = config["ablation"]
-    return [(m, v, s) for m in ab["methods"] for v in ablation_variants(ab["counts"])
-            for s in ab.get("seeds") or config["retrain"]["seeds"]]
+    return [
+        (m, v, s)
+        for m in ab["methods"]
+        for v in ablation_variants(ab["counts"])
+        for s in ab.get("seeds") or config["retrain"]["seeds"]
+    ]
 
 
 def ablation_runs(wildcards):
-    return [f"results/ablation/{m}/{v}/seed{s}/metrics.json" for m, v, s in ablation_cells()]
+    return [
+        f"results/ablation/{m}/{v}/seed{s}/metrics.json" for m, v, s in ablation_cells()
+    ]
 
 
 def fid_files(wildcards):
@@ -343,7 +460,11 @@ def fid_files(wildcards):
 
 
 def filtered_files(wildcards):
-    return expand("results/samples/{kind}/{cls}/filtered.csv", kind=SAMPLE_KINDS, cls=adapted_classes())
+    return expand(
+        "results/samples/{kind}/{cls}/filtered.csv",
+        kind=SAMPLE_KINDS,
+        cls=adapted_classes(),
+    )
 
 
 def judge_files(wildcards):
@@ -374,7 +495,9 @@ def after_generator(wildcards):
 
 def pretrain_vae_params(wildcards):
     """Only the VAE phase's settings: an edit of the UNet's reruns the UNet job alone."""
-    return {k: v for k, v in pretrain_params(wildcards).items() if k in PRETRAIN_VAE_KEYS}
+    return {
+        k: v for k, v in pretrain_params(wildcards).items() if k in PRETRAIN_VAE_KEYS
+    }
 
 
 def early_targets():
@@ -383,8 +506,13 @@ def early_targets():
     cores, two jobs side by side) instead of after the confusion analysis."""
     out = []
     if config["generator"]["build"] == "pretrain":
-        out += ["results/tables/generator_quality.md", "results/generator/quality_samples.png"]
-    if JUDGE == "results/judge/model.pt":  # a judge trained here (not a given checkpoint)
+        out += [
+            "results/tables/generator_quality.md",
+            "results/generator/quality_samples.png",
+        ]
+    if (
+        JUDGE == "results/judge/model.pt"
+    ):  # a judge trained here (not a given checkpoint)
         out += [JUDGE]
     return out
 
@@ -394,26 +522,41 @@ def ti_loss_files(wildcards):
 
 
 def ti_meta_files(wildcards):
-    return expand("results/inversion/{cls}/textual_inversion.meta.json", cls=adapted_classes())
+    return expand(
+        "results/inversion/{cls}/textual_inversion.meta.json", cls=adapted_classes()
+    )
 
 
 def lora_loss_files(wildcards):
-    return expand("results/lora/{kind}/{cls}/loss.csv", kind=LORA_KINDS, cls=adapted_classes())
+    return expand(
+        "results/lora/{kind}/{cls}/loss.csv", kind=LORA_KINDS, cls=adapted_classes()
+    )
 
 
 def lora_meta_files(wildcards):
-    return expand("results/lora/{kind}/{cls}/lora.meta.json", kind=LORA_KINDS, cls=adapted_classes())
+    return expand(
+        "results/lora/{kind}/{cls}/lora.meta.json",
+        kind=LORA_KINDS,
+        cls=adapted_classes(),
+    )
 
 
 def all_targets(wildcards):
     weak = weak_classes()
     return (
-        ["results/tables/summary.md", "results/tables/per_class.md", "results/tables/cost.md"]
-        +
-        ["results/analysis/per_class.csv", "results/analysis/confusion.png"]
+        [
+            "results/tables/summary.md",
+            "results/tables/per_class.md",
+            "results/tables/cost.md",
+        ]
+        + ["results/analysis/per_class.csv", "results/analysis/confusion.png"]
         + expand("results/seeds/{cls}/contact_sheet.png", cls=weak)
         + expand("results/inversion/{cls}/preview.png", cls=adapted_classes())
-        + expand("results/lora/{kind}/{cls}/preview.png", kind=LORA_KINDS, cls=adapted_classes())
+        + expand(
+            "results/lora/{kind}/{cls}/preview.png",
+            kind=LORA_KINDS,
+            cls=adapted_classes(),
+        )
         + expand("results/samples/grid/{cls}.png", cls=adapted_classes())
     )
 
@@ -429,15 +572,28 @@ def study_jobs(wildcards):
 
     def add(name, cls=None, method=None, replicate=None, **wc):
         r = getattr(rules, name)
-        wc = {**wc, **({"cls": cls} if cls else {}), **({"method": method} if method else {})}
+        wc = {
+            **wc,
+            **({"cls": cls} if cls else {}),
+            **({"method": method} if method else {}),
+        }
         if replicate is not None:
             wc["rep"] = replicate_dir(replicate)
         fill = lambda pattern: expand(pattern, **wc)[0] if wc else str(pattern)
         meta = r.output.get("meta") or r.output.get("sidecar")
-        jobs.append({"rule": name, "class": cls, "method": method if "variant" not in wc else f"{method} {wc['variant']}",
-                     "replicate": replicate,
-                     "benchmark": fill(r.benchmark), "meta": fill(meta) if meta else None,
-                     "done": fill(meta or r.output[0])})
+        jobs.append(
+            {
+                "rule": name,
+                "class": cls,
+                "method": (
+                    method if "variant" not in wc else f"{method} {wc['variant']}"
+                ),
+                "replicate": replicate,
+                "benchmark": fill(r.benchmark),
+                "meta": fill(meta) if meta else None,
+                "done": fill(meta or r.output[0]),
+            }
+        )
 
     for name in ("prepare_data", "train_baseline", "analyse_confusion"):
         add(name)

@@ -6,19 +6,19 @@ rule prepare_data:
         classes="results/data/classes.json",
         skipped="results/data/skipped.csv",
         meta="results/data/prepare_data.meta.json",
-    params:
-        data=section("data"),
-        seed=SEED,
-        image_dir="results/data/images",
     log:
         "logs/prepare_data.log",
     benchmark:
         "results/benchmarks/prepare_data.tsv"
+    conda:
+        "../envs/torch.yaml"
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        data=section("data"),
+        seed=SEED,
+        image_dir="results/data/images",
     script:
         "../workflow/scripts/prepare_data.py"
 
@@ -34,20 +34,20 @@ rule oracle_images:
     output:
         images="results/oracle/{cls}/images.csv",
         meta="results/oracle/{cls}/oracle_images.meta.json",
+    log:
+        "logs/oracle_images/{cls}.log",
+    benchmark:
+        "results/benchmarks/oracle_images/{cls}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
     params:
         data=section("data"),
         seed=SEED,
         n=lambda wildcards: images_wanted(wildcards.cls),
         judge_per_class=JUDGE_POOL_PER_CLASS,
         image_dir="results/oracle/images",
-    log:
-        "logs/oracle_images/{cls}.log",
-    benchmark:
-        "results/benchmarks/oracle_images/{cls}.tsv"
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    conda:
-        "../envs/torch.yaml"
     script:
         "../workflow/scripts/oracle_images.py"

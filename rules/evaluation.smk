@@ -7,20 +7,20 @@ rule fid:
     output:
         fid="results/fid/{cls}.json",
         meta="results/fid/{cls}.meta.json",
-    params:
-        metrics=fid_metrics(),  # min_images only marks the tables: not a reason to recompute
-        cache_root="results/fid/cache",
     log:
         "logs/fid/{cls}.log",
     benchmark:
         "results/benchmarks/fid/{cls}.tsv"
+    conda:
+        "../envs/diffusion.yaml"
     threads: 4
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=30,
-    conda:
-        "../envs/diffusion.yaml"
+    params:
+        metrics=fid_metrics(),  # min_images only marks the tables: not a reason to recompute
+        cache_root="results/fid/cache",
     script:
         "../workflow/scripts/fid.py"
 
@@ -37,20 +37,22 @@ rule frozen_features:
     output:
         features="results/retrain/frozen_features.pt",
         meta="results/retrain/frozen_features.meta.json",
-    params:
-        below=lambda wildcards: retrain_classifier(wildcards)["freeze_below"],
-        augment=lambda wildcards: retrain_classifier(wildcards).get("augment", "standard"),
     log:
         "logs/frozen_features.log",
     benchmark:
         "results/benchmarks/frozen_features.tsv"
-    threads: 1
     priority: 10  # before the retraining runs, after the chain token -> adapter -> samples
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        below=lambda wildcards: retrain_classifier(wildcards)["freeze_below"],
+        augment=lambda wildcards: retrain_classifier(wildcards).get(
+            "augment", "standard"
+        ),
     script:
         "../workflow/scripts/frozen_features.py"
 
@@ -68,20 +70,20 @@ rule retrain:
         metrics="results/retrain/{method}/seed{seed}/metrics.json",
         predictions="results/retrain/{method}/seed{seed}/predictions.csv",
         meta="results/retrain/{method}/seed{seed}/retrain.meta.json",
-    params:
-        classifier=retrain_classifier,
-        retrain=retrain_section(),
     log:
         "logs/retrain/{method}/seed{seed}.log",
     benchmark:
         "results/benchmarks/retrain/{method}/seed{seed}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 8
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=240,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        classifier=retrain_classifier,
+        retrain=retrain_section(),
     script:
         "../workflow/scripts/retrain.py"
 
@@ -101,21 +103,21 @@ rule retrain_ablation:
         metrics="results/ablation/{method}/{variant}/seed{seed}/metrics.json",
         predictions="results/ablation/{method}/{variant}/seed{seed}/predictions.csv",
         meta="results/ablation/{method}/{variant}/seed{seed}/retrain.meta.json",
-    params:
-        classifier=retrain_classifier,
-        retrain=retrain_section(),
-        variant=lambda wildcards: parse_variant(wildcards.variant),
     log:
         "logs/retrain_ablation/{method}/{variant}/seed{seed}.log",
     benchmark:
         "results/benchmarks/retrain_ablation/{method}/{variant}/seed{seed}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 8
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=240,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        classifier=retrain_classifier,
+        retrain=retrain_section(),
+        variant=lambda wildcards: parse_variant(wildcards.variant),
     script:
         "../workflow/scripts/retrain.py"
 
@@ -134,38 +136,69 @@ rule report:
         lora_metas=lora_meta_files,
         weak="results/analysis/weak_classes.json",
         classes="results/data/classes.json",
+    output:
+        summary_csv="results/tables/summary.csv",
+        summary_md="results/tables/summary.md",
+        summary_html=report(
+            "results/tables/summary.html",
+            caption="../workflow/report/summary.rst",
+            category="5. Results",
+        ),
+        per_class_csv="results/tables/per_class.csv",
+        per_class_md="results/tables/per_class.md",
+        per_class_html=report(
+            "results/tables/per_class.html",
+            caption="../workflow/report/per_class_table.rst",
+            category="5. Results",
+        ),
+        acc_plot=report(
+            "results/plots/accuracy_change.png",
+            caption="../workflow/report/accuracy_change.rst",
+            category="5. Results",
+        ),
+        fid_plot=report(
+            "results/plots/fid_raw_vs_ti.png",
+            caption="../workflow/report/fid_plot.rst",
+            category="5. Results",
+        ),
+        significance_csv="results/tables/significance.csv",
+        significance_md="results/tables/significance.md",
+        significance_html=report(
+            "results/tables/significance.html",
+            caption="../workflow/report/significance.rst",
+            category="5. Results",
+        ),
+        verdict_md="results/tables/verdict.md",
+        verdict_html=report(
+            "results/tables/verdict.html",
+            caption="../workflow/report/verdict.rst",
+            category="5. Results",
+        ),
+        ablation_csv="results/tables/ablation.csv",
+        ablation_md="results/tables/ablation.md",
+        ablation_html=report(
+            "results/tables/ablation.html",
+            caption="../workflow/report/ablation.rst",
+            category="5. Results",
+        ),
+    log:
+        "logs/report.log",
+    benchmark:
+        "results/benchmarks/report.tsv"
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         fid_min_images=config["metrics"].get("min_images", FID_RELIABLE_IMAGES),
         seed=SEED,
         notes=[ORACLE_ABSENT] if ORACLE_ABSENT else [],
         # {retraining seed: the replicate it trained on}, for the verdict's ranking line
-        replicate_of_seed={s: replicate_of(s, config["retrain"]["seeds"], REPLICATES) for s in config["retrain"]["seeds"]},
-    output:
-        summary_csv="results/tables/summary.csv",
-        summary_md="results/tables/summary.md",
-        summary_html=report("results/tables/summary.html", caption="../workflow/report/summary.rst", category="5. Results"),
-        per_class_csv="results/tables/per_class.csv",
-        per_class_md="results/tables/per_class.md",
-        per_class_html=report("results/tables/per_class.html", caption="../workflow/report/per_class_table.rst", category="5. Results"),
-        acc_plot=report("results/plots/accuracy_change.png", caption="../workflow/report/accuracy_change.rst", category="5. Results"),
-        fid_plot=report("results/plots/fid_raw_vs_ti.png", caption="../workflow/report/fid_plot.rst", category="5. Results"),
-        significance_csv="results/tables/significance.csv",
-        significance_md="results/tables/significance.md",
-        significance_html=report("results/tables/significance.html", caption="../workflow/report/significance.rst", category="5. Results"),
-        verdict_md="results/tables/verdict.md",
-        verdict_html=report("results/tables/verdict.html", caption="../workflow/report/verdict.rst", category="5. Results"),
-        ablation_csv="results/tables/ablation.csv",
-        ablation_md="results/tables/ablation.md",
-        ablation_html=report("results/tables/ablation.html", caption="../workflow/report/ablation.rst", category="5. Results"),
-    log:
-        "logs/report.log",
-    benchmark:
-        "results/benchmarks/report.tsv"
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/torch.yaml"
+        replicate_of_seed={
+            s: replicate_of(s, config["retrain"]["seeds"], REPLICATES)
+            for s in config["retrain"]["seeds"]
+        },
     script:
         "../workflow/scripts/report.py"
 
@@ -180,16 +213,20 @@ rule cost:
         csv="results/tables/cost.csv",
         methods_csv="results/tables/cost_methods.csv",
         md="results/tables/cost.md",
-        html=report("results/tables/cost.html", caption="../workflow/report/cost.rst", category="5. Results"),
-    params:
-        jobs=study_jobs,
-        methods=config["retrain"]["methods"],
+        html=report(
+            "results/tables/cost.html",
+            caption="../workflow/report/cost.rst",
+            category="5. Results",
+        ),
     log:
         "logs/cost.log",
+    conda:
+        "../envs/torch.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        jobs=study_jobs,
+        methods=config["retrain"]["methods"],
     script:
         "../workflow/scripts/cost.py"

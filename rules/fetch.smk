@@ -7,15 +7,15 @@ if DATASET_MARKER:
 
     # torchvision's download of the dataset into data.root (data.download: true)
     rule fetch_dataset:
-        localrule: True
         output:
             marker=DATASET_MARKER,
-        params:
-            data=section("data"),
         log:
             "logs/fetch_dataset.log",
+        localrule: True
         conda:
             "../envs/torch.yaml"
+        params:
+            data=section("data"),
         script:
             "../workflow/scripts/fetch_dataset.py"
 
@@ -24,16 +24,16 @@ if WEIGHTS:
 
     # the classifier's ImageNet weights (classifier.pretrained) and FID's Inception
     rule fetch_weights:
-        localrule: True
         output:
             f"{WEIGHTS_DIR}/{{file}}",
-        params:
-            url=lambda wildcards: WEIGHTS[wildcards.file],
-        wildcard_constraints:
-            file="|".join(re.escape(f) for f in WEIGHTS),
         log:
             "logs/fetch_weights/{file}.log",
+        wildcard_constraints:
+            file="|".join(re.escape(f) for f in WEIGHTS),
+        localrule: True
         conda:
             "../envs/torch.yaml"
+        params:
+            url=lambda wildcards: WEIGHTS[wildcards.file],
         script:
             "../workflow/scripts/fetch_weights.py"

@@ -4,15 +4,15 @@
 if FETCH_REPO:
 
     rule fetch_generator:
-        localrule: True
         output:
             model=f"{MODEL}/model_index.json",
-        params:
-            repo=FETCH_REPO,
         log:
             "logs/fetch_generator.log",
+        localrule: True
         conda:
             "../envs/diffusion.yaml"
+        params:
+            repo=FETCH_REPO,
         script:
             "../workflow/scripts/fetch_generator.py"
 
@@ -22,18 +22,18 @@ rule build_generator:
     output:
         model="results/generator/tiny_sd/model_index.json",
         meta="results/generator/build_generator.meta.json",
-    params:
-        tiny=canonical(config["generator"]["tiny"]),
-        seed=SEED,
     log:
         "logs/build_generator.log",
     benchmark:
         "results/benchmarks/build_generator.tsv"
+    conda:
+        "../envs/diffusion.yaml"
     resources:
         mem_mb=4000,
         runtime=10,
-    conda:
-        "../envs/diffusion.yaml"
+    params:
+        tiny=canonical(config["generator"]["tiny"]),
+        seed=SEED,
     script:
         "../workflow/scripts/build_generator.py"
 
@@ -50,22 +50,22 @@ rule pretrain_vae:
     output:
         vae="results/generator/pretrain_vae/vae/config.json",
         meta="results/generator/pretrain_vae.meta.json",
-    params:
-        tiny=canonical(config["generator"]["tiny"]),
-        pretrain=pretrain_vae_params,
-        seed=SEED,
     log:
         "logs/pretrain_vae.log",
     benchmark:
         "results/benchmarks/pretrain_vae.tsv"
-    threads: 8
     priority: 50  # with the baseline, first: the UNet waits for it
+    conda:
+        "../envs/diffusion.yaml"
+    threads: 8
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=30,
-    conda:
-        "../envs/diffusion.yaml"
+    params:
+        tiny=canonical(config["generator"]["tiny"]),
+        pretrain=pretrain_vae_params,
+        seed=SEED,
     script:
         "../workflow/scripts/pretrain_vae.py"
 
@@ -80,22 +80,22 @@ rule pretrain_generator:
         model="results/generator/pretrained_sd/model_index.json",
         loss="results/generator/pretrain_loss.csv",
         meta="results/generator/pretrain_generator.meta.json",
-    params:
-        tiny=canonical(config["generator"]["tiny"]),
-        pretrain=pretrain_params,
-        seed=SEED,
     log:
         "logs/pretrain_generator.log",
     benchmark:
         "results/benchmarks/pretrain_generator.tsv"
-    threads: 8
     priority: 50
+    conda:
+        "../envs/diffusion.yaml"
+    threads: 8
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../envs/diffusion.yaml"
+    params:
+        tiny=canonical(config["generator"]["tiny"]),
+        pretrain=pretrain_params,
+        seed=SEED,
     script:
         "../workflow/scripts/pretrain_generator.py"
 
@@ -122,22 +122,22 @@ rule generator_quality:
             category="6. Generator",
         ),
         sidecar="results/generator/generator_quality.meta.json",
-    params:
-        pretrain=pretrain_params,
-        seed=SEED,
     log:
         "logs/generator_quality.log",
     benchmark:
         "results/benchmarks/generator_quality.tsv"
-    threads: 4
     # before the retraining runs: nothing but the cost table waits for it, but left
     # to the end it ran alone on one core (70 s of an AVX2 demo's tail)
     priority: 1
+    conda:
+        "../envs/diffusion.yaml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=30,
-    conda:
-        "../envs/diffusion.yaml"
+    params:
+        pretrain=pretrain_params,
+        seed=SEED,
     script:
         "../workflow/scripts/generator_quality.py"

@@ -13,6 +13,20 @@ rule textual_inversion:
             subcategory="{cls}",
         ),
         meta="results/inversion/{cls}{rep}/textual_inversion.meta.json",
+    log:
+        "logs/textual_inversion/{cls}{rep}.log",
+    benchmark:
+        "results/benchmarks/textual_inversion/{cls}{rep}.tsv"
+    # the study's critical path after the generator: the token gates its sampling
+    # modes, the ti_lora adapter and their retraining runs, so it goes first
+    priority: 40
+    conda:
+        "../envs/diffusion.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=24000,
+        runtime=120,
     params:
         ti=ti_params,
         seed=class_seed,
@@ -20,19 +34,5 @@ rule textual_inversion:
         # not an output: Snakemake would delete it when a job fails, and a
         # restarted job must find it to resume
         resume_dir="results/inversion/{cls}{rep}/resume",
-    log:
-        "logs/textual_inversion/{cls}{rep}.log",
-    benchmark:
-        "results/benchmarks/textual_inversion/{cls}{rep}.tsv"
-    threads: 4
-    # the study's critical path after the generator: the token gates its sampling
-    # modes, the ti_lora adapter and their retraining runs, so it goes first
-    priority: 40
-    resources:
-        gpu=1,
-        mem_mb=24000,
-        runtime=120,
-    conda:
-        "../envs/diffusion.yaml"
     script:
         "../workflow/scripts/textual_inversion.py"

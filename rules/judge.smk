@@ -10,20 +10,20 @@ rule judge_pool:
         fetched=DATASET_FETCHED,
     output:
         pool="results/judge/pool.csv",
+    log:
+        "logs/judge_pool.log",
+    benchmark:
+        "results/benchmarks/judge_pool.tsv"
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
     params:
         data=section("data"),
         seed=SEED,
         per_class=config["judge"]["train_per_class"],
         image_dir="results/judge/images",
-    log:
-        "logs/judge_pool.log",
-    benchmark:
-        "results/benchmarks/judge_pool.tsv"
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    conda:
-        "../envs/torch.yaml"
     script:
         "../workflow/scripts/judge_pool.py"
 
@@ -39,21 +39,21 @@ rule train_judge:
         model="results/judge/model.pt",
         metrics="results/judge/metrics.json",
         meta="results/judge/train_judge.meta.json",
-    params:
-        classifier=judge_train_classifier(),
-        seed=derive_seed(SEED, "judge"),
     log:
         "logs/train_judge.log",
     benchmark:
         "results/benchmarks/train_judge.tsv"
-    threads: 8
     priority: 5  # before the retraining runs: the judge's tables wait for it
+    conda:
+        "../envs/torch.yaml"
+    threads: 8
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=240,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        classifier=judge_train_classifier(),
+        seed=derive_seed(SEED, "judge"),
     script:
         "../workflow/scripts/train_judge.py"
 
@@ -69,11 +69,11 @@ rule judge:
         "logs/judge/{cls}.log",
     benchmark:
         "results/benchmarks/judge/{cls}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/torch.yaml"
     script:
         "../workflow/scripts/judge.py"

@@ -17,6 +17,18 @@ rule lora:
             subcategory="{cls}",
         ),
         meta="results/lora/{lora_kind}/{cls}{rep}/lora.meta.json",
+    log:
+        "logs/lora/{lora_kind}/{cls}{rep}.log",
+    benchmark:
+        "results/benchmarks/lora/{lora_kind}/{cls}{rep}.tsv"
+    priority: 30  # after the token (ti_lora trains on it), before the sampling and retraining runs
+    conda:
+        "../envs/diffusion.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=24000,
+        runtime=120,
     params:
         lora=lora_params,
         token=lora_token_params,
@@ -24,17 +36,5 @@ rule lora:
         model=MODEL,
         # not an output: kept when a job fails, so that its retry resumes
         resume_dir="results/lora/{lora_kind}/{cls}{rep}/resume",
-    log:
-        "logs/lora/{lora_kind}/{cls}{rep}.log",
-    benchmark:
-        "results/benchmarks/lora/{lora_kind}/{cls}{rep}.tsv"
-    threads: 4
-    priority: 30  # after the token (ti_lora trains on it), before the sampling and retraining runs
-    resources:
-        gpu=1,
-        mem_mb=24000,
-        runtime=120,
-    conda:
-        "../envs/diffusion.yaml"
     script:
         "../workflow/scripts/lora.py"

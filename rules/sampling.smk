@@ -7,6 +7,18 @@ rule sample:
     output:
         samples="results/samples/{method}/{cls}{rep}/samples.csv",
         meta="results/samples/{method}/{cls}{rep}/sample.meta.json",
+    log:
+        "logs/sample/{method}/{cls}{rep}.log",
+    benchmark:
+        "results/benchmarks/sample/{method}/{cls}{rep}.tsv"
+    priority: 20  # before the retraining runs: they wait for these images
+    conda:
+        "../envs/diffusion.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=60,
     params:
         sampling=sampling_params,
         token=token_params,
@@ -15,18 +27,6 @@ rule sample:
         # images live beside samples.csv but are not an output: a rerun keeps
         # the ones already made with the same settings
         image_dir="results/samples/{method}/{cls}{rep}/images",
-    log:
-        "logs/sample/{method}/{cls}{rep}.log",
-    benchmark:
-        "results/benchmarks/sample/{method}/{cls}{rep}.tsv"
-    threads: 4
-    priority: 20  # before the retraining runs: they wait for these images
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=60,
-    conda:
-        "../envs/diffusion.yaml"
     script:
         "../workflow/scripts/sample.py"
 
@@ -46,11 +46,11 @@ rule sample_grid:
         "logs/sample_grid/{cls}.log",
     benchmark:
         "results/benchmarks/sample_grid/{cls}.tsv"
+    conda:
+        "../envs/torch.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../envs/torch.yaml"
     script:
         "../workflow/scripts/sample_grid.py"
 
@@ -71,13 +71,13 @@ rule train_features:
         "logs/train_features.log",
     benchmark:
         "results/benchmarks/train_features.tsv"
-    threads: 2
     priority: 20
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/torch.yaml"
     script:
         "../workflow/scripts/train_features.py"
 
@@ -91,18 +91,18 @@ rule filter_samples:
     output:
         filtered="results/samples/{method}/{cls}{rep}/filtered.csv",
         meta="results/samples/{method}/{cls}{rep}/filter.meta.json",
-    params:
-        filter=filter_params,
     log:
         "logs/filter_samples/{method}/{cls}{rep}.log",
     benchmark:
         "results/benchmarks/filter_samples/{method}/{cls}{rep}.tsv"
-    threads: 2
     priority: 20
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        filter=filter_params,
     script:
         "../workflow/scripts/filter_samples.py"

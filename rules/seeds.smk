@@ -10,17 +10,17 @@ rule select_seeds:
             category="2. Seeds",
             subcategory="{cls}",
         ),
-    params:
-        seeds=seeds_params,
     log:
         "logs/select_seeds/{cls}{rep}.log",
     benchmark:
         "results/benchmarks/select_seeds/{cls}{rep}.tsv"
     priority: 55  # its class's token waits for it: a few seconds before the generator's UNet, not after
+    conda:
+        "../envs/torch.yaml"
     resources:
         mem_mb=4000,
         runtime=20,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        seeds=seeds_params,
     script:
         "../workflow/scripts/select_seeds.py"

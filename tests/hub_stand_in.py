@@ -7,6 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+
 def serve(folder, repo):
     """Start the server in a thread; returns (server, its URL). server.shutdown() stops it."""
     folder = Path(folder)

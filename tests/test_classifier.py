@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import random_images
 from PIL import Image
 
-from conftest import random_images
 from tibalance.classifier import IMAGENET_MEAN, IMAGENET_STD, TensorBatches
 from tibalance.training import train_classifier
 

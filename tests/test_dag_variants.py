@@ -8,9 +8,10 @@ import shutil
 import numpy as np
 import pandas as pd
 import yaml
+from conftest import TINY, snakemake
+from conftest import job_block as _job_block
+from conftest import planned_jobs as _planned_jobs
 from PIL import Image
-
-from conftest import TINY, job_block as _job_block, planned_jobs as _planned_jobs, snakemake
 
 
 def test_replicates_remake_each_adaptation_and_seed_k_trains_on_replicate_k(tiny_run, tmp_path):

@@ -6,8 +6,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tibalance.data import (apply_imbalance, build_manifest, cap_per_class, check_image, imbalance_counts,
-                            make_splits, read_idx)
+from tibalance.data import (
+    apply_imbalance,
+    build_manifest,
+    cap_per_class,
+    check_image,
+    imbalance_counts,
+    make_splits,
+    read_idx,
+)
 from tibalance.util import TibalanceError, derive_seed, read_json, slugify
 
 

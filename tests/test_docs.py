@@ -107,11 +107,11 @@ def test_readme_is_a_front_door():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 200 and len(text.split()) <= 2000
     lines = text.splitlines()
-    first = next(i for i, l in enumerate(lines) if l.startswith("make demo"))
+    first = next(i for i, line in enumerate(lines) if line.startswith("make demo"))
     assert first < 20 and lines[first + 1].startswith("make test")  # the two commands on the first screen
     assert "**tibalance** is" in "\n".join(lines[:first])  # what the tool is, before any command or time
     assert not re.search(r"\b[0-9a-f]{7,40}\b", "\n".join(lines[:25])), "a commit hash on the first screen"
-    for link in [l for l in re.findall(r"\]\(([^)#]+)\)", text) if "://" not in l]:
+    for link in [u for u in re.findall(r"\]\(([^)#]+)\)", text) if "://" not in u]:
         assert (ROOT / link).exists(), link
 
 

@@ -8,10 +8,9 @@ import shutil
 import pandas as pd
 import pytest
 import yaml
+from conftest import TINY, planned_jobs, snakemake
 from PIL import Image
 from safetensors.torch import load_file
-
-from conftest import TINY, planned_jobs, snakemake
 
 # what the generator's change reaches; the data, baseline, analysis, seeds,
 # judge and the runs without synthetic images stay as they are

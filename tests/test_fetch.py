@@ -7,14 +7,22 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY, snakemake
 from hub_stand_in import serve, serve_static
 from snakemake.iocontainers import Namedlist
+
 from tibalance import smk
 from tibalance.classifier import build_model
-from tibalance.fetch import (MIRROR, classifier_url, dataset_marker, fetch_dataset, fetch_url, file_name,
-                             inception_url, weights_to_fetch)
+from tibalance.fetch import (
+    MIRROR,
+    classifier_url,
+    dataset_marker,
+    fetch_dataset,
+    fetch_url,
+    file_name,
+    inception_url,
+    weights_to_fetch,
+)
 from tibalance.generator import fetch_pipeline, fetched_folder, load_pipeline
 from tibalance.util import TibalanceError
 
@@ -23,9 +31,9 @@ from tibalance.util import TibalanceError
 def mirror(tmp_path_factory):
     """A download mirror on the loopback address holding resnet18's ImageNet
     weights file (random weights of the right shapes) at torchvision's path."""
-    import torch
     from urllib.parse import urlsplit
 
+    import torch
     from torchvision.models import resnet18
 
     folder = tmp_path_factory.mktemp("mirror")

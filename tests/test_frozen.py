@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import random_images
+
 from tibalance import frozen
 from tibalance.classifier import TrainedClassifier, predict
 from tibalance.training import train_classifier

@@ -52,8 +52,9 @@ def test_half_precision_frozen_weights_train_the_same_token(tiny_sd, seed_images
     dtypes a GPU resolves to: the frozen weights are bf16 while it trains, the
     token is fp32 and ends where bf16 autocast over fp32 weights takes it, to
     bf16's rounding."""
-    import tibalance.adapt as adapt
     from diffusers import UNet2DConditionModel
+
+    import tibalance.adapt as adapt
 
     seen, forward = [], UNet2DConditionModel.forward
 

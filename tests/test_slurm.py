@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-
 import slurm_cluster
+import yaml
 from conftest import REPO, TINY, snakemake
 
 PROFILE = REPO / "profiles" / "slurm"

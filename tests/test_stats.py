@@ -8,9 +8,8 @@ import pytest
 from scipy.stats import binomtest
 from scipy.stats import t as student_t
 
-from tibalance.stats import (comparisons, holm, holm_levels, run_interval, run_test, sign_flip_test,
-                             unit_lifts, verdict)
 from tibalance.calibration import mc_error, rates, simulate_study
+from tibalance.stats import comparisons, holm, holm_levels, run_interval, run_test, sign_flip_test, unit_lifts, verdict
 from tibalance.util import TibalanceError
 
 

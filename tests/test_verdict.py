@@ -50,8 +50,8 @@ def _img(path, value):
 def test_filter_keeps_by_its_recorded_score_and_never_reads_test_images(tmp_path):
     """The kept flag is score >= threshold; val/test images are unreadable here,
     so a filter that opened one would fail."""
-    from tibalance.training import train_classifier
     from tibalance.filtering import filter_class
+    from tibalance.training import train_classifier
 
     rows = []
     for cls, value in (("dark", 20), ("light", 230)):

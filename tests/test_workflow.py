@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import FMNIST, REPO, SNAKEMAKE, TINY, snakemake
+from conftest import job_block as _job_block
+from conftest import planned_jobs as _planned_jobs
 from PIL import Image
-
-from conftest import FMNIST, REPO, SNAKEMAKE, TINY, job_block as _job_block, planned_jobs as _planned_jobs, snakemake
 
 
 def _bad_config(tmp_path, edit):
@@ -36,7 +37,7 @@ def _bad_config(tmp_path, edit):
 def test_bad_config_stops_with_one_line(tmp_path, edit, message):
     p = snakemake(tmp_path, "-n", configfiles=[_bad_config(tmp_path, edit)], check=False)
     assert p.returncode != 0
-    lines = [l for l in (p.stdout + p.stderr).splitlines() if l.strip()]
+    lines = [line for line in (p.stdout + p.stderr).splitlines() if line.strip()]
     assert len(lines) == 1, lines
     assert message in lines[0]
     assert not (tmp_path / "results").exists()
@@ -119,7 +120,6 @@ def test_tiny_dag_outputs(tiny_run):
 def test_tiny_dag_inversion_and_sampling(tiny_run):
     """The tiny config sets no resolution for TI, LoRA or sampling: each runs at
     the 32-px generator's own size (not SD 1.5's 512)."""
-    import torch
     from safetensors.torch import load_file
 
     wd, _ = tiny_run

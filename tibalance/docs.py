@@ -17,8 +17,17 @@ from pathlib import Path
 
 import yaml
 
-from .defaults import (FILTER_DEFAULTS, LORA_DEFAULTS, METHODS, MODES, PRETRAIN_DEFAULTS, SAMPLING_DEFAULTS,
-                       SEEDS_DEFAULTS, TI_DEFAULTS, TINY_DEFAULTS)
+from .defaults import (
+    FILTER_DEFAULTS,
+    LORA_DEFAULTS,
+    METHODS,
+    MODES,
+    PRETRAIN_DEFAULTS,
+    SAMPLING_DEFAULTS,
+    SEEDS_DEFAULTS,
+    TI_DEFAULTS,
+    TINY_DEFAULTS,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "config" / "schema.yaml"

@@ -36,5 +36,5 @@ def evaluate(clf, manifest: pd.DataFrame, splits=("val", "test"), frozen=None) -
     pred_i = probs.argmax(1)
     ev = ev.assign(pred=[clf.classes[i] for i in pred_i],
                    confidence=probs[np.arange(len(ev)), pred_i],
-                   prob_true=probs[np.arange(len(ev)), [idx[l] for l in ev["label"]]])
+                   prob_true=probs[np.arange(len(ev)), [idx[label] for label in ev["label"]]])
     return ev[["path", "label", "split", "pred", "confidence", "prob_true"]]

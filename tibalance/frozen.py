@@ -95,7 +95,6 @@ def write_frozen_features(manifest: str, model: str, below: str, augment: str, o
     of both views of every training image."""
     from .classifier import TrainedClassifier
     from .data import load_manifest
-
     from .util import pick_device
 
     m = load_manifest(manifest)

@@ -297,8 +297,13 @@ def build_tiny_pipeline(cfg: dict | None = None, seed: int = 0):
     (v-prediction DDIM, as SD 2.1 768-v), sdxl (two text encoders, Euler, as SDXL base)."""
     import tempfile
 
-    from diffusers import (DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline)
+    from diffusers import (
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
 
     seed_everything(seed)
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from .adapt import OBJECT_TEMPLATES, STYLE_TEMPLATES, Adaptation, fit  # noqa: F401 - part of this module's interface
-from .util import TibalanceError
 from .defaults import TI_DEFAULTS  # noqa: F401 - part of this module's interface
+from .util import TibalanceError
 
 log = logging.getLogger(__name__)
 

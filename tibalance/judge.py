@@ -69,9 +69,9 @@ def train_judge(pool_csv: str, manifest: str, classes: str, clf_cfg: dict, seed:
                 model_out: str, metrics_out: str) -> dict:
     """Train the judge on the pool; its per-class accuracy on the study's val split."""
     from .analysis import per_class_metrics
-    from .training import train_classifier
     from .data import load_manifest
     from .evaluation import evaluate
+    from .training import train_classifier
     from .util import read_json, write_json
 
     pool = pd.read_csv(pool_csv, dtype=str)

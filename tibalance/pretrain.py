@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .defaults import PRETRAIN_DEFAULTS  # noqa: F401 - part of this module's interface
 from .generator import build_tiny_pipeline
 from .precision import autocast_bf16
 from .util import TibalanceError, seed_everything
-from .defaults import PRETRAIN_DEFAULTS  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pandas as pd
 
+from .defaults import METHODS, MODES, YARDSTICK_METHODS
 from .util import TibalanceError, derive_seed
 
-from .defaults import METHODS, MODES, YARDSTICK_METHODS
 # the sampling mode whose images a method trains on
 SAMPLE_KIND = {"raw_sd": "raw", **{m: m for m in MODES if m != "raw"}}
 SAMPLE_KIND.update({f"oversample+{m}": k for m, k in list(SAMPLE_KIND.items())})

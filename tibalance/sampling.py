@@ -26,12 +26,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .generator import (channels_last, compiled, img2img, load_pipeline, model_digest, pipeline_dtypes,
-                        resolve_resolution, set_attention)
 from .config import refill_count
+from .defaults import I2I_MODES, LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES  # noqa: F401 - part of this module's interface
+from .generator import (
+    channels_last,
+    compiled,
+    img2img,
+    load_pipeline,
+    model_digest,
+    pipeline_dtypes,
+    resolve_resolution,
+    set_attention,
+)
 from .inversion import expand_placeholder, load_token
 from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
-from .defaults import I2I_MODES, LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
 

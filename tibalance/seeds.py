@@ -63,6 +63,7 @@ def contact_sheet(paths: list, out_png: str, tile: int = 128, cols: int | None =
                   captions: list[str] | None = None) -> None:
     """A grid of images given as paths or PIL images; None leaves a cell empty."""
     from pathlib import Path
+
     from PIL import ImageDraw
 
     cols = cols or max(1, min(len(paths), 8))

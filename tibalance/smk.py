@@ -8,7 +8,6 @@ import sys
 
 from .util import TibalanceError
 
-
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 # every job but the fetch rules fails on its first network connection, naming
 # what it tried (what a job needs was downloaded before it); 0 switches it off

@@ -27,8 +27,8 @@ def prepare_data(data_cfg: dict, seed: int, manifest: str, classes: str, skipped
 
 def train_baseline(manifest: str, classes: str, clf_cfg: dict, seed: int,
                    model_out: str, predictions_out: str, metrics_out: str, meta: str) -> None:
-    from .training import train_classifier
     from .data import load_manifest
+    from .training import train_classifier
 
     side = Sidecar(seed)
     m = load_manifest(manifest)
@@ -128,7 +128,6 @@ def pretrain_generator(manifest: str, classes: str, vae_meta: str, tiny_cfg: dic
 def generator_quality(model: str, classifier: str, classes: str, pretrain_meta: str, pretrain_cfg: dict, seed: int,
                       out_csv: str, out_md: str, grid_png: str, meta: str) -> None:
     """The baseline classifier's accuracy on the generator's images of each class it learned."""
-    from pathlib import Path
 
     from .pretrain import generator_quality as quality
     from .retrain import display_names, to_markdown
@@ -326,9 +325,9 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
     predictions_out: the per-image test predictions (path, label, pred), which the
     report's intervals and tests read."""
     from .analysis import per_class_metrics
-    from .training import train_classifier
     from .data import load_manifest
     from .retrain import build_training_set
+    from .training import train_classifier
 
     side = Sidecar(seed)
     m = load_manifest(manifest)
@@ -552,7 +551,6 @@ def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str
 def cost(jobs: list[dict], methods: list[str], out_csv: str, methods_csv: str, out_md: str,
          classes: str | None = None) -> None:
     """The cost tables from every job's benchmark file and sidecar."""
-    from pathlib import Path
 
     from . import cost as c
     from .retrain import display_names

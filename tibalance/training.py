@@ -12,8 +12,15 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .classifier import (ImageCache, ImageListDataset, TensorBatches, TrainedClassifier, _load_size, build_model,
-                         train_transform)
+from .classifier import (
+    ImageCache,
+    ImageListDataset,
+    TensorBatches,
+    TrainedClassifier,
+    _load_size,
+    build_model,
+    train_transform,
+)
 from .frozen import ViewBatches, open_features, split_model
 from .precision import autocast_bf16
 from .util import TibalanceError, pick_device, seed_everything
@@ -67,7 +74,7 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     seed_everything(seed)
     device = pick_device(cfg.get("device", "auto"))
     index = {c: i for i, c in enumerate(classes)}
-    y = [index[l] for l in labels]
+    y = [index[label] for label in labels]
     size = int(cfg["image_size"])
     g = torch.Generator().manual_seed(seed)
     bs = int(cfg["batch_size"])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import platform
 import random
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TibalanceError  # noqa: F401 - re-exported: `from .util import TibalanceError` stays valid
-
 
 _FOLD = {"æ": "ae", "ø": "o", "ß": "ss", "œ": "oe", "ð": "d", "þ": "th", "ł": "l", "đ": "d", "ı": "i"}
 
