@@ -298,6 +298,11 @@ def test_intervals_and_p_values_match_an_independent_computation(tiny_run):
     for r in sig.itertuples():
         assert bool(r.significant) == (r.low > 0 or r.high < 0), r
         assert r.units == 2 and r.seeds == 2
+    # a class at its target gets no synthetic image: no method gives it anything baseline lacks (only the
+    # other class's images), and nothing is called significant on it (the image-level test may differ)
+    n_train = pd.read_csv(res / "data/manifest.csv").query("split == 'train'").groupby("label").size()
+    untouched = [names[c] for c in weak if int(n_train[c]) >= 8]
+    assert untouched and not sig[sig["class"].isin(untouched)]["significant"].any()
     verdict = (res / "tables/verdict.md").read_text()
     for name in sig["class"].unique():  # the CSV keeps 6 digits
         rows = sig[(sig["class"] == name) & (sig["reference"] == "baseline") & (sig["method"] != "real_oracle")]
