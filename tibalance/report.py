@@ -1,0 +1,189 @@
+"""The study's result tables, plots, significance table and verdict (the
+report job): from the retraining runs' metrics and predictions, the FID, filter,
+judge and adaptation files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .defaults import MODES
+from .filtering import kept_mask
+from .util import TibalanceError, read_json, write_csv, write_markdown
+
+
+def write_report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summary_md: str,
+           per_class_csv: str, per_class_md: str, acc_plot: str, fid_plot: str,
+           ti_losses: list[str] | None = None, ti_metas: list[str] | None = None,
+           filtered: list[str] | None = None, judges: list[str] | None = None,
+           ablation: list[str] | None = None, ablation_csv: str | None = None,
+           ablation_md: str | None = None, lora_losses: list[str] | None = None,
+           lora_metas: list[str] | None = None, fid_min_images: int | None = None,
+           classes: str | None = None, predictions: list[str] | None = None,
+           significance_csv: str | None = None, significance_md: str | None = None,
+           verdict_md: str | None = None, seed: int = 0, notes: list[str] | None = None,
+           replicate_of_seed: dict[int, int] | None = None) -> None:
+    """The result tables. predictions: the retraining runs' per-image test
+    predictions (beside each run's metrics.json): the paired intervals and tests
+    (tibalance.stats) go into the summary (lift_<class>_low/_high, p_<class> vs
+    baseline, p_over_<class> vs oversample, Holm-adjusted), the significance
+    table and the verdict in words. replicate_of_seed: {retraining seed: the
+    replicate of the adaptation it trained on} (the verdict's ranking line)."""
+
+    from .retrain import ablation_table, display_names, per_class_table, summary_table, to_markdown
+
+    weak_info = read_json(weak)
+    weak_classes = weak_info["classes"]
+    notes = list(notes or []) + selection_notes(weak_info)
+    run_rows = [read_json(p) for p in runs]
+    fid_rows = {}
+    for p in fids:
+        d = read_json(p)
+        fid_rows[d["class"]] = d["rows"]
+    names = read_json(classes)["names"] if classes else {}
+    summary = summary_table(run_rows, weak_classes)
+    comp = None
+    if predictions:
+        from .stats import comparisons, verdict
+
+        by_dir = {str(Path(p).parent): p for p in predictions}
+        preds = {}
+        for p, r in zip(runs, run_rows):
+            if str(Path(p).parent) not in by_dir:
+                raise TibalanceError(f"{p}: no predictions.csv beside it (rerun the run)")
+            preds[(r["method"], int(r["seed"]))] = pd.read_csv(by_dir[str(Path(p).parent)],
+                                                               dtype={"path": str, "label": str, "pred": str})
+        methods = [m for m in summary["method"]]
+        comp = comparisons(preds, weak_classes, methods, seed=seed, replicate_of_seed=replicate_of_seed)
+        summary = _with_comparisons(summary, comp, weak_classes)
+    summary = display_names(summary, names)
+    loss_rows: dict[str, dict] = {}
+
+    def class_and_prefix(p):
+        """results/inversion/<cls>/… -> (cls, 'ti'); results/lora/<kind>/<cls>/… -> (cls, kind)."""
+        return Path(p).parent.name, ("ti" if Path(p).parts[-3] == "inversion" else Path(p).parts[-3])
+
+    for p in list(ti_losses or []) + list(lora_losses or []):
+        cls, pre = class_and_prefix(p)
+        loss = pd.read_csv(p)["loss"].to_numpy()
+        k = max(1, len(loss) // 10)
+        loss_rows.setdefault(cls, {}).update({f"{pre}_loss_first10pct": float(loss[:k].mean()),
+                                              f"{pre}_loss_last10pct": float(loss[-k:].mean())})
+    for p in list(ti_metas or []) + list(lora_metas or []):
+        cls, pre = class_and_prefix(p)
+        m = read_json(p)
+        if m.get("eval_loss_start") is not None:
+            loss_rows.setdefault(cls, {}).update(
+                {f"{pre}_eval_loss_start": m["eval_loss_start"], f"{pre}_eval_loss_end": m["eval_loss_end"]})
+    kept: dict[str, dict[str, tuple[int, int]]] = {}
+    for p in filtered or []:  # results/samples/<kind>/<cls>/filtered.csv
+        kind, cls = Path(p).parts[-3], Path(p).parts[-2]
+        t = pd.read_csv(p, dtype={"path": str})
+        n_kept = int(kept_mask(t).sum()) if len(t) else 0
+        kept.setdefault(cls, {})[kind] = (n_kept, len(t))
+    judge_rows = {j["class"]: j for j in (read_json(p) for p in judges or [])}
+    per_class = display_names(
+        per_class_table(run_rows, weak_classes, fid_rows, loss_rows, kept, judge_rows, fid_min_images), names)
+    fid_rows = {names.get(c, c): rows for c, rows in fid_rows.items()}
+    write_csv(summary, summary_csv)
+    write_csv(per_class, per_class_csv)
+    write_markdown(summary_md, to_markdown(summary) + "".join(f"\n{n}\n" for n in notes or []), "Summary per method")
+    write_markdown(per_class_md, to_markdown(per_class), "Per weak class")
+    _plots(per_class, fid_rows, acc_plot, fid_plot, run_rows, weak_classes)
+    if comp is not None and significance_csv:
+        shown = display_names(comp, names)
+        write_csv(shown, significance_csv)
+        write_markdown(significance_md, to_markdown(shown, pm_pairs=False), "Paired comparisons")
+        from .stats import replicate_ranking
+
+        rankings = {c: replicate_ranking(run_rows, c, {int(k): int(v) for k, v in (replicate_of_seed or {}).items()})
+                    for c in weak_classes if c in kept}  # the classes that got synthetic images
+        counts = {c: {m: float(np.mean([r["train_counts"].get(c, 0) for r in run_rows if r["method"] == m]))
+                      for m in comp["method"].unique()} for c in weak_classes}
+        write_markdown(verdict_md, verdict(comp, names, rankings=rankings, counts=counts)
+                       + "".join(f"\n{n}\n" for n in notes or []), "Verdict")
+    if ablation_csv:
+        ab = display_names(ablation_table([read_json(p) for p in ablation or []], run_rows, weak_classes), names)
+        write_csv(ab, ablation_csv)
+        write_markdown(ablation_md, to_markdown(ab) if len(ab) else
+                       "No ablation configured (config `ablation.methods` is empty).\n", "Ablation")
+
+
+def selection_notes(weak_info: dict) -> list[str]:
+    """The tables' warnings about how the weak classes were chosen (weak_info:
+    weak_classes.json): chosen on the test split, every lift on them is
+    measured on the images that picked them."""
+    if weak_info.get("split") == "test":
+        return ["**Weak classes chosen on the test split** (`analysis.split: test`): the classes were picked for "
+                "doing badly on the very images their lifts are measured on, so those lifts are biased upward "
+                "(regression to the mean). Choose them on `val` for a verdict."]
+    return []
+
+
+def _with_comparisons(summary: pd.DataFrame, comp: pd.DataFrame, weak: list[str]) -> pd.DataFrame:
+    """The summary with, per weak class, the lift's 95% interval and the adjusted
+    p-values against baseline (p_<cls>) and oversample (p_over_<cls>)."""
+    out = summary.copy()
+    for cls in weak:
+        for ref, col in (("baseline", f"p_{cls}"), ("oversample", f"p_over_{cls}")):
+            c = comp[(comp["class"] == cls) & (comp["reference"] == ref)].set_index("method")
+            if ref == "baseline":
+                out[f"lift_{cls}_low"] = out["method"].map(c["low"])
+                out[f"lift_{cls}_high"] = out["method"].map(c["high"])
+            out[col] = out["method"].map(c["p_holm"])
+    return out
+
+
+def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str,
+           run_rows: list[dict] | None = None, weak: list[str] | None = None) -> None:
+    """The accuracy plot: per weak class and method the mean paired lift over
+    `baseline` with the std of the per-seed paired differences as its error bar
+    (run_rows and weak give them, in per_class's row order); the FID plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [c[4:-5] for c in per_class.columns if c.startswith("acc_") and c.endswith("_mean")]
+    others = [m for m in methods if m != "baseline"]
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(per_class) + 2), 3.5))
+    x = np.arange(len(per_class))
+    from .retrain import paired_deltas
+
+    for i, meth in enumerate(others):
+        delta = per_class[f"acc_{meth}_mean"] - per_class["acc_baseline_mean"]
+        spread = [np.std(d, ddof=1) if len(d := paired_deltas(run_rows or [], meth, c)) > 1 else 0.0
+                  for c in (weak or [])] if weak and len(weak) == len(per_class) else None
+        ax.bar(x + (i - (len(others) - 1) / 2) * 0.8 / max(1, len(others)), delta, 0.8 / max(1, len(others)),
+               yerr=spread, label=meth)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, per_class["class"])
+    ax.set_ylabel("test accuracy − baseline")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(acc_plot, dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for network in sorted({r["network"] for rows in fid_rows.values() for r in rows}):
+        for kind in [m for m in MODES if m != "raw"]:
+            pts = []
+            for cls, rows in fid_rows.items():
+                by = {r["method"]: r["fid"] for r in rows if r["network"] == network}
+                if by.get("raw") is not None and by.get(kind) is not None:
+                    pts.append((by["raw"], by[kind], cls))
+            if not pts:
+                continue
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=f"{kind} ({network})")
+            for raw, other, cls in pts:
+                ax.annotate(cls, (raw, other), fontsize=8)
+    lim = max(ax.get_xlim()[1], ax.get_ylim()[1]) if fid_rows else 1
+    ax.plot([0, lim], [0, lim], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("FID raw SD")
+    ax.set_ylabel("FID adapted generator (token, LoRA)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(title="mode (features)")
+    fig.tight_layout()
+    fig.savefig(fid_plot, dpi=100)
+    plt.close(fig)
