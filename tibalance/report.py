@@ -13,7 +13,7 @@ from .filtering import kept_mask
 from .util import TibalanceError, read_json, write_csv, write_markdown
 
 
-def write_report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summary_md: str,
+def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: str, summary_md: str,
            per_class_csv: str, per_class_md: str, acc_plot: str, fid_plot: str,
            ti_losses: list[str] | None = None, ti_metas: list[str] | None = None,
            filtered: list[str] | None = None, judges: list[str] | None = None,
@@ -33,7 +33,7 @@ def write_report(runs: list[str], fids: list[str], weak: str, summary_csv: str, 
 
     from .retrain import ablation_table, display_names, per_class_table, summary_table, to_markdown
 
-    weak_info = read_json(weak)
+    weak_info = read_json(weak_json)
     weak_classes = weak_info["classes"]
     notes = list(notes or []) + selection_notes(weak_info)
     run_rows = [read_json(p) for p in runs]

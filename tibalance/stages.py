@@ -312,7 +312,7 @@ def read_synthetic(csvs: list[str], use_filter: bool = True, limit: int | None =
     return synthetic
 
 
-def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synthetic_csvs: list[str],
+def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str, synthetic_csvs: list[str],
             clf_cfg: dict, retrain_cfg: dict, metrics_out: str, meta: str, variant: dict | None = None,
             init_model: str | None = None, frozen_cache: str | None = None,
             predictions_out: str | None = None) -> None:
@@ -331,7 +331,7 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
     side = Sidecar(seed)
     m = load_manifest(manifest)
     order = read_json(classes)["classes"]
-    weak_classes = read_json(weak)["classes"]
+    weak_classes = read_json(weak_json)["classes"]
     variant = variant or {}
     synthetic = read_synthetic(synthetic_csvs, use_filter=variant.get("filter", True), limit=variant.get("limit"))
     if method.startswith("real_oracle@"):  # the oracle's images, as many per class as the method kept
@@ -370,7 +370,7 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak: str, synt
     side.write(meta, train_images=len(ts))
 
 
-def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summary_md: str,
+def report(runs: list[str], fids: list[str], weak_json: str, summary_csv: str, summary_md: str,
            per_class_csv: str, per_class_md: str, acc_plot: str, fid_plot: str,
            ti_losses: list[str] | None = None, ti_metas: list[str] | None = None,
            filtered: list[str] | None = None, judges: list[str] | None = None,
@@ -384,7 +384,7 @@ def report(runs: list[str], fids: list[str], weak: str, summary_csv: str, summar
     """The result tables, plots, significance table and verdict (tibalance.report)."""
     from .report import write_report
 
-    write_report(runs, fids, weak, summary_csv, summary_md, per_class_csv, per_class_md, acc_plot, fid_plot,
+    write_report(runs, fids, weak_json, summary_csv, summary_md, per_class_csv, per_class_md, acc_plot, fid_plot,
                  ti_losses=ti_losses, ti_metas=ti_metas, filtered=filtered, judges=judges, ablation=ablation,
                  ablation_csv=ablation_csv, ablation_md=ablation_md, lora_losses=lora_losses, lora_metas=lora_metas,
                  fid_min_images=fid_min_images, classes=classes, predictions=predictions,

@@ -9,7 +9,7 @@ smk.run(
     runs=list(snakemake.input.runs),
     ablation=list(snakemake.input.ablation),
     fids=list(snakemake.input.fids),
-    weak=snakemake.input.weak,
+    weak_json=snakemake.input.weak,
     ti_losses=list(snakemake.input.ti_losses),
     ti_metas=list(snakemake.input.ti_metas),
     lora_losses=list(snakemake.input.lora_losses),

@@ -10,7 +10,7 @@ smk.run(
     seed=int(snakemake.wildcards.seed),
     manifest=snakemake.input.manifest,
     classes=snakemake.input.classes,
-    weak=snakemake.input.weak,
+    weak_json=snakemake.input.weak,
     synthetic_csvs=list(snakemake.input.synthetic),
     clf_cfg=snakemake.params.classifier,
     retrain_cfg=snakemake.params.retrain,
