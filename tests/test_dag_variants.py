@@ -169,3 +169,20 @@ def test_held_out_style_dataset_goes_through_the_dag_with_display_names(tmp_path
         text = (res / "tables" / table).read_text()
         assert "Rare One" in text and "rare_one" not in text, table
     assert (res / "lora/lora/rare_one/pytorch_lora_weights.safetensors").exists()  # slugs in paths
+
+
+def test_no_weak_class_stops_at_the_analysis_with_one_line(tmp_path):
+    """analysis.strategy threshold below every class (and no include): the run
+    stops at the analysis with one line naming the setting, keeps what it
+    computed (the baseline), and never starts an adaptation or retraining."""
+    overlay = tmp_path / "none.yaml"
+    overlay.write_text("analysis:\n  strategy: threshold\n  threshold: 0.0\n  include: []\n")
+    wd = tmp_path / "wd"
+    p = snakemake(wd, configfiles=[TINY, overlay], check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert "tibalance: analysis: no class is weak under strategy 'threshold' on val (lowest f1: " in out, out[-3000:]
+    assert (wd / "results/baseline/model.pt").exists()
+    # nothing that reads the weak classes ran (frozen_features, which does not, may have)
+    assert not list((wd / "results").glob("retrain/*/seed*/metrics.json"))
+    assert not (wd / "results/inversion").exists() and not (wd / "results/seeds").exists()
