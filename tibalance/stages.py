@@ -370,26 +370,11 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str,
     side.write(meta, train_images=len(ts))
 
 
-def report(runs: list[str], fids: list[str], weak_json: str, summary_csv: str, summary_md: str,
-           per_class_csv: str, per_class_md: str, acc_plot: str, fid_plot: str,
-           ti_losses: list[str] | None = None, ti_metas: list[str] | None = None,
-           filtered: list[str] | None = None, judges: list[str] | None = None,
-           ablation: list[str] | None = None, ablation_csv: str | None = None,
-           ablation_md: str | None = None, lora_losses: list[str] | None = None,
-           lora_metas: list[str] | None = None, fid_min_images: int | None = None,
-           classes: str | None = None, predictions: list[str] | None = None,
-           significance_csv: str | None = None, significance_md: str | None = None,
-           verdict_md: str | None = None, seed: int = 0, notes: list[str] | None = None,
-           replicate_of_seed: dict[int, int] | None = None) -> None:
-    """The result tables, plots, significance table and verdict (tibalance.report)."""
+def report(*args, **kwargs) -> None:
+    """The result tables, plots, significance table and verdict: tibalance.report.write_report's arguments."""
     from .report import write_report
 
-    write_report(runs, fids, weak_json, summary_csv, summary_md, per_class_csv, per_class_md, acc_plot, fid_plot,
-                 ti_losses=ti_losses, ti_metas=ti_metas, filtered=filtered, judges=judges, ablation=ablation,
-                 ablation_csv=ablation_csv, ablation_md=ablation_md, lora_losses=lora_losses, lora_metas=lora_metas,
-                 fid_min_images=fid_min_images, classes=classes, predictions=predictions,
-                 significance_csv=significance_csv, significance_md=significance_md, verdict_md=verdict_md, seed=seed,
-                 notes=notes, replicate_of_seed=replicate_of_seed)
+    write_report(*args, **kwargs)
 
 
 def cost(jobs: list[dict], methods: list[str], out_csv: str, methods_csv: str, out_md: str,
