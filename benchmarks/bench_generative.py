@@ -32,9 +32,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tibalance.generator import build_tiny, native_resolution  # noqa: E402
+from tibalance.generator import native_resolution  # noqa: E402
 from tibalance.inversion import train_textual_inversion  # noqa: E402
 from tibalance.lora import train_lora  # noqa: E402
+from tibalance.tiny import build_tiny
 
 # --architecture: what build_tiny makes (generator.tiny)
 ARCHITECTURES = {"tiny": {"resolution": 32}, "tiny-sd2": {"resolution": 32, "family": "sd2"},
@@ -153,7 +154,8 @@ def main(argv=None) -> dict:
 
     from PIL import Image
 
-    from tibalance.generator import img2img, load_pipeline, pipeline_dtypes
+    from tibalance.generator import img2img, load_pipeline
+    from tibalance.runtime import pipeline_dtypes
     from tibalance.sampling import make_scheduler
 
     wdtype, amp = pipeline_dtypes(torch.device(device), "auto", "sampling.mixed_precision")

@@ -22,7 +22,8 @@ from tibalance.config import (
     replicate_index,
     replicate_of,
 )
-from tibalance.data import check_root, dataset_class_names, oracle_absent_reason
+from tibalance.data import oracle_absent_reason
+from tibalance.sources import check_root, dataset_class_names
 from tibalance.defaults import FILTER_DEFAULTS
 from tibalance.fetch import (
     WEIGHTS_DIR,
@@ -31,7 +32,8 @@ from tibalance.fetch import (
     inception_weights_file,
     weights_to_fetch,
 )
-from tibalance.generator import check_model, fetched_folder, is_local
+from tibalance.generator import check_model, is_local
+from tibalance.fetch import fetched_folder
 from tibalance.defaults import (
     FID_RELIABLE_IMAGES,
     LORA_ADAPTER,

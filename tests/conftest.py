@@ -74,7 +74,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory):
     """The tiny offline SD pipeline (random weights, real CLIP vocabulary); tests never write to it."""
-    from tibalance.generator import build_tiny
+    from tibalance.tiny import build_tiny
 
     path = tmp_path_factory.mktemp("sd") / "tiny_sd"
     build_tiny(str(path), {"resolution": 32}, seed=0)

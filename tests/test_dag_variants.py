@@ -128,7 +128,7 @@ def test_held_out_style_dataset_goes_through_the_dag_with_display_names(tmp_path
     """Class folders with spaces, capitals, a hyphen and a non-ASCII letter, one
     class with three images, one unreadable file: the whole DAG runs, and every
     table names the classes as their folders do (slugs only in paths)."""
-    from tibalance.data import draw_synthetic
+    from tibalance.sources import draw_synthetic
 
     root = tmp_path / "flowers"
     rng = np.random.default_rng(0)

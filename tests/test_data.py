@@ -13,8 +13,8 @@ from tibalance.data import (
     check_image,
     imbalance_counts,
     make_splits,
-    read_idx,
 )
+from tibalance.sources import read_idx
 from tibalance.util import TibalanceError, derive_seed, read_json, slugify
 
 

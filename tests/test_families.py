@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tibalance.generator import build_components, build_tiny, check_model, family, load_pipeline, prediction_type
+from tibalance.generator import check_model, family, load_pipeline, prediction_type
 from tibalance.inversion import XL_KEYS, load_token, train_textual_inversion
 from tibalance.lora import WEIGHTS_NAME, train_lora
 from tibalance.sampling import MODES, sample_class
+from tibalance.tiny import build_components, build_tiny
 from tibalance.util import TibalanceError
 
 SETTINGS = dict(steps=4, resolution=32, batch_size=2, augment_variants=2, checkpoint_every=2,

@@ -18,12 +18,14 @@ from tibalance.fetch import (
     classifier_url,
     dataset_marker,
     fetch_dataset,
+    fetch_pipeline,
     fetch_url,
+    fetched_folder,
     file_name,
     inception_url,
     weights_to_fetch,
 )
-from tibalance.generator import fetch_pipeline, fetched_folder, load_pipeline
+from tibalance.generator import load_pipeline
 from tibalance.util import TibalanceError
 
 

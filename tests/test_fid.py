@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from tibalance.classifier import TrainedClassifier, build_model
-from tibalance.data import draw_synthetic
 from tibalance.fid import fid_kid
+from tibalance.sources import draw_synthetic
 from tibalance.util import TibalanceError
 
 

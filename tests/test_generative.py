@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tibalance.generator import build_tiny, check_model, clip_tokenizer, load_pipeline
+from tibalance.generator import check_model, load_pipeline
 from tibalance.inversion import train_textual_inversion
 from tibalance.sampling import n_images_for, sample_class
+from tibalance.tiny import build_tiny, clip_tokenizer
 from tibalance.util import TibalanceError
 
 TI = dict(steps=6, resolution=32, batch_size=2, augment_variants=2, checkpoint_every=3,
@@ -275,7 +276,7 @@ def test_sd15_preset_is_stable_diffusion_1_5s_exact_architecture():
     """generator.tiny.preset: sd15 builds SD 1.5's layer sizes (random weights,
     for timing): the parameter counts of stable-diffusion-v1-5's UNet, VAE and
     CLIP ViT-L/14 text encoder, at 512 px (sized on the meta device: no memory)."""
-    from tibalance.generator import architecture, build_components
+    from tibalance.tiny import architecture, build_components
 
     with torch.device("meta"):
         te, vae, unet = (build_components({"preset": "sd15"})[k] for k in ("text_encoder", "vae", "unet"))
@@ -420,7 +421,7 @@ def test_channels_last_computes_the_same_token_and_images(tiny_sd, seed_images, 
     """ti/lora/sampling.channels_last (the GPU path's NHWC UNet; auto: GPU only):
     switched on on CPU it trains the same token and samples the same images, to
     rounding; auto keeps a CPU's UNet as it was."""
-    from tibalance.generator import channels_last
+    from tibalance.runtime import channels_last
 
     assert channels_last("auto", "cpu") is False and channels_last(None, "cuda") is True
     assert channels_last(True, "cpu") is True and channels_last(False, "cuda") is False

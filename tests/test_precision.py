@@ -51,7 +51,7 @@ def test_the_pipeline_stages_auto_is_fp32_on_every_cpu(cpu_kind, key, monkeypatc
     with native bf16 too (bf16 autocast measured slower there:
     precision.PIPELINE_CPU_BF16); bf16 when asked; on a GPU half-precision
     frozen weights under autocast, as before."""
-    from tibalance.generator import pipeline_dtypes
+    from tibalance.runtime import pipeline_dtypes
 
     for native in (True, False):
         cpu_kind(native)

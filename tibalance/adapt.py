@@ -32,17 +32,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .generator import (
-    channels_last,
-    compiled,
-    is_xl,
-    load_pipeline,
-    model_digest,
-    pipeline_dtypes,
-    resolve_resolution,
-    set_attention,
-    text_pairs,
-)
+from .generator import is_xl, load_pipeline, model_digest, resolve_resolution, text_pairs
+from .runtime import channels_last, compiled, pipeline_dtypes, set_attention
 from .seeds import contact_sheet
 from .util import TibalanceError, file_digest, fingerprint, pick_device, seed_everything
 

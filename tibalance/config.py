@@ -157,7 +157,7 @@ def check_generator_preset(config: dict) -> None:
     gen = config["generator"]
     tiny = gen.get("tiny") or {}
     preset = tiny.get("preset")
-    from .generator import architecture
+    from .tiny import architecture
 
     architecture(tiny)  # an unknown preset or family, or a size beside a preset: one line
     if tiny.get("family", "sd1") != "sd1" and gen["build"] != "tiny":

@@ -1,7 +1,6 @@
 """Downloads, done by local rules on the login node before the jobs that need
 them (compute nodes have no internet): the dataset, the classifier's ImageNet
-weights and the FID network's weights. The generator's hub pipeline is fetched
-by generator.fetch_pipeline.
+weights and the FID network's weights. and the generator's hub pipeline.
 
 TIBALANCE_DOWNLOAD_MIRROR (e.g. http://mirror.example.org) replaces the scheme
 and host of every weights URL, keeping the path: for sites whose login nodes
@@ -11,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .util import TibalanceError
+from .errors import TibalanceError
+from .generator import check_model
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,33 @@ def dataset_marker(data_cfg: dict) -> str | None:
 def fetch_dataset(data_cfg: dict, marker: str) -> None:
     """torchvision's download of every split the study reads into data.root;
     the jobs then open it with download: false."""
-    from . import data
+    from .sources import download_source
 
     source, root = data_cfg["source"], data_cfg["root"]
-    data.download_source(source, root)
+    download_source(source, root)
     files = sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file() and p.name != Path(marker).name)
     Path(marker).write_text(json.dumps({"source": source, "root": str(root), "files": files}, indent=1) + "\n")
     log.info("%s: %d files under %s", source, len(files), root)
+
+
+# What a Stable Diffusion hub repo holds beyond one pipeline in fp32 safetensors
+SKIP_FILES = ["*.ckpt", "*.bin", "*.msgpack", "*.onnx", "*.onnx_data", "*.fp16.*", "*non_ema*", "*.pb", "*.h5"]
+
+
+def fetched_folder(repo_id: str) -> str:
+    """Where the local rule fetch_generator puts a hub pipeline (the jobs open it offline)."""
+    return "resources/generator/" + re.sub(r"[^A-Za-z0-9._-]+", "--", repo_id)
+
+
+def fetch_pipeline(repo_id: str, out_dir: str, endpoint: str | None = None) -> None:
+    """Download a hub pipeline's files (one fp32 safetensors copy per component)
+    into out_dir: the login-node half of running compute jobs offline."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id, local_dir=out_dir, ignore_patterns=SKIP_FILES, endpoint=endpoint)
+    except Exception as e:  # noqa: BLE001 - network and hub failures come in many types
+        raise TibalanceError(f"generator.model: could not fetch hub id {repo_id!r} into {out_dir} "
+                             f"({type(e).__name__}); fetch it where there is internet, or set "
+                             "generator.model to a local save_pretrained folder") from e
+    check_model(out_dir)

@@ -29,8 +29,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .defaults import PRETRAIN_DEFAULTS  # noqa: F401 - part of this module's interface
-from .generator import build_tiny_pipeline
 from .precision import autocast_bf16
+from .tiny import build_tiny_pipeline
 from .util import TibalanceError, seed_everything
 
 log = logging.getLogger(__name__)

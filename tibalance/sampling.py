@@ -28,17 +28,9 @@ from tqdm.auto import tqdm
 
 from .config import refill_count
 from .defaults import I2I_MODES, LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES  # noqa: F401 - part of this module's interface
-from .generator import (
-    channels_last,
-    compiled,
-    img2img,
-    load_pipeline,
-    model_digest,
-    pipeline_dtypes,
-    resolve_resolution,
-    set_attention,
-)
+from .generator import img2img, load_pipeline, model_digest, resolve_resolution
 from .inversion import expand_placeholder, load_token
+from .runtime import channels_last, compiled, pipeline_dtypes, set_attention
 from .util import TibalanceError, derive_seed, file_digest, fingerprint, pick_device, write_csv
 
 log = logging.getLogger(__name__)

@@ -88,7 +88,7 @@ def select_seeds(cls: str, manifest: str, model: str, seeds_cfg: dict,
 # --------------------------------------------------------------------------- generative half
 
 def build_generator(tiny_cfg: dict, seed: int, out_dir: str, meta: str) -> None:
-    from .generator import build_tiny
+    from .tiny import build_tiny
 
     side = Sidecar(seed)
     build_tiny(out_dir, tiny_cfg, seed)

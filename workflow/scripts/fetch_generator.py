@@ -3,7 +3,7 @@ import sys
 
 sys.path.insert(0, snakemake.scriptdir + "/../..")  # the tibalance package, also inside conda envs
 from tibalance import smk
-from tibalance.generator import fetch_pipeline
+from tibalance.fetch import fetch_pipeline
 
 smk.run(
     snakemake,
