@@ -41,8 +41,9 @@ include: "rules/common.smk"
 wildcard_constraints:
     cls=r"[a-z0-9_]+",
     rep=r"(/rep[1-9][0-9]*)?",  # replicate k > 0 of a class's adaptation (replicates: R); empty for replicate 0
+    mode=r"ti_i2i|ti_lora|ti|lora_i2i|lora|raw",
     method=r"(oversample\+|real_oracle@)?(ti_i2i|ti_lora|ti|lora_i2i|lora|raw_sd)|raw|baseline|oversample|real_oracle",
-    lora_kind=r"lora|ti_lora",
+    adapter=r"lora|ti_lora",
     seed=r"\d+",
     variant=r"(n\d+|balanced)-(filter|nofilter)",
 

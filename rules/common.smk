@@ -46,7 +46,7 @@ from tibalance.defaults import (
     TI_DEFAULTS,
     TOKEN_MODES,
 )
-from tibalance.retrain import SAMPLE_KIND, ablation_variants, parse_variant
+from tibalance.retrain import MODE_OF, ablation_variants, parse_variant
 from tibalance.util import TibalanceError, derive_seed, read_json
 
 CONFIGFILE = (workflow.configfiles or ["config/config.yaml"])[-1]
@@ -137,30 +137,28 @@ if ORACLE_ABSENT:
 
 # sampling modes the study generates: raw and ti always (grids, FID); the
 # real-image-guided and LoRA modes when their retraining method is part of the study
-SAMPLE_KINDS = ["raw", "ti"] + [
+STUDY_MODES = ["raw", "ti"] + [
     m for m in MODES if m not in ("raw", "ti") and m in config["retrain"]["methods"]
 ]
 # the LoRA adapters those modes need (lora_i2i samples with the `lora` adapter)
-LORA_KINDS = sorted(
-    {LORA_ADAPTER[m] for m in SAMPLE_KINDS if m in LORA_MODES},
+STUDY_ADAPTERS = sorted(
+    {LORA_ADAPTER[m] for m in STUDY_MODES if m in LORA_MODES},
     key=["lora", "ti_lora"].index,
 )
 # replicates k > 0 make only what a retraining run reads: the modes of the
 # synthetic methods (oversample counts replicate 0's raw table: the count is the
 # same), their adapters, and the token where a mode or adapter needs it
-REP_SAMPLE_KINDS = [
+REP_MODES = [
     m
     for m in MODES
-    if m in {SAMPLE_KIND[x] for x in config["retrain"]["methods"] if x in SAMPLE_KIND}
+    if m in {MODE_OF[x] for x in config["retrain"]["methods"] if x in MODE_OF}
 ]
-REP_LORA_KINDS = [
+REP_ADAPTERS = [
     k
-    for k in LORA_KINDS
-    if k in {LORA_ADAPTER[m] for m in REP_SAMPLE_KINDS if m in LORA_MODES}
+    for k in STUDY_ADAPTERS
+    if k in {LORA_ADAPTER[m] for m in REP_MODES if m in LORA_MODES}
 ]
-REP_TOKEN = (
-    any(m in TOKEN_MODES for m in REP_SAMPLE_KINDS) or "ti_lora" in REP_LORA_KINDS
-)
+REP_TOKEN = any(m in TOKEN_MODES for m in REP_MODES) or "ti_lora" in REP_ADAPTERS
 
 
 def _rep(wildcards):
@@ -299,9 +297,9 @@ def token_params(wildcards):
     """What a sampling mode needs beside its inputs: the token's placeholder
     (ti, ti_i2i, ti_lora), the words the lora adapter was trained with (lora, lora_i2i).
     """
-    if wildcards.method in TOKEN_MODES:
+    if wildcards.mode in TOKEN_MODES:
         return _token(wildcards.cls)
-    if wildcards.method in ("lora", "lora_i2i"):
+    if wildcards.mode in ("lora", "lora_i2i"):
         return {"lora_prompt_name": lora_params(wildcards)["prompt_name"]}
     return {}
 
@@ -311,12 +309,12 @@ def sample_inputs(wildcards):
     if images_wanted(wildcards.cls) == 0:
         return inputs  # no images: no token, no adapter (none is trained for the class)
     rep = _rep(wildcards)
-    if wildcards.method in TOKEN_MODES:
+    if wildcards.mode in TOKEN_MODES:
         inputs["embeds"] = _embeds(wildcards.cls, rep)
-    if wildcards.method in LORA_MODES:
-        kind = LORA_ADAPTER[wildcards.method]
+    if wildcards.mode in LORA_MODES:
+        adapter = LORA_ADAPTER[wildcards.mode]
         inputs["lora"] = (
-            f"results/lora/{kind}/{wildcards.cls}{rep}/pytorch_lora_weights.safetensors"
+            f"results/lora/{adapter}/{wildcards.cls}{rep}/pytorch_lora_weights.safetensors"
         )
     return inputs
 
@@ -324,28 +322,28 @@ def sample_inputs(wildcards):
 def lora_inputs(wildcards):
     return (
         {"embeds": _embeds(wildcards.cls, _rep(wildcards))}
-        if wildcards.lora_kind == "ti_lora"
+        if wildcards.adapter == "ti_lora"
         else {}
     )
 
 
 def lora_token_params(wildcards):
-    return _token(wildcards.cls) if wildcards.lora_kind == "ti_lora" else {}
+    return _token(wildcards.cls) if wildcards.adapter == "ti_lora" else {}
 
 
 def class_samples(wildcards):
     """{mode: sample table} of one class, for its grid and FID."""
     return {
-        kind: f"results/samples/{kind}/{wildcards.cls}/samples.csv"
-        for kind in SAMPLE_KINDS
+        mode: f"results/samples/{mode}/{wildcards.cls}/samples.csv"
+        for mode in STUDY_MODES
     }
 
 
 def class_filtered(wildcards):
     """{mode: filtered sample table} of one class, for the judge."""
     return {
-        kind: f"results/samples/{kind}/{wildcards.cls}/filtered.csv"
-        for kind in SAMPLE_KINDS
+        mode: f"results/samples/{mode}/{wildcards.cls}/filtered.csv"
+        for mode in STUDY_MODES
     }
 
 
@@ -374,13 +372,13 @@ def retrain_synthetic(wildcards):
         if wildcards.method.startswith("real_oracle@")
         else []
     )  # cut to the mode's kept count
-    kind = SAMPLE_KIND.get(wildcards.method)
-    if kind is None:
+    mode = MODE_OF.get(wildcards.method)
+    if mode is None:
         return []
     rep = replicate_dir(run_replicate(wildcards))
     return oracle + expand(
-        "results/samples/{kind}/{cls}{rep}/filtered.csv",
-        kind=kind,
+        "results/samples/{mode}/{cls}{rep}/filtered.csv",
+        mode=mode,
         cls=adapted_classes(),
         rep=rep,
     )
@@ -463,8 +461,8 @@ def fid_files(wildcards):
 
 def filtered_files(wildcards):
     return expand(
-        "results/samples/{kind}/{cls}/filtered.csv",
-        kind=SAMPLE_KINDS,
+        "results/samples/{mode}/{cls}/filtered.csv",
+        mode=STUDY_MODES,
         cls=adapted_classes(),
     )
 
@@ -531,14 +529,16 @@ def ti_meta_files(wildcards):
 
 def lora_loss_files(wildcards):
     return expand(
-        "results/lora/{kind}/{cls}/loss.csv", kind=LORA_KINDS, cls=adapted_classes()
+        "results/lora/{adapter}/{cls}/loss.csv",
+        adapter=STUDY_ADAPTERS,
+        cls=adapted_classes(),
     )
 
 
 def lora_meta_files(wildcards):
     return expand(
-        "results/lora/{kind}/{cls}/lora.meta.json",
-        kind=LORA_KINDS,
+        "results/lora/{adapter}/{cls}/lora.meta.json",
+        adapter=STUDY_ADAPTERS,
         cls=adapted_classes(),
     )
 
@@ -555,8 +555,8 @@ def all_targets(wildcards):
         + expand("results/seeds/{cls}/contact_sheet.png", cls=weak)
         + expand("results/inversion/{cls}/preview.png", cls=adapted_classes())
         + expand(
-            "results/lora/{kind}/{cls}/preview.png",
-            kind=LORA_KINDS,
+            "results/lora/{adapter}/{cls}/preview.png",
+            adapter=STUDY_ADAPTERS,
             cls=adapted_classes(),
         )
         + expand("results/samples/grid/{cls}.png", cls=adapted_classes())
@@ -614,11 +614,11 @@ def study_jobs(wildcards):
             add("select_seeds", cls, replicate=k)
             if k == 0 or REP_TOKEN:
                 add("textual_inversion", cls, replicate=k)
-            for kind in LORA_KINDS if k == 0 else REP_LORA_KINDS:
-                add("lora", cls, kind, replicate=k, lora_kind=kind)
-            for kind in SAMPLE_KINDS if k == 0 else REP_SAMPLE_KINDS:
-                add("sample", cls, kind, replicate=k)
-                add("filter_samples", cls, kind, replicate=k)
+            for adapter in STUDY_ADAPTERS if k == 0 else REP_ADAPTERS:
+                add("lora", cls, adapter, replicate=k, adapter=adapter)
+            for mode in STUDY_MODES if k == 0 else REP_MODES:
+                add("sample", cls, mode, replicate=k, mode=mode)
+                add("filter_samples", cls, mode, replicate=k, mode=mode)
         add("sample_grid", cls)
         add("fid", cls)
     if any(_uses_train_features(cls) for cls in adapted):

@@ -8,19 +8,19 @@ rule lora:
         classes="results/data/classes.json",
         generator=generator_files,
     output:
-        weights="results/lora/{lora_kind}/{cls}{rep}/pytorch_lora_weights.safetensors",
-        loss="results/lora/{lora_kind}/{cls}{rep}/loss.csv",
+        weights="results/lora/{adapter}/{cls}{rep}/pytorch_lora_weights.safetensors",
+        loss="results/lora/{adapter}/{cls}{rep}/loss.csv",
         preview=report(
-            "results/lora/{lora_kind}/{cls}{rep}/preview.png",
+            "results/lora/{adapter}/{cls}{rep}/preview.png",
             caption="../workflow/report/lora_preview.rst",
             category="3. Adaptation",
             subcategory="{cls}",
         ),
-        meta="results/lora/{lora_kind}/{cls}{rep}/lora.meta.json",
+        meta="results/lora/{adapter}/{cls}{rep}/lora.meta.json",
     log:
-        "logs/lora/{lora_kind}/{cls}{rep}.log",
+        "logs/lora/{adapter}/{cls}{rep}.log",
     benchmark:
-        "results/benchmarks/lora/{lora_kind}/{cls}{rep}.tsv"
+        "results/benchmarks/lora/{adapter}/{cls}{rep}.tsv"
     priority: 30  # after the token (ti_lora trains on it), before the sampling and retraining runs
     conda:
         "../envs/diffusion.yaml"
@@ -35,6 +35,6 @@ rule lora:
         seed=class_seed,
         model=MODEL,
         # not an output: kept when a job fails, so that its retry resumes
-        resume_dir="results/lora/{lora_kind}/{cls}{rep}/resume",
+        resume_dir="results/lora/{adapter}/{cls}{rep}/resume",
     script:
         "../workflow/scripts/lora.py"

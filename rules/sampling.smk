@@ -5,12 +5,12 @@ rule sample:
         classes="results/data/classes.json",
         generator=generator_files,
     output:
-        samples="results/samples/{method}/{cls}{rep}/samples.csv",
-        meta="results/samples/{method}/{cls}{rep}/sample.meta.json",
+        samples="results/samples/{mode}/{cls}{rep}/samples.csv",
+        meta="results/samples/{mode}/{cls}{rep}/sample.meta.json",
     log:
-        "logs/sample/{method}/{cls}{rep}.log",
+        "logs/sample/{mode}/{cls}{rep}.log",
     benchmark:
-        "results/benchmarks/sample/{method}/{cls}{rep}.tsv"
+        "results/benchmarks/sample/{mode}/{cls}{rep}.tsv"
     priority: 20  # before the retraining runs: they wait for these images
     conda:
         "../envs/diffusion.yaml"
@@ -26,7 +26,7 @@ rule sample:
         model=MODEL,
         # images live beside samples.csv but are not an output: a rerun keeps
         # the ones already made with the same settings
-        image_dir="results/samples/{method}/{cls}{rep}/images",
+        image_dir="results/samples/{mode}/{cls}{rep}/images",
     script:
         "../workflow/scripts/sample.py"
 
@@ -84,17 +84,17 @@ rule train_features:
 
 rule filter_samples:
     input:
-        samples="results/samples/{method}/{cls}{rep}/samples.csv",
+        samples="results/samples/{mode}/{cls}{rep}/samples.csv",
         manifest="results/data/manifest.csv",
         model="results/baseline/model.pt",
         features=filter_features,
     output:
-        filtered="results/samples/{method}/{cls}{rep}/filtered.csv",
-        meta="results/samples/{method}/{cls}{rep}/filter.meta.json",
+        filtered="results/samples/{mode}/{cls}{rep}/filtered.csv",
+        meta="results/samples/{mode}/{cls}{rep}/filter.meta.json",
     log:
-        "logs/filter_samples/{method}/{cls}{rep}.log",
+        "logs/filter_samples/{mode}/{cls}{rep}.log",
     benchmark:
-        "results/benchmarks/filter_samples/{method}/{cls}{rep}.tsv"
+        "results/benchmarks/filter_samples/{mode}/{cls}{rep}.tsv"
     priority: 20
     conda:
         "../envs/torch.yaml"

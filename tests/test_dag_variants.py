@@ -35,11 +35,11 @@ def test_replicates_remake_each_adaptation_and_seed_k_trains_on_replicate_k(tiny
     assert sorted(_planned_jobs(p.stdout + p.stderr)) == sorted([
         ("select_seeds", f"cls={cls}, {rep}"),
         ("textual_inversion", f"cls={cls}, {rep}"),
-        ("lora", f"lora_kind=lora, cls={cls}, {rep}"),  # lora_i2i samples with the lora adapter
-        ("sample", f"method=ti, cls={cls}, {rep}"),
-        ("sample", f"method=lora_i2i, cls={cls}, {rep}"),
-        ("filter_samples", f"method=ti, cls={cls}, {rep}"),
-        ("filter_samples", f"method=lora_i2i, cls={cls}, {rep}"),
+        ("lora", f"adapter=lora, cls={cls}, {rep}"),  # lora_i2i samples with the lora adapter
+        ("sample", f"mode=ti, cls={cls}, {rep}"),
+        ("sample", f"mode=lora_i2i, cls={cls}, {rep}"),
+        ("filter_samples", f"mode=ti, cls={cls}, {rep}"),
+        ("filter_samples", f"mode=lora_i2i, cls={cls}, {rep}"),
         ("retrain", "method=ti, seed=1"),
         ("retrain", "method=lora_i2i, seed=1"),
         # replicate 0's grid, FID and judge show the study's modes: fewer methods here, fewer rows
@@ -71,7 +71,7 @@ def test_replicates_remake_each_adaptation_and_seed_k_trains_on_replicate_k(tiny
     jobs = _planned_jobs((lambda q: q.stdout + q.stderr)(snakemake(wd, "-n", configfiles=[edited])))
     assert sorted(jobs) == sorted(
         [(r, f"cls={cls}{x}") for r in ("textual_inversion",) for x in ("", f", {rep}")]
-        + [(r, f"method=ti, cls={cls}{x}") for r in ("sample", "filter_samples") for x in ("", f", {rep}")]
+        + [(r, f"mode=ti, cls={cls}{x}") for r in ("sample", "filter_samples") for x in ("", f", {rep}")]
         + [("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]  # replicate 0's
         + [("retrain", "method=ti, seed=0"), ("retrain", "method=ti, seed=1"),
            ("report", ""), ("cost", ""), ("all", "")]), jobs

@@ -1,7 +1,7 @@
 """The GPU path's switches, each run on CPU against the default: the same token
 or images (issue #25). channels_last, log_every and compile are in
-test_generative.py; these are the attention kernel, AdamW's foreach kernels and
-half-precision frozen weights."""
+test_runtime.py and test_inversion.py; these are the attention kernel, AdamW's
+foreach kernels and half-precision frozen weights."""
 import numpy as np
 import pandas as pd
 import pytest

@@ -146,5 +146,5 @@ def test_token_plus_lora_starts_from_the_learned_token(tiny_sd, seed_images, tmp
     assert list(tl.prompt) == ["a photo of a <ankle_boot>"] * 2
     assert list(lora.seed) == list(raw.seed) == list(tl.seed)
     assert np.abs(lora_img - raw_img).max() > 0  # same prompt and seeds: the adapter made the difference
-    with pytest.raises(TibalanceError, match="method lora for class ankle_boot needs its LoRA adapter"):
+    with pytest.raises(TibalanceError, match="mode lora for class ankle_boot needs its LoRA adapter"):
         run("lora")

@@ -1,7 +1,11 @@
+
+import numpy as np
 import pandas as pd
 import pytest
+import torch
+from PIL import Image
 
-from tibalance.retrain import build_training_set, summary_table, to_markdown
+from tibalance.retrain import build_training_set, paired_deltas, summary_table, to_markdown
 
 TRAIN = pd.DataFrame({"path": [f"a{i}" for i in range(10)] + ["w0", "w1"], "label": ["a"] * 10 + ["w"] * 2})
 SYNTH = {"w": [f"s{i}" for i in range(5)]}
@@ -27,8 +31,6 @@ def test_mixing_modes_give_the_promised_class_counts():
 
 def test_replace_mode_swaps_with_probability_p(tmp_path):
     import numpy as np
-    import torch
-    from PIL import Image
 
     from tibalance.classifier import ImageCache, ImageListDataset
 
@@ -47,7 +49,6 @@ def test_synthetic_on_top_of_oversampling_holds_the_stated_proportion():
     repeats, the same repeats as `oversample` under the same seed), every one of
     its weak-class rows swappable for the mode's kept images; the trainer's batches
     swap them at combine_p: the expected synthetic share of the class's draws."""
-    import torch
 
     from tibalance.classifier import _IndexedBatches
 
@@ -118,3 +119,18 @@ def test_slugs_fold_accents_and_never_lose_a_class():
     assert slugify("Löwenzahn") == "lowenzahn" and slugify("Ærø rose") == "aero_rose"
     assert slugify("Crème brûlée") == "creme_brulee" and slugify("T-shirt/top") == "t_shirt_top"
     assert slugify("日本").startswith("class_") and slugify("日本") != slugify("中国")
+
+
+def _run(method, seed, acc):
+    return {"method": method, "seed": seed, "accuracy": acc, "macro_f1": acc, "weak_accuracy": acc,
+            "per_class_accuracy": {"w": acc}}
+
+
+def test_paired_differences_are_per_seed():
+    runs = [_run("baseline", s, a) for s, a in ((0, 0.1), (1, 0.3), (2, 0.2))]
+    runs += [_run("ti", s, a) for s, a in ((2, 0.25), (0, 0.2), (1, 0.2))]
+    assert paired_deltas(runs, "ti", "w") == pytest.approx([0.1, -0.1, 0.05])
+    row = summary_table(runs, ["w"]).set_index("method").loc["ti"]
+    assert row.delta_w_mean == pytest.approx(np.mean([0.1, -0.1, 0.05]))
+    assert row.delta_w_std == pytest.approx(np.std([0.1, -0.1, 0.05], ddof=1))
+    assert row.improved_w == "2/3"

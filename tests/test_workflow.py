@@ -543,13 +543,13 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
     # runs (they do not use the token's images).
     assert sorted(jobs) == sorted([
         ("textual_inversion", f"cls={cls}"),
-        ("lora", f"lora_kind=ti_lora, cls={cls}"),  # trained on top of the token
-        ("sample", f"method=ti, cls={cls}"),
-        ("sample", f"method=ti_i2i, cls={cls}"),
-        ("sample", f"method=ti_lora, cls={cls}"),
-        ("filter_samples", f"method=ti, cls={cls}"),
-        ("filter_samples", f"method=ti_i2i, cls={cls}"),
-        ("filter_samples", f"method=ti_lora, cls={cls}"),
+        ("lora", f"adapter=ti_lora, cls={cls}"),  # trained on top of the token
+        ("sample", f"mode=ti, cls={cls}"),
+        ("sample", f"mode=ti_i2i, cls={cls}"),
+        ("sample", f"mode=ti_lora, cls={cls}"),
+        ("filter_samples", f"mode=ti, cls={cls}"),
+        ("filter_samples", f"mode=ti_i2i, cls={cls}"),
+        ("filter_samples", f"mode=ti_lora, cls={cls}"),
         ("judge", f"cls={cls}"),
         ("sample_grid", f"cls={cls}"),
         ("fid", f"cls={cls}"),
@@ -588,9 +588,9 @@ def test_per_class_lora_edit_reruns_only_that_class_lora(tiny_run, tmp_path):
     jobs = _planned_jobs(p.stdout + p.stderr)
     kinds, modes = ["lora", "ti_lora"], ["lora", "lora_i2i", "ti_lora"]  # lora_i2i samples with `lora`
     assert sorted(jobs) == sorted(
-        [("lora", f"lora_kind={k}, cls={cls}") for k in kinds]
-        + [("sample", f"method={k}, cls={cls}") for k in modes]
-        + [("filter_samples", f"method={k}, cls={cls}") for k in modes]
+        [("lora", f"adapter={k}, cls={cls}") for k in kinds]
+        + [("sample", f"mode={k}, cls={cls}") for k in modes]
+        + [("filter_samples", f"mode={k}, cls={cls}") for k in modes]
         + [("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]
         + [("retrain", f"method={k}, seed={s}") for k in modes for s in (0, 1)]
         + [("report", ""), ("cost", ""), ("all", "")]), jobs

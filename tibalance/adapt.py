@@ -125,9 +125,8 @@ def fixed_costs(steps: int, batch_size: int, n_seeds: int, variants: int, previe
     """What a job does besides its steps, capped by what its steps do, so that a
     short job (a rehearsal's few steps at 512 px) is not mostly overhead.
 
-    In UNet forwards at the job's size (measured at SD 1.5's 512 px on CPU: a
-    step's latent is about 3.5, forward and backward; a VAE encoding about 1.6,
-    a decoding about 3) the steps do ~3 x drawn, drawn = steps x batch. Of the
+    In UNet forwards at the job's size (the ratios: docs/performance.md, "TI,
+    LoRA and sampling") the steps do ~3 x drawn, drawn = steps x batch. Of the
     rest: the augmented variants encoded are no more than the steps can draw,
     and where the steps draw no more latents than there are (lazy) each is
     encoded when first drawn; the fixed evaluation batch (16 to 64 latents, one

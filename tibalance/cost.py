@@ -9,7 +9,7 @@ import os
 import pandas as pd
 
 from .defaults import LORA_ADAPTER, TOKEN_MODES
-from .retrain import SAMPLE_KIND
+from .retrain import MODE_OF
 from .util import read_json
 
 
@@ -19,7 +19,7 @@ def method_stages(method: str) -> dict[str, str | None]:
     must have, or None for all of the stage's jobs}; its retraining runs aside."""
     if method.startswith("real_oracle"):  # its held-back real images (@<method>: that method's samples are its)
         return {"oracle_images": None}
-    mode = SAMPLE_KIND.get(method)
+    mode = MODE_OF.get(method)
     if mode is None:  # baseline, oversample: real images only
         return {}
     seeds = {"select_seeds": None} if mode in TOKEN_MODES or mode in LORA_ADAPTER else {}

@@ -90,8 +90,8 @@ def model_digest(model: str) -> str:
     """What the generator is, for the jobs' own reuse (sampling's images on disk,
     an adaptation's checkpoint): the digest of every file of a local folder
     (hidden ones, e.g. a download's .cache, aside), so a folder rebuilt or
-    replaced at the same path makes new images; a hub id as written. Hashing
-    runs at ~1.4 GB/s (SD 1.5's fp32 files ~3 s, SDXL's ~10 s), once per job."""
+    replaced at the same path makes new images; a hub id as written. Hashed
+    once per job (a few seconds for SD's files: docs/performance.md)."""
     if not is_local(model) or not os.path.isdir(model):
         return model
     root = Path(model)

@@ -9,9 +9,9 @@ textual inversion, LoRA, sampling).
   CPU computes bf16 natively (AVX512-BF16 or AMX, and torch allowed to use
   them), fp32 on every other CPU; fp32 on every CPU for TI, LoRA and sampling
   (the pipeline's bf16 autocast was slower than fp32 even with native bf16:
-  see PIPELINE_CPU_BF16).
+  docs/performance.md).
 - `bf16`: bf16 also on a CPU without native support; it runs, emulated, and
-  the job's log says once how much slower that was measured to be.
+  the job's log says so once.
 - `no`: fp32. `fp16`: half-precision weights on a GPU (TI, LoRA, sampling).
 
 Every resolution is remembered for the process, so the job's sidecar records
@@ -28,16 +28,8 @@ from .errors import TibalanceError
 
 log = logging.getLogger(__name__)
 
-# Measured with benchmarks/bench_train.py --images 1500 --epochs 1 --input memory
-# on a 2-core AVX2 CPU without native bf16 (issue #22): bf16 against fp32.
-EMULATED_SLOWDOWN = "the classifier 8.4x, the generator's pretraining 14-20x slower than fp32"
-
-# Why auto is fp32 on a CPU for the pipeline stages: bf16 autocast against fp32,
-# one job's threads, measured with native bf16 on both CPU kinds seen here.
-PIPELINE_CPU_BF16 = ("AMD EPYC (AVX512-BF16), the demo's 32 px generator: a TI step 0.195 s against 0.146 "
-                     "fp32, a LoRA step 0.179 against 0.122; Intel Xeon (AVX512-BF16, no AMX), SD 1.5 at "
-                     "512 px: a UNet forward 7.35 s against 4.34, a TI step 15.7 against 15.4, a VAE "
-                     "decoding 20.3 against 12.7")
+# What a user is told when bf16 is emulated (the figures: docs/performance.md, "Two kinds of CPU")
+EMULATED_SLOWDOWN = "several times slower than fp32: docs/performance.md"
 
 _resolved: dict[str, str] = {}
 _warned: set[str] = set()

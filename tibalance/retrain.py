@@ -10,10 +10,10 @@ from .defaults import METHODS, MODES, YARDSTICK_METHODS
 from .util import TibalanceError, derive_seed
 
 # the sampling mode whose images a method trains on
-SAMPLE_KIND = {"raw_sd": "raw", **{m: m for m in MODES if m != "raw"}}
-SAMPLE_KIND.update({f"oversample+{m}": k for m, k in list(SAMPLE_KIND.items())})
+MODE_OF = {"raw_sd": "raw", **{m: m for m in MODES if m != "raw"}}
+MODE_OF.update({f"oversample+{m}": k for m, k in list(MODE_OF.items())})
 # real_oracle@<method>: the oracle cut to that method's kept count (it reads the mode's filtered tables)
-SAMPLE_KIND.update({f"real_oracle@{m}": SAMPLE_KIND[m] for m in list(SAMPLE_KIND) if "+" not in m})
+MODE_OF.update({f"real_oracle@{m}": MODE_OF[m] for m in list(MODE_OF) if "+" not in m})
 
 
 def oracle_at(method: str) -> str | None:

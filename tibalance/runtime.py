@@ -13,8 +13,8 @@ log = logging.getLogger(__name__)
 def channels_last(setting, device) -> bool:
     """Whether a stage's UNet runs in channels_last memory format (ti, lora,
     sampling .channels_last): auto (unset) on a GPU, where NHWC convolutions are
-    the fast ones; not on a CPU (measured no faster there, and up to 30% slower
-    under native bf16); true or false as set. The same computation either way,
+    the fast ones; not on a CPU (no faster there, slower under native bf16:
+    docs/performance.md); true or false as set. The same computation either way,
     to rounding."""
     import torch
 
@@ -67,7 +67,7 @@ def pipeline_dtypes(device, setting: str, key: str):
     of ti, lora, sampling), from the precision it resolves to: on a GPU
     half-precision frozen weights under autocast in that dtype; on CPU fp32
     weights (None), with bf16 autocast only where bf16 is asked for (auto: fp32
-    on every CPU, precision.PIPELINE_CPU_BF16 says why)."""
+    on every CPU: docs/performance.md says why)."""
     import torch
 
     from .precision import resolve

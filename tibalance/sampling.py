@@ -105,7 +105,7 @@ def auto_batch_size(device, probe) -> int:
     return bs
 
 
-def mode_pipeline(model: str, method: str, s: dict, device, wdtype, embeds: str | None, placeholder: str | None,
+def mode_pipeline(model: str, mode: str, s: dict, device, wdtype, embeds: str | None, placeholder: str | None,
                   lora: str | None):
     """The pipeline a sampling mode samples with: the generator with the class's
     token and/or LoRA adapter (fused), the configured scheduler, the family's
@@ -114,19 +114,19 @@ def mode_pipeline(model: str, method: str, s: dict, device, wdtype, embeds: str 
     if channels_last(s.get("channels_last"), device):
         pipe.unet.to(memory_format=torch.channels_last)
     set_attention(pipe.unet, s.get("attention"), "sampling.attention")
-    if method in TOKEN_MODES:
+    if mode in TOKEN_MODES:
         load_token(pipe, embeds, placeholder)
-    if method in LORA_MODES:
+    if mode in LORA_MODES:
         pipe.load_lora_weights(lora)
         pipe.fuse_lora()  # merged into the weights: no per-layer adapter cost while sampling
     pipe.scheduler = make_scheduler(s["scheduler"], pipe.scheduler.config)
-    if method in I2I_MODES:
+    if mode in I2I_MODES:
         pipe = img2img(pipe)  # the family's image-to-image pipeline, the same loaded weights
     pipe.unet = compiled(pipe.unet, s.get("compile"), "sampling.compile")
     return pipe
 
 
-def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dict, seed: int,
+def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict, seed: int,
                  manifest: str, out_csv: str, image_dir: str, embeds: str | None = None,
                  placeholder: str | None = None, num_vectors: int = 1, lora: str | None = None,
                  lora_prompt_name: str | None = None) -> int:
@@ -138,18 +138,18 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     s = {**SAMPLING_DEFAULTS, **(settings or {})}
     m = pd.read_csv(manifest, dtype=str)
     n = n_images_for(s["n_images"], cls, m)
-    if method not in MODES:
-        raise TibalanceError(f"sample: unknown method {method!r} ({', '.join(MODES)})")
-    if method in TOKEN_MODES:
+    if mode not in MODES:
+        raise TibalanceError(f"sample: unknown mode {mode!r} ({', '.join(MODES)})")
+    if mode in TOKEN_MODES:
         if not embeds and n:  # a class that gets no images has no token (no inversion ran for it)
-            raise TibalanceError(f"sample: method {method} for class {cls} needs learned embeddings")
+            raise TibalanceError(f"sample: mode {mode} for class {cls} needs learned embeddings")
         subject = expand_placeholder(placeholder, placeholder, num_vectors)
-    elif method in ("lora", "lora_i2i"):
+    elif mode in ("lora", "lora_i2i"):
         subject = lora_prompt_name or cls_name  # the words its adapter was trained with
     else:
         subject = s["prompt_name"] or cls_name
-    if method in LORA_MODES and not lora and n:
-        raise TibalanceError(f"sample: method {method} for class {cls} needs its LoRA adapter")
+    if mode in LORA_MODES and not lora and n:
+        raise TibalanceError(f"sample: mode {mode} for class {cls} needs its LoRA adapter")
     templates = list(s["templates"])
     prompts = [templates[i % len(templates)].format(subject) for i in range(n)]
     seeds = [image_seed(seed, cls, i) for i in range(n)]
@@ -161,16 +161,17 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
         return float(strengths[i % len(strengths)])
 
     starts: list[str | None] = [None] * n
-    if method in I2I_MODES:
+    if mode in I2I_MODES:
         real = real_start_images(m, cls)
         if not real and n:
-            raise TibalanceError(f"sample: {method} for class {cls} needs real training images; {manifest} has none")
+            raise TibalanceError(f"sample: {mode} for class {cls} needs real training images; {manifest} has none")
         starts = [real[i % len(real)] for i in range(n)]
 
     # images already on disk are reused only when everything that shapes them is unchanged
+    # (the mode is keyed "method", and so is samples.csv's column: the names images were made under)
     out = Path(image_dir)
     fp_keys = ["scheduler", "steps", "guidance_scale", "resolution", "negative_prompt"]
-    fp_keys += ["strength"] if method in I2I_MODES else []
+    fp_keys += ["strength"] if mode in I2I_MODES else []
     # unset or auto: the fingerprints of images made before this setting existed hold
     # (auto is fp32 on every CPU); an explicit bf16 makes other images: its own mark
     setting = s.get("mixed_precision", "auto")
@@ -181,7 +182,7 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     device = pick_device(s["device"])
     wdtype, amp_dtype = pipeline_dtypes(device, setting, "sampling.mixed_precision")
     # the model's files, not only its path: a generator rebuilt in place makes new images
-    fp = fingerprint({"model": model, "model_digest": model_digest(model) if n else None, "method": method,
+    fp = fingerprint({"model": model, "model_digest": model_digest(model) if n else None, "method": mode,
                       "subject": subject, "settings": {k: s[k] for k in fp_keys},
                       "embeds": file_digest(embeds) if embeds else None, "seed": seed, "templates": templates,
                       **({"lora": file_digest(lora)} if lora else {}),
@@ -197,20 +198,20 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
     for stale in set(out.glob("*.png")) - set(paths):  # a smaller count leaves no image of a larger one
         stale.unlink()
     todo = [i for i in range(n) if not paths[i].exists()]
-    log.info("class %s, %s: %d images wanted, %d on disk, %d to generate", cls, method, n, n - len(todo), len(todo))
+    log.info("class %s, %s: %d images wanted, %d on disk, %d to generate", cls, mode, n, n - len(todo), len(todo))
     if n == 0:
-        log.info("class %s, %s: 0 images (the class is already at its target size)", cls, method)
+        log.info("class %s, %s: 0 images (the class is already at its target size)", cls, mode)
     if todo:
         # on a GPU the weights are half precision; on CPU they stay fp32 and bf16 runs under autocast
         autocast = wdtype is None and amp_dtype is not None
-        pipe = mode_pipeline(model, method, s, device, wdtype, embeds, placeholder, lora)
+        pipe = mode_pipeline(model, mode, s, device, wdtype, embeds, placeholder, lora)
 
         def generate(group: list[int], steps: int) -> list:
             """The images of `group` (one strength: image-to-image takes one a call), each from its own seed."""
             kw = dict(num_inference_steps=steps, guidance_scale=float(s["guidance_scale"]),
                       negative_prompt=[s["negative_prompt"]] * len(group) if s["negative_prompt"] else None,
                       generator=[torch.Generator().manual_seed(seeds[i]) for i in group])
-            if method in I2I_MODES:
+            if mode in I2I_MODES:
                 kw.update(image=[load_start_image(starts[i], res) for i in group], strength=strength_of(group[0]))
             else:
                 kw.update(height=res, width=res)
@@ -218,15 +219,15 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
                 return pipe([prompts[i] for i in group], **kw).images
 
         if s["batch_size"] == "auto":  # probed with the first image, one step (image-to-image: at least one)
-            probe_steps = max(1, math.ceil(1 / strength_of(todo[0]))) if method in I2I_MODES else 1
+            probe_steps = max(1, math.ceil(1 / strength_of(todo[0]))) if mode in I2I_MODES else 1
             bs = auto_batch_size(device, lambda: generate(todo[:1], probe_steps))
         else:
             bs = int(s["batch_size"])
-        bar = tqdm(total=len(todo), desc=f"sample {method} {cls}", mininterval=2.0)
+        bar = tqdm(total=len(todo), desc=f"sample {mode} {cls}", mininterval=2.0)
         for start in range(0, len(todo), bs):
             batch = todo[start:start + bs]
             groups = ([[i for i in batch if strength_of(i) == v] for v in dict.fromkeys(map(strength_of, batch))]
-                      if method in I2I_MODES else [batch])
+                      if mode in I2I_MODES else [batch])
             images = [im for group in groups for im in zip(group, generate(group, int(s["steps"])))]
             for i, im in sorted(images, key=lambda t: t[0]):
                 tmp = paths[i].with_suffix(".tmp.png")
@@ -235,7 +236,7 @@ def sample_class(model: str, method: str, cls: str, cls_name: str, settings: dic
             bar.update(len(batch))
         bar.close()
     write_csv(pd.DataFrame({"index": range(n), "path": [str(p) for p in paths], "seed": seeds,
-                            "prompt": prompts, "label": cls, "method": method,
+                            "prompt": prompts, "label": cls, "method": mode,
                             "start_image": [p or "" for p in starts],
-                            "strength": [strength_of(i) if method in I2I_MODES else "" for i in range(n)]}), out_csv)
+                            "strength": [strength_of(i) if mode in I2I_MODES else "" for i in range(n)]}), out_csv)
     return len(todo)

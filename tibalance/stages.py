@@ -180,7 +180,7 @@ def lora(cls: str, kind: str, classes: str, seeds_csv: str, model: str, lora_cfg
     side.write(meta, **result)
 
 
-def sample(cls: str, method: str, classes: str, manifest: str, model: str, sampling_cfg: dict, seed: int,
+def sample(cls: str, mode: str, classes: str, manifest: str, model: str, sampling_cfg: dict, seed: int,
            out_csv: str, image_dir: str, meta: str, embeds: str | None = None,
            placeholder: str | None = None, num_vectors: int = 1, lora: str | None = None,
            lora_prompt_name: str | None = None) -> None:
@@ -188,7 +188,7 @@ def sample(cls: str, method: str, classes: str, manifest: str, model: str, sampl
 
     side = Sidecar(seed)
     name = read_json(classes)["names"][cls]
-    new = sample_class(model, method, cls, name, sampling_cfg, seed, manifest, out_csv, image_dir,
+    new = sample_class(model, mode, cls, name, sampling_cfg, seed, manifest, out_csv, image_dir,
                        embeds=embeds, placeholder=placeholder, num_vectors=num_vectors, lora=lora,
                        lora_prompt_name=lora_prompt_name)
     side.write(meta, generated=new)

@@ -8,7 +8,7 @@ smk.run(
     snakemake,
     stages.lora,
     cls=snakemake.wildcards.cls,
-    kind=snakemake.wildcards.lora_kind,
+    kind=snakemake.wildcards.adapter,
     classes=snakemake.input.classes,
     seeds_csv=snakemake.input.seeds,
     model=snakemake.params.model,

@@ -7,7 +7,7 @@ smk.run(
     snakemake,
     stages.sample,
     cls=snakemake.wildcards.cls,
-    method=snakemake.wildcards.method,
+    mode=snakemake.wildcards.mode,
     classes=snakemake.input.classes,
     manifest=snakemake.input.manifest,
     model=snakemake.params.model,

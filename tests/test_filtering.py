@@ -1,5 +1,4 @@
-"""The study's verdict: balanced counts, real-image-guided sampling, the filter,
-the judge and the paired differences."""
+"""The filter: k-NN scores in the baseline's feature space, kept by quantile, never a test image."""
 import os
 
 import numpy as np
@@ -8,27 +7,7 @@ import pytest
 from PIL import Image
 
 from tibalance.filtering import knn_scores, score_samples
-from tibalance.retrain import paired_deltas, summary_table
-from tibalance.sampling import n_images_for
 from tibalance.util import TibalanceError
-
-
-def _manifest(counts: dict[str, int]) -> pd.DataFrame:
-    rows = [(f"{c}{i}.png", c, "train") for c, n in counts.items() for i in range(n)]
-    rows += [("t.png", "a", "test")] * 50  # other splits never count
-    return pd.DataFrame(rows, columns=["path", "label", "split"])
-
-
-def test_balancing_count_refills_to_the_target():
-    m = _manifest({"a": 100, "b": 100, "c": 60, "rare": 10})
-    assert n_images_for("median", "rare", m) == 70      # median of 100, 100, 60, 10 = 80
-    assert n_images_for("max", "rare", m) == 90
-    assert n_images_for({"fill_to": 50}, "rare", m) == 40
-    assert n_images_for(25, "rare", m) == 25             # an integer stays a count
-    assert n_images_for("median", "a", m) == 0           # already at (above) the target: 0 images
-    assert n_images_for("max", "b", m) == 0
-    with pytest.raises(TibalanceError, match="sampling.n_images"):
-        n_images_for("mean", "rare", m)
 
 
 def test_knn_score_is_high_near_the_class_and_low_near_others():
@@ -109,18 +88,3 @@ def test_filter_keeps_by_its_recorded_score_and_never_reads_test_images(tmp_path
     with pytest.raises(TibalanceError, match="train_features.npz: features of other training images"):
         filter_class("dark", str(samples), str(tmp_path / "manifest2.csv"), str(tmp_path / "model.pt"),
                      {"method": "knn", "k": 3, "quantile": 0.25}, str(out), str(feats_file))
-
-
-def _run(method, seed, acc):
-    return {"method": method, "seed": seed, "accuracy": acc, "macro_f1": acc, "weak_accuracy": acc,
-            "per_class_accuracy": {"w": acc}}
-
-
-def test_paired_differences_are_per_seed():
-    runs = [_run("baseline", s, a) for s, a in ((0, 0.1), (1, 0.3), (2, 0.2))]
-    runs += [_run("ti", s, a) for s, a in ((2, 0.25), (0, 0.2), (1, 0.2))]
-    assert paired_deltas(runs, "ti", "w") == pytest.approx([0.1, -0.1, 0.05])
-    row = summary_table(runs, ["w"]).set_index("method").loc["ti"]
-    assert row.delta_w_mean == pytest.approx(np.mean([0.1, -0.1, 0.05]))
-    assert row.delta_w_std == pytest.approx(np.std([0.1, -0.1, 0.05], ddof=1))
-    assert row.improved_w == "2/3"
