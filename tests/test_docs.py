@@ -1,6 +1,7 @@
 """The docs stay true: the configuration reference is the schema's, and the docs
 name only rules, methods, modes and config keys the code has, and miss none."""
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -148,3 +149,27 @@ def test_no_rule_writes_its_benchmark_beside_the_benchmark_scripts():
     assert not found, found
     assert sum(line.strip().startswith('"results/benchmarks/') for f in ROOT.glob("rules/*.smk")
                for line in f.read_text().splitlines()) >= 20  # every rule's, moved (not dropped)
+
+
+def test_the_times_are_generated_from_the_recorded_runs():
+    """docs/times.json is what the README's and performance.md's times say
+    (`python -m tibalance.docs times` wrote them), and a new timed run replaces
+    the record of its command on its kind of CPU only, a failed one nothing."""
+    records = json.loads(docs.TIMES.read_text())
+    assert docs.times_table(records) in docs.PERF_DOC.read_text()
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- times -->\n")[1].split("\n<!-- /times -->")[0]
+    assert " ".join(block.split()) == docs.times_sentence(records)
+    xeon = {"model": "Intel(R) Xeon(R) Processor", "capability": "AVX512", "native_bf16": True}
+    avx2 = {"model": "AMD EPYC 7B13", "capability": "AVX2", "native_bf16": False}
+    old = [{"target": "demo", "seconds": 1800, "commit": "a", "date": "d", "cpu": xeon},
+           {"target": "demo", "seconds": 2000, "commit": "a", "date": "d", "cpu": avx2}]
+    new = docs.merge_times(old, {"commit": "b", "date": "e", "cpu": xeon, "runs": [
+        {"target": "demo", "seconds": 1500.4, "rc": 0}, {"target": "verdict", "seconds": 9, "rc": 2}]})
+    assert sorted((r["cpu"]["capability"], r["seconds"], r["commit"]) for r in new) == [
+        ("AVX2", 2000, "a"), ("AVX512", 1500.4, "b")]
+    table = docs.times_table(new).splitlines()
+    assert table[2].startswith("| Intel Xeon, AVX512, bf16 native | 25 min 0 s | not measured | not measured |")
+    assert table[3].startswith("| AMD EPYC 7B13, AVX2, bf16 emulated | 33 min 20 s |")
+    assert "about 25 minutes on Intel Xeon (AVX512, bf16 native) and about 33 minutes on AMD EPYC 7B13" in \
+        docs.times_sentence(new)

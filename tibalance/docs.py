@@ -5,7 +5,10 @@ doc may use (rules, methods, modes, config keys) from the code.
 
     python -m tibalance.docs config            -> config/README.md
     python -m tibalance.docs demo [results]    -> docs/demo.md's tables from a run
-(`make docs` runs both)."""
+    python -m tibalance.docs times FILE...     -> docs/times.json, and from it the times
+                                                  in docs/performance.md and README.md
+                                                  (FILE: benchmarks/time_make.py's record)
+(`make docs` runs config and demo)."""
 from __future__ import annotations
 
 import json
@@ -33,6 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "config" / "schema.yaml"
 CONFIG_DOC = ROOT / "config" / "README.md"
 DEMO_DOC = ROOT / "docs" / "demo.md"
+TIMES = ROOT / "docs" / "times.json"
+PERF_DOC = ROOT / "docs" / "performance.md"
+README = ROOT / "README.md"
 
 # the sections whose defaults live in the package (the schema leaves them unset
 # so that per-class overrides merge over them)
@@ -210,6 +216,101 @@ def fill_demo_tables(doc: Path = DEMO_DOC, results: Path = ROOT / "results") -> 
     return text
 
 
+# ---- the times of the README's commands: from timed fresh-clone runs
+
+TARGETS = {"demo": "`make demo`", "verdict": "`make verdict` after it", "test": "`make test` (`CI=true bash .ci/run`)"}
+
+
+def cpu_kind(cpu: dict) -> str:
+    """A CPU's kind as the times are kept apart: its capability and bf16."""
+    return f"{cpu['capability']}, " + ("bf16 native" if cpu["native_bf16"] else "bf16 emulated")
+
+
+def cpu_name(cpu: dict) -> str:
+    name = re.sub(r"\((R|TM)\)", "", cpu["model"])
+    name = re.split(r" CPU| @| Processor", name)[0]
+    return " ".join(name.split())
+
+
+def merge_times(records: list[dict], timed: dict) -> list[dict]:
+    """records with a time_make.py file's successful runs in: each replaces the
+    record of the same target on the same kind of CPU."""
+    out = list(records)
+    for run in timed["runs"]:
+        if run["rc"] != 0:
+            continue
+        new = {"target": run["target"], "seconds": run["seconds"], "commit": timed["commit"],
+               "date": timed["date"], "cpu": timed["cpu"]}
+        out = [r for r in out if not (r["target"] == new["target"] and cpu_kind(r["cpu"]) == cpu_kind(new["cpu"]))]
+        out.append(new)
+    return out
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s} s"
+
+
+def _kinds(records: list[dict]) -> list[str]:
+    """The kinds of CPU, native bf16 first."""
+    return sorted({cpu_kind(r["cpu"]) for r in records}, key=lambda k: (k.endswith("emulated"), k))
+
+
+def times_table(records: list[dict]) -> str:
+    """performance.md's table: a row per kind of CPU, a column per command, the runs named."""
+    lines = ["| CPU (kind) | " + " | ".join(TARGETS.values()) + " | run |",
+             "| --- | " + " | ".join("---" for _ in TARGETS) + " | --- |"]
+    for kind in _kinds(records):
+        rows = {r["target"]: r for r in records if cpu_kind(r["cpu"]) == kind}
+        cells = [_duration(rows[t]["seconds"]) + (f" ({rows[t]['note']})" if rows[t].get("note") else "")
+                 if t in rows else "not measured" for t in TARGETS]
+        runs = {}
+        for t in TARGETS:
+            if t in rows:
+                runs.setdefault((rows[t]["commit"], rows[t]["date"], rows[t].get("by")), []).append(t)
+        named = "; ".join(f"commit {c} ({', '.join(ts)}), {d}" + (f", {by}" if by else "")
+                          for (c, d, by), ts in runs.items())
+        name = cpu_name(next(iter(rows.values()))["cpu"])
+        lines.append(f"| {name}, {kind} | " + " | ".join(cells) + f" | {named} |")
+    return "\n".join(lines)
+
+
+def times_sentence(records: list[dict]) -> str:
+    """The README's line: each command's time on each kind of CPU, in minutes."""
+    kinds = _kinds(records)
+
+    def of(target):
+        got = [(k, r) for k in kinds for r in records if cpu_kind(r["cpu"]) == k and r["target"] == target]
+        return " and ".join(f"about {round(r['seconds'] / 60)} minutes on {cpu_name(r['cpu'])} ({k})" for k, r in got)
+
+    return (f"On 2 CPU cores, from a fresh clone, install included: `make demo` {of('demo')}; "
+            f"`make test` {of('test')}. The runs, `make verdict` and how to measure: "
+            "[docs/performance.md](docs/performance.md).")
+
+
+def fill_times(text: str, body: str) -> str:
+    new, n = re.subn(r"(<!-- times -->\n).*?(\n<!-- /times -->)", lambda m: m.group(1) + body + m.group(2), text,
+                     flags=re.S)
+    if n != 1:
+        raise SystemExit("no `<!-- times -->` block to fill")
+    return new
+
+
+def write_times(timed_files: list[str]) -> None:
+    records = json.loads(TIMES.read_text()) if TIMES.exists() else []
+    for f in timed_files:
+        records = merge_times(records, json.loads(Path(f).read_text()))
+    TIMES.write_text(json.dumps(records, indent=1) + "\n")
+    PERF_DOC.write_text(fill_times(PERF_DOC.read_text(), times_table(records)))
+    README.write_text(fill_times(README.read_text(), "\n".join(_wrap(times_sentence(records)))))
+
+
+def _wrap(text: str, width: int = 79) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)
+
+
 def main(argv: list[str]) -> int:
     what = argv[0] if argv else "config"
     if what == "config":
@@ -222,6 +323,9 @@ def main(argv: list[str]) -> int:
         (ROOT / "docs" / "img").mkdir(exist_ok=True)
         shutil.copyfile(plot, ROOT / "docs" / "img" / plot.name)
         print(f"wrote {DEMO_DOC.relative_to(ROOT)} from {results} ({run_stamp(results)})")
+    elif what == "times":
+        write_times(argv[1:])
+        print(f"wrote {TIMES.relative_to(ROOT)}, the times in {PERF_DOC.relative_to(ROOT)} and README.md")
     else:
         print(__doc__)
         return 2
