@@ -13,6 +13,7 @@ from tibalance.config import (
     check_freeze,
     check_generator_preset,
     check_lora,
+    check_diff_ii,
     check_oracle_at,
     check_replicates,
     class_settings,
@@ -35,16 +36,15 @@ from tibalance.fetch import (
 from tibalance.generator import check_model, is_local
 from tibalance.fetch import fetched_folder
 from tibalance.defaults import (
+    DIFF_II_DEFAULTS,
     FID_RELIABLE_IMAGES,
-    LORA_ADAPTER,
     LORA_DEFAULTS,
-    LORA_MODES,
     MODES,
     PRETRAIN_DEFAULTS,
     PRETRAIN_VAE_KEYS,
     SAMPLING_DEFAULTS,
     TI_DEFAULTS,
-    TOKEN_MODES,
+    uses,
 )
 from tibalance.retrain import MODE_OF, ablation_variants, parse_variant
 from tibalance.util import TibalanceError, derive_seed, read_json
@@ -114,6 +114,7 @@ try:
     check_freeze(config)
     check_replicates(config)
     check_oracle_at(config)
+    check_diff_ii(config)
     check_generator_preset(config)
 except TibalanceError as e:
     _fail(f"{CONFIGFILE}: {e}")
@@ -121,6 +122,8 @@ except TibalanceError as e:
 
 SEED = config["seed"]
 REPLICATES = int(config["replicates"])
+# what diff_ii samples on (the study's: it decides which token and adapters are made)
+CONCEPT = {**DIFF_II_DEFAULTS, **(config.get("diff_ii") or {})}["concept"]
 
 # real_oracle needs real images the study removed: elsewhere its row is absent,
 # with the reason once on the terminal and under the summary table
@@ -140,9 +143,10 @@ if ORACLE_ABSENT:
 STUDY_MODES = ["raw", "ti"] + [
     m for m in MODES if m not in ("raw", "ti") and m in config["retrain"]["methods"]
 ]
-# the LoRA adapters those modes need (lora_i2i samples with the `lora` adapter)
+# the LoRA adapters those modes need (lora_i2i samples with the `lora` adapter;
+# diff_ii with its concept's)
 STUDY_ADAPTERS = sorted(
-    {LORA_ADAPTER[m] for m in STUDY_MODES if m in LORA_MODES},
+    {uses(m, CONCEPT)[1] for m in STUDY_MODES} - {None},
     key=["lora", "ti_lora"].index,
 )
 # replicates k > 0 make only what a retraining run reads: the modes of the
@@ -153,12 +157,8 @@ REP_MODES = [
     for m in MODES
     if m in {MODE_OF[x] for x in config["retrain"]["methods"] if x in MODE_OF}
 ]
-REP_ADAPTERS = [
-    k
-    for k in STUDY_ADAPTERS
-    if k in {LORA_ADAPTER[m] for m in REP_MODES if m in LORA_MODES}
-]
-REP_TOKEN = any(m in TOKEN_MODES for m in REP_MODES) or "ti_lora" in REP_ADAPTERS
+REP_ADAPTERS = [k for k in STUDY_ADAPTERS if k in {uses(m, CONCEPT)[1] for m in REP_MODES}]
+REP_TOKEN = any(uses(m, CONCEPT)[0] for m in REP_MODES) or "ti_lora" in REP_ADAPTERS
 
 
 def _rep(wildcards):
@@ -293,30 +293,86 @@ def _embeds(cls, rep=""):
     return f"results/inversion/{cls}{rep}/learned_embeds.safetensors"
 
 
-def token_params(wildcards):
-    """What a sampling mode needs beside its inputs: the token's placeholder
-    (ti, ti_i2i, ti_lora), the words the lora adapter was trained with (lora, lora_i2i).
-    """
-    if wildcards.mode in TOKEN_MODES:
-        return _token(wildcards.cls)
-    if wildcards.mode in ("lora", "lora_i2i"):
-        return {"lora_prompt_name": lora_params(wildcards)["prompt_name"]}
+def _concept_params(mode, cls):
+    """What sampling in a mode needs beside its inputs: the token's placeholder
+    (ti, ti_i2i, ti_lora; diff_ii on a token), the words the lora adapter was
+    trained with (lora, lora_i2i; diff_ii on it)."""
+    token, adapter = uses(mode, CONCEPT)
+    if token:
+        return _token(cls)
+    if adapter == "lora":
+        lora = canonical({**LORA_DEFAULTS, **class_settings(config, "lora", cls)})
+        return {"lora_prompt_name": lora["prompt_name"]}
     return {}
 
 
-def sample_inputs(wildcards):
-    inputs = {}
-    if images_wanted(wildcards.cls) == 0:
-        return inputs  # no images: no token, no adapter (none is trained for the class)
-    rep = _rep(wildcards)
-    if wildcards.mode in TOKEN_MODES:
-        inputs["embeds"] = _embeds(wildcards.cls, rep)
-    if wildcards.mode in LORA_MODES:
-        adapter = LORA_ADAPTER[wildcards.mode]
+def token_params(wildcards):
+    return _concept_params(wildcards.mode, wildcards.cls)
+
+
+def _concept_inputs(mode, cls, rep):
+    """The token and adapter files a mode samples with (diff_ii: its concept's)."""
+    token, adapter = uses(mode, CONCEPT)
+    inputs = {"embeds": _embeds(cls, rep)} if token else {}
+    if adapter:
         inputs["lora"] = (
-            f"results/lora/{adapter}/{wildcards.cls}{rep}/pytorch_lora_weights.safetensors"
+            f"results/lora/{adapter}/{cls}{rep}/pytorch_lora_weights.safetensors"
         )
     return inputs
+
+
+def sample_inputs(wildcards):
+    if images_wanted(wildcards.cls) == 0:
+        return {}  # no images: no token, no adapter (none is trained for the class)
+    rep = _rep(wildcards)
+    inputs = _concept_inputs(wildcards.mode, wildcards.cls, rep)
+    if wildcards.mode == "diff_ii":
+        inputs["inversions"] = f"results/diff_ii/{wildcards.cls}{rep}/inversions.csv"
+    return inputs
+
+
+def _diff_ii_settings(cls):
+    return canonical({**DIFF_II_DEFAULTS, **class_settings(config, "diff_ii", cls)})
+
+
+def diff_ii_params(wildcards):
+    """The class's diff_ii settings, for its diff_ii jobs only (so that an edit
+    of them reruns no other mode's sampling)."""
+    if wildcards.mode != "diff_ii":
+        return {}
+    return {"diff_ii": _diff_ii_settings(wildcards.cls)}
+
+
+# the sampling settings that shape an inversion (no scheduler, guidance, strength:
+# those shape the denoising only)
+INVERSION_SAMPLING_KEYS = (
+    "steps",
+    "resolution",
+    "templates",
+    "mixed_precision",
+    "device",
+    "attention",
+    "channels_last",
+    "compile",
+)
+
+
+def invert_sampling_params(wildcards):
+    s = _sampling_settings(wildcards.cls)
+    return canonical({k: s[k] for k in INVERSION_SAMPLING_KEYS if k in s})
+
+
+def invert_diff_ii_params(wildcards):
+    d = _diff_ii_settings(wildcards.cls)
+    return canonical({k: d[k] for k in ("concept", "inversion_refine")})
+
+
+def invert_token_params(wildcards):
+    return _concept_params("diff_ii", wildcards.cls)
+
+
+def invert_inputs(wildcards):
+    return _concept_inputs("diff_ii", wildcards.cls, _rep(wildcards))
 
 
 def lora_inputs(wildcards):
@@ -617,6 +673,8 @@ def study_jobs(wildcards):
             for adapter in STUDY_ADAPTERS if k == 0 else REP_ADAPTERS:
                 add("lora", cls, adapter, replicate=k, adapter=adapter)
             for mode in STUDY_MODES if k == 0 else REP_MODES:
+                if mode == "diff_ii":
+                    add("invert", cls, mode, replicate=k)
                 add("sample", cls, mode, replicate=k, mode=mode)
                 add("filter_samples", cls, mode, replicate=k, mode=mode)
         add("sample_grid", cls)

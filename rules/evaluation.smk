@@ -228,5 +228,6 @@ rule cost:
     params:
         jobs=study_jobs,
         methods=config["retrain"]["methods"],
+        concept=CONCEPT,
     script:
         "../workflow/scripts/cost.py"

@@ -132,6 +132,26 @@ def check_lora(config: dict) -> None:
                 raise TibalanceError(f"{key}: {problem}")
 
 
+def check_diff_ii(config: dict) -> None:
+    """diff_ii.concept is the study's (it decides which token and adapters are
+    trained for every class), so no class may set its own; a suffix file must
+    be readable where diff_ii samples."""
+    from pathlib import Path
+
+    for c, v in (config.get("classes") or {}).items():
+        if "concept" in ((v or {}).get("diff_ii") or {}):
+            raise TibalanceError(f"classes.{c}.diff_ii.concept: the concept is the whole study's; set diff_ii.concept")
+    methods = (config.get("retrain") or {}).get("methods") or []
+    if not any(m.endswith("diff_ii") for m in methods):
+        return
+    sections = [("diff_ii", config.get("diff_ii") or {})]
+    sections += [(f"classes.{c}.diff_ii", (v or {}).get("diff_ii") or {}) for c, v in (config.get("classes") or {}).items()]
+    for key, section in sections:
+        path = section.get("suffix_file")
+        if path and not Path(path).is_file():
+            raise TibalanceError(f"{key}.suffix_file: {path} does not exist")
+
+
 def check_replicates(config: dict) -> None:
     """replicates: R repeats each weak class's adaptation; retraining seed k reads
     replicate k mod R, so a replicate no seed reads would be made for nothing."""

@@ -8,24 +8,26 @@ import os
 
 import pandas as pd
 
-from .defaults import LORA_ADAPTER, TOKEN_MODES
+from .defaults import uses
 from .retrain import MODE_OF
 from .util import read_json
 
 
-def method_stages(method: str) -> dict[str, str | None]:
+def method_stages(method: str, concept: str = "ti") -> dict[str, str | None]:
     """The jobs a retraining method adds to the shared ones (data, baseline,
-    analysis, generator, FID, judge, grids): {stage: the sampling mode its jobs
-    must have, or None for all of the stage's jobs}; its retraining runs aside."""
+    analysis, generator, FID, judge, grids): {stage: the sampling mode (LoRA: the
+    adapter) its jobs must have, or None for all of the stage's jobs}; its
+    retraining runs aside. concept: diff_ii's (diff_ii.concept)."""
     if method.startswith("real_oracle"):  # its held-back real images (@<method>: that method's samples are its)
         return {"oracle_images": None}
     mode = MODE_OF.get(method)
     if mode is None:  # baseline, oversample: real images only
         return {}
-    seeds = {"select_seeds": None} if mode in TOKEN_MODES or mode in LORA_ADAPTER else {}
-    token = {"textual_inversion": None} if mode in TOKEN_MODES else {}
-    lora = {"lora": LORA_ADAPTER[mode]} if mode in LORA_ADAPTER else {}
-    return {**seeds, **token, **lora, "sample": mode, "filter_samples": mode}
+    token, adapter = uses(mode, concept)
+    seeds = {"select_seeds": None} if token or adapter else {}
+    inversions = {"invert": mode} if mode == "diff_ii" else {}
+    return {**seeds, **({"textual_inversion": None} if token else {}), **({"lora": adapter} if adapter else {}),
+            **inversions, "sample": mode, "filter_samples": mode}
 
 
 def read_benchmark(path: str) -> dict:
@@ -104,14 +106,14 @@ def stage_table(jobs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([t, pd.DataFrame([total])], ignore_index=True)
 
 
-def method_table(jobs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+def method_table(jobs: pd.DataFrame, methods: list[str], concept: str = "ti") -> pd.DataFrame:
     """Per retraining method: what producing its synthetic images cost per weak
     class (seeds, inversion, sampling, filtering) and its retraining runs, in
     wall/CPU/GPU seconds — the price of a row beside the shared stages."""
     rows = []
     for method in methods:
         synthetic = pd.Series(False, index=jobs.index)
-        for stage, mode in method_stages(method).items():
+        for stage, mode in method_stages(method, concept).items():
             synthetic |= (jobs["stage"] == stage) & (jobs["method"] == mode if mode else True)
         parts = {"synthetic": synthetic, "retrain": (jobs["stage"] == "retrain") & (jobs["method"] == method)}
         row = {"method": method}

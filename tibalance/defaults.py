@@ -111,6 +111,17 @@ SAMPLING_DEFAULTS = {
 }
 
 
+DIFF_II_DEFAULTS = {
+    "concept": "ti",          # what the inversions and the denoising are conditioned on: ti | lora | ti_lora
+    "split_ratio": 0.3,       # the share of the denoising steps under the suffixed prompt (the paper: 0.3 at 5 shots)
+    # context suffixes of the first stage's prompt (the paper's come from a captioner and an LLM)
+    "suffixes": ["on a plain background", "in natural light", "in a close-up photo", "seen from the side",
+                 "in a cluttered scene", "outdoors", "indoors", "in soft shadow"],
+    "suffix_file": None,      # a text file of suffixes, one per line (replaces the list)
+    "inversion_refine": 0,    # fixed-point refinements of each DDIM inversion step (0: plain, the paper's)
+}
+
+
 # Below this many images on either side FID/KID are computed but marked in the
 # tables (config metrics.min_images): FID's bias grows as 1/N (Chong & Forsyth,
 # "Effectively Unbiased FID", CVPR 2020) and KID's variance is large, so such a
@@ -122,7 +133,7 @@ FID_RELIABLE_IMAGES = 100
 # tables and docs take them from here.
 # the methods a retraining run trains with (retrain.methods), in the tables' order
 # the methods that train on synthetic images (ablation.methods)
-SYNTHETIC_METHODS = ("raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
+SYNTHETIC_METHODS = ("raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii")
 # synthetic on top of oversampling: the oversample set, each of whose weak-class
 # images (real or repeated) is swapped for one of the mode's kept synthetic images
 # with probability retrain.combine_p, drawn anew each epoch
@@ -135,7 +146,7 @@ ORACLE_AT_METHODS = tuple(f"real_oracle@{m}" for m in SYNTHETIC_METHODS)
 YARDSTICK_METHODS = ("real_oracle", *ORACLE_AT_METHODS)
 METHODS = ("baseline", "oversample", "real_oracle", *ORACLE_AT_METHODS, *SYNTHETIC_METHODS, *COMBINED_METHODS)
 # the sampling modes (results/samples/<mode>/)
-MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
+MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii")
 # the modes that sample with the class's learned token (they need its inversion)
 TOKEN_MODES = ("ti", "ti_i2i", "ti_lora")
 # the modes that sample with one of the class's LoRA adapters: {mode: adapter kind}
@@ -143,3 +154,13 @@ LORA_ADAPTER = {"lora": "lora", "lora_i2i": "lora", "ti_lora": "ti_lora"}
 LORA_MODES = tuple(LORA_ADAPTER)
 # the real-image-guided modes: image-to-image from the class's real training images
 I2I_MODES = ("ti_i2i", "lora_i2i")
+# the concepts diff_ii can sample on (diff_ii.concept): the token, the lora adapter, or both
+DIFF_II_CONCEPTS = ("ti", "lora", "ti_lora")
+
+
+def uses(mode: str, concept: str = "ti") -> tuple[bool, str | None]:
+    """(whether the mode samples with the class's token, the LoRA adapter it
+    samples with or None); diff_ii on its concept (diff_ii.concept)."""
+    if mode == "diff_ii":
+        mode = concept
+    return mode in TOKEN_MODES, LORA_ADAPTER.get(mode)

@@ -1,4 +1,4 @@
-"""Sampling: synthetic images of a weak class, in one of three modes:
+"""Sampling: synthetic images of a weak class, in one of seven modes:
 
 - `raw`: text-to-image with the class's plain name (the raw-SD comparison row);
 - `ti`: text-to-image with the learned token;
@@ -8,7 +8,10 @@
   image i takes the (i mod length)-th), then denoised;
 - `lora`: text-to-image with the class's name and its LoRA adapter loaded;
 - `lora_i2i`: image-to-image as ti_i2i, with the class's name and its LoRA adapter;
-- `ti_lora`: text-to-image with the learned token and its token + LoRA adapter.
+- `ti_lora`: text-to-image with the learned token and its token + LoRA adapter;
+- `diff_ii`: Diff-II (diff_ii.py): DDIM from a random point on the circle
+  through two of the class's real images' inversions, the first part of the
+  steps under a prompt with a context suffix; on the token by default.
 
 One seed per image (derived from the base seed, class and image index, the same
 for every mode so the rows are paired), batched, half precision on GPU, a
@@ -27,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import refill_count
-from .defaults import I2I_MODES, LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES  # noqa: F401 - part of this module's interface
+from .defaults import DIFF_II_DEFAULTS, I2I_MODES, LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES, uses  # noqa: F401 - part of this module's interface
 from .generator import img2img, load_pipeline, model_digest, resolve_resolution
 from .inversion import expand_placeholder, load_token
 from .runtime import channels_last, compiled, pipeline_dtypes, set_attention
@@ -106,50 +109,86 @@ def auto_batch_size(device, probe) -> int:
 
 
 def mode_pipeline(model: str, mode: str, s: dict, device, wdtype, embeds: str | None, placeholder: str | None,
-                  lora: str | None):
+                  lora: str | None, concept: str = "ti"):
     """The pipeline a sampling mode samples with: the generator with the class's
-    token and/or LoRA adapter (fused), the configured scheduler, the family's
-    image-to-image pipeline for the real-image-guided modes, the switches."""
+    token and/or LoRA adapter (fused), the configured scheduler (diff_ii: DDIM,
+    the mirror of its inversions), the family's image-to-image pipeline for the
+    real-image-guided modes, the switches."""
+    token, adapter = uses(mode, concept)
     pipe = load_pipeline(model, device=device, dtype=wdtype)
     if channels_last(s.get("channels_last"), device):
         pipe.unet.to(memory_format=torch.channels_last)
     set_attention(pipe.unet, s.get("attention"), "sampling.attention")
-    if mode in TOKEN_MODES:
+    if token:
         load_token(pipe, embeds, placeholder)
-    if mode in LORA_MODES:
+    if adapter:
         pipe.load_lora_weights(lora)
         pipe.fuse_lora()  # merged into the weights: no per-layer adapter cost while sampling
-    pipe.scheduler = make_scheduler(s["scheduler"], pipe.scheduler.config)
+    if mode == "diff_ii":
+        from .diff_ii import ddim
+
+        ddim(pipe)
+    else:
+        pipe.scheduler = make_scheduler(s["scheduler"], pipe.scheduler.config)
     if mode in I2I_MODES:
         pipe = img2img(pipe)  # the family's image-to-image pipeline, the same loaded weights
     pipe.unet = compiled(pipe.unet, s.get("compile"), "sampling.compile")
     return pipe
 
 
+def subject_of(mode: str, cls: str, cls_name: str, s: dict, placeholder: str | None, num_vectors: int,
+               lora_prompt_name: str | None, concept: str = "ti") -> str:
+    """What the prompts name the class by: the learned token (its vectors spelled
+    out), the words a `lora` adapter was trained with, or the class's name."""
+    token, adapter = uses(mode, concept)
+    if token:
+        return expand_placeholder(placeholder, placeholder, num_vectors)
+    if adapter == "lora":
+        return lora_prompt_name or cls_name
+    return s["prompt_name"] or cls_name
+
+
+def check_inputs(mode: str, cls: str, n: int, embeds, lora, concept: str = "ti") -> None:
+    if mode not in MODES:
+        raise TibalanceError(f"sample: unknown mode {mode!r} ({', '.join(MODES)})")
+    token, adapter = uses(mode, concept)
+    if token and not embeds and n:  # a class that gets no images has no token (no inversion ran for it)
+        raise TibalanceError(f"sample: mode {mode} for class {cls} needs learned embeddings")
+    if adapter and not lora and n:
+        raise TibalanceError(f"sample: mode {mode} for class {cls} needs its LoRA adapter")
+
+
+def reuse_keys(s: dict, mode: str) -> list[str]:
+    """The sampling settings that shape a mode's images (the reuse key's)."""
+    keys = ["scheduler", "steps", "guidance_scale", "resolution", "negative_prompt"]
+    keys += ["strength"] if mode in I2I_MODES else []
+    # unset or auto: the fingerprints of images made before this setting existed hold
+    # (auto is fp32 on every CPU); an explicit bf16 makes other images: its own mark
+    keys += ["mixed_precision"] if s.get("mixed_precision", "auto") != "auto" else []
+    keys += ["channels_last"] if s.get("channels_last", "auto") != "auto" else []
+    keys += ["compile"] if s.get("compile") not in (None, False) else []
+    keys += ["attention"] if s.get("attention", "sdpa") != "sdpa" else []
+    return keys
+
+
 def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict, seed: int,
                  manifest: str, out_csv: str, image_dir: str, embeds: str | None = None,
                  placeholder: str | None = None, num_vectors: int = 1, lora: str | None = None,
-                 lora_prompt_name: str | None = None) -> int:
+                 lora_prompt_name: str | None = None, diff_ii: dict | None = None,
+                 inversions: str | None = None) -> int:
     """Generate the class's images into image_dir and list them in out_csv.
 
     embeds: the learned token (ti, ti_i2i, ti_lora); lora: the adapter file
-    (lora, lora_i2i, ti_lora), whose prompts name the class by lora_prompt_name if set.
-    Returns how many images were newly generated."""
+    (lora, lora_i2i, ti_lora), whose prompts name the class by lora_prompt_name
+    if set; diff_ii: its settings and inversions: the class's inversion table
+    (diff_ii.py). Returns how many images were newly generated."""
     s = {**SAMPLING_DEFAULTS, **(settings or {})}
+    d = {**DIFF_II_DEFAULTS, **(diff_ii or {})} if mode == "diff_ii" else {}
+    concept = d.get("concept", "ti")
     m = pd.read_csv(manifest, dtype=str)
     n = n_images_for(s["n_images"], cls, m)
-    if mode not in MODES:
-        raise TibalanceError(f"sample: unknown mode {mode!r} ({', '.join(MODES)})")
-    if mode in TOKEN_MODES:
-        if not embeds and n:  # a class that gets no images has no token (no inversion ran for it)
-            raise TibalanceError(f"sample: mode {mode} for class {cls} needs learned embeddings")
-        subject = expand_placeholder(placeholder, placeholder, num_vectors)
-    elif mode in ("lora", "lora_i2i"):
-        subject = lora_prompt_name or cls_name  # the words its adapter was trained with
-    else:
-        subject = s["prompt_name"] or cls_name
-    if mode in LORA_MODES and not lora and n:
-        raise TibalanceError(f"sample: mode {mode} for class {cls} needs its LoRA adapter")
+    check_inputs(mode, cls, n, embeds, lora, concept)
+    subject = subject_of(mode, cls, cls_name, s, placeholder, num_vectors, lora_prompt_name, concept)
     templates = list(s["templates"])
     prompts = [templates[i % len(templates)].format(subject) for i in range(n)]
     seeds = [image_seed(seed, cls, i) for i in range(n)]
@@ -166,26 +205,19 @@ def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict,
         if not real and n:
             raise TibalanceError(f"sample: {mode} for class {cls} needs real training images; {manifest} has none")
         starts = [real[i % len(real)] for i in range(n)]
+    plan = diff_ii_plan(inversions, d, seed, cls, n) if mode == "diff_ii" and n else None
 
     # images already on disk are reused only when everything that shapes them is unchanged
     # (the mode is keyed "method", and so is samples.csv's column: the names images were made under)
     out = Path(image_dir)
-    fp_keys = ["scheduler", "steps", "guidance_scale", "resolution", "negative_prompt"]
-    fp_keys += ["strength"] if mode in I2I_MODES else []
-    # unset or auto: the fingerprints of images made before this setting existed hold
-    # (auto is fp32 on every CPU); an explicit bf16 makes other images: its own mark
-    setting = s.get("mixed_precision", "auto")
-    fp_keys += ["mixed_precision"] if setting != "auto" else []
-    fp_keys += ["channels_last"] if s.get("channels_last", "auto") != "auto" else []
-    fp_keys += ["compile"] if s.get("compile") not in (None, False) else []
-    fp_keys += ["attention"] if s.get("attention", "sdpa") != "sdpa" else []
     device = pick_device(s["device"])
-    wdtype, amp_dtype = pipeline_dtypes(device, setting, "sampling.mixed_precision")
+    wdtype, amp_dtype = pipeline_dtypes(device, s.get("mixed_precision", "auto"), "sampling.mixed_precision")
     # the model's files, not only its path: a generator rebuilt in place makes new images
     fp = fingerprint({"model": model, "model_digest": model_digest(model) if n else None, "method": mode,
-                      "subject": subject, "settings": {k: s[k] for k in fp_keys},
+                      "subject": subject, "settings": {k: s[k] for k in reuse_keys(s, mode)},
                       "embeds": file_digest(embeds) if embeds else None, "seed": seed, "templates": templates,
                       **({"lora": file_digest(lora)} if lora else {}),
+                      **({"diff_ii": plan["key"]} if plan else {}),
                       "starts": sorted(set(p for p in starts if p)) or None})
     fp_file = out / "fingerprint.json"
     if out.exists() and (not fp_file.exists() or json.loads(fp_file.read_text()).get("fingerprint") != fp):
@@ -204,19 +236,22 @@ def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict,
     if todo:
         # on a GPU the weights are half precision; on CPU they stay fp32 and bf16 runs under autocast
         autocast = wdtype is None and amp_dtype is not None
-        pipe = mode_pipeline(model, mode, s, device, wdtype, embeds, placeholder, lora)
+        pipe = mode_pipeline(model, mode, s, device, wdtype, embeds, placeholder, lora, concept)
 
         def generate(group: list[int], steps: int) -> list:
             """The images of `group` (one strength: image-to-image takes one a call), each from its own seed."""
             kw = dict(num_inference_steps=steps, guidance_scale=float(s["guidance_scale"]),
                       negative_prompt=[s["negative_prompt"]] * len(group) if s["negative_prompt"] else None,
                       generator=[torch.Generator().manual_seed(seeds[i]) for i in group])
+            texts = [prompts[i] for i in group]
             if mode in I2I_MODES:
                 kw.update(image=[load_start_image(starts[i], res) for i in group], strength=strength_of(group[0]))
             else:
                 kw.update(height=res, width=res)
+            if plan:
+                texts = two_stage(pipe, plan, group, texts, steps, s["negative_prompt"] or None, kw)
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                return pipe([prompts[i] for i in group], **kw).images
+                return pipe(texts, **kw).images
 
         if s["batch_size"] == "auto":  # probed with the first image, one step (image-to-image: at least one)
             probe_steps = max(1, math.ceil(1 / strength_of(todo[0]))) if mode in I2I_MODES else 1
@@ -235,8 +270,80 @@ def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict,
                 tmp.replace(paths[i])  # a killed job leaves no half-written image
             bar.update(len(batch))
         bar.close()
+    if plan:
+        starts, strength_col = plan["starts"], plan["strengths"]
+    else:
+        strength_col = [strength_of(i) if mode in I2I_MODES else "" for i in range(n)]
     write_csv(pd.DataFrame({"index": range(n), "path": [str(p) for p in paths], "seed": seeds,
                             "prompt": prompts, "label": cls, "method": mode,
-                            "start_image": [p or "" for p in starts],
-                            "strength": [strength_of(i) if mode in I2I_MODES else "" for i in range(n)]}), out_csv)
+                            "start_image": [p or "" for p in starts], "strength": strength_col}), out_csv)
     return len(todo)
+
+
+def diff_ii_plan(inversions: str | None, d: dict, seed: int, cls: str, n: int) -> dict:
+    """Each diff_ii image's start (two inversions and an angle, or noise) and
+    suffix, drawn by its own seed; its reuse key (the inversions' files, the
+    split and the suffixes)."""
+    from .diff_ii import draw, load_pool, pair_seed, read_suffixes
+
+    if not inversions:
+        raise TibalanceError(f"sample: mode diff_ii for class {cls} needs its inversions")
+    pool, images = load_pool(inversions)
+    suffixes = read_suffixes(d)
+    draws = [draw(pool, pair_seed(seed, cls, i), suffixes) for i in range(n)]
+    files = list(pd.read_csv(inversions)["inversion"])
+    return {"draws": draws, "split_ratio": float(d["split_ratio"]),
+            "key": {"inversions": [file_digest(f) for f in files], "split_ratio": float(d["split_ratio"]),
+                    "suffixes": suffixes, "concept": d["concept"]},
+            "starts": [";".join(images[j] for j in x["pair"]) if x["pair"] else "" for x in draws],
+            "strengths": [x["strength"] if x["strength"] is not None else "" for x in draws]}
+
+
+def two_stage(pipe, plan: dict, group: list[int], texts: list[str], steps: int, negative, kw: dict) -> list[str]:
+    """Diff-II's two-stage denoising for `group`: its start latents into kw, the
+    prompts of the first stage returned (the plain ones with each image's
+    suffix), and the step-end callback that swaps in the plain ones after the
+    first stage's last step (none where a stage is empty)."""
+    from .diff_ii import stage_steps, switch_prompt
+
+    dtype = next(pipe.unet.parameters()).dtype
+    kw["latents"] = torch.stack([plan["draws"][i]["latents"] for i in group]).to(dtype)
+    first = stage_steps(steps, plan["split_ratio"])
+    if first == 0:
+        return texts
+    suffixed = [f"{t} {plan['draws'][i]['suffix']}".strip() for t, i in zip(texts, group)]
+    if first < steps:
+        kw["callback_on_step_end"], kw["callback_on_step_end_tensor_inputs"] = switch_prompt(
+            pipe, texts, negative, first)
+    return suffixed
+
+
+def invert_job(model: str, cls: str, cls_name: str, manifest: str, settings: dict, diff_ii: dict, out_csv: str,
+               out_dir: str, embeds: str | None = None, placeholder: str | None = None, num_vectors: int = 1,
+               lora: str | None = None, lora_prompt_name: str | None = None) -> dict:
+    """Diff-II's inversion pool of a class (rule invert): every real training
+    image DDIM-inverted under the first template naming the class by its
+    concept, at the sampling's steps and size, on the pipeline diff_ii samples
+    with. Writes the table of images and inversion files to out_csv."""
+    from .diff_ii import invert_class, write_inversions
+
+    s = {**SAMPLING_DEFAULTS, **(settings or {})}
+    d = {**DIFF_II_DEFAULTS, **(diff_ii or {})}
+    images = real_start_images(pd.read_csv(manifest, dtype=str), cls)
+    if not images:
+        raise TibalanceError(f"invert: class {cls} has no real training image in {manifest}")
+    check_inputs("diff_ii", cls, len(images), embeds, lora, d["concept"])
+    res = resolve_resolution(s["resolution"], model, "sampling.resolution")
+    device = pick_device(s["device"])
+    wdtype, _ = pipeline_dtypes(device, s.get("mixed_precision", "auto"), "sampling.mixed_precision")
+    subject = subject_of("diff_ii", cls, cls_name, s, placeholder, num_vectors, lora_prompt_name, d["concept"])
+    prompt = list(s["templates"])[0].format(subject)
+    key = {"model": model, "model_digest": model_digest(model), "concept": d["concept"],
+           "embeds": file_digest(embeds) if embeds else None, "lora": file_digest(lora) if lora else None,
+           "settings": {k: s[k] for k in reuse_keys(s, "diff_ii") if k not in ("scheduler", "guidance_scale",
+                                                                               "negative_prompt")}}
+    pipe = mode_pipeline(model, "diff_ii", s, device, wdtype, embeds, placeholder, lora, d["concept"])
+    files = invert_class(pipe, images, load_start_image, prompt, res, int(s["steps"]), out_dir, key, device,
+                         int(d["inversion_refine"]))
+    write_inversions(images, files, out_csv)
+    return {"images": len(images), "prompt": prompt}

@@ -181,17 +181,24 @@ def lora(cls: str, kind: str, classes: str, seeds_csv: str, model: str, lora_cfg
 
 
 def sample(cls: str, mode: str, classes: str, manifest: str, model: str, sampling_cfg: dict, seed: int,
-           out_csv: str, image_dir: str, meta: str, embeds: str | None = None,
-           placeholder: str | None = None, num_vectors: int = 1, lora: str | None = None,
-           lora_prompt_name: str | None = None) -> None:
+           out_csv: str, image_dir: str, meta: str, **inputs) -> None:
+    """inputs: embeds, placeholder, num_vectors, lora, lora_prompt_name, diff_ii, inversions (sample_class's)."""
     from .sampling import sample_class
 
     side = Sidecar(seed)
     name = read_json(classes)["names"][cls]
-    new = sample_class(model, mode, cls, name, sampling_cfg, seed, manifest, out_csv, image_dir,
-                       embeds=embeds, placeholder=placeholder, num_vectors=num_vectors, lora=lora,
-                       lora_prompt_name=lora_prompt_name)
+    new = sample_class(model, mode, cls, name, sampling_cfg, seed, manifest, out_csv, image_dir, **inputs)
     side.write(meta, generated=new)
+
+
+def invert(cls: str, classes: str, manifest: str, model: str, sampling_cfg: dict, diff_ii_cfg: dict,
+           out_csv: str, out_dir: str, meta: str, **inputs) -> None:
+    """inputs: embeds, placeholder, num_vectors, lora, lora_prompt_name (the concept's)."""
+    from .sampling import invert_job
+
+    side = Sidecar(None)
+    name = read_json(classes)["names"][cls]
+    side.write(meta, **invert_job(model, cls, name, manifest, sampling_cfg, diff_ii_cfg, out_csv, out_dir, **inputs))
 
 
 def sample_grid(cls: str, seeds_csv: str, sample_csvs: dict[str, str], out_png: str, per_row: int = 8) -> None:
@@ -378,14 +385,14 @@ def report(*args, **kwargs) -> None:
 
 
 def cost(jobs: list[dict], methods: list[str], out_csv: str, methods_csv: str, out_md: str,
-         classes: str | None = None) -> None:
+         classes: str | None = None, concept: str = "ti") -> None:
     """The cost tables from every job's benchmark file and sidecar."""
 
     from . import cost as c
     from .retrain import display_names
 
     rows = c.job_rows(jobs)
-    stages_t, methods_t = c.stage_table(rows), c.method_table(rows, methods)
+    stages_t, methods_t = c.stage_table(rows), c.method_table(rows, methods, concept)
     stages_t = display_names(stages_t, read_json(classes)["names"] if classes else {})
     write_csv(stages_t, out_csv)
     write_csv(methods_t, methods_csv)

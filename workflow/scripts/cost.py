@@ -12,4 +12,5 @@ smk.run(
     methods_csv=snakemake.output.methods_csv,
     out_md=snakemake.output.md,
     classes=snakemake.input.classes,
+    concept=snakemake.params.concept,
 )

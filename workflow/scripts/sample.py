@@ -18,5 +18,7 @@ smk.run(
     meta=snakemake.output.meta,
     embeds=snakemake.input.get("embeds"),
     lora=snakemake.input.get("lora"),
+    inversions=snakemake.input.get("inversions"),
     **snakemake.params.token,
+    **snakemake.params.diff_ii,
 )
