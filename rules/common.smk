@@ -157,7 +157,9 @@ REP_MODES = [
     for m in MODES
     if m in {MODE_OF[x] for x in config["retrain"]["methods"] if x in MODE_OF}
 ]
-REP_ADAPTERS = [k for k in STUDY_ADAPTERS if k in {uses(m, CONCEPT)[1] for m in REP_MODES}]
+REP_ADAPTERS = [
+    k for k in STUDY_ADAPTERS if k in {uses(m, CONCEPT)[1] for m in REP_MODES}
+]
 REP_TOKEN = any(uses(m, CONCEPT)[0] for m in REP_MODES) or "ti_lora" in REP_ADAPTERS
 
 

@@ -118,8 +118,9 @@ def test_readme_is_a_front_door():
 
 def test_make_verdict_is_the_demo_with_the_yardstick_combined_methods_and_replicates():
     """`make verdict` layers config/demo-replicates.yaml on config/demo.yaml the
-    way Snakemake merges --configfile overlays: the demo's 8 methods (what its
-    20 minutes hold) plus real_oracle and the two combined methods, three
+    way Snakemake merges --configfile overlays: the demo's 10 methods (every
+    single one but the yardstick, and Diff-II's joint training) plus real_oracle,
+    the yardstick at each method's count and two more combined methods, three
     replicates, and every other retraining setting the demo's own (so nothing
     of `make demo`'s reruns)."""
     import copy
@@ -131,7 +132,7 @@ def test_make_verdict_is_the_demo_with_the_yardstick_combined_methods_and_replic
     merged = copy.deepcopy(demo)
     update_config(merged, yaml.safe_load((ROOT / "config" / "demo-replicates.yaml").read_text()))
     single = set(METHODS) - set(COMBINED_METHODS) - set(ORACLE_AT_METHODS)
-    assert set(demo["retrain"]["methods"]) == single - {"real_oracle"}
+    assert set(demo["retrain"]["methods"]) == single - {"real_oracle"} | {"oversample+diff_ii"}
     assert set(merged["retrain"]["methods"]) - set(demo["retrain"]["methods"]) == {
         "real_oracle", "oversample+ti_lora", "oversample+lora_i2i", *ORACLE_AT_METHODS}
     assert set(merged["retrain"]["methods"]) <= set(METHODS)

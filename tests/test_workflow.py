@@ -550,6 +550,9 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
         ("filter_samples", f"mode=ti, cls={cls}"),
         ("filter_samples", f"mode=ti_i2i, cls={cls}"),
         ("filter_samples", f"mode=ti_lora, cls={cls}"),
+        ("invert", f"cls={cls}"),  # diff_ii's inversions, under the token
+        ("sample", f"mode=diff_ii, cls={cls}"),
+        ("filter_samples", f"mode=diff_ii, cls={cls}"),
         ("judge", f"cls={cls}"),
         ("sample_grid", f"cls={cls}"),
         ("fid", f"cls={cls}"),
@@ -559,6 +562,10 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
         ("retrain", "method=ti_i2i, seed=1"),
         ("retrain", "method=ti_lora, seed=0"),
         ("retrain", "method=ti_lora, seed=1"),
+        ("retrain", "method=diff_ii, seed=0"),
+        ("retrain", "method=diff_ii, seed=1"),
+        ("retrain", "method=oversample+diff_ii, seed=0"),
+        ("retrain", "method=oversample+diff_ii, seed=1"),
         ("retrain", "method=oversample+ti_i2i, seed=0"),  # swaps in ti_i2i's images
         ("retrain", "method=oversample+ti_i2i, seed=1"),
         ("retrain", "method=real_oracle@ti_i2i, seed=0"),  # cut to the count ti_i2i keeps
@@ -593,6 +600,25 @@ def test_per_class_lora_edit_reruns_only_that_class_lora(tiny_run, tmp_path):
         + [("filter_samples", f"mode={k}, cls={cls}") for k in modes]
         + [("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]
         + [("retrain", f"method={k}, seed={s}") for k in modes for s in (0, 1)]
+        + [("report", ""), ("cost", ""), ("all", "")]), jobs
+
+
+def test_a_class_diff_ii_edit_reruns_only_that_class_diff_ii_jobs(tiny_run, tmp_path):
+    """A class's diff_ii.split_ratio: its diff_ii sampling (not its inversions:
+    the split shapes the denoising only), filter, judge, grid and FID, the
+    diff_ii and oversample+diff_ii runs and the tables; no other class or mode."""
+    wd, _ = tiny_run
+    cfg = yaml.safe_load(TINY.read_text())
+    cls = "triangle"
+    cfg["classes"] = {cls: {"diff_ii": {"split_ratio": 0.9}}}
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", configfiles=[edited])
+    jobs = _planned_jobs(p.stdout + p.stderr)
+    assert sorted(jobs) == sorted(
+        [("sample", f"mode=diff_ii, cls={cls}"), ("filter_samples", f"mode=diff_ii, cls={cls}"),
+         ("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]
+        + [("retrain", f"method={m}, seed={s}") for m in ("diff_ii", "oversample+diff_ii") for s in (0, 1)]
         + [("report", ""), ("cost", ""), ("all", "")]), jobs
 
 
