@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from tibalance.generator import check_model, family, load_pipeline, prediction_type
 from tibalance.inversion import XL_KEYS, load_token, train_textual_inversion
 from tibalance.lora import WEIGHTS_NAME, train_lora
-from tibalance.sampling import MODES, sample_class
+from tibalance.sampling import MODES, invert_job, sample_class
 from tibalance.tiny import build_components, build_tiny
 from tibalance.util import TibalanceError
 
@@ -195,10 +195,14 @@ def test_every_sampling_mode_on_the_family(fam, tiny_family, seed_images, tmp_pa
     pd.DataFrame({"path": seed_images, "label": "a", "split": "train"}).to_csv(manifest, index=False)
     s = {"n_images": 2, "batch_size": 2, "steps": 2, "resolution": 32, "strength": 0.6}
     pixels = {}
+    tok = dict(embeds=str(tmp_path / "tok" / "e.safetensors"), placeholder="<ankle_boot>")
+    # diff_ii's inversions under the token, on the family's UNet conditioning
+    assert invert_job(model, "a", "a", str(manifest), s, {}, str(tmp_path / "inv.csv"), str(tmp_path / "inv"),
+                      **tok)["images"] == len(seed_images)
     for mode in MODES:
         assert sample_class(model, mode, "a", "a", s, 0, str(manifest), str(tmp_path / f"{mode}.csv"),
-                            str(tmp_path / mode), embeds=str(tmp_path / "tok" / "e.safetensors"),
-                            placeholder="<ankle_boot>", lora=str(tmp_path / "w" / WEIGHTS_NAME)) == 2
+                            str(tmp_path / mode), **tok, lora=str(tmp_path / "w" / WEIGHTS_NAME),
+                            inversions=str(tmp_path / "inv.csv")) == 2
         pngs = sorted((tmp_path / mode).glob("*.png"))
         assert len(pngs) == 2
         from PIL import Image
@@ -206,6 +210,7 @@ def test_every_sampling_mode_on_the_family(fam, tiny_family, seed_images, tmp_pa
         pixels[mode] = np.asarray(Image.open(pngs[0]))
     assert not np.array_equal(pixels["raw"], pixels["ti"])  # the token changes the paired image
     assert not np.array_equal(pixels["raw"], pixels["lora"])  # so does the adapter
+    assert not np.array_equal(pixels["ti"], pixels["diff_ii"])  # a start from two inversions, not noise
 
 
 def test_a_family_the_stages_do_not_handle_stops_with_one_line(tmp_path, tiny_family):

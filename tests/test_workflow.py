@@ -151,7 +151,7 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
             meta = json.loads((res / f"lora/{kind}/{cls}/lora.meta.json").read_text())
             assert meta["steps"] == 6 and meta["eval_loss_end"] < meta["eval_loss_start"] and meta["resolution"] == 32
         for method, subject in (("ti", f"<{cls}>"), ("raw", cls), ("ti_i2i", f"<{cls}>"), ("lora", cls),
-                                ("lora_i2i", cls), ("ti_lora", f"<{cls}>")):
+                                ("lora_i2i", cls), ("ti_lora", f"<{cls}>"), ("diff_ii", f"<{cls}>")):
             table = pd.read_csv(res / f"samples/{method}/{cls}/samples.csv")
             assert len(table) == max(0, 8 - n_train)  # refilled to 8: a class at 40 gets none
             assert set(table.label) <= {cls}
@@ -161,7 +161,14 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
             if method.endswith("_i2i"):  # each starts from one of the class's real training images
                 real = set(m[(m.split == "train") & (m.label == cls)].path)
                 assert set(table.start_image) <= real and (len(table) == 0 or len(set(table.start_image)) > 1)
-        assert Image.open(res / f"samples/grid/{cls}.png").size == (8 * 128, 7 * 142)  # real + 6 modes
+            if method == "diff_ii":  # each from two of the class's real images' inversions
+                real = set(m[(m.split == "train") & (m.label == cls)].path)
+                pairs = [p.split(";") for p in table.start_image]
+                assert all(len(p) == 2 and p[0] != p[1] and set(p) <= real for p in pairs)
+        inv = pd.read_csv(res / f"diff_ii/{cls}/inversions.csv")
+        assert sorted(inv.image) == sorted(m[(m.split == "train") & (m.label == cls)].path)
+        assert all((wd / f).exists() for f in inv.inversion)
+        assert Image.open(res / f"samples/grid/{cls}.png").size == (8 * 128, 8 * 142)  # real + 7 modes
 
 
 def test_tables_match_the_per_seed_runs(tiny_run):
@@ -172,7 +179,8 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
     summary = pd.read_csv(res / "tables/summary.csv").set_index("method")
     assert list(summary.index) == ["baseline", "oversample", "real_oracle", "real_oracle@ti_i2i", "raw_sd", "ti",
-                                   "ti_i2i", "lora", "lora_i2i", "ti_lora", "oversample+ti_i2i"]
+                                   "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "oversample+ti_i2i",
+                                   "oversample+diff_ii"]
     runs = {(meth, s): json.loads((res / f"retrain/{meth}/seed{s}/metrics.json").read_text())
             for meth in summary.index for s in (0, 1)}
     base_counts = runs["baseline", 0]["train_counts"]
@@ -195,7 +203,8 @@ def test_tables_match_the_per_seed_runs(tiny_run):
         counts = runs[method, 0]["train_counts"]
         for cls in weak:  # mix 'add': the kept synthetic images (oversample: the balanced count) on top
             kind = {"raw_sd": "raw", "oversample": "raw", "baseline": None, "real_oracle": None,
-                    "real_oracle@ti_i2i": None, "oversample+ti_i2i": "ti_i2i"}.get(method, method)
+                    "real_oracle@ti_i2i": None, "oversample+ti_i2i": "ti_i2i",
+                    "oversample+diff_ii": "diff_ii"}.get(method, method)
             if kind is None:  # real_oracle: its own test
                 continue
             if not (res / f"samples/{kind}/{cls}").exists():  # a class at its target: 0 images, no table
@@ -446,16 +455,17 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
         for kind in ("lora", "ti_lora"):
             assert row("lora", cls, kind).wall_s == pytest.approx(wall(f"lora/{kind}/{cls}.tsv"), abs=1e-6)
     for cls in adapted:
-        for mode in ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora"):
+        assert row("invert", cls, "diff_ii").wall_s == pytest.approx(wall(f"invert/{cls}.tsv"), abs=1e-6)
+        for mode in ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii"):
             assert row("sample", cls, mode).wall_s == pytest.approx(wall(f"sample/{mode}/{cls}.tsv"), abs=1e-6)
     r = row("retrain", "", "ti")
     assert r.jobs == 2 and r.wall_s == pytest.approx(wall("retrain/ti/seed0.tsv") + wall("retrain/ti/seed1.tsv"))
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
-    # per weak class its seeds; where it gets images TI, 2 LoRA, 6 modes x (sample, filter), grid, FID,
-    # judge, and real_oracle's images; 11 methods x 2 seeds; the training images' features for the knn
-    # filters (once); the frozen stages' outputs for the retraining runs (once)
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 19 + 22 + 3
+    # per weak class its seeds; where it gets images TI, 2 LoRA, diff_ii's inversions, 7 modes x (sample,
+    # filter), grid, FID, judge, and real_oracle's images; 13 methods x 2 seeds; the training images' features
+    # for the knn filters (once); the frozen stages' outputs for the retraining runs (once)
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 22 + 26 + 3
                                                               + bool(adapted) + 1)
     assert row("oracle_images", adapted[0], "real_oracle").jobs == 1
     assert row("frozen_features", "", "").jobs == 1
@@ -637,7 +647,7 @@ def test_training_from_scratch_retrains_every_run_without_the_baseline(tiny_run,
     p = snakemake(wd, "-n", configfiles=[edited])
     rules = sorted({r for r, _ in _planned_jobs(p.stdout + p.stderr)})
     assert rules == ["all", "cost", "report", "retrain", "retrain_ablation"]
-    assert len(_planned_jobs(p.stdout + p.stderr)) == 22 + 3 + 3  # 11 methods x 2 seeds, 3 ablation runs
+    assert len(_planned_jobs(p.stdout + p.stderr)) == 26 + 3 + 3  # 13 methods x 2 seeds, 3 ablation runs
     for rule in ("retrain", "retrain_ablation"):
         assert "results/baseline/model.pt" not in _job_block(p.stdout, rule)
 
