@@ -221,7 +221,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     cells = pd.read_csv(res / "tables/per_class.csv", dtype=str, keep_default_na=False).set_index("class")
     assert sorted(per_class.index) == sorted(weak)
     n_train = pd.read_csv(res / "data/manifest.csv").query("split == 'train'").groupby("label").size()
-    modes = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora")
+    modes = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii")
     for cls in weak:
         n = max(0, 8 - int(n_train[cls]))
         if n == 0:  # a class at its target: no sampling, filter, judge or FID job ran; the tables say so
