@@ -249,8 +249,12 @@ def ti_params(wildcards):
     return _ti_settings(wildcards.cls)
 
 
+def _lora_settings(cls):
+    return canonical({**LORA_DEFAULTS, **class_settings(config, "lora", cls)})
+
+
 def lora_params(wildcards):
-    return canonical({**LORA_DEFAULTS, **class_settings(config, "lora", wildcards.cls)})
+    return _lora_settings(wildcards.cls)
 
 
 def _sampling_settings(cls):
@@ -303,8 +307,7 @@ def _concept_params(mode, cls):
     if token:
         return _token(cls)
     if adapter == "lora":
-        lora = canonical({**LORA_DEFAULTS, **class_settings(config, "lora", cls)})
-        return {"lora_prompt_name": lora["prompt_name"]}
+        return {"lora_prompt_name": _lora_settings(cls)["prompt_name"]}
     return {}
 
 

@@ -39,9 +39,7 @@ def circle_interpolate(z1: torch.Tensor, z2: torch.Tensor, strength: float) -> t
     between them. s in [0, 1] interpolates along the shorter arc (0: z1, 1: z2),
     s beyond it extrapolates round the rest of the circle (2 pi / theta: z1
     again). Parallel inputs have no circle: z1."""
-    a, b = z1.flatten().double(), z2.flatten().double()
-    cos = float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-30))
-    theta = math.acos(max(-1.0, min(1.0, cos)))
+    theta = angle(z1, z2)
     if math.sin(theta) < 1e-6:
         return z1.clone()
     w1, w2 = math.sin((1 - strength) * theta) / math.sin(theta), math.sin(strength * theta) / math.sin(theta)
@@ -49,6 +47,7 @@ def circle_interpolate(z1: torch.Tensor, z2: torch.Tensor, strength: float) -> t
 
 
 def angle(z1: torch.Tensor, z2: torch.Tensor) -> float:
+    """The angle between two latents (radians)."""
     a, b = z1.flatten().double(), z2.flatten().double()
     return math.acos(max(-1.0, min(1.0, float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-30)))))
 
@@ -163,7 +162,7 @@ def invert_class(pipe, images: list[str], load, prompt: str, resolution: int, st
     kept, so a killed job resumes. Returns the files, in the images' order."""
     import json
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from .adapt import PromptConditioning
 
@@ -183,8 +182,7 @@ def invert_class(pipe, images: list[str], load, prompt: str, resolution: int, st
         kwargs = cond.unet_kwargs(cond.encode(cond.ids([prompt])), pipe.unet.dtype)
     files = [out / f"{i:05d}.safetensors" for i in range(len(images))]
     for i, (path, f) in enumerate(zip(images, files)):
-        if f.exists():
-            load_file(f)  # a file cut short would not load: it is made again below
+        if f.exists():  # written whole (tmp, then renamed): complete
             continue
         with torch.no_grad():
             z = invert_latent(pipe, encode_image(pipe, load(path, resolution), device), kwargs, steps, refine)
@@ -195,14 +193,15 @@ def invert_class(pipe, images: list[str], load, prompt: str, resolution: int, st
     return [str(f) for f in files]
 
 
-def load_pool(inversions_csv: str) -> tuple[torch.Tensor, list[str]]:
-    """The class's inversions (N, C, h, w) and the real images they invert."""
+def load_pool(inversions_csv: str) -> tuple[torch.Tensor, list[str], list[str]]:
+    """The class's inversions (N, C, h, w), the real images they invert and their files."""
     from safetensors.torch import load_file
 
     table = pd.read_csv(inversions_csv, dtype={"image": str, "inversion": str})
     if table.empty:
         raise TibalanceError(f"diff_ii: {inversions_csv} lists no inversion (the class has no real training image)")
-    return torch.stack([load_file(f)["inversion"] for f in table["inversion"]]), list(table["image"])
+    files = list(table["inversion"])
+    return torch.stack([load_file(f)["inversion"] for f in files]), list(table["image"]), files
 
 
 def write_inversions(images: list[str], files: list[str], out_csv: str) -> None:

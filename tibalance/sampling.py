@@ -288,10 +288,9 @@ def diff_ii_plan(inversions: str | None, d: dict, seed: int, cls: str, n: int) -
 
     if not inversions:
         raise TibalanceError(f"sample: mode diff_ii for class {cls} needs its inversions")
-    pool, images = load_pool(inversions)
+    pool, images, files = load_pool(inversions)
     suffixes = read_suffixes(d)
     draws = [draw(pool, pair_seed(seed, cls, i), suffixes) for i in range(n)]
-    files = list(pd.read_csv(inversions)["inversion"])
     return {"draws": draws, "split_ratio": float(d["split_ratio"]),
             "key": {"inversions": [file_digest(f) for f in files], "split_ratio": float(d["split_ratio"]),
                     "suffixes": suffixes, "concept": d["concept"]},
