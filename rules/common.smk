@@ -36,6 +36,7 @@ from tibalance.fetch import (
 from tibalance.generator import check_model, is_local
 from tibalance.fetch import fetched_folder
 from tibalance.defaults import (
+    COTI_DEFAULTS,
     DIFF_II_DEFAULTS,
     FID_RELIABLE_IMAGES,
     LORA_DEFAULTS,
@@ -161,6 +162,9 @@ REP_ADAPTERS = [
     k for k in STUDY_ADAPTERS if k in {uses(m, CONCEPT)[1] for m in REP_MODES}
 ]
 REP_TOKEN = any(uses(m, CONCEPT)[0] for m in REP_MODES) or "ti_lora" in REP_ADAPTERS
+# a COTI token (rule coti) where a mode samples with it (coti; diff_ii on concept coti)
+STUDY_COTI = any(uses(m, CONCEPT)[0] == "coti" for m in STUDY_MODES)
+REP_COTI = any(uses(m, CONCEPT)[0] == "coti" for m in REP_MODES)
 
 
 def _rep(wildcards):
@@ -295,8 +299,10 @@ def _token(cls):
     }
 
 
-def _embeds(cls, rep=""):
-    return f"results/inversion/{cls}{rep}/learned_embeds.safetensors"
+def _embeds(cls, rep="", token="ti"):
+    """The class's learned token: textual_inversion's, or coti's (token "coti")."""
+    folder = "coti" if token == "coti" else "inversion"
+    return f"results/{folder}/{cls}{rep}/learned_embeds.safetensors"
 
 
 def _concept_params(mode, cls):
@@ -318,7 +324,7 @@ def token_params(wildcards):
 def _concept_inputs(mode, cls, rep):
     """The token and adapter files a mode samples with (diff_ii: its concept's)."""
     token, adapter = uses(mode, CONCEPT)
-    inputs = {"embeds": _embeds(cls, rep)} if token else {}
+    inputs = {"embeds": _embeds(cls, rep, token)} if token else {}
     if adapter:
         inputs["lora"] = (
             f"results/lora/{adapter}/{cls}{rep}/pytorch_lora_weights.safetensors"
@@ -378,6 +384,17 @@ def invert_token_params(wildcards):
 
 def invert_inputs(wildcards):
     return _concept_inputs("diff_ii", wildcards.cls, _rep(wildcards))
+
+
+def coti_params(wildcards):
+    return canonical({**COTI_DEFAULTS, **class_settings(config, "coti", wildcards.cls)})
+
+
+def coti_sampling_params(wildcards):
+    """The sampling settings the cycles' images are drawn with (not the count or
+    the image-to-image strength: an edit of those reruns no coti job)."""
+    s = _sampling_settings(wildcards.cls)
+    return canonical({k: v for k, v in s.items() if k not in ("n_images", "strength")})
 
 
 def lora_inputs(wildcards):
@@ -616,6 +633,10 @@ def all_targets(wildcards):
         + expand("results/seeds/{cls}/contact_sheet.png", cls=weak)
         + expand("results/inversion/{cls}/preview.png", cls=adapted_classes())
         + expand(
+            "results/coti/{cls}/preview.png",
+            cls=adapted_classes() if STUDY_COTI else [],
+        )
+        + expand(
             "results/lora/{adapter}/{cls}/preview.png",
             adapter=STUDY_ADAPTERS,
             cls=adapted_classes(),
@@ -675,6 +696,8 @@ def study_jobs(wildcards):
             add("select_seeds", cls, replicate=k)
             if k == 0 or REP_TOKEN:
                 add("textual_inversion", cls, replicate=k)
+            if STUDY_COTI if k == 0 else REP_COTI:
+                add("coti", cls, replicate=k)
             for adapter in STUDY_ADAPTERS if k == 0 else REP_ADAPTERS:
                 add("lora", cls, adapter, replicate=k, adapter=adapter)
             for mode in STUDY_MODES if k == 0 else REP_MODES:

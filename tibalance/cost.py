@@ -26,8 +26,9 @@ def method_stages(method: str, concept: str = "ti") -> dict[str, str | None]:
     token, adapter = uses(mode, concept)
     seeds = {"select_seeds": None} if token or adapter else {}
     inversions = {"invert": mode} if mode == "diff_ii" else {}
-    return {**seeds, **({"textual_inversion": None} if token else {}), **({"lora": adapter} if adapter else {}),
-            **inversions, "sample": mode, "filter_samples": mode}
+    coti = {"coti": None} if token == "coti" else {}  # COTI goes on from the TI token
+    return {**seeds, **({"textual_inversion": None} if token else {}), **coti,
+            **({"lora": adapter} if adapter else {}), **inversions, "sample": mode, "filter_samples": mode}
 
 
 def read_benchmark(path: str) -> dict:

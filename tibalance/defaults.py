@@ -122,6 +122,19 @@ DIFF_II_DEFAULTS = {
 }
 
 
+# COTI (controllable textual inversion): the class's TI token trained on in
+# active cycles; each cycle its samples and the class's unused real training
+# images are scored and the top ones join the training pool (coti.py)
+COTI_DEFAULTS = {
+    "cycles": 3,              # active cycles after the TI token (the paper ran until its indicator plateaued)
+    "per_cycle": 4,           # B: candidates added to the training pool a cycle (the paper: 10)
+    "generated": 8,           # images the last cycle's token draws a cycle: candidates, and the scores' weights
+    "steps": 100,             # training steps a cycle (every other training setting: the ti section's)
+    "lr": None,               # None: ti.lr
+    "lr_decay": 0.5,          # the lr's factor when the indicator falls below the last cycle's (the pool frozen then)
+}
+
+
 # Below this many images on either side FID/KID are computed but marked in the
 # tables (config metrics.min_images): FID's bias grows as 1/N (Chong & Forsyth,
 # "Effectively Unbiased FID", CVPR 2020) and KID's variance is large, so such a
@@ -133,7 +146,7 @@ FID_RELIABLE_IMAGES = 100
 # tables and docs take them from here.
 # the methods a retraining run trains with (retrain.methods), in the tables' order
 # the methods that train on synthetic images (ablation.methods)
-SYNTHETIC_METHODS = ("raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii")
+SYNTHETIC_METHODS = ("raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti")
 # synthetic on top of oversampling: the oversample set, each of whose weak-class
 # images (real or repeated) is swapped for one of the mode's kept synthetic images
 # with probability retrain.combine_p, drawn anew each epoch
@@ -146,21 +159,25 @@ ORACLE_AT_METHODS = tuple(f"real_oracle@{m}" for m in SYNTHETIC_METHODS)
 YARDSTICK_METHODS = ("real_oracle", *ORACLE_AT_METHODS)
 METHODS = ("baseline", "oversample", "real_oracle", *ORACLE_AT_METHODS, *SYNTHETIC_METHODS, *COMBINED_METHODS)
 # the sampling modes (results/samples/<mode>/)
-MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii")
-# the modes that sample with the class's learned token (they need its inversion)
-TOKEN_MODES = ("ti", "ti_i2i", "ti_lora")
+MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti")
+# the modes that sample with a learned token of the class: {mode: the token's job}
+# (textual_inversion's, or coti's: the same token trained on in active cycles)
+TOKEN_OF = {"ti": "ti", "ti_i2i": "ti", "ti_lora": "ti", "coti": "coti"}
+TOKEN_MODES = tuple(TOKEN_OF)
 # the modes that sample with one of the class's LoRA adapters: {mode: adapter kind}
 LORA_ADAPTER = {"lora": "lora", "lora_i2i": "lora", "ti_lora": "ti_lora"}
 LORA_MODES = tuple(LORA_ADAPTER)
 # the real-image-guided modes: image-to-image from the class's real training images
 I2I_MODES = ("ti_i2i", "lora_i2i")
-# the concepts diff_ii can sample on (diff_ii.concept): the token, the lora adapter, or both
-DIFF_II_CONCEPTS = ("ti", "lora", "ti_lora")
+# the concepts diff_ii can sample on (diff_ii.concept): the token, the lora adapter,
+# both, or COTI's token
+DIFF_II_CONCEPTS = ("ti", "lora", "ti_lora", "coti")
 
 
-def uses(mode: str, concept: str = "ti") -> tuple[bool, str | None]:
-    """(whether the mode samples with the class's token, the LoRA adapter it
-    samples with or None); diff_ii on its concept (diff_ii.concept)."""
+def uses(mode: str, concept: str = "ti") -> tuple[str | None, str | None]:
+    """(the token the mode samples with: "ti" (textual_inversion's), "coti"
+    (coti's) or None; the LoRA adapter it samples with or None); diff_ii on its
+    concept (diff_ii.concept)."""
     if mode == "diff_ii":
         mode = concept
-    return mode in TOKEN_MODES, LORA_ADAPTER.get(mode)
+    return TOKEN_OF.get(mode), LORA_ADAPTER.get(mode)

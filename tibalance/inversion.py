@@ -13,7 +13,7 @@ import torch
 
 from .adapt import OBJECT_TEMPLATES, STYLE_TEMPLATES, Adaptation, fit  # noqa: F401 - part of this module's interface
 from .defaults import TI_DEFAULTS  # noqa: F401 - part of this module's interface
-from .util import TibalanceError
+from .util import TibalanceError, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,10 @@ class TokenAdaptation(Adaptation):
     label = "TI"
     config_key = "ti"
 
-    def __init__(self, cls: str, cls_name: str, settings: dict, seed: int, embeds_out: str):
+    def __init__(self, cls: str, cls_name: str, settings: dict, seed: int, embeds_out: str,
+                 init_embeds: str | None = None):
         self.cls, self.s, self.seed, self.embeds_out = cls, settings, seed, embeds_out
+        self.init_embeds = init_embeds  # a learned token to go on from (COTI's cycles), else the initializer
         self.placeholder = settings["placeholder"].format(cls=cls)
         self.n_vec = int(settings["num_vectors"])
         self.tokens = placeholder_tokens(self.placeholder, self.n_vec)
@@ -90,7 +92,9 @@ class TokenAdaptation(Adaptation):
         te.resize_token_embeddings(len(tok), mean_resizing=False)
         weight = te.get_input_embeddings().weight
         with torch.no_grad():
-            if self.word is None:  # the first encoder's draw is the one-encoder families' (the same seed)
+            if self.init_embeds:
+                init = self._learned(which).to(weight.device)
+            elif self.word is None:  # the first encoder's draw is the one-encoder families' (the same seed)
                 g = torch.Generator().manual_seed(self.seed + which)
                 init = torch.randn(n_vec, weight.shape[1], generator=g).to(weight.device) * weight[:-n_vec].std()
             else:
@@ -104,6 +108,18 @@ class TokenAdaptation(Adaptation):
             weight[ids] = init.to(weight.dtype)
         weight.requires_grad_(True)
         return ids, weight, _Rows(te, ids)
+
+    def _learned(self, which: int) -> torch.Tensor:
+        """Text encoder `which`'s rows of the token in init_embeds (this class's, n_vec of them)."""
+        from safetensors.torch import load_file
+
+        state = load_file(self.init_embeds)
+        key = XL_KEYS[which] if len(state) > 1 or self.placeholder not in state else self.placeholder
+        rows = state.get(key)
+        if rows is None or rows.shape[0] != self.n_vec:
+            raise TibalanceError(f"{self.init_embeds}: no {self.n_vec}-vector token {key!r} to go on from "
+                                 f"(class {self.cls})")
+        return rows
 
     def prepare(self, pipe, device):
         from .generator import text_pairs
@@ -174,14 +190,17 @@ def load_token(pipe, embeds: str, placeholder: str) -> None:
 def train_textual_inversion(model: str, seed_paths: list[str], cls: str, cls_name: str, settings: dict,
                             seed: int, embeds_out: str, loss_out: str, preview_out: str,
                             resume_dir: str, stop_after: int | None = None,
-                            return_pipeline: bool = False) -> dict:
+                            return_pipeline: bool = False, init_embeds: str | None = None) -> dict:
     """Learn `<cls>` from seed_paths; writes learned_embeds.safetensors (diffusers'
     load_textual_inversion format), a loss CSV and a preview grid.
 
     stop_after: end the run after that many steps (tests use it to simulate a kill).
-    return_pipeline: also return the trained pipeline (tests inspect its weights)."""
+    return_pipeline: also return the trained pipeline (tests inspect its weights).
+    init_embeds: a learned token (this function's output) to train on from
+    instead of the initializer word (COTI's cycles)."""
     s = {**TI_DEFAULTS, **(settings or {})}
     if not seed_paths:
         raise TibalanceError(f"textual_inversion: class {cls!r} has an empty seed list")
-    return fit(model, seed_paths, cls, s, seed, TokenAdaptation(cls, cls_name, s, seed, embeds_out),
-               {"cls": cls, "name": cls_name}, loss_out, preview_out, resume_dir, stop_after, return_pipeline)
+    identity = {"cls": cls, "name": cls_name, **({"init": file_digest(init_embeds)} if init_embeds else {})}
+    return fit(model, seed_paths, cls, s, seed, TokenAdaptation(cls, cls_name, s, seed, embeds_out, init_embeds),
+               identity, loss_out, preview_out, resume_dir, stop_after, return_pipeline)
