@@ -145,6 +145,25 @@ def test_the_token_trains_on_the_familys_target_loads_and_resumes(fam, tiny_fami
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
+def test_a_token_goes_on_from_a_learned_one_in_every_text_encoder(fam, tiny_family, seed_images, tmp_path):
+    """COTI's cycles train on from the last cycle's token (init_embeds): at lr 0
+    the saved token is that one, row for row in each text encoder (SDXL: clip_l
+    and clip_g each into its own), not the initializer word's."""
+    from safetensors.torch import load_file
+
+    model = tiny_family(fam)
+    _ti(model, seed_images, tmp_path / "a", settings={"lr": 0.5})
+    _ti(model, seed_images, tmp_path / "b", settings={"lr": 0.0, "steps": 1}, init_embeds=str(tmp_path / "a" /
+                                                                                            "e.safetensors"))
+    a, b = load_file(tmp_path / "a" / "e.safetensors"), load_file(tmp_path / "b" / "e.safetensors")
+    assert sorted(a) == sorted(b) == (["clip_g", "clip_l"] if fam == "sdxl" else ["<ankle_boot>"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh = load_file(_ti(model, seed_images, tmp_path / "c", settings={"lr": 0.0, "steps": 1}) and
+                      tmp_path / "c" / "e.safetensors")
+    assert not any(torch.equal(a[k], fresh[k]) for k in a)  # the word's rows are another start
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
 def test_lora_changes_only_its_adapters_and_loads(fam, tiny_family, seed_images, tmp_path):
     model = tiny_family(fam)
     ref = load_pipeline(model)
