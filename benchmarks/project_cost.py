@@ -11,7 +11,10 @@ config/config.yaml), or several merged in order as Snakemake merges its
 lora.steps and lora.batch_size (two adapters a class: lora, ti_lora),
 sampling.n_images (an integer; a refill target needs the data, so give
 --images), sampling.steps and sampling.strength (image-to-image runs
-strength x steps: scaled from the benchmark's), analysis.k and replicates. Each job also pays the
+strength x steps: scaled from the benchmark's), coti (cycles x (steps at TI's
+rate + its fixed seconds + the images drawn)), analysis.k and replicates;
+diff_ii's inversions are one UNet pass a step (no guidance: half a sampled
+image's) for each of a class's --real-images. Each job also pays the
 benchmark's measured fixed seconds (setup, evaluation, preview). Not counted:
 the classifier trainings (benchmarks/bench_train.py), filter, judge, FID.
 """
@@ -26,9 +29,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tibalance.defaults import LORA_DEFAULTS, SAMPLING_DEFAULTS, TI_DEFAULTS  # noqa: E402
+from tibalance.defaults import COTI_DEFAULTS, LORA_DEFAULTS, SAMPLING_DEFAULTS, TI_DEFAULTS  # noqa: E402
 
-T2I_MODES, I2I_MODES = ("raw", "ti", "lora", "ti_lora"), ("ti_i2i", "lora_i2i")
+T2I_MODES, I2I_MODES = ("raw", "ti", "lora", "ti_lora", "diff_ii", "coti"), ("ti_i2i", "lora_i2i")
 
 
 def merged(base: dict, over: dict) -> dict:
@@ -46,9 +49,12 @@ def nearest(rows: list[dict], stage: str, batch: int) -> dict:
     return min(cands, key=lambda r: (abs(r["batch"] - batch), -r["batch"]))
 
 
-def project(bench: dict, cfg: dict, classes: int | None = None, images: int | None = None) -> list[dict]:
-    """Seconds per stage for one weak class and for all of them."""
+def project(bench: dict, cfg: dict, classes: int | None = None, images: int | None = None,
+            real_images: int = 10) -> list[dict]:
+    """Seconds per stage for one weak class and for all of them (real_images: a
+    weak class's real training images, which diff_ii inverts)."""
     ti = {**TI_DEFAULTS, **(cfg.get("ti") or {})}
+    coti = {**COTI_DEFAULTS, **(cfg.get("coti") or {})}
     lora = {**LORA_DEFAULTS, **(cfg.get("lora") or {})}
     smp = {**SAMPLING_DEFAULTS, **(cfg.get("sampling") or {})}
     n = images if images is not None else smp["n_images"]
@@ -59,12 +65,20 @@ def project(bench: dict, cfg: dict, classes: int | None = None, images: int | No
     rows = bench["rows"]
     strength = smp["strength"] if not isinstance(smp["strength"], list) else max(smp["strength"])
     out = []
-    r = nearest(rows, "ti", int(ti["batch_size"]))
+    r = r_ti = nearest(rows, "ti", int(ti["batch_size"]))
     out.append(("textual_inversion", 1, int(ti["steps"]) * int(ti["batch_size"]) / r["image_steps_per_s"]
                 + r["fixed_s"], f"{ti['steps']} steps x {ti['batch_size']} at {r['image_steps_per_s']} image-steps/s"))
     r = nearest(rows, "lora", int(lora["batch_size"]))
     out.append(("lora (lora, ti_lora)", 2, int(lora["steps"]) * int(lora["batch_size"]) / r["image_steps_per_s"]
                 + r["fixed_s"], f"{lora['steps']} steps x {lora['batch_size']} at {r['image_steps_per_s']}"))
+    per_ti_step = int(ti["batch_size"]) / r_ti["image_steps_per_s"]
+    t2i = max((x for x in rows if x["stage"] == "sample"), key=lambda x: x["images_per_s"])
+    t2i_image = int(smp["steps"]) / t2i["steps"] / t2i["images_per_s"]
+    out.append(("coti", 1, int(coti["cycles"]) * (int(coti["steps"]) * per_ti_step + r_ti["fixed_s"]
+                                                  + int(coti["generated"]) * t2i_image),
+                f"{coti['cycles']} cycles x ({coti['steps']} steps + {coti['generated']} images)"))
+    out.append(("invert (diff_ii)", 1, real_images * t2i_image / 2,
+                f"{real_images} real images, {smp['steps']} steps, one UNet pass a step"))
     for stage, modes in (("sample", T2I_MODES), ("i2i", I2I_MODES)):
         r = max((x for x in rows if x["stage"] == stage), key=lambda x: x["images_per_s"])
         # image-to-image runs strength x steps: scaled from the benchmark's strength
@@ -97,12 +111,13 @@ def main(argv=None) -> str:
     ap.add_argument("config", nargs="*", default=[str(REPO / "config" / "config.yaml")])
     ap.add_argument("--classes", type=int, help="weak classes to adapt (default: the config's analysis.k)")
     ap.add_argument("--images", type=int, help="images per mode and class (default: sampling.n_images)")
+    ap.add_argument("--real-images", type=int, default=10, help="a weak class's real training images (default 10)")
     a = ap.parse_args(argv)
     bench = json.loads(Path(a.bench_json).read_text())
     cfg: dict = {}
     for path in a.config:
         cfg = merged(cfg, yaml.safe_load(Path(path).read_text()) or {})
-    text = markdown(bench, project(bench, cfg, a.classes, a.images), " + ".join(Path(c).name for c in a.config))
+    text = markdown(bench, project(bench, cfg, a.classes, a.images, a.real_images), " + ".join(Path(c).name for c in a.config))
     print(text)
     return text
 

@@ -43,7 +43,10 @@ def test_projection_arithmetic():
     rows = {r["stage"]: r for r in project(bench, cfg)}
     assert rows["textual_inversion"]["s_per_job"] == pytest.approx(1000 * 4 / 200 + 5)
     assert rows["lora (lora, ti_lora)"]["s_per_class"] == pytest.approx(2 * (800 * 4 / 100 + 2))
-    assert rows["sampling raw, ti, lora, ti_lora"]["s_per_class"] == pytest.approx(4 * 100 / 10)
+    assert rows["sampling raw, ti, lora, ti_lora, diff_ii, coti"]["s_per_class"] == pytest.approx(6 * 100 / 10)
+    # coti's defaults: 3 cycles of 100 steps (TI's rate and fixed seconds) and 8 images drawn
+    assert rows["coti"]["s_per_job"] == pytest.approx(3 * (100 * 4 / 200 + 5 + 8 * 1 / 10))
+    assert rows["invert (diff_ii)"]["s_per_job"] == pytest.approx(10 * (1 / 10) / 2)  # no guidance: half an image
     assert rows["sampling ti_i2i, lora_i2i"]["s_per_class"] == pytest.approx(2 * 100 * (0.5 / 0.25) / 20)
     assert rows["textual_inversion"]["s_all"] == pytest.approx(10 * 25)
     assert project(bench, {**cfg, "replicates": 3}, classes=102)[0]["s_all"] == pytest.approx(102 * 3 * 25)
