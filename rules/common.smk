@@ -47,6 +47,7 @@ from tibalance.defaults import (
     TI_DEFAULTS,
     uses,
 )
+from tibalance.rebalance import NOISE_DEFAULTS, noise_count
 from tibalance.retrain import MODE_OF, ablation_variants, parse_variant
 from tibalance.util import TibalanceError, derive_seed, read_json
 
@@ -178,13 +179,29 @@ def section(name):
     return canonical(config[name])
 
 
-def retrain_section():
+# the retrain keys only some methods read: {key: those methods}
+METHOD_KEYS = {"noise": ("noise",), "reweight": ("reweight", "drw")}
+
+
+def retrain_section(wildcards):
     """The retrain section as a run sees it: without the methods and seeds lists
     (a run's method and seed are its wildcards), so that adding a method or a
-    seed plans the new runs only, not every run again."""
+    seed plans the new runs only, not every run again; a method's own settings
+    (noise, reweight) only in its runs."""
     return canonical(
-        {k: v for k, v in config["retrain"].items() if k not in ("methods", "seeds")}
+        {
+            k: v
+            for k, v in config["retrain"].items()
+            if k not in ("methods", "seeds")
+            and wildcards.method in METHOD_KEYS.get(k, (wildcards.method,))
+        }
     )
+
+
+def noise_count_of(wildcards):
+    """How many of the class's oversampled images are noise (retrain.noise.share of its count)."""
+    share = {**NOISE_DEFAULTS, **(config["retrain"].get("noise") or {})}["share"]
+    return noise_count(images_wanted(wildcards.cls), float(share))
 
 
 def fid_metrics():
@@ -443,6 +460,10 @@ def retrain_synthetic(wildcards):
     the balanced count it repeats up to (the same in every replicate)."""
     if wildcards.method == "oversample":
         return expand("results/samples/raw/{cls}/samples.csv", cls=adapted_classes())
+    if wildcards.method == "noise":  # the count to refill to, and the noise images
+        return expand(
+            "results/samples/raw/{cls}/samples.csv", cls=adapted_classes()
+        ) + expand("results/noise/{cls}/images.csv", cls=adapted_classes())
     if wildcards.method == "real_oracle":
         return expand("results/oracle/{cls}/images.csv", cls=adapted_classes())
     oracle = (
@@ -720,6 +741,9 @@ def study_jobs(wildcards):
     if any(m.startswith("real_oracle") for m in config["retrain"]["methods"]):
         for cls in adapted:
             add("oracle_images", cls, "real_oracle")
+    if "noise" in config["retrain"]["methods"]:
+        for cls in adapted:
+            add("noise_images", cls, "noise")
     for method in config["retrain"]["methods"]:
         for seed in config["retrain"]["seeds"]:
             add("retrain", None, method, seed=seed)

@@ -83,7 +83,7 @@ rule retrain:
         runtime=240,
     params:
         classifier=retrain_classifier,
-        retrain=retrain_section(),
+        retrain=retrain_section,
     script:
         "../workflow/scripts/retrain.py"
 
@@ -116,7 +116,7 @@ rule retrain_ablation:
         runtime=240,
     params:
         classifier=retrain_classifier,
-        retrain=retrain_section(),
+        retrain=retrain_section,
         variant=lambda wildcards: parse_variant(wildcards.variant),
     script:
         "../workflow/scripts/retrain.py"

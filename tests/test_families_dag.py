@@ -7,6 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import TINY, planned_jobs, snakemake
 from PIL import Image
@@ -16,7 +17,7 @@ from tibalance.defaults import METHODS
 
 # what the generator's change reaches; the data, baseline, analysis, seeds,
 # judge and the runs without synthetic images stay as they are
-GENERATIVE = {"build_generator", "textual_inversion", "lora", "invert", "sample", "filter_samples", "fid", "sample_grid",
+GENERATIVE = {"build_generator", "textual_inversion", "coti", "lora", "invert", "sample", "filter_samples", "fid", "sample_grid",
               "judge", "retrain", "retrain_ablation", "cost", "report", "all"}
 
 
@@ -52,7 +53,9 @@ def test_the_tiny_dag_end_to_end_on_the_family(fam, tiny_run, tmp_path):
         assert scheduler["prediction_type"] == "v_prediction" and list(embeds) == ["<triangle>"]
     for kind in ("lora", "ti_lora"):
         assert (res / f"lora/{kind}/triangle/pytorch_lora_weights.safetensors").stat().st_size > 0
-    for mode in ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii"):
+    coti = load_file(res / "coti/triangle/learned_embeds.safetensors")  # COTI's token, on the family's encoders
+    assert sorted(coti) == sorted(embeds) and any(not torch.equal(coti[k], embeds[k]) for k in coti)
+    for mode in ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti"):
         samples = pd.read_csv(res / f"samples/{mode}/triangle/samples.csv")
         assert len(samples) == 4
         assert all(Image.open(wd / f).size == (32, 32) for f in samples["path"])  # the model's own size
@@ -66,7 +69,7 @@ def test_the_tiny_dag_end_to_end_on_the_family(fam, tiny_run, tmp_path):
     ablation = pd.read_csv(res / "tables/ablation.csv")
     assert len(ablation) == 4 and ablation.filter(like="acc_triangle").notna().all().all()
     cost = pd.read_csv(res / "tables/cost.csv", keep_default_na=False)
-    assert {"textual_inversion", "lora", "invert", "sample"} <= set(cost["stage"])
+    assert {"textual_inversion", "coti", "lora", "invert", "sample"} <= set(cost["stage"])
     inversions = pd.read_csv(res / "diff_ii/triangle/inversions.csv")  # made anew under the family's token
     assert all((wd / f).read_bytes() != (wd0 / f).read_bytes() for f in inversions["inversion"])
     assert "triangle" in (res / "tables/verdict.md").read_text()

@@ -221,7 +221,7 @@ def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
     # one sampling job per weak class and mode: raw prompts, the token, and the
     # real-image-guided and LoRA modes where a retraining method uses them
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    extra = [m for m in ("ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii") if m in cfg["retrain"]["methods"]]
+    extra = [m for m in ("ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti") if m in cfg["retrain"]["methods"]]
     modes = ["raw", "ti"] + extra
     assert len(jobs["sample"]) == len(modes) * len(weak)
     assert len(jobs["filter_samples"]) == len(modes) * len(weak)
@@ -232,6 +232,7 @@ def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
     assert len(jobs.get("lora", [])) == len(kinds) * len(weak)
     # diff_ii's inversions: one job per weak class, on a GPU
     assert len(jobs.get("invert", [])) == ("diff_ii" in extra) * len(weak)
+    assert len(jobs.get("coti", [])) == ("coti" in extra) * len(weak)  # COTI's token: one job per weak class
     # the hub pipeline is fetched once, before the jobs that open it, asking for no
     # GPU; the Snakefile declares it local (the main process: a login node with internet)
     out = p.stdout + p.stderr
@@ -243,7 +244,7 @@ def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):
     assert "fetch_generator" not in jobs or all("gpu" not in r for r in jobs["fetch_generator"])
     fetch_rule = re.search(r"^    rule fetch_generator:\n((?:        .*\n)+)", (REPO / "rules" / "generator.smk").read_text(), re.M)
     assert fetch_rule and "localrule: True" in fetch_rule[1]
-    for rule in ("textual_inversion", "lora", "invert", "sample", "retrain", "fid"):
+    for rule in ("textual_inversion", "lora", "invert", "coti", "sample", "retrain", "fid"):
         assert all("gpu=1" in r for r in jobs[rule]), rule
     # FID's Inception weights: fetched once, an input of every FID job
     inception = "resources/weights/weights-inception-2015-12-05-6726825d.pth"

@@ -151,7 +151,8 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
             meta = json.loads((res / f"lora/{kind}/{cls}/lora.meta.json").read_text())
             assert meta["steps"] == 6 and meta["eval_loss_end"] < meta["eval_loss_start"] and meta["resolution"] == 32
         for method, subject in (("ti", f"<{cls}>"), ("raw", cls), ("ti_i2i", f"<{cls}>"), ("lora", cls),
-                                ("lora_i2i", cls), ("ti_lora", f"<{cls}>"), ("diff_ii", f"<{cls}>")):
+                                ("lora_i2i", cls), ("ti_lora", f"<{cls}>"), ("diff_ii", f"<{cls}>"),
+                                ("coti", f"<{cls}>")):
             table = pd.read_csv(res / f"samples/{method}/{cls}/samples.csv")
             assert len(table) == max(0, 8 - n_train)  # refilled to 8: a class at 40 gets none
             assert set(table.label) <= {cls}
@@ -165,10 +166,20 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
                 real = set(m[(m.split == "train") & (m.label == cls)].path)
                 pairs = [p.split(";") for p in table.start_image]
                 assert all(len(p) == 2 and p[0] != p[1] and set(p) <= real for p in pairs)
+        # coti: cycle 0 is the TI token on the seeds; each cycle adds its 2 best candidates (the class's real
+        # images are all seeds here, so the token's own samples), and its token is the last cycle's
+        cycles = pd.read_csv(res / f"coti/{cls}/cycles.csv")
+        seeds = pd.read_csv(res / f"seeds/{cls}/seeds.csv")
+        assert list(cycles.cycle) == [0, 1, 2] and cycles["pool"].iloc[0] == len(seeds)
+        assert list(cycles["added"].iloc[1:]) == [0 if f else 2 for f in cycles["frozen"].iloc[1:]]
+        cands = pd.read_csv(res / f"coti/{cls}/candidates.csv")
+        assert set(cands.source) == {"generated"} and len(cands) == 4
+        assert (res / f"coti/{cls}/learned_embeds.safetensors").read_bytes() == (
+            res / f"coti/{cls}/cycles/cycle_2/learned_embeds.safetensors").read_bytes()
         inv = pd.read_csv(res / f"diff_ii/{cls}/inversions.csv")
         assert sorted(inv.image) == sorted(m[(m.split == "train") & (m.label == cls)].path)
         assert all((wd / f).exists() for f in inv.inversion)
-        assert Image.open(res / f"samples/grid/{cls}.png").size == (8 * 128, 8 * 142)  # real + 7 modes
+        assert Image.open(res / f"samples/grid/{cls}.png").size == (8 * 128, 9 * 142)  # real + 8 modes
 
 
 def test_tables_match_the_per_seed_runs(tiny_run):
@@ -178,8 +189,9 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     res = wd / "results"
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
     summary = pd.read_csv(res / "tables/summary.csv").set_index("method")
-    assert list(summary.index) == ["baseline", "oversample", "real_oracle", "real_oracle@ti_i2i", "raw_sd", "ti",
-                                   "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "oversample+ti_i2i",
+    assert list(summary.index) == ["baseline", "oversample", "noise", "reweight", "drw", "real_oracle",
+                                   "real_oracle@ti_i2i", "raw_sd", "ti",
+                                   "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "oversample+ti_i2i",
                                    "oversample+diff_ii"]
     runs = {(meth, s): json.loads((res / f"retrain/{meth}/seed{s}/metrics.json").read_text())
             for meth in summary.index for s in (0, 1)}
@@ -202,7 +214,10 @@ def test_tables_match_the_per_seed_runs(tiny_run):
             assert summary.loc[method, f"improved_{cls}"] == f"{sum(x > 0 for x in d)}/2"
         counts = runs[method, 0]["train_counts"]
         for cls in weak:  # mix 'add': the kept synthetic images (oversample: the balanced count) on top
-            kind = {"raw_sd": "raw", "oversample": "raw", "baseline": None, "real_oracle": None,
+            if method in ("reweight", "drw"):  # the real images, weighted (their own test)
+                assert counts == base_counts
+                continue
+            kind = {"raw_sd": "raw", "oversample": "raw", "noise": "raw", "baseline": None, "real_oracle": None,
                     "real_oracle@ti_i2i": None, "oversample+ti_i2i": "ti_i2i",
                     "oversample+diff_ii": "diff_ii"}.get(method, method)
             if kind is None:  # real_oracle: its own test
@@ -212,7 +227,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
                 continue
             filtered = pd.read_csv(res / f"samples/{kind}/{cls}/filtered.csv")
             assert list(filtered.kept) == list(filtered.score >= filtered.cutoff)
-            added = len(filtered) if method.startswith("oversample") else int(filtered.kept.sum())
+            added = len(filtered) if method.startswith("oversample") or method == "noise" else int(filtered.kept.sum())
             assert counts[cls] == base_counts[cls] + added  # oversample+: the same count, some swapped
             if method.startswith("oversample+"):
                 assert runs[method, 0]["swap_p"] == 0.5
@@ -221,7 +236,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     cells = pd.read_csv(res / "tables/per_class.csv", dtype=str, keep_default_na=False).set_index("class")
     assert sorted(per_class.index) == sorted(weak)
     n_train = pd.read_csv(res / "data/manifest.csv").query("split == 'train'").groupby("label").size()
-    modes = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii")
+    modes = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti")
     for cls in weak:
         n = max(0, 8 - int(n_train[cls]))
         if n == 0:  # a class at its target: no sampling, filter, judge or FID job ran; the tables say so
@@ -373,6 +388,31 @@ def test_real_oracle_trains_on_held_back_real_training_images_only(tiny_run):
             assert summary.loc[method, col] == pytest.approx(want, abs=1e-4, nan_ok=True)
 
 
+def test_the_rebalancing_rows_train_as_their_settings_say(tiny_run):
+    """noise: the oversample count, a third of the added images its pure-noise
+    images (rule noise_images); reweight: the real images, the effective-number
+    weights of their counts from the first epoch; drw: the same from epoch 1
+    of 2 (0.8 of the epochs, floored)."""
+    import numpy as np
+
+    from tibalance.rebalance import class_weights
+
+    wd, _ = tiny_run
+    res = wd / "results"
+    runs = {m: json.loads((res / f"retrain/{m}/seed0/metrics.json").read_text())
+            for m in ("baseline", "oversample", "noise", "reweight", "drw")}
+    order = json.loads((res / "data/classes.json").read_text())["classes"]
+    noise = pd.read_csv(res / "noise/triangle/images.csv")
+    raw = pd.read_csv(res / "samples/raw/triangle/samples.csv")
+    assert len(noise) == round(len(raw) / 3) and runs["noise"]["noise_images"] == {"triangle": len(noise)}
+    assert runs["noise"]["train_counts"] == runs["oversample"]["train_counts"]
+    for method, start in (("reweight", 0), ("drw", 1)):
+        r = runs[method]
+        assert r["train_counts"] == runs["baseline"]["train_counts"] and r["weight_from_epoch"] == start
+        assert np.allclose(r["class_weights"], class_weights(r["train_counts"], order))
+        assert r["class_weights"][order.index("triangle")] == max(r["class_weights"])  # the rarest weighs most
+
+
 def test_real_oracle_absent_without_removed_images(tmp_path):
     """A study whose imbalance removed nothing has no real_oracle row: no job plans
     one, and one line says why."""
@@ -456,16 +496,17 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
             assert row("lora", cls, kind).wall_s == pytest.approx(wall(f"lora/{kind}/{cls}.tsv"), abs=1e-6)
     for cls in adapted:
         assert row("invert", cls, "diff_ii").wall_s == pytest.approx(wall(f"invert/{cls}.tsv"), abs=1e-6)
-        for mode in ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii"):
+        assert row("coti", cls).wall_s == pytest.approx(wall(f"coti/{cls}.tsv"), abs=1e-6)
+        for mode in ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti"):
             assert row("sample", cls, mode).wall_s == pytest.approx(wall(f"sample/{mode}/{cls}.tsv"), abs=1e-6)
     r = row("retrain", "", "ti")
     assert r.jobs == 2 and r.wall_s == pytest.approx(wall("retrain/ti/seed0.tsv") + wall("retrain/ti/seed1.tsv"))
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
-    # per weak class its seeds; where it gets images TI, 2 LoRA, diff_ii's inversions, 7 modes x (sample,
-    # filter), grid, FID, judge, and real_oracle's images; 13 methods x 2 seeds; the training images' features
-    # for the knn filters (once); the frozen stages' outputs for the retraining runs (once)
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 22 + 26 + 3
+    # per weak class its seeds; where it gets images TI, COTI, 2 LoRA, diff_ii's inversions, 8 modes x
+    # (sample, filter), grid, FID, judge, real_oracle's images and noise's; 17 methods x 2 seeds; the training
+    # images' features for the knn filters (once); the frozen stages' outputs for the retraining runs (once)
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 26 + 34 + 3
                                                               + bool(adapted) + 1)
     assert row("oracle_images", adapted[0], "real_oracle").jobs == 1
     assert row("frozen_features", "", "").jobs == 1
@@ -547,8 +588,8 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
     edited.write_text(yaml.safe_dump(cfg))
     p = snakemake(wd, "-n", configfiles=[edited])
     jobs = _planned_jobs(p.stdout + p.stderr)
-    # the class's own inversion, the LoRA adapter on its token, ti, ti_i2i and
-    # ti_lora sampling, their filters, its judge, grid and fid; the retraining (and ablation) runs that train on
+    # the class's own inversion, the LoRA adapter and COTI on its token, ti, ti_i2i,
+    # ti_lora and coti sampling, their filters, its judge, grid and fid; the retraining (and ablation) runs that train on
     # those images; the report. No other class's job, and not the baseline / oversample / raw_sd
     # runs (they do not use the token's images).
     assert sorted(jobs) == sorted([
@@ -561,6 +602,11 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
         ("filter_samples", f"mode=ti_i2i, cls={cls}"),
         ("filter_samples", f"mode=ti_lora, cls={cls}"),
         ("invert", f"cls={cls}"),  # diff_ii's inversions, under the token
+        ("coti", f"cls={cls}"),  # COTI goes on from the token
+        ("sample", f"mode=coti, cls={cls}"),
+        ("filter_samples", f"mode=coti, cls={cls}"),
+        ("retrain", "method=coti, seed=0"),
+        ("retrain", "method=coti, seed=1"),
         ("sample", f"mode=diff_ii, cls={cls}"),
         ("filter_samples", f"mode=diff_ii, cls={cls}"),
         ("judge", f"cls={cls}"),
@@ -629,6 +675,25 @@ def test_a_class_diff_ii_edit_reruns_only_that_class_diff_ii_jobs(tiny_run, tmp_
         [("sample", f"mode=diff_ii, cls={cls}"), ("filter_samples", f"mode=diff_ii, cls={cls}"),
          ("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]
         + [("retrain", f"method={m}, seed={s}") for m in ("diff_ii", "oversample+diff_ii") for s in (0, 1)]
+        + [("report", ""), ("cost", ""), ("all", "")]), jobs
+
+
+def test_a_class_coti_edit_reruns_only_that_class_coti_jobs(tiny_run, tmp_path):
+    """A class's coti settings: its coti job (not its TI token), coti sampling,
+    filter, judge, grid and FID, the coti runs and the tables; no other class
+    or mode."""
+    wd, _ = tiny_run
+    cfg = yaml.safe_load(TINY.read_text())
+    cls = "triangle"
+    cfg["classes"] = {cls: {"coti": {"per_cycle": 1}}}
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", configfiles=[edited])
+    jobs = _planned_jobs(p.stdout + p.stderr)
+    assert sorted(jobs) == sorted(
+        [("coti", f"cls={cls}"), ("sample", f"mode=coti, cls={cls}"), ("filter_samples", f"mode=coti, cls={cls}"),
+         ("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]
+        + [("retrain", f"method=coti, seed={s}") for s in (0, 1)]
         + [("report", ""), ("cost", ""), ("all", "")]), jobs
 
 

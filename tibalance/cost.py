@@ -20,8 +20,10 @@ def method_stages(method: str, concept: str = "ti") -> dict[str, str | None]:
     retraining runs aside. concept: diff_ii's (diff_ii.concept)."""
     if method.startswith("real_oracle"):  # its held-back real images (@<method>: that method's samples are its)
         return {"oracle_images": None}
+    if method == "noise":  # its pure-noise images
+        return {"noise_images": None}
     mode = MODE_OF.get(method)
-    if mode is None:  # baseline, oversample: real images only
+    if mode is None:  # baseline, oversample, reweight, drw: real images only
         return {}
     token, adapter = uses(mode, concept)
     seeds = {"select_seeds": None} if token or adapter else {}

@@ -157,7 +157,11 @@ COMBINED_METHODS = tuple(f"oversample+{m}" for m in SYNTHETIC_METHODS)
 ORACLE_AT_METHODS = tuple(f"real_oracle@{m}" for m in SYNTHETIC_METHODS)
 # the rows that measure the study rather than propose a method (never "best")
 YARDSTICK_METHODS = ("real_oracle", *ORACLE_AT_METHODS)
-METHODS = ("baseline", "oversample", "real_oracle", *ORACLE_AT_METHODS, *SYNTHETIC_METHODS, *COMBINED_METHODS)
+# the long-tail literature's re-balancing without a generator (rebalance.py): pure-noise
+# oversampling (OPeN), class-weighted loss, and the same deferred (DRW)
+REBALANCE_METHODS = ("noise", "reweight", "drw")
+METHODS = ("baseline", "oversample", *REBALANCE_METHODS, "real_oracle", *ORACLE_AT_METHODS, *SYNTHETIC_METHODS,
+           *COMBINED_METHODS)
 # the sampling modes (results/samples/<mode>/)
 MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti")
 # the modes that sample with a learned token of the class: {mode: the token's job}

@@ -22,7 +22,8 @@ def oracle_at(method: str) -> str | None:
 
 
 def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthetic: dict[str, list[str]],
-                       mix: str = "add", seed: int = 0, balanced: dict[str, int] | None = None) -> pd.DataFrame:
+                       mix: str = "add", seed: int = 0, balanced: dict[str, int] | None = None,
+                       noise: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Rows path, label, classic (heavy augmentation), alternatives (synthetic
     paths that may replace this image, for mix 'replace').
 
@@ -37,27 +38,32 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
     - oversample+<method>: the oversample set up to real + balanced[cls] images
       (the mode's count before the filter, as oversample's), each of whose
       weak-class rows (real and repeated) may be swapped for one of the mode's kept
-      synthetic images (whatever retrain.mix says; the rate is the trainer's replace_p)."""
+      synthetic images (whatever retrain.mix says; the rate is the trainer's replace_p);
+    - noise (OPeN): the oversample set, its first len(noise[cls]) added images
+      the class's pure-noise images instead of repeats (rebalance.noise_images);
+    - reweight, drw: the real training images (their loss is weighted instead)."""
     if method not in METHODS:
         raise TibalanceError(f"retrain.methods: unknown method {method!r} ({', '.join(METHODS)})")
     df = train[["path", "label"]].reset_index(drop=True).assign(classic=False, alternatives=None)
-    if method == "baseline":
+    if method in ("baseline", "reweight", "drw"):
         return df
     extra = []
     for cls in weak:
         synth = list(synthetic.get(cls, []))
         real = df[df.label == cls]
-        if method == "oversample" or method.startswith("oversample+"):
+        if method in ("oversample", "noise") or method.startswith("oversample+"):
             if real.empty:
                 continue
-            n = len(synth) if method == "oversample" else int((balanced or {}).get(cls, 0))
+            n = len(synth) if method in ("oversample", "noise") else int((balanced or {}).get(cls, 0))
             rng = np.random.default_rng(derive_seed(seed, "oversample", cls))
             order = rng.permutation(len(real))
             reps = [real.path.iloc[order[i % len(real)]] for i in range(n)]
-            alts = synth if method != "oversample" and synth else None
+            alts = synth if method.startswith("oversample+") and synth else None
             if alts:
                 _swappable(df, real.index, alts)
-            extra += [(p, cls, True, alts) for p in reps]
+            pure = list((noise or {}).get(cls, []))[:n] if method == "noise" else []
+            extra += [(p, cls, False, None) for p in pure]  # noise: no augmentation makes it more of itself
+            extra += [(p, cls, True, alts) for p in reps[len(pure):]]
         elif method == "real_oracle" or mix == "add":
             extra += [(p, cls, False, None) for p in synth]
         elif mix == "replace":

@@ -289,6 +289,19 @@ def judge_pool(data_cfg: dict, seed: int, per_class: int, out_csv: str, image_di
     build_judge_pool(data_cfg, seed, per_class, out_csv, image_dir)
 
 
+def noise_images(cls: str, manifest: str, n: int, seed: int, image_dir: str, out_csv: str, meta: str) -> None:
+    """The `noise` method's pure-noise images of a weak class, from its real training images' pixel statistics."""
+    from .data import load_manifest
+    from .rebalance import noise_images as draw
+
+    side = Sidecar(seed)
+    m = load_manifest(manifest)
+    real = sorted(m[(m["split"] == "train") & (m["label"] == cls)]["path"])
+    paths = draw(real, n, seed, image_dir)
+    write_csv(pd.DataFrame({"path": paths, "label": cls, "noise": True}), out_csv)
+    side.write(meta, images=len(paths))
+
+
 def oracle_images(data_cfg: dict, seed: int, cls: str, n: int, judge_per_class: int, out_csv: str,
                   image_dir: str, meta: str) -> None:
     """The real_oracle method's images of one weak class (see data.build_oracle_set)."""
@@ -331,6 +344,20 @@ def read_synthetic(csvs: list[str], use_filter: bool = True, limit: int | None =
     return synthetic
 
 
+def _weighting(method: str, ts: pd.DataFrame, order: list[str], clf_cfg: dict, retrain_cfg: dict) -> dict:
+    """reweight / drw: the class weights of the run's own training counts, and the
+    epoch they start at (drw's deferral; 0 for reweight); {} for other methods."""
+    from .rebalance import REWEIGHT_DEFAULTS, class_weights, defer_epoch
+
+    if method not in ("reweight", "drw"):
+        return {}
+    r = {**REWEIGHT_DEFAULTS, **(retrain_cfg.get("reweight") or {})}
+    counts = ts.groupby("label").size().to_dict()
+    start = defer_epoch(r["defer_epoch"], int(clf_cfg["epochs"])) if method == "drw" else 0
+    return {"class_weights": class_weights(counts, order, r["weights"], float(r["beta"])),
+            "weight_from_epoch": start}
+
+
 def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str, synthetic_csvs: list[str],
             clf_cfg: dict, retrain_cfg: dict, metrics_out: str, meta: str, variant: dict | None = None,
             init_model: str | None = None, frozen_cache: str | None = None,
@@ -360,15 +387,21 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str,
         synthetic = {c: paths[:len(kept.get(c, []))] for c, paths in oracle.items()}
         log.info("%s: %s real images (the method's kept counts)", method, {c: len(v) for c, v in synthetic.items()})
     train = m[m["split"] == "train"]
+    noise = None
+    if method == "noise":  # the noise tables (rule noise_images) beside the raw ones that set the count
+        tables = {c: pd.read_csv(c, dtype={"path": str, "label": str}) for c in synthetic_csvs}
+        noise = read_synthetic([c for c, t in tables.items() if "noise" in t.columns])
+        synthetic = read_synthetic([c for c, t in tables.items() if "noise" not in t.columns], use_filter=False)
     combined = method.startswith("oversample+")
     balanced = ({c: len(v) for c, v in read_synthetic(synthetic_csvs, use_filter=False).items()}
                 if combined else None)  # the oversample part's count: the mode's before the filter
     ts = build_training_set(train, weak_classes, "real_oracle" if method.startswith("real_oracle@") else method,
-                            synthetic, retrain_cfg.get("mix", "add"), seed, balanced=balanced)
+                            synthetic, retrain_cfg.get("mix", "add"), seed, balanced=balanced, noise=noise)
     swap_p = float(retrain_cfg.get("combine_p", 0.5) if combined else retrain_cfg.get("replace_p", 0.5))
+    weighting = _weighting(method, ts, order, clf_cfg, retrain_cfg)
     clf = train_classifier(ts["path"], ts["label"], order, clf_cfg, seed, augment_flags=ts["classic"],
                            progress_desc=f"{method} seed {seed}", alternatives=ts["alternatives"],
-                           replace_p=swap_p, init=init_model, frozen_cache=frozen_cache)
+                           replace_p=swap_p, init=init_model, frozen_cache=frozen_cache, **weighting)
     frozen = None
     if frozen_cache:
         from .frozen import open_features
@@ -384,7 +417,9 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str,
                "per_class_accuracy": pc["accuracy"].to_dict(),
                "weak_accuracy": float(pc.loc[weak_classes, "accuracy"].mean()) if weak_classes else float("nan"),
                "train_counts": ts.groupby("label").size().to_dict(),
-               **({"swap_p": swap_p, "swappable": int(ts["alternatives"].map(bool).sum())} if combined else {})}
+               **({"swap_p": swap_p, "swappable": int(ts["alternatives"].map(bool).sum())} if combined else {}),
+               **({"noise_images": {c: len(v) for c, v in noise.items()}} if noise is not None else {}),
+               **weighting}
     write_json(metrics_out, metrics)
     side.write(meta, train_images=len(ts))
 

@@ -57,7 +57,8 @@ AUGMENTS = ("standard", "flip")
 def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                      augment_flags=None, progress_desc: str = "train", alternatives=None,
                      replace_p: float = 0.0, init: str | None = None,
-                     frozen_cache: str | None = None) -> TrainedClassifier:
+                     frozen_cache: str | None = None, class_weights: list[float] | None = None,
+                     weight_from_epoch: int = 0) -> TrainedClassifier:
     """Train a ResNet on (paths, labels); labels are class slugs.
 
     cfg: arch, pretrained, image_size, epochs, batch_size, lr, momentum,
@@ -70,6 +71,9 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     of training from the recipe's initial weights.
     frozen_cache: a frozen_features file of `init` (augment flip with freeze_below):
     the training images' frozen-stage outputs, computed once for every run.
+    class_weights: the cross-entropy's per-class weights (in `classes` order)
+    from epoch weight_from_epoch (0-based) on; the plain loss before it
+    (deferred re-weighting).
     """
     seed_everything(seed)
     device = pick_device(cfg.get("device", "auto"))
@@ -121,19 +125,25 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     warmup = min(total // 10, 100)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
-    crit = nn.CrossEntropyLoss(label_smoothing=float(cfg.get("label_smoothing", 0.0)))
+    smoothing = float(cfg.get("label_smoothing", 0.0))
+    crit = nn.CrossEntropyLoss(label_smoothing=smoothing)
+    weighted = crit if class_weights is None else nn.CrossEntropyLoss(
+        weight=torch.tensor(class_weights, dtype=torch.float32, device=device), label_smoothing=smoothing)
     amp = autocast_bf16(device, cfg.get("mixed_precision", "auto"), "classifier.mixed_precision")
     model.train()
     for m in frozen:  # frozen stages keep their BatchNorm statistics too
         m.eval()
     bar = tqdm(total=total, desc=progress_desc, mininterval=2.0)
     for epoch in range(epochs):
+        loss_fn = weighted if epoch >= weight_from_epoch else crit
+        if class_weights is not None and epoch == weight_from_epoch:
+            log.info("epoch %d: the loss weighted per class from here on", epoch)
         for xb, yb in loader:
             xb = xb.to(device, non_blocking=True)
             xb = xb.to(memory_format=torch.channels_last) if xb.dim() == 4 else xb
             yb = yb.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = crit(forward(xb), yb)
+                loss = loss_fn(forward(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,24 @@
+# The `noise` method's pure-noise images (OPeN): per weak class, the share of
+# its oversampled images drawn from the class's own pixel statistics.
+rule noise_images:
+    input:
+        manifest="results/data/manifest.csv",
+    output:
+        images="results/noise/{cls}/images.csv",
+        meta="results/noise/{cls}/noise_images.meta.json",
+    log:
+        "logs/noise_images/{cls}.log",
+    benchmark:
+        "results/benchmarks/noise_images/{cls}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        n=noise_count_of,
+        seed=lambda wildcards: derive_seed(SEED, wildcards.cls, "noise"),
+        # the images beside the table, not an output: the table lists them
+        image_dir="results/noise/{cls}/images",
+    script:
+        "../workflow/scripts/noise_images.py"

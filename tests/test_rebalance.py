@@ -1,0 +1,102 @@
+"""The re-balancing yardsticks without a generator: OPeN's pure-noise images,
+class-weighted cross-entropy (inverse frequency, effective number) and its
+deferred form (DRW)."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from tibalance.rebalance import class_weights, defer_epoch, noise_count, noise_images, pixel_stats
+from tibalance.retrain import build_training_set
+from tibalance.training import train_classifier
+from tibalance.util import TibalanceError
+
+
+def _images(folder, n, mean, std, seed=0, size=24):
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        px = np.clip(rng.normal(mean, std, (size, size, 3)), 0, 255).astype(np.uint8)
+        p = folder / f"real{i}.png"
+        Image.fromarray(px).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def test_noise_images_have_the_class_statistics_and_the_stated_share(tmp_path):
+    real = _images(tmp_path, 6, [60, 120, 180], [10, 25, 40])
+    mean, std, size = pixel_stats(real)
+    noise = noise_images(real, 12, 5, str(tmp_path / "noise"))
+    assert len(noise) == 12 and all(Image.open(p).size == size == (24, 24) for p in noise)
+    px = np.concatenate([np.asarray(Image.open(p), float).reshape(-1, 3) for p in noise])
+    assert np.allclose(px.mean(0), mean, atol=1.0) and np.allclose(px.std(0), std, rtol=0.03)
+    assert not np.allclose(mean, mean[0])  # per channel, not one grey level
+    # the same draw again (a rerun), fewer images leave none of the more
+    assert [Image.open(p).tobytes() for p in noise_images(real, 12, 5, str(tmp_path / "noise"))] == [
+        Image.open(p).tobytes() for p in noise]
+    noise_images(real, 3, 5, str(tmp_path / "noise"))
+    assert len(list((tmp_path / "noise").glob("*.png"))) == 3
+
+    # the share: of the class's 30 oversampled images, a third noise and the rest repeats of its real ones
+    assert noise_count(30, 1 / 3) == 10 and noise_count(30, 0) == 0 and noise_count(30, 1) == 30
+    with pytest.raises(TibalanceError, match="retrain.noise.share"):
+        noise_count(30, 1.5)
+    train = pd.DataFrame({"path": real + ["a.png", "b.png"], "label": ["rare"] * 6 + ["big"] * 2})
+    ts = build_training_set(train, ["rare"], "noise", {"rare": ["s"] * 30}, noise={"rare": noise[:10]})
+    added = ts.iloc[len(train):]
+    assert len(added) == 30 and (added.label == "rare").all()
+    assert list(added.path[:10]) == noise[:10] and not added.classic[:10].any()  # noise, as drawn
+    assert set(added.path[10:]) <= set(real) and added.classic[10:].all()  # oversample's repeats
+    over = build_training_set(train, ["rare"], "oversample", {"rare": ["s"] * 30})
+    assert len(over) == len(ts)  # the same count as oversample's
+
+
+def test_class_weights_by_hand():
+    counts = {"a": 100, "b": 10, "c": 1}
+    w = class_weights(counts, ["a", "b", "c"], "inverse")
+    inv = np.array([1 / 100, 1 / 10, 1])
+    assert np.allclose(w, inv / inv.sum() * 3) and sum(w) == pytest.approx(3)
+    beta = 0.99
+    eff = np.array([(1 - beta) / (1 - beta ** n) for n in (100, 10, 1)])
+    assert np.allclose(class_weights(counts, ["a", "b", "c"], "effective", beta), eff / eff.sum() * 3)
+    # beta -> 0: every class weighs the same (no re-weighting)
+    assert np.allclose(class_weights(counts, ["a", "b", "c"], "effective", 1e-9), [1, 1, 1])
+    with pytest.raises(TibalanceError, match="class 'd' has no training image"):
+        class_weights(counts, ["a", "d"])
+    assert defer_epoch(None, 10) == 8 and defer_epoch(None, 2) == 1 and defer_epoch(3, 10) == 3
+    with pytest.raises(TibalanceError, match="defer_epoch: 10 is not one of the run's epochs 0-9"):
+        defer_epoch(10, 10)
+
+
+def test_the_weighted_loss_and_its_deferral(tmp_path, monkeypatch):
+    """reweight's loss on a batch is the weighted cross-entropy computed by hand;
+    drw's batches are unweighted before the deferral epoch and weighted from it."""
+    rare = _images(tmp_path, 2, [200, 50, 50], [20, 20, 20], seed=1)
+    (tmp_path / "big").mkdir()
+    big = _images(tmp_path / "big", 6, [50, 50, 200], [20, 20, 20], seed=2)
+    paths, labels = rare + big, ["rare"] * 2 + ["big"] * 6
+    weights = class_weights({"rare": 2, "big": 6}, ["big", "rare"], "inverse")
+    calls = []
+    ce = torch.nn.functional.cross_entropy
+
+    def spy(logits, target, weight=None, *a, **kw):
+        loss = ce(logits, target, weight, *a, **kw)
+        calls.append((logits.detach().clone(), target.clone(), None if weight is None else weight.clone(),
+                      loss.detach().clone()))
+        return loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    cfg = {"arch": "resnet18", "image_size": 32, "epochs": 3, "batch_size": 8, "lr": 0.01}
+    train_classifier(paths, labels, ["big", "rare"], cfg, 0, class_weights=weights, weight_from_epoch=2)
+    assert len(calls) == 3  # every image in one batch (both classes in each), 3 epochs
+    assert [w is not None for *_, w, _ in calls] == [False, False, True]  # switched at epoch 2
+    logits, target, w, loss = calls[2]
+    logp = torch.log_softmax(logits.float(), 1)
+    wy = torch.tensor(weights, dtype=torch.float32)[target]
+    hand = -(wy * logp[torch.arange(len(target)), target]).sum() / wy.sum()
+    assert torch.equal(w.cpu(), torch.tensor(weights, dtype=torch.float32))
+    assert loss.item() == pytest.approx(hand.item(), rel=1e-5)
+    assert not math.isclose(loss.item(), torch.nn.functional.nll_loss(logp, target).item(), rel_tol=1e-4)
