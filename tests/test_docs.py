@@ -119,7 +119,8 @@ def test_readme_is_a_front_door():
 def test_make_verdict_is_the_demo_with_the_yardstick_combined_methods_and_replicates():
     """`make verdict` layers config/demo-replicates.yaml on config/demo.yaml the
     way Snakemake merges --configfile overlays: the demo's 10 methods (every
-    single one but the yardstick and COTI, and Diff-II's joint training) plus real_oracle, coti,
+    single one but the yardstick, COTI and the re-balancing ones, and Diff-II's joint training) plus
+    real_oracle, coti, noise, reweight,
     the yardstick at each method's count and two more combined methods, three
     replicates, and every other retraining setting the demo's own (so nothing
     of `make demo`'s reruns)."""
@@ -132,9 +133,10 @@ def test_make_verdict_is_the_demo_with_the_yardstick_combined_methods_and_replic
     merged = copy.deepcopy(demo)
     update_config(merged, yaml.safe_load((ROOT / "config" / "demo-replicates.yaml").read_text()))
     single = set(METHODS) - set(COMBINED_METHODS) - set(ORACLE_AT_METHODS)
-    assert set(demo["retrain"]["methods"]) == single - {"real_oracle", "coti"} | {"oversample+diff_ii"}
+    assert set(demo["retrain"]["methods"]) == single - {"real_oracle", "coti", "noise", "reweight", "drw"} | {
+        "oversample+diff_ii"}
     assert set(merged["retrain"]["methods"]) - set(demo["retrain"]["methods"]) == {
-        "real_oracle", "coti", "oversample+ti_lora", "oversample+lora_i2i", *ORACLE_AT_METHODS}
+        "real_oracle", "coti", "noise", "reweight", "oversample+ti_lora", "oversample+lora_i2i", *ORACLE_AT_METHODS}
     assert set(merged["retrain"]["methods"]) <= set(METHODS)
     assert merged["replicates"] == 3 and "replicates" not in demo and len(demo["retrain"]["seeds"]) == 5
     assert {k: v for k, v in merged["retrain"].items() if k != "methods"} == {
