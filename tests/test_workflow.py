@@ -697,6 +697,31 @@ def test_a_class_coti_edit_reruns_only_that_class_coti_jobs(tiny_run, tmp_path):
         + [("report", ""), ("cost", ""), ("all", "")]), jobs
 
 
+def test_diff_ii_on_the_coti_token_inverts_and_samples_under_it(tiny_run, tmp_path):
+    """diff_ii.concept: coti: the class's inversions and diff_ii images are
+    made under its COTI token (coti's output an input of both), nothing else
+    of the study changes."""
+    wd, _ = tiny_run
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["diff_ii"] = {"concept": "coti"}
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", configfiles=[edited])
+    out = p.stdout + p.stderr
+    jobs = _planned_jobs(out)
+    cls = "triangle"
+    assert sorted(jobs) == sorted(
+        [("invert", f"cls={cls}"), ("sample", f"mode=diff_ii, cls={cls}"),
+         ("filter_samples", f"mode=diff_ii, cls={cls}"), ("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"),
+         ("fid", f"cls={cls}")]
+        + [("retrain", f"method={m}, seed={s}") for m in ("diff_ii", "oversample+diff_ii") for s in (0, 1)]
+        + [("report", ""), ("cost", ""), ("all", "")]), jobs
+    for rule in ("invert", "sample"):
+        block = _job_block(out, rule)
+        assert f"results/coti/{cls}/learned_embeds.safetensors" in block, block
+        assert f"results/inversion/{cls}/learned_embeds.safetensors" not in block, block
+
+
 def test_training_from_scratch_retrains_every_run_without_the_baseline(tiny_run, tmp_path):
     """The tiny config fine-tunes the baseline (retrain.init: baseline, as the
     demo); init: scratch plans every retraining and ablation run again, now
