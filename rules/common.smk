@@ -205,8 +205,14 @@ def noise_count_of(wildcards):
 
 
 def fid_metrics():
-    """The metrics section as the FID jobs see it (without the tables' min_images)."""
-    return canonical({k: v for k, v in config["metrics"].items() if k != "min_images"})
+    """The metrics section as the FID jobs see it (without the tables' min_images and groups)."""
+    return canonical(
+        {
+            k: v
+            for k, v in config["metrics"].items()
+            if k not in ("min_images", "groups")
+        }
+    )
 
 
 def weak_classes():

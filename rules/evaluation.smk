@@ -192,6 +192,7 @@ rule report:
         runtime=10,
     params:
         fid_min_images=config["metrics"].get("min_images", FID_RELIABLE_IMAGES),
+        groups=config["metrics"].get("groups", {}),
         seed=SEED,
         notes=[ORACLE_ABSENT] if ORACLE_ABSENT else [],
         # {retraining seed: the replicate it trained on}, for the verdict's ranking line

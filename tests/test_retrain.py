@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tibalance.retrain import build_training_set, paired_deltas, summary_table, to_markdown
+from tibalance.retrain import build_training_set, class_groups, paired_deltas, summary_table, to_markdown
 
 TRAIN = pd.DataFrame({"path": [f"a{i}" for i in range(10)] + ["w0", "w1"], "label": ["a"] * 10 + ["w"] * 2})
 SYNTH = {"w": [f"s{i}" for i in range(5)]}
@@ -75,6 +75,28 @@ def test_summary_mean_std():
     s = summary_table(runs).iloc[0]
     assert s.accuracy_mean == pytest.approx(0.6) and s.accuracy_std == pytest.approx(0.1414213, rel=1e-5)
     assert "0.6000 ± 0.1414" in to_markdown(summary_table(runs))
+
+
+def test_group_accuracy_from_the_training_counts():
+    """many > 100 training images, few < 20, medium between (the thresholds
+    settings); the summary's group accuracy is the mean of its classes', per
+    run, then mean ± std over the seeds; one populated group shows none."""
+    counts = {"a": 1000, "b": 101, "c": 100, "d": 20, "e": 19, "f": 1}
+    assert class_groups(counts) == {"many": ["a", "b"], "medium": ["c", "d"], "few": ["e", "f"]}
+    assert class_groups(counts, many=500, few=2) == {"many": ["a"], "medium": ["b", "c", "d", "e"], "few": ["f"]}
+    with pytest.raises(Exception, match="few \\(30\\) is above many \\(10\\)"):
+        class_groups(counts, many=10, few=30)
+    groups = class_groups(counts)
+    acc = [{"a": 0.9, "b": 0.7, "c": 0.6, "d": 0.4, "e": 0.2, "f": 0.0},
+           {"a": 1.0, "b": 0.8, "c": 0.6, "d": 0.6, "e": 0.4, "f": 0.2}]
+    runs = [{"method": "baseline", "seed": s, "accuracy": 0.5, "macro_f1": 0.5, "weak_accuracy": 0.1,
+             "per_class_accuracy": a} for s, a in enumerate(acc)]
+    t = summary_table(runs, ["f"], groups).set_index("method")
+    assert t.loc["baseline", "acc_many_mean"] == pytest.approx(np.mean([0.8, 0.9]))
+    assert t.loc["baseline", "acc_few_mean"] == pytest.approx(0.2)
+    assert t.loc["baseline", "acc_few_std"] == pytest.approx(np.std([0.1, 0.3], ddof=1))
+    assert t.loc["baseline", "acc_medium_mean"] == pytest.approx(0.55)
+    assert "acc_many_mean" not in summary_table(runs, ["f"], {"many": list(counts), "few": []}).columns
 
 
 def test_fid_from_too_few_images_is_marked_in_the_tables():

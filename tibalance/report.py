@@ -23,8 +23,9 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
            classes: str | None = None, predictions: list[str] | None = None,
            significance_csv: str | None = None, significance_md: str | None = None,
            verdict_md: str | None = None, seed: int = 0, notes: list[str] | None = None,
-           replicate_of_seed: dict[int, int] | None = None) -> None:
-    """The result tables. predictions: the retraining runs' per-image test
+           replicate_of_seed: dict[int, int] | None = None, group_thresholds: dict | None = None) -> None:
+    """The result tables. group_thresholds: metrics.groups (many, few: the
+    training-image counts that make a class many- or few-shot). predictions: the retraining runs' per-image test
     predictions (beside each run's metrics.json): the paired intervals and tests
     (tibalance.stats) go into the summary (lift_<class>_low/_high, p_<class> vs
     baseline, p_over_<class> vs oversample, Holm-adjusted), the significance
@@ -42,7 +43,14 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
         d = read_json(p)
         fid_rows[d["class"]] = d["rows"]
     names = read_json(classes)["names"] if classes else {}
-    summary = summary_table(run_rows, weak_classes)
+    groups = None
+    if classes:
+        from .retrain import GROUP_DEFAULTS, class_groups
+
+        g = {**GROUP_DEFAULTS, **(group_thresholds or {})}
+        counts = {c: int(v.get("train", 0)) for c, v in read_json(classes)["counts"].items()}
+        groups = class_groups(counts, int(g["many"]), int(g["few"]))
+    summary = summary_table(run_rows, weak_classes, groups)
     comp = None
     if predictions:
         from .stats import comparisons, verdict

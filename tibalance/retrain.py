@@ -93,7 +93,23 @@ def paired_deltas(runs: list[dict], method: str, cls: str) -> list[float]:
             if r["method"] == method and r["seed"] in base]
 
 
-def summary_table(runs: list[dict], weak: list[str] | None = None) -> pd.DataFrame:
+GROUPS = ("many", "medium", "few")
+GROUP_DEFAULTS = {"many": 100, "few": 20}  # the long-tail literature's: > 100 train images, 20-100, < 20
+
+
+def class_groups(train_counts: dict[str, int], many: int = 100, few: int = 20) -> dict[str, list[str]]:
+    """{group: its classes}: many-shot (more than `many` training images),
+    few-shot (fewer than `few`), medium-shot the rest."""
+    if few > many:
+        raise TibalanceError(f"metrics.groups: few ({few}) is above many ({many})")
+    out: dict[str, list[str]] = {g: [] for g in GROUPS}
+    for cls, n in train_counts.items():
+        out["many" if n > many else "few" if n < few else "medium"].append(cls)
+    return out
+
+
+def summary_table(runs: list[dict], weak: list[str] | None = None,
+                  groups: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Per method: test accuracy, macro-F1, the weak classes' mean accuracy and
     each weak class's accuracy (`acc_<class>`), mean ± std over seeds; and per
     weak class the paired difference to `baseline` over seeds (`delta_<class>`,
@@ -101,14 +117,21 @@ def summary_table(runs: list[dict], weak: list[str] | None = None) -> pd.DataFra
     with a real_oracle row, each other row's mean lift as a share of the
     oracle's (`oracle_share_<class>`; empty where the oracle did not lift it),
     against real_oracle@<method> (the oracle at the row's own kept count) where
-    the study ran it, else against real_oracle."""
+    the study ran it, else against real_oracle. groups (class_groups): where
+    more than one is populated, each group's accuracy (`acc_<group>`, the mean
+    of its classes' accuracies), mean ± std over seeds."""
     rows = []
+    shown = {g: c for g, c in (groups or {}).items() if c}
+    shown = shown if len(shown) > 1 else {}
     has_baseline = any(r["method"] == "baseline" for r in runs)
     for method in [m for m in METHODS if any(r["method"] == m for r in runs)]:
         rs = [r for r in runs if r["method"] == method]
         row = {"method": method, "seeds": len(rs)}
         for key in ("accuracy", "macro_f1", "weak_accuracy"):
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(r[key] for r in rs)
+        for g, classes in shown.items():
+            row[f"acc_{g}_mean"], row[f"acc_{g}_std"] = _mean_std(
+                np.mean([r["per_class_accuracy"][c] for c in classes]) for r in rs)
         for cls in weak or []:
             row[f"acc_{cls}_mean"], row[f"acc_{cls}_std"] = _mean_std(r["per_class_accuracy"][cls] for r in rs)
         for cls in (weak or []) if has_baseline else []:

@@ -22,6 +22,7 @@ smk.run(
     seed=snakemake.params.seed,
     notes=list(snakemake.params.notes),
     replicate_of_seed=dict(snakemake.params.replicate_of_seed),
+    group_thresholds=dict(snakemake.params.groups),
     **{k: snakemake.output[k] for k in ("summary_csv", "summary_md", "per_class_csv", "per_class_md", "acc_plot", "fid_plot",
                                                 "ablation_csv", "ablation_md", "significance_csv", "significance_md", "verdict_md")},
 )
