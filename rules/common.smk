@@ -420,6 +420,17 @@ def coti_sampling_params(wildcards):
     return canonical({k: v for k, v in s.items() if k not in ("n_images", "strength")})
 
 
+def neighbour_inputs(wildcards):
+    """The class's learned tokens: TI's, and COTI's where the study makes it."""
+    return {"ti": _embeds(wildcards.cls)} | (
+        {"coti": _embeds(wildcards.cls, "", "coti")} if STUDY_COTI else {}
+    )
+
+
+def neighbour_files(wildcards):
+    return expand("results/inversion/{cls}/neighbours.csv", cls=adapted_classes())
+
+
 def lora_inputs(wildcards):
     return (
         {"embeds": _embeds(wildcards.cls, _rep(wildcards))}
@@ -725,6 +736,8 @@ def study_jobs(wildcards):
                 add("textual_inversion", cls, replicate=k)
             if STUDY_COTI if k == 0 else REP_COTI:
                 add("coti", cls, replicate=k)
+            if k == 0:
+                add("token_neighbours", cls)
             for adapter in STUDY_ADAPTERS if k == 0 else REP_ADAPTERS:
                 add("lora", cls, adapter, replicate=k, adapter=adapter)
             for mode in STUDY_MODES if k == 0 else REP_MODES:

@@ -134,6 +134,7 @@ rule report:
         ti_metas=ti_meta_files,
         lora_losses=lora_loss_files,
         lora_metas=lora_meta_files,
+        neighbours=neighbour_files,
         weak="results/analysis/weak_classes.json",
         classes="results/data/classes.json",
     output:

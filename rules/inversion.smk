@@ -36,3 +36,27 @@ rule textual_inversion:
         resume_dir="results/inversion/{cls}{rep}/resume",
     script:
         "../workflow/scripts/textual_inversion.py"
+
+
+# The vocabulary tokens nearest each learned token (the TI token, and COTI's
+# where the study makes it), per text encoder: the per-class table's words.
+rule token_neighbours:
+    input:
+        unpack(neighbour_inputs),
+        generator=generator_files,
+    output:
+        "results/inversion/{cls}/neighbours.csv",
+    log:
+        "logs/token_neighbours/{cls}.log",
+    benchmark:
+        "results/benchmarks/token_neighbours/{cls}.tsv"
+    conda:
+        "../envs/diffusion.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=10,
+    params:
+        token=lambda wildcards: _token(wildcards.cls),
+        model=MODEL,
+    script:
+        "../workflow/scripts/token_neighbours.py"

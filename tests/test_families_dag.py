@@ -17,7 +17,7 @@ from tibalance.defaults import METHODS
 
 # what the generator's change reaches; the data, baseline, analysis, seeds,
 # judge and the runs without synthetic images stay as they are
-GENERATIVE = {"build_generator", "textual_inversion", "coti", "lora", "invert", "sample", "filter_samples", "fid", "sample_grid",
+GENERATIVE = {"build_generator", "textual_inversion", "coti", "token_neighbours", "lora", "invert", "sample", "filter_samples", "fid", "sample_grid",
               "judge", "retrain", "retrain_ablation", "cost", "report", "all"}
 
 

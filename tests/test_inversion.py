@@ -101,3 +101,18 @@ def test_step_losses_flushed_every_n_steps_give_the_same_run(tiny_sd, seed_image
         run_ti(tiny_sd, seed_images, out, settings={"log_every": n})
         pd.testing.assert_frame_equal(a, pd.read_csv(out / "loss.csv"))
         assert torch.equal(token, load_file(out / "e.safetensors")["<ankle_boot>"])
+
+
+def test_a_token_started_from_a_word_lies_nearest_that_word(tiny_sd, seed_images, tmp_path):
+    """Seed 000's analysis: the vocabulary tokens nearest a learned token. One
+    initialised from 'boot' and trained at lr 0 is that word's embedding: 'boot'
+    first at cosine 1; trained on, it moves away from it."""
+    from tibalance.inversion import nearest_words
+
+    run_ti(tiny_sd, seed_images, tmp_path / "still", settings={"lr": 0.0})
+    rows = nearest_words(tiny_sd, str(tmp_path / "still" / "e.safetensors"), "<ankle_boot>", k=3)
+    assert [r["rank"] for r in rows] == [0, 1, 2] and rows[0]["word"] == "boot"
+    assert rows[0]["cosine"] == pytest.approx(1.0, abs=1e-4) and rows[1]["cosine"] < 1.0
+    run_ti(tiny_sd, seed_images, tmp_path / "moved", settings={"lr": 0.5})
+    moved = nearest_words(tiny_sd, str(tmp_path / "moved" / "e.safetensors"), "<ankle_boot>", k=3)
+    assert moved[0]["cosine"] < 0.999

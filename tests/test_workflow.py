@@ -176,6 +176,13 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
         assert set(cands.source) == {"generated"} and len(cands) == 4
         assert (res / f"coti/{cls}/learned_embeds.safetensors").read_bytes() == (
             res / f"coti/{cls}/cycles/cycle_2/learned_embeds.safetensors").read_bytes()
+        # the words nearest each token (seed 000), in the per-class table: the TI token started at the class
+        # name's last word ("triangle") and trained 6 steps: that word still first
+        near = pd.read_csv(res / f"inversion/{cls}/neighbours.csv", keep_default_na=False)
+        assert set(near.token) == {"ti", "coti"} and len(near) == 10
+        assert near[near.token == "ti"].word.iloc[0] == "triangle"
+        cells = pd.read_csv(res / "tables/per_class.csv", dtype=str, keep_default_na=False).set_index("class")
+        assert cells.loc[cls, "ti_nearest_words"].startswith("triangle ") and cells.loc[cls, "coti_nearest_words"]
         inv = pd.read_csv(res / f"diff_ii/{cls}/inversions.csv")
         assert sorted(inv.image) == sorted(m[(m.split == "train") & (m.label == cls)].path)
         assert all((wd / f).exists() for f in inv.inversion)
@@ -503,10 +510,11 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert r.jobs == 2 and r.wall_s == pytest.approx(wall("retrain/ti/seed0.tsv") + wall("retrain/ti/seed1.tsv"))
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
-    # per weak class its seeds; where it gets images TI, COTI, 2 LoRA, diff_ii's inversions, 8 modes x
-    # (sample, filter), grid, FID, judge, real_oracle's images and noise's; 17 methods x 2 seeds; the training
-    # images' features for the knn filters (once); the frozen stages' outputs for the retraining runs (once)
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 26 + 34 + 3
+    # per weak class its seeds; where it gets images TI, COTI, their nearest words, 2 LoRA, diff_ii's
+    # inversions, 8 modes x (sample, filter), grid, FID, judge, real_oracle's images and noise's; 17 methods x 2
+    # seeds; the training images' features for the knn filters (once); the frozen stages' outputs for the
+    # retraining runs (once)
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 27 + 34 + 3
                                                               + bool(adapted) + 1)
     assert row("oracle_images", adapted[0], "real_oracle").jobs == 1
     assert row("frozen_features", "", "").jobs == 1
@@ -603,6 +611,7 @@ def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
         ("filter_samples", f"mode=ti_lora, cls={cls}"),
         ("invert", f"cls={cls}"),  # diff_ii's inversions, under the token
         ("coti", f"cls={cls}"),  # COTI goes on from the token
+        ("token_neighbours", f"cls={cls}"),  # the words nearest the tokens
         ("sample", f"mode=coti, cls={cls}"),
         ("filter_samples", f"mode=coti, cls={cls}"),
         ("retrain", "method=coti, seed=0"),
@@ -691,7 +700,8 @@ def test_a_class_coti_edit_reruns_only_that_class_coti_jobs(tiny_run, tmp_path):
     p = snakemake(wd, "-n", configfiles=[edited])
     jobs = _planned_jobs(p.stdout + p.stderr)
     assert sorted(jobs) == sorted(
-        [("coti", f"cls={cls}"), ("sample", f"mode=coti, cls={cls}"), ("filter_samples", f"mode=coti, cls={cls}"),
+        [("coti", f"cls={cls}"), ("token_neighbours", f"cls={cls}"), ("sample", f"mode=coti, cls={cls}"),
+         ("filter_samples", f"mode=coti, cls={cls}"),
          ("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]
         + [("retrain", f"method=coti, seed={s}") for s in (0, 1)]
         + [("report", ""), ("cost", ""), ("all", "")]), jobs

@@ -204,3 +204,32 @@ def train_textual_inversion(model: str, seed_paths: list[str], cls: str, cls_nam
     identity = {"cls": cls, "name": cls_name, **({"init": file_digest(init_embeds)} if init_embeds else {})}
     return fit(model, seed_paths, cls, s, seed, TokenAdaptation(cls, cls_name, s, seed, embeds_out, init_embeds),
                identity, loss_out, preview_out, resume_dir, stop_after, return_pipeline)
+
+
+def nearest_words(model: str, embeds: str, placeholder: str, k: int = 5) -> list[dict]:
+    """The k vocabulary tokens whose embeddings lie closest (cosine) to each
+    vector of the learned token, per text encoder (seed 000's analysis: the
+    learned flowers sat near "hibiscus", "fleur" and each other). Rows:
+    encoder, vector, rank, word (the BPE token, its end-of-word mark dropped),
+    cosine."""
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    from .generator import load_pipeline, text_pairs
+
+    state = load_file(embeds)
+    pipe = load_pipeline(model)
+    pairs = text_pairs(pipe)
+    learned = [state[key] for key in XL_KEYS] if len(pairs) > 1 else [next(iter(state.values()))]
+    rows = []
+    for e, ((tok, te), vecs) in enumerate(zip(pairs, learned, strict=True)):
+        vocab = te.get_input_embeddings().weight.detach().float()
+        sims = F.normalize(vecs.float(), dim=1) @ F.normalize(vocab, dim=1).T  # [vectors, vocabulary]
+        for v, row in enumerate(sims):
+            top = torch.topk(row, k)
+            for rank, (score, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+                word = tok.convert_ids_to_tokens(idx).replace("</w>", "")
+                rows.append({"encoder": e, "vector": v, "rank": rank, "word": word, "cosine": round(score, 4)})
+    log.info("%s: nearest words %s", placeholder, ", ".join(r["word"] for r in rows if r["encoder"] == 0
+                                                              and r["vector"] == 0))
+    return rows

@@ -23,7 +23,8 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
            classes: str | None = None, predictions: list[str] | None = None,
            significance_csv: str | None = None, significance_md: str | None = None,
            verdict_md: str | None = None, seed: int = 0, notes: list[str] | None = None,
-           replicate_of_seed: dict[int, int] | None = None, group_thresholds: dict | None = None) -> None:
+           replicate_of_seed: dict[int, int] | None = None, group_thresholds: dict | None = None,
+           neighbours: list[str] | None = None) -> None:
     """The result tables. group_thresholds: metrics.groups (many, few: the
     training-image counts that make a class many- or few-shot). predictions: the retraining runs' per-image test
     predictions (beside each run's metrics.json): the paired intervals and tests
@@ -84,6 +85,12 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
         if m.get("eval_loss_start") is not None:
             loss_rows.setdefault(cls, {}).update(
                 {f"{pre}_eval_loss_start": m["eval_loss_start"], f"{pre}_eval_loss_end": m["eval_loss_end"]})
+    for p in neighbours or []:  # results/inversion/<cls>/neighbours.csv: each token's nearest words
+        t = pd.read_csv(p, dtype={"word": str}, keep_default_na=False)
+        t = t[(t["encoder"] == 0) & (t["vector"] == 0)]  # the first encoder's, the first vector's
+        for name, grp in t.groupby("token", sort=False):
+            loss_rows.setdefault(Path(p).parent.name, {})[f"{name}_nearest_words"] = ", ".join(
+                f"{w} {c:.2f}" for w, c in zip(grp["word"], grp["cosine"]))
     kept: dict[str, dict[str, tuple[int, int]]] = {}
     for p in filtered or []:  # results/samples/<kind>/<cls>/filtered.csv
         kind, cls = Path(p).parts[-3], Path(p).parts[-2]

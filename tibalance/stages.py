@@ -167,6 +167,14 @@ def textual_inversion(cls: str, classes: str, seeds_csv: str, model: str, ti_cfg
     side.write(meta, **result)
 
 
+def token_neighbours(tokens: dict[str, str], model: str, placeholder: str, out_csv: str, k: int = 5) -> None:
+    """The nearest vocabulary tokens of each learned token ({"ti": embeds, "coti": embeds})."""
+    from .inversion import nearest_words
+
+    rows = [{"token": name, **r} for name, path in tokens.items() for r in nearest_words(model, path, placeholder, k)]
+    write_csv(pd.DataFrame(rows, columns=["token", "encoder", "vector", "rank", "word", "cosine"]), out_csv)
+
+
 def coti(cls: str, classes: str, manifest: str, seeds_csv: str, ti_embeds: str, classifier: str, model: str,
          ti_cfg: dict, coti_cfg: dict, sampling_cfg: dict, seed: int, cycle_dir: str, embeds_out: str,
          cycles_out: str, candidates_out: str, preview_out: str, meta: str) -> None:

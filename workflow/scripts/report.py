@@ -14,6 +14,7 @@ smk.run(
     ti_metas=list(snakemake.input.ti_metas),
     lora_losses=list(snakemake.input.lora_losses),
     lora_metas=list(snakemake.input.lora_metas),
+    neighbours=list(snakemake.input.neighbours),
     filtered=list(snakemake.input.filtered),
     judges=list(snakemake.input.judges),
     fid_min_images=snakemake.params.fid_min_images,
