@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tibalance.filtering import knn_scores, score_samples
+from tibalance.filtering import diversity, knn_scores, score_samples
 from tibalance.util import TibalanceError
 
 
@@ -24,6 +24,15 @@ def test_knn_score_is_high_near_the_class_and_low_near_others():
 def _img(path, value):
     Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(path)
     return str(path)
+
+
+def test_diversity_is_the_mean_pairwise_cosine_distance():
+    same = np.tile([[1.0, 2.0, 3.0]], (5, 1))
+    assert diversity(same) == pytest.approx(0.0, abs=1e-12)  # identical images: none
+    pair = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    c = 1 / np.sqrt(2)
+    assert diversity(pair) == pytest.approx(((1 - 0) + (1 - c) + (1 - c)) / 3)
+    assert diversity(pair[:1]) is None
 
 
 def test_filter_keeps_by_its_recorded_score_and_never_reads_test_images(tmp_path):
@@ -52,7 +61,7 @@ def test_filter_keeps_by_its_recorded_score_and_never_reads_test_images(tmp_path
     pd.DataFrame({"path": fake, "label": "dark"}).to_csv(samples, index=False)
     for settings in ({"method": "knn", "k": 3, "quantile": 0.25}, {"method": "prob", "threshold": 0.5}):
         out = tmp_path / f"filtered_{settings['method']}.csv"
-        filter_class("dark", str(samples), str(manifest), str(tmp_path / "model.pt"), settings, str(out))
+        got = filter_class("dark", str(samples), str(manifest), str(tmp_path / "model.pt"), settings, str(out))
         t = pd.read_csv(out)
         assert list(t.path) == fake and t.score.notna().all()
         assert list(t.kept) == list(t.score >= t.cutoff)
@@ -67,6 +76,13 @@ def test_filter_keeps_by_its_recorded_score_and_never_reads_test_images(tmp_path
     assert knn.cutoff.iloc[0] == pytest.approx(np.quantile(real, 0.25), rel=1e-5)
     assert knn.score[:2].min() > knn.score[2:4].max()  # the dark fakes score above the light ones
     assert not knn.kept[2:4].any()  # the light fakes are dropped
+    # the diversity of the kept images in the same feature space (prob's the last in the loop)
+    from tibalance.classifier import predict as _predict
+
+    fake_feats = _predict(clf, fake)[1]
+    kept_prob = pd.read_csv(tmp_path / "filtered_prob.csv").kept.to_numpy()
+    assert got["diversity"] == pytest.approx(diversity(fake_feats))
+    assert got["diversity_kept"] == (pytest.approx(diversity(fake_feats[kept_prob])) if kept_prob.sum() > 1 else None)
     off = score_samples(pd.DataFrame({"path": fake}), pd.DataFrame(columns=["path", "label"]), "dark", clf,
                         {"method": "none"})
     assert off.kept.all() and off.score.isna().all()

@@ -183,6 +183,12 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
         assert near[near.token == "ti"].word.iloc[0] == "triangle"
         cells = pd.read_csv(res / "tables/per_class.csv", dtype=str, keep_default_na=False).set_index("class")
         assert cells.loc[cls, "ti_nearest_words"].startswith("triangle ") and cells.loc[cls, "coti_nearest_words"]
+        # each mode's kept images' diversity (mean pairwise cosine distance, the filter's feature space)
+        for mode in ("raw", "ti", "diff_ii", "coti"):
+            meta = json.loads((res / f"samples/{mode}/{cls}/filter.meta.json").read_text())
+            assert meta["diversity_kept"] is None or 0 <= meta["diversity_kept"] <= 2
+            if meta["diversity_kept"] is not None:
+                assert float(cells.loc[cls, f"div_{mode}"]) == pytest.approx(meta["diversity_kept"], rel=1e-4)
         inv = pd.read_csv(res / f"diff_ii/{cls}/inversions.csv")
         assert sorted(inv.image) == sorted(m[(m.split == "train") & (m.label == cls)].path)
         assert all((wd / f).exists() for f in inv.inversion)

@@ -59,13 +59,26 @@ def knn_scores(feats: np.ndarray, own: np.ndarray, other: np.ndarray, k: int,
     return d_other / np.maximum(d_own + d_other, 1e-12)
 
 
+def diversity(feats: np.ndarray) -> float | None:
+    """Mean pairwise cosine distance of a set's features (0: every image the
+    same; None for fewer than 2 images)."""
+    if len(feats) < 2:
+        return None
+    u = _unit(np.asarray(feats, np.float64))
+    sims = u @ u.T
+    n = len(u)
+    return float((n * n - sims.sum()) / (n * (n - 1)))  # the diagonal's 1s count as 0 distance
+
+
 def score_samples(samples: pd.DataFrame, train: pd.DataFrame, cls: str, classifier,
-                  settings: dict, train_feats: np.ndarray | None = None) -> pd.DataFrame:
+                  settings: dict, train_feats: np.ndarray | None = None,
+                  features: dict | None = None) -> pd.DataFrame:
     """samples (path, ...) with `score`, `cutoff` and `kept` (score >= cutoff) added.
 
     train: the study's training rows (path, label) — the only real images read.
     train_feats: the classifier's features of those rows, in their order, when
-    already computed (train_features); else they are computed here."""
+    already computed (train_features); else they are computed here.
+    features: a dict that receives the samples' features under "samples"."""
     from .classifier import predict
 
     s = {**FILTER_DEFAULTS, **(settings or {})}
@@ -77,8 +90,12 @@ def score_samples(samples: pd.DataFrame, train: pd.DataFrame, cls: str, classifi
         out["score"] = np.nan
         out["cutoff"] = np.nan
         out["kept"] = True
+        if features is not None:
+            features["samples"] = predict(classifier, list(out["path"]))[1]
         return out
     probs, feats = predict(classifier, list(out["path"]))
+    if features is not None:
+        features["samples"] = feats
     cutoff = float(s["threshold"])
     if method == "prob":
         score = probs[:, classifier.classes.index(cls)]
@@ -141,10 +158,13 @@ def filter_class(cls: str, samples_csv: str, manifest: str, model: str, settings
     train = _train_rows(manifest)
     clf = TrainedClassifier.load(model, device=pick_device("auto"))
     feats = read_train_features(features, train) if features and settings.get("method") == "knn" else None
-    scored = score_samples(samples, train, cls, clf, settings, feats)
+    got: dict = {}
+    scored = score_samples(samples, train, cls, clf, settings, feats, features=got)
     write_csv(scored, out_csv)
     n, kept = len(scored), int(scored["kept"].sum())
     cutoff = float(scored["cutoff"].iloc[0]) if n else None
-    log.info("class %s: kept %d of %d synthetic images (filter %s, cutoff %s)", cls, kept, n,
-             settings.get("method"), cutoff)
-    return {"n": n, "kept": kept, "cutoff": cutoff}
+    # how varied the set is in the same feature space (the diversity Diff-II reports beside faithfulness)
+    div = {"diversity": diversity(got["samples"]), "diversity_kept": diversity(got["samples"][kept_mask(scored).to_numpy()])}
+    log.info("class %s: kept %d of %d synthetic images (filter %s, cutoff %s); diversity %s (kept %s)", cls, kept,
+             n, settings.get("method"), cutoff, div["diversity"], div["diversity_kept"])
+    return {"n": n, "kept": kept, "cutoff": cutoff, **div}

@@ -97,6 +97,10 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
         t = pd.read_csv(p, dtype={"path": str})
         n_kept = int(kept_mask(t).sum()) if len(t) else 0
         kept.setdefault(cls, {})[kind] = (n_kept, len(t))
+        meta = Path(p).with_name("filter.meta.json")  # the same job's sidecar: the kept images' diversity
+        div = read_json(meta).get("diversity_kept") if meta.exists() else None
+        if div is not None:
+            loss_rows.setdefault(cls, {})[f"div_{kind}"] = div
     judge_rows = {j["class"]: j for j in (read_json(p) for p in judges or [])}
     per_class = display_names(
         per_class_table(run_rows, weak_classes, fid_rows, loss_rows, kept, judge_rows, fid_min_images), names)
