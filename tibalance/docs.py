@@ -12,6 +12,7 @@ doc may use (rules, methods, modes, config keys) from the code.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import sys
@@ -188,9 +189,16 @@ def run_stamp(results: Path) -> str:
     cap = info.get("cpu_capability", "?")
     native = "native bf16" if info.get("cpu_native_bf16") else "no native bf16"
     caps = " imitated with " + " ".join(f"{k}={v}" for k, v in info["cpu_isa_caps"].items()) if info.get("cpu_isa_caps") else ""
-    commit = info.get("code") or "an unrecorded commit"
+    first: dict[str, float] = {}  # every job's sidecar: the commits the run's jobs ran at, in order
+    for side in results.rglob("*.meta.json"):
+        code = json.loads(side.read_text()).get("code") or "an unrecorded commit"
+        first[code] = min(first.get(code, math.inf), side.stat().st_mtime)
+    commits = sorted(first, key=first.get) or [info.get("code") or "an unrecorded commit"]
+    which = (f"commit {commits[0]}" if len(commits) == 1 else
+             "commits " + ", ".join(commits) + " (in the order their jobs ran: a later `make` took up the outputs "
+             "of the earlier and added its own)")
     when = date.fromtimestamp(meta.stat().st_mtime).isoformat()
-    return f"commit {commit}, {cpu} ({cap}, {native}{caps}), {info.get('torch_threads', '?')} thread(s) a job, {when}"
+    return f"{which}, {cpu} ({cap}, {native}{caps}), {info.get('torch_threads', '?')} thread(s) a job, {when}"
 
 
 TABLES = ("summary", "verdict", "significance", "per_class", "ablation", "generator_quality", "cost")
