@@ -747,7 +747,7 @@ def study_jobs(wildcards):
                 add("filter_samples", cls, mode, replicate=k, mode=mode)
         add("sample_grid", cls)
         add("fid", cls)
-    if any(_uses_train_features(cls) for cls in adapted):
+    if any(_uses_train_features(cls) for cls in adapted) or (adapted and STUDY_COTI):
         add("train_features")
     if config["judge"]["train_per_class"] and not config["judge"].get("model"):
         add("judge_pool")

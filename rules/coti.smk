@@ -9,6 +9,7 @@ rule coti:
         manifest="results/data/manifest.csv",
         classes="results/data/classes.json",
         model="results/baseline/model.pt",
+        features="results/baseline/train_features.npz",  # the class's region (the filter's)
         generator=generator_files,
     output:
         embeds="results/coti/{cls}{rep}/learned_embeds.safetensors",

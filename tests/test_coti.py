@@ -11,7 +11,7 @@ from conftest import random_images
 from tiny_jobs import run_ti
 
 from tibalance.classifier import TrainedClassifier, build_model
-from tibalance.coti import indicator, scores, select, train_coti
+from tibalance.coti import indicator, on_class, scores, select, train_coti
 from tibalance.util import TibalanceError
 
 COTI = {"cycles": 2, "per_cycle": 2, "generated": 2, "steps": 2}
@@ -39,6 +39,12 @@ def test_scores_weights_and_indicator_are_the_papers():
     assert not select(cands, 8.0, 2.0, 2, frozen=True)["chosen"].any()  # a frozen pool takes none
     with pytest.raises(TibalanceError, match="pool is empty"):
         scores(np.ones(1), np.ones((1, 2)), np.zeros((0, 2)))
+    # the quality stand-in: the filter's k-NN on-class score, a real image's distance to itself left out
+    own, other = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), np.array([[-1.0, 0.0]])
+    q = on_class(np.array([[1.0, 0.0], [1.0, 0.0]]), own, other, 1, [0, None])
+    d_own = 1 - 1 / math.sqrt(2)  # row 0 is own[0]: its nearest other own image is own[1], at 45 degrees
+    assert q[0] == pytest.approx(2 / (d_own + 2)) and q[1] == pytest.approx(1.0)  # row 1: distance 0 to own[0]
+    assert on_class(np.array([[-1.0, 0.0]]), own, other, 1, [None])[0] == pytest.approx(0.0)
 
 
 @pytest.fixture

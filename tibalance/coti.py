@@ -8,11 +8,14 @@ textual_inversion, on its seed images). Each cycle c >= 1:
 2. the candidates - the class's real training images not yet in the pool
    (the manifest's train rows of the class only: never a val, test or judge
    image) and X_TI - get COTI's two scores on its 0-10 scale, in the baseline
-   classifier's feature space (the filter's and the judge's, for the paper's
-   CLIP image encoder): S_con = 10 x the least cosine similarity to the pool
-   (Eq. 8); S_aes = 10 x the baseline's probability of the class (offline
-   there is no aesthetic model: the stand-in scores how recognisable an image
-   is as the class);
+   classifier's feature space (the filter's, for the paper's CLIP image
+   encoder): S_con = 10 x the least cosine similarity to the pool (Eq. 8);
+   S_aes = 10 x the filter's k-NN on-class score (offline there is no
+   aesthetic model; the stand-in scores how far into the class's region of
+   the training images an image falls: d_other / (d_own + d_other), a real
+   candidate's distance to itself left out. The baseline's probability of the
+   class would not do: a weak class is one the baseline seldom predicts, and
+   it gives its own images ~0);
 3. X_TI's mean scores gamma_aes, gamma_con (Eq. 9, 10) weigh them,
    S_int = (1 - gamma_aes/10) S_aes + (1 - gamma_con/10) S_con (Eq. 11),
    and give the indicator phi = 10 sin(pi gamma_aes/20) sin(pi gamma_con/20)
@@ -50,13 +53,28 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def scores(probs: np.ndarray, feats: np.ndarray, pool_feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(S_aes, S_con) of each row on 0-10: its probability of the class x 10; its
-    least cosine similarity to the pool's features (Eq. 8) x 10, floored at 0."""
+def scores(quality: np.ndarray, feats: np.ndarray, pool_feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(S_aes, S_con) of each row on 0-10: its quality (0-1) x 10; its least
+    cosine similarity to the pool's features (Eq. 8) x 10, floored at 0."""
     if len(pool_feats) == 0:
         raise TibalanceError("coti: the training pool is empty")
     least = (_unit(feats) @ _unit(pool_feats).T).min(axis=1) if len(feats) else np.zeros(0)
-    return 10.0 * np.asarray(probs, float), 10.0 * np.clip(least, 0.0, 1.0)
+    return 10.0 * np.asarray(quality, float), 10.0 * np.clip(least, 0.0, 1.0)
+
+
+def on_class(feats: np.ndarray, own: np.ndarray, other: np.ndarray, k: int, self_rows: list) -> np.ndarray:
+    """The filter's k-NN score d_other / (d_own + d_other) of each row (1: in the
+    class's region, 0: in another's), d_* the mean cosine distance to the k
+    nearest; self_rows[i]: the row of `own` that row i is (a real image: its
+    zero distance to itself left out), or None. Every row takes the same k."""
+    d_own = 1.0 - _unit(feats) @ _unit(own).T
+    for i, j in enumerate(self_rows):
+        if j is not None:
+            d_own[i, j] = np.inf
+    d_other = 1.0 - _unit(feats) @ _unit(other).T
+    own_d = np.sort(d_own, axis=1)[:, :max(1, min(k, len(own) - 1))].mean(axis=1)
+    other_d = np.sort(d_other, axis=1)[:, :max(1, min(k, len(other)))].mean(axis=1)
+    return np.where(np.isfinite(own_d), other_d / np.maximum(own_d + other_d, 1e-12), 0.0)
 
 
 def indicator(gamma_aes: float, gamma_con: float) -> float:
@@ -81,8 +99,11 @@ class _Study:
     """What every cycle of one class's job reads: the class, its real images, the
     settings, the baseline classifier."""
 
-    def __init__(self, model, cls, cls_name, manifest, seeds_csv, classifier, ti, c, sampling, seed):
-        from .classifier import TrainedClassifier
+    def __init__(self, model, cls, cls_name, manifest, seeds_csv, classifier, ti, c, sampling, seed,
+                 features=None):
+        from .classifier import TrainedClassifier, predict
+        from .defaults import FILTER_DEFAULTS
+        from .filtering import read_train_features
         from .util import pick_device
 
         self.model, self.cls, self.name, self.manifest = model, cls, cls_name, manifest
@@ -96,8 +117,16 @@ class _Study:
         self.clf = TrainedClassifier.load(classifier, device=pick_device("auto"))
         if cls not in self.clf.classes:
             raise TibalanceError(f"coti: {classifier} does not classify class {cls!r}")
-        self.k = self.clf.classes.index(cls)
         self.placeholder = ti["placeholder"].format(cls=cls)
+        # the training images' features (rule train_features, else computed here): the class's region
+        train = m[m["split"] == "train"].reset_index(drop=True)
+        feats = read_train_features(features, train) if features else predict(self.clf, list(train["path"]))[1]
+        is_own = (train["label"] == cls).to_numpy()
+        if is_own.all():
+            raise TibalanceError(f"coti: class {cls}: no training image of another class to score against")
+        self.own, self.other = feats[is_own], feats[~is_own]
+        self.own_row = {p: i for i, p in enumerate(train["path"][is_own])}
+        self.knn = int(FILTER_DEFAULTS["k"])
 
     def generate(self, cycle: int, embeds: str, d: Path) -> list[str]:
         from .sampling import sample_class
@@ -115,8 +144,9 @@ class _Study:
         in_pool = set(pool)
         real = [p for p in self.unused if p not in in_pool]
         paths = real + generated
-        probs, feats = predict(self.clf, pool + paths)
-        s_aes, s_con = scores(probs[len(pool):, self.k], feats[len(pool):], feats[:len(pool)])
+        _, feats = predict(self.clf, pool + paths)
+        quality = on_class(feats[len(pool):], self.own, self.other, self.knn, [self.own_row.get(p) for p in paths])
+        s_aes, s_con = scores(quality, feats[len(pool):], feats[:len(pool)])
         table = pd.DataFrame({"cycle": cycle, "path": paths,
                               "source": ["real"] * len(real) + ["generated"] * len(generated),
                               "s_aes": s_aes, "s_con": s_con})
@@ -173,18 +203,20 @@ def _key(st: _Study, ti_embeds: str, classifier: str) -> str:
 def train_coti(model: str, cls: str, cls_name: str, manifest: str, seeds_csv: str, ti_embeds: str,
                classifier: str, ti_settings: dict, coti_settings: dict, sampling_settings: dict, seed: int,
                cycle_dir: str, embeds_out: str, cycles_out: str, candidates_out: str, preview_out: str,
-               stop_after: int | None = None) -> dict:
+               stop_after: int | None = None, features: str | None = None) -> dict:
     """The class's COTI token from its TI token (ti_embeds): embeds_out (the
     learned_embeds format), the cycles table (one row a cycle, 0 = the TI
     token), every cycle's scored candidates, the last cycle's preview. Each
     cycle's files are kept under cycle_dir/cycle_<c>/.
 
+    features: the training images' features (rule train_features; else computed here).
     stop_after: end after that many cycles (tests use it to simulate a kill)."""
     c = {**COTI_DEFAULTS, **(coti_settings or {})}
     ti = {**TI_DEFAULTS, **(ti_settings or {})}
     if int(c["cycles"]) < 1 or int(c["per_cycle"]) < 1 or int(c["generated"]) < 1:
         raise TibalanceError(f"coti: class {cls}: cycles, per_cycle and generated must each be at least 1 ({c})")
-    st = _Study(model, cls, cls_name, manifest, seeds_csv, classifier, ti, c, dict(sampling_settings or {}), seed)
+    st = _Study(model, cls, cls_name, manifest, seeds_csv, classifier, ti, c, dict(sampling_settings or {}), seed,
+                features)
     key = _key(st, ti_embeds, classifier)
     state = {"pool": list(st.seeds), "lr": float(c["lr"] or ti["lr"]), "phi": None, "embeds": ti_embeds,
              "row": {"cycle": 0, "pool_before": 0, "added": len(st.seeds), "pool": len(st.seeds), "candidates": 0,

@@ -177,14 +177,14 @@ def token_neighbours(tokens: dict[str, str], model: str, placeholder: str, out_c
 
 def coti(cls: str, classes: str, manifest: str, seeds_csv: str, ti_embeds: str, classifier: str, model: str,
          ti_cfg: dict, coti_cfg: dict, sampling_cfg: dict, seed: int, cycle_dir: str, embeds_out: str,
-         cycles_out: str, candidates_out: str, preview_out: str, meta: str) -> None:
+         cycles_out: str, candidates_out: str, preview_out: str, meta: str, features: str | None = None) -> None:
     from .coti import train_coti
 
     side = Sidecar(seed)
     name = read_json(classes)["names"][cls]
     side.write(meta, **train_coti(model, cls, name, manifest, seeds_csv, ti_embeds, classifier, ti_cfg, coti_cfg,
                                   sampling_cfg, seed, cycle_dir, embeds_out, cycles_out, candidates_out,
-                                  preview_out))
+                                  preview_out, features=features))
 
 
 def lora(cls: str, kind: str, classes: str, seeds_csv: str, model: str, lora_cfg: dict, seed: int,

@@ -12,6 +12,7 @@ smk.run(
     seeds_csv=snakemake.input.seeds,
     ti_embeds=snakemake.input.embeds,
     classifier=snakemake.input.model,
+    features=snakemake.input.features,
     model=snakemake.params.model,
     ti_cfg=snakemake.params.ti,
     coti_cfg=snakemake.params.coti,
