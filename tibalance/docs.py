@@ -242,13 +242,14 @@ def cpu_name(cpu: dict) -> str:
 
 def merge_times(records: list[dict], timed: dict) -> list[dict]:
     """records with a time_make.py file's successful runs in: each replaces the
-    record of the same target on the same kind of CPU."""
+    record of the same target on the same kind of CPU (with the file's `note`,
+    if it has one: what else shared the machine)."""
     out = list(records)
     for run in timed["runs"]:
         if run["rc"] != 0:
             continue
         new = {"target": run["target"], "seconds": run["seconds"], "commit": timed["commit"],
-               "date": timed["date"], "cpu": timed["cpu"]}
+               "date": timed["date"], "cpu": timed["cpu"], **({"note": timed["note"]} if timed.get("note") else {})}
         out = [r for r in out if not (r["target"] == new["target"] and cpu_kind(r["cpu"]) == cpu_kind(new["cpu"]))]
         out.append(new)
     return out
