@@ -186,7 +186,11 @@ def _cycle(st: _Study, cycle: int, state: dict, d: Path) -> dict:
     return {"pool": pool, "lr": lr, "phi": phi, "embeds": str(d / "learned_embeds.safetensors"), "row": row}
 
 
-def _key(st: _Study, ti_embeds: str, classifier: str) -> str:
+# names how candidates are scored: a change of the scoring changes it, and no cycle scored otherwise is resumed
+SCORING = "s_con: least cosine to the pool; s_aes: the filter's k-NN on-class score"
+
+
+def _key(st: _Study, ti_embeds: str, classifier: str, features: str | None) -> str:
     """Everything the first cycle's result depends on (each later cycle chains on it)."""
     from .generator import model_digest
 
@@ -194,6 +198,7 @@ def _key(st: _Study, ti_embeds: str, classifier: str) -> str:
                         "seeds": [[p, file_digest(p)] for p in st.seeds],
                         "unused": [[p, file_digest(p)] for p in st.unused],
                         "token": file_digest(ti_embeds), "classifier": file_digest(classifier),
+                        "features": file_digest(features) if features else None, "scoring": SCORING,
                         "ti": {k: v for k, v in st.ti.items() if k != "log_every"},
                         "coti": {k: v for k, v in st.c.items() if k != "cycles"},  # more cycles keep those run
                         "sampling": {k: v for k, v in st.sampling.items() if k not in ("n_images", "strength")},
@@ -217,7 +222,7 @@ def train_coti(model: str, cls: str, cls_name: str, manifest: str, seeds_csv: st
         raise TibalanceError(f"coti: class {cls}: cycles, per_cycle and generated must each be at least 1 ({c})")
     st = _Study(model, cls, cls_name, manifest, seeds_csv, classifier, ti, c, dict(sampling_settings or {}), seed,
                 features)
-    key = _key(st, ti_embeds, classifier)
+    key = _key(st, ti_embeds, classifier, features)
     state = {"pool": list(st.seeds), "lr": float(c["lr"] or ti["lr"]), "phi": None, "embeds": ti_embeds,
              "row": {"cycle": 0, "pool_before": 0, "added": len(st.seeds), "pool": len(st.seeds), "candidates": 0,
                      "lr": float(ti["lr"]), "steps": int(ti["steps"]), "frozen": False}}
