@@ -194,3 +194,63 @@ def test_an_interrupted_write_leaves_no_image_a_rerun_would_reuse(tmp_path, monk
     m = build_manifest(cfg, 0, out / "m.csv", out / "c.json", out / "s.csv", out / "img")
     assert all(check_image(p) is None for p in m["path"])
     assert not list((out / "img").rglob("*.tmp"))
+
+
+def test_bad_image_files_are_skipped_with_their_reason_or_read_right(tmp_path):
+    """The catalogue of bad files in a dataset folder: each is skipped and listed
+    with its reason (zero bytes, truncated, not an image, too many pixels - from
+    its header, never decoded -, a link out of the folder), or read right (CMYK,
+    16-bit, a palette with transparency: an 8-bit RGB copy the loaders read)."""
+    import os
+
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    a = root / "a"
+    (a / "zero.png").write_bytes(b"")
+    (a / "truncated.png").write_bytes((a / "0.png").read_bytes()[:60])
+    (a / "notes.jpg").write_text("not an image at all\n")
+    Image.new("1", (20000, 20000)).save(a / "huge.png")  # 400 M px, a few kB of PNG
+    outside = tmp_path / "elsewhere.png"
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(outside)
+    os.symlink(outside, a / "link_out.png")
+    os.symlink(a / "1.png", a / "link_in.png")  # a link within the folder is an image like any other
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(a / "cmyk.jpg", quality=100)  # pure red in CMYK
+    Image.fromarray(np.full((16, 16), 32768, np.uint16)).save(a / "deep.png")  # 16-bit grey at half scale
+    pal = Image.new("P", (16, 16), 1)
+    pal.putpalette([0, 0, 255] + [255, 0, 0] * 255)
+    pal.paste(0, (0, 0, 8, 16))  # the left half index 0: blue, declared transparent
+    pal.save(a / "palette.png", transparency=0)
+
+    reasons = {name: check_image(a / name, root) for name in ("zero.png", "truncated.png", "notes.jpg", "huge.png",
+                                                              "link_out.png", "link_in.png", "cmyk.jpg", "deep.png",
+                                                              "palette.png")}
+    assert reasons["zero.png"] == "an empty file (0 bytes)"
+    assert reasons["truncated.png"] and reasons["notes.jpg"].startswith("UnidentifiedImageError")
+    assert reasons["huge.png"] == "20000 x 20000 px is over data.max_pixels (64000000): not decoded"
+    assert reasons["link_out.png"].startswith("a link out of the dataset folder")
+    assert reasons["link_in.png"] is reasons["cmyk.jpg"] is reasons["deep.png"] is reasons["palette.png"] is None
+
+    out = tmp_path / "out"
+    cfg = {"source": "imagefolder", "root": str(root), "val_fraction": 0.25, "test_fraction": 0.25,
+           "imbalance": {"type": "none"}}
+    m = build_manifest(cfg, 0, out / "m.csv", out / "c.json", out / "s.csv", out / "img")
+    skipped = pd.read_csv(out / "s.csv").set_index("path")["reason"]
+    assert sorted(skipped.index) == sorted(str(a / n) for n in ("zero.png", "truncated.png", "notes.jpg",
+                                                               "huge.png", "link_out.png"))
+    assert skipped[str(a / "huge.png")] == reasons["huge.png"]
+
+    def read(stem):
+        path = m[m["path"].str.contains(f"/{stem}")]["path"]
+        assert len(path) == 1 and "/converted/" in path.iloc[0], (stem, list(path))
+        return np.asarray(Image.open(path.iloc[0]))
+
+    assert read("deep-").shape == (16, 16, 3) and (read("deep-") == 128).all()  # scaled, not clipped to white
+    cmyk = read("cmyk-").astype(int)
+    assert (cmyk[..., 0] > 240).all() and (cmyk[..., 1:] < 15).all()  # red
+    pal_px = read("palette-")
+    assert (pal_px[:, :8] == 255).all() and (pal_px[:, 8:] == [255, 0, 0]).all()  # transparent -> white
+    assert str(a / "0.png") in set(m["path"]) and str(a / "link_in.png") in set(m["path"])  # plain RGB: as is

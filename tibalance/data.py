@@ -3,6 +3,7 @@
 screening; the judge's pool and the oracle's set from the images left out."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -103,16 +104,62 @@ def apply_imbalance(rec: pd.DataFrame, order: list[str], imb: dict, seed: int) -
 
 # --------------------------------------------------------------------------- materialise
 
-def check_image(path: str | os.PathLike) -> str | None:
-    """None if the file decodes as an image, else a short reason."""
+# the most pixels an image may have (data.max_pixels' default): a 20,000 x 20,000
+# photo (400 M px, ~1.2 GB decoded) is refused from its header, never decoded
+MAX_PIXELS = 64_000_000
+
+
+def check_image(path: str | os.PathLike, root: str | os.PathLike | None = None,
+                max_pixels: int = MAX_PIXELS) -> str | None:
+    """None if the file decodes as an image, else a short reason: a link
+    leading out of the dataset's folder (root), an empty file, a size over
+    max_pixels (read from the header: refused before decoding), a file no
+    decoder reads or one that ends early."""
+    p = Path(path)
+    if root is not None and p.is_symlink():
+        target, base = p.resolve(), Path(root).resolve()
+        if base not in target.parents:
+            return f"a link out of the dataset folder (to {target})"
     try:
-        with Image.open(path) as im:
+        if p.stat().st_size == 0:
+            return "an empty file (0 bytes)"
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # the header only: this function's own limit, with its own message
+        try:
+            im = Image.open(p)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+        with im:
+            if im.width * im.height > max_pixels:
+                return f"{im.width} x {im.height} px is over data.max_pixels ({max_pixels}): not decoded"
             im.load()
             if im.width < 1 or im.height < 1:
                 return "empty image"
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
         return f"{type(e).__name__}: {e}".splitlines()[0][:200]
     return None
+
+
+def needs_conversion(im: Image.Image) -> bool:
+    """Whether the loaders' plain convert("RGB") would get the image wrong:
+    16- and 32-bit samples (clipped to white), transparency (dropped onto the
+    palette's colours), CMYK."""
+    return im.mode not in ("RGB", "L", "1") or "transparency" in im.info
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """The image as 8-bit RGB: 16-bit (and 32-bit) samples scaled to 0-255 by
+    their type's range, transparent areas composited onto white, CMYK and
+    palettes converted."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        return Image.fromarray(np.clip(np.rint(a / top * 255.0), 0, 255).astype(np.uint8)).convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
 
 
 def build_manifest(data_cfg: dict, seed: int, out_manifest: str, out_classes: str,
@@ -160,7 +207,8 @@ def _select(data_cfg: dict, seed: int):
     order = list(src.names)
     skipped = []
     if not src.arrays:  # file-based: screen unreadable files before any split is drawn
-        reasons = [check_image(p) for p in src.records["ref"]]
+        root, most = data_cfg.get("root"), int(data_cfg.get("max_pixels") or MAX_PIXELS)
+        reasons = [check_image(p, root, most) for p in src.records["ref"]]
         for (split, cls, ref), reason in zip(src.records[["split", "label", "ref"]].itertuples(index=False), reasons):
             if reason:
                 log.warning("skipping unreadable image %s (%s)", ref, reason)
@@ -183,7 +231,15 @@ def _materialise(src: SourceData, rec: pd.DataFrame, image_dir: str) -> list[tup
             if not path.exists():  # written whole or not at all (save_image_atomic)
                 save_image_atomic(Image.fromarray(arr), path)
             rows.append((str(path), cls, split))
-        else:
+        else:  # a file the loaders would misread (16-bit, alpha, CMYK): an 8-bit RGB copy, written once
+            with Image.open(ref) as im:
+                if needs_conversion(im):
+                    tag = hashlib.sha1(str(ref).encode()).hexdigest()[:8]  # two files of one name stay two
+                    path = Path(image_dir) / "converted" / split / cls / f"{Path(ref).stem}-{tag}.png"
+                    if not path.exists():
+                        save_image_atomic(to_rgb(im), path)
+                    log.info("%s (%s) read as 8-bit RGB: %s", ref, im.mode, path)
+                    ref = str(path)
             rows.append((ref, cls, split))
     return rows
 
