@@ -7,7 +7,7 @@ CORES     ?= all
 PROFILE   ?= profiles/cpu
 FMNIST    := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo verdict rehearsal test lint install demo-data clean-demo docs
+.PHONY: demo verdict demo-lt rehearsal test lint install demo-data clean-demo docs
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,18 @@ verdict: install demo-data
 	$(SNAKEMAKE) --configfile config/demo.yaml $$extra config/demo-replicates.yaml --report results/report.html && \
 	echo "" && echo "Verdict finished (3 replicates of the adaptation): results/tables/verdict.md, results/tables/significance.md," && \
 	echo "results/tables/summary.md, results/tables/cost.md (what a replicate costs); the report: results/report.html"
+
+# the demo's study long-tailed (config/demo-lt.yaml: Fashion-MNIST at imbalance
+# factor 100, its two few-shot classes weak, the long-tail yardsticks), in
+# demo-lt/ beside the demo's own results/
+demo-lt: install demo-data
+	@extra=""; [ -f $(FMNIST) ] || extra="$(CURDIR)/config/demo-download.yaml"; \
+	$(SNAKEMAKE) -s $(CURDIR)/Snakefile --directory demo-lt --configfile $(CURDIR)/config/demo.yaml $$extra \
+		$(CURDIR)/config/demo-lt.yaml --workflow-profile $(CURDIR)/$(PROFILE) --cores $(CORES) && \
+	$(SNAKEMAKE) -s $(CURDIR)/Snakefile --directory demo-lt --configfile $(CURDIR)/config/demo.yaml $$extra \
+		$(CURDIR)/config/demo-lt.yaml --report $(CURDIR)/demo-lt/results/report.html && \
+	echo "" && echo "Long-tailed demo finished: demo-lt/results/tables/summary.md (acc_many, acc_medium, acc_few)," && \
+	echo "demo-lt/results/tables/verdict.md; the report: demo-lt/results/report.html"
 
 # the real study's shapes on a CPU (config/rehearsal.yaml): SD 1.5's architecture
 # with random weights at 512 px, ResNet-50 at 224 px, photo-sized JPEGs drawn

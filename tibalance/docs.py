@@ -5,6 +5,7 @@ doc may use (rules, methods, modes, config keys) from the code.
 
     python -m tibalance.docs config            -> config/README.md
     python -m tibalance.docs demo [results]    -> docs/demo.md's tables from a run
+    python -m tibalance.docs demo-lt [results] -> docs/demo-lt.md's, from make demo-lt's (demo-lt/results)
     python -m tibalance.docs times FILE...     -> docs/times.json, and from it the times
                                                   in docs/performance.md and README.md
                                                   (FILE: benchmarks/time_make.py's record)
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "config" / "schema.yaml"
 CONFIG_DOC = ROOT / "config" / "README.md"
 DEMO_DOC = ROOT / "docs" / "demo.md"
+DEMO_LT_DOC = ROOT / "docs" / "demo-lt.md"
 TIMES = ROOT / "docs" / "times.json"
 PERF_DOC = ROOT / "docs" / "performance.md"
 README = ROOT / "README.md"
@@ -332,6 +334,10 @@ def main(argv: list[str]) -> int:
         (ROOT / "docs" / "img").mkdir(exist_ok=True)
         shutil.copyfile(plot, ROOT / "docs" / "img" / plot.name)
         print(f"wrote {DEMO_DOC.relative_to(ROOT)} from {results} ({run_stamp(results)})")
+    elif what == "demo-lt":  # the long-tailed demo's page (make demo-lt's folder)
+        results = Path(argv[1]) if len(argv) > 1 else ROOT / "demo-lt" / "results"
+        DEMO_LT_DOC.write_text(fill_demo_tables(DEMO_LT_DOC, results))
+        print(f"wrote {DEMO_LT_DOC.relative_to(ROOT)} from {results} ({run_stamp(results)})")
     elif what == "times":
         write_times(argv[1:])
         print(f"wrote {TIMES.relative_to(ROOT)}, the times in {PERF_DOC.relative_to(ROOT)} and README.md")
