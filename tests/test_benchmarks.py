@@ -27,7 +27,7 @@ def test_gpu_checks_reduced_form_measures_every_generative_stage(tmp_path):
     assert all(r["peak_rss_mib"] > 0 for r in bench["rows"])
     text = (tmp_path / "projection.md").read_text()
     assert "config.yaml, 10 weak class(es)" in text and "| textual_inversion | 1 |" in text
-    assert "| sampling raw, ti, lora, ti_lora | 4 |" in text and "CPU-hours" in text
+    assert "| sampling raw, ti, lora, ti_lora, diff_ii, coti | 6 |" in text and "CPU-hours" in text
 
 
 def test_projection_arithmetic():

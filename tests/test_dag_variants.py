@@ -44,6 +44,7 @@ def test_replicates_remake_each_adaptation_and_seed_k_trains_on_replicate_k(tiny
         ("retrain", "method=lora_i2i, seed=1"),
         # replicate 0's grid, FID and judge show the study's modes: fewer methods here, fewer rows
         ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}"), ("judge", f"cls={cls}"),
+        ("token_neighbours", f"cls={cls}"),  # the words nearest its tokens: without coti, the TI token's only
         ("report", ""), ("cost", ""), ("all", "")]), p.stdout
     block = _job_block(p.stdout, "retrain")
     assert "results/samples/ti/triangle/rep1/filtered.csv" in block and "samples/ti/triangle/filtered.csv" not in block
@@ -73,6 +74,7 @@ def test_replicates_remake_each_adaptation_and_seed_k_trains_on_replicate_k(tiny
         [(r, f"cls={cls}{x}") for r in ("textual_inversion",) for x in ("", f", {rep}")]
         + [(r, f"mode=ti, cls={cls}{x}") for r in ("sample", "filter_samples") for x in ("", f", {rep}")]
         + [("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]  # replicate 0's
+        + [("token_neighbours", f"cls={cls}")]  # replicate 0's token's nearest words
         + [("retrain", "method=ti, seed=0"), ("retrain", "method=ti, seed=1"),
            ("report", ""), ("cost", ""), ("all", "")]), jobs
 

@@ -23,7 +23,7 @@ PROFILE = REPO / "profiles" / "slurm"
 SLURM_ARGS = ["--workflow-profile", str(PROFILE), "--slurm-no-account", "--slurm-status-command", "squeue",
               "--slurm-init-seconds-before-status-checks", "1", "--max-threads", "1"]
 LOCAL_RULES = {"all", "analyse_confusion", "sample_grid", "report", "cost"}
-GPU_RULES = {"textual_inversion", "lora", "invert", "sample", "train_baseline", "retrain", "retrain_ablation", "fid",
+GPU_RULES = {"textual_inversion", "coti", "lora", "invert", "sample", "train_baseline", "retrain", "retrain_ablation", "fid",
              "train_judge"}
 
 
