@@ -204,3 +204,53 @@ def torchvision_resnet18_keys():
     m = models.resnet18()
     m.fc = nn.Linear(m.fc.in_features, 10)
     return m.state_dict().keys()
+
+
+@pytest.mark.parametrize("kind", ["baseline", "retrain", "judge"])
+def test_a_killed_training_resumes_to_the_same_weights(tmp_path, kind, caplog):
+    """Every classifier training (the baseline: files, standard augmentation; a
+    retraining run: the baseline fine-tuned above frozen stages, flip views,
+    swapped-in alternatives and class weights from its second epoch; the judge:
+    images in memory) killed after an epoch goes on from its checkpoint to the
+    weights of a run never stopped, bit for bit; a finished run leaves no
+    checkpoint, and one made for other images is not taken up."""
+    paths = random_images(tmp_path, 12, 20, seed=3)
+    labels = ["a", "b", "c"] * 4
+    cfg = {"arch": "resnet18", "image_size": 16, "epochs": 2, "batch_size": 4, "lr": 0.05}
+    kw = {}
+    if kind == "judge":
+        cfg["input"] = "memory"
+    if kind == "retrain":
+        base = train_classifier(paths, labels, ["a", "b", "c"], cfg, 0)
+        base.save(tmp_path / "base.pt")
+        cfg.update(freeze_below="layer4", augment="flip")
+        kw = dict(init=str(tmp_path / "base.pt"), augment_flags=[i % 2 == 0 for i in range(12)],
+                  alternatives=[paths[:2] if lab == "a" else None for lab in labels], replace_p=0.5,
+                  class_weights=[0.5, 1.0, 1.5], weight_from_epoch=1)
+    whole = train_classifier(paths, labels, ["a", "b", "c"], cfg, 7, **kw)
+    ck = tmp_path / "resume" / "ck.pt"
+    assert train_classifier(paths, labels, ["a", "b", "c"], cfg, 7, checkpoint=str(ck), stop_after_epoch=1,
+                            **kw) is None
+    assert ck.exists()
+    torch.manual_seed(123)  # whatever the global RNGs hold when the job starts again
+    np.random.seed(5)
+    with caplog.at_level("INFO", logger="tibalance.training"):
+        resumed = train_classifier(paths, labels, ["a", "b", "c"], cfg, 7, checkpoint=str(ck), **kw)
+    assert f"resuming from {ck} after epoch 1" in caplog.text  # went on; did not start again
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not ck.exists()
+    if kind != "baseline":
+        return
+    # a checkpoint of other images is ignored: the run starts again from epoch 0
+    train_classifier(paths, labels, ["a", "b", "c"], cfg, 7, checkpoint=str(ck), stop_after_epoch=1, **kw)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tibalance.training"):
+        other = train_classifier(paths[::-1], labels[::-1], ["a", "b", "c"], cfg, 7, checkpoint=str(ck),
+                                 **{**kw, **({"augment_flags": kw["augment_flags"][::-1],
+                                              "alternatives": kw["alternatives"][::-1]} if kw else {})})
+    assert "ignoring" in caplog.text and "resuming" not in caplog.text
+    fresh = train_classifier(paths[::-1], labels[::-1], ["a", "b", "c"], cfg, 7,
+                             **{**kw, **({"augment_flags": kw["augment_flags"][::-1],
+                                          "alternatives": kw["alternatives"][::-1]} if kw else {})})
+    assert all(torch.equal(other.model.state_dict()[k], fresh.model.state_dict()[k]) for k in a)

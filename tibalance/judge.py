@@ -10,6 +10,7 @@ others go, and, for reference, its share on the class's real val images."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,7 +77,8 @@ def train_judge(pool_csv: str, manifest: str, classes: str, clf_cfg: dict, seed:
 
     pool = pd.read_csv(pool_csv, dtype=str)
     order = read_json(classes)["classes"]
-    clf = train_classifier(pool["path"], pool["label"], order, clf_cfg, seed, progress_desc="judge")
+    clf = train_classifier(pool["path"], pool["label"], order, clf_cfg, seed, progress_desc="judge",
+                           checkpoint=str(Path(model_out).parent / "resume" / "judge.pt"))
     clf.save(model_out)
     pred = evaluate(clf, load_manifest(manifest), splits=("val",))
     pc = per_class_metrics(pred["label"], pred["pred"], order).set_index("class")

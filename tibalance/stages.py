@@ -33,7 +33,8 @@ def train_baseline(manifest: str, classes: str, clf_cfg: dict, seed: int,
     m = load_manifest(manifest)
     order = read_json(classes)["classes"]
     train = m[m["split"] == "train"]
-    clf = train_classifier(train["path"], train["label"], order, clf_cfg, seed, progress_desc="baseline")
+    clf = train_classifier(train["path"], train["label"], order, clf_cfg, seed, progress_desc="baseline",
+                           checkpoint=str(Path(model_out).parent / "resume" / "baseline.pt"))
     clf.save(model_out)
     pred = evaluate(clf, m)
     write_csv(pred, predictions_out)
@@ -409,7 +410,8 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str,
     weighting = _weighting(method, ts, order, clf_cfg, retrain_cfg)
     clf = train_classifier(ts["path"], ts["label"], order, clf_cfg, seed, augment_flags=ts["classic"],
                            progress_desc=f"{method} seed {seed}", alternatives=ts["alternatives"],
-                           replace_p=swap_p, init=init_model, frozen_cache=frozen_cache, **weighting)
+                           replace_p=swap_p, init=init_model, frozen_cache=frozen_cache, **weighting,
+                           checkpoint=str(Path(metrics_out).parent / "resume" / "checkpoint.pt"))
     frozen = None
     if frozen_cache:
         from .frozen import open_features

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import random
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
@@ -54,11 +58,73 @@ def freeze_stages(model: nn.Module, below: str | None, has_start: bool) -> list[
 AUGMENTS = ("standard", "flip")
 
 
+class EpochCheckpoint:
+    """A classifier training's resumable state at an epoch's end (model,
+    optimiser, schedule, the loader's generator and every global RNG), written
+    atomically to `path`; taken up only when its fingerprint (settings, seed,
+    the training set, the start) matches. A preempted or killed job goes on
+    after its last saved epoch, to the same weights as a run never stopped."""
+
+    def __init__(self, path: str | None, key: dict):
+        from .util import fingerprint
+
+        self.path = Path(path) if path else None
+        self.fp = fingerprint(key)
+
+    def restore(self, model, opt, sched, g) -> int:
+        """The epochs already done (0 without a matching checkpoint)."""
+        if self.path is None or not self.path.exists():
+            return 0
+        ck = torch.load(self.path, map_location="cpu", weights_only=False)
+        if ck.get("fingerprint") != self.fp:
+            log.info("ignoring %s: made with other settings or images", self.path)
+            return 0
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        g.set_state(ck["g"])
+        torch.set_rng_state(ck["torch_rng"])
+        np.random.set_state(ck["np_rng"])
+        random.setstate(ck["py_rng"])
+        log.info("resuming from %s after epoch %d", self.path, ck["epochs"])
+        return int(ck["epochs"])
+
+    def save(self, epochs: int, model, opt, sched, g) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"fingerprint": self.fp, "epochs": epochs, "model": model.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "g": g.get_state(), "torch_rng": torch.get_rng_state(),
+                    "np_rng": np.random.get_state(), "py_rng": random.getstate()}, tmp)
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+
+def _checkpoint_key(paths, labels, classes, cfg, seed, augment_flags, alternatives, replace_p, init, frozen_cache,
+                    class_weights, weight_from_epoch) -> dict:
+    """What a training's result depends on (its checkpoint's key)."""
+    from .util import file_digest
+
+    flags = None if augment_flags is None else [bool(f) for f in augment_flags]
+    alts = None if alternatives is None else [list(a) if a else None for a in alternatives]
+    return {"paths": [str(p) for p in paths], "labels": [str(x) for x in labels], "classes": list(classes),
+            "cfg": {k: v for k, v in cfg.items() if k not in ("checkpoint_every", "num_workers")}, "seed": seed,
+            "flags": flags, "alternatives": alts, "replace_p": replace_p,
+            "init": file_digest(init) if init else None,
+            "frozen_cache": file_digest(frozen_cache) if frozen_cache else None,
+            "class_weights": class_weights, "weight_from_epoch": weight_from_epoch}
+
+
 def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                      augment_flags=None, progress_desc: str = "train", alternatives=None,
                      replace_p: float = 0.0, init: str | None = None,
                      frozen_cache: str | None = None, class_weights: list[float] | None = None,
-                     weight_from_epoch: int = 0) -> TrainedClassifier:
+                     weight_from_epoch: int = 0, checkpoint: str | None = None,
+                     stop_after_epoch: int | None = None) -> TrainedClassifier | None:
     """Train a ResNet on (paths, labels); labels are class slugs.
 
     cfg: arch, pretrained, image_size, epochs, batch_size, lr, momentum,
@@ -74,7 +140,14 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     class_weights: the cross-entropy's per-class weights (in `classes` order)
     from epoch weight_from_epoch (0-based) on; the plain loss before it
     (deferred re-weighting).
+    checkpoint: a file the state is saved to every cfg checkpoint_every epochs
+    (1 unset) and resumed from (EpochCheckpoint); removed when the training ends.
+    stop_after_epoch: stop after that many epochs, saved, returning None (tests: a kill).
     """
+    paths, labels = list(paths), list(labels)
+    resume = EpochCheckpoint(checkpoint, _checkpoint_key(
+        paths, labels, classes, cfg, seed, augment_flags, alternatives, replace_p, init, frozen_cache,
+        class_weights, weight_from_epoch)) if checkpoint else None
     seed_everything(seed)
     device = pick_device(cfg.get("device", "auto"))
     index = {c: i for i, c in enumerate(classes)}
@@ -130,11 +203,13 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     weighted = crit if class_weights is None else nn.CrossEntropyLoss(
         weight=torch.tensor(class_weights, dtype=torch.float32, device=device), label_smoothing=smoothing)
     amp = autocast_bf16(device, cfg.get("mixed_precision", "auto"), "classifier.mixed_precision")
+    done = resume.restore(model, opt, sched, g) if resume else 0
+    every = max(1, int(cfg.get("checkpoint_every") or 1))
     model.train()
     for m in frozen:  # frozen stages keep their BatchNorm statistics too
         m.eval()
-    bar = tqdm(total=total, desc=progress_desc, mininterval=2.0)
-    for epoch in range(epochs):
+    bar = tqdm(total=total, initial=done * len(loader), desc=progress_desc, mininterval=2.0)
+    for epoch in range(done, epochs):
         loss_fn = weighted if epoch >= weight_from_epoch else crit
         if class_weights is not None and epoch == weight_from_epoch:
             log.info("epoch %d: the loss weighted per class from here on", epoch)
@@ -150,6 +225,14 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
             sched.step()
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
             bar.update()
+        stop = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
+        if resume and (stop or ((epoch + 1) % every == 0 and epoch + 1 < epochs)):
+            resume.save(epoch + 1, model, opt, sched, g)
+        if stop:
+            bar.close()
+            return None
     bar.close()
+    if resume:
+        resume.remove()
     model.eval()
     return TrainedClassifier(model, list(classes), cfg["arch"], size)
