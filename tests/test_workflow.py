@@ -182,8 +182,9 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
         for token, grp in near.groupby("token"):
             assert list(grp["rank"]) == list(range(5)) and grp.cosine.is_monotonic_decreasing
         cells = pd.read_csv(res / "tables/per_class.csv", dtype=str, keep_default_na=False).set_index("class")
-        ti = near[near.token == "ti"]
-        assert cells.loc[cls, "ti_nearest_words"] == ", ".join(f"{w} {c:.2f}" for w, c in zip(ti.word, ti.cosine))
+        for token, column in (("ti", "ti_nearest_words"), ("coti", "coti_nearest_words")):
+            rows = near[near.token == token]
+            assert cells.loc[cls, column] == ", ".join(f"{w} {c:.2f}" for w, c in zip(rows.word, rows.cosine))
         # each mode's kept images' diversity (mean pairwise cosine distance, the filter's feature space)
         for mode in ("raw", "ti", "diff_ii", "coti"):
             meta = json.loads((res / f"samples/{mode}/{cls}/filter.meta.json").read_text())
