@@ -131,3 +131,40 @@ def test_mixed_precision_pretraining_computes_in_bf16_with_fp32_weights(pretrain
 
     weights = load_file(str(tmp_path / "sd/unet/diffusion_pytorch_model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+def test_a_killed_pretraining_phase_resumes_to_the_same_weights(tiny_run, tmp_path):
+    """Each phase (the VAE; the UNet and text encoder with their EMA) stopped
+    half-way goes on from its checkpoint to the weights of a run never stopped."""
+    from safetensors.torch import load_file
+
+    from tibalance.pretrain import pretrain_unet, pretrain_vae
+
+    wd, _ = tiny_run
+    classes = json.loads((wd / "results/data/classes.json").read_text())
+    cfg = {"vae_steps": 6, "unet_steps": 6, "batch_size": 8, "warmup_steps": 2, "lr": 2e-3}
+    cwd = os.getcwd()
+    os.chdir(wd)  # manifest paths are relative to the run directory
+    try:
+        args = ("results/data/manifest.csv", classes)
+        pretrain_vae(*args, str(tmp_path / "v1"), ARCH, cfg, 0)
+        ck = tmp_path / "ck" / "vae.pt"
+        assert pretrain_vae(*args, str(tmp_path / "v2"), ARCH, cfg, 0, resume=str(ck), stop_after=3) is None
+        pretrain_vae(*args, str(tmp_path / "v2"), ARCH, cfg, 0, resume=str(ck))
+        assert not ck.exists()
+        a, b = (load_file(tmp_path / v / "vae" / "diffusion_pytorch_model.safetensors") for v in ("v1", "v2"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        pretrain_unet(*args, str(tmp_path / "v1"), str(tmp_path / "u1"), ARCH, cfg, 0)
+        ck = tmp_path / "ck" / "unet.pt"
+        assert pretrain_unet(*args, str(tmp_path / "v1"), str(tmp_path / "u2"), ARCH, cfg, 0, resume=str(ck),
+                             stop_after=3) is None
+        pretrain_unet(*args, str(tmp_path / "v1"), str(tmp_path / "u2"), ARCH, cfg, 0, resume=str(ck),
+                      loss_out=str(tmp_path / "l2.csv"))
+    finally:
+        os.chdir(cwd)
+    for part in ("unet", "text_encoder"):  # the saved (EMA) weights
+        name = "diffusion_pytorch_model.safetensors" if part == "unet" else "model.safetensors"
+        a, b = (load_file(tmp_path / u / part / name) for u in ("u1", "u2"))
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    loss = pd.read_csv(tmp_path / "l2.csv")
+    assert list(loss[loss.phase == "unet"].step) == list(range(1, 7))  # the resumed run's history is whole

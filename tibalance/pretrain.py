@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,55 @@ class _EMA:
 
 
 VAE_DIR, RNG_FILE, VAE_LOSS = "vae", "pretrain_rng.pt", "vae_loss.csv"
+CHECKPOINT_EVERY = 200  # steps (generator.pretrain.checkpoint_every): a killed phase loses at most these
+
+
+class _StepCheckpoint:
+    """A pretraining phase's resumable state every `every` steps (its modules,
+    optimiser, schedule, the random generator, the loss history; the EMA's
+    copies), written atomically to `path`; taken up only under the same key
+    (settings, architecture, seed, images, the VAE it builds on)."""
+
+    def __init__(self, path: str | None, key: dict, every: int):
+        from .util import fingerprint
+
+        self.path, self.fp, self.every = (Path(path) if path else None), fingerprint(key), max(1, int(every))
+
+    def restore(self, modules: list, opt, sched, gen) -> tuple[int, list]:
+        if self.path is None or not self.path.exists():
+            return 0, []
+        ck = torch.load(self.path, map_location="cpu", weights_only=False)
+        if ck.get("fingerprint") != self.fp:
+            log.info("ignoring %s: made with other settings or images", self.path)
+            return 0, []
+        for m, state in zip(modules, ck["modules"], strict=True):
+            m.load_state_dict(state)
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        gen.set_state(ck["gen"])
+        log.info("resuming from %s at step %d", self.path, ck["step"])
+        return int(ck["step"]), [tuple(h) for h in ck["history"]]
+
+    def maybe_save(self, step: int, steps: int, modules: list, opt, sched, gen, history: list,
+                   stop_after: int | None = None) -> bool:
+        """Save at every `every` steps (not the last) and at stop_after; True when the run stops here."""
+        stop = stop_after is not None and step >= stop_after
+        if self.path is not None and (stop or (step % self.every == 0 and step < steps)):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            torch.save({"fingerprint": self.fp, "step": step, "modules": [m.state_dict() for m in modules],
+                        "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                        "history": history}, tmp)
+            os.replace(tmp, self.path)
+        return stop
+
+    def remove(self) -> None:
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+
+def _images_key(man: pd.DataFrame) -> list:
+    return [[p, os.path.getsize(p)] for p in man["path"]]
 
 
 def _setup(manifest_csv: str, classes_json: dict, arch_cfg: dict, cfg: dict, seed: int):
@@ -109,11 +159,14 @@ def _autocast_factory(device, c):
 
 
 def pretrain_vae(manifest_csv: str, classes_json: dict, out_dir: str, arch_cfg: dict, cfg: dict, seed: int,
-                 device: torch.device | str = "cpu") -> dict:
+                 device: torch.device | str = "cpu", resume: str | None = None,
+                 stop_after: int | None = None) -> dict | None:
     """Phase 1: the VAE learns to reconstruct the majority classes' images; its
     latent scale is measured (SD's scaling_factor). Writes out_dir/vae (the
     VAE, save_pretrained), the random generator's state for phase 2 and the
-    loss history. It needs no UNet: the workflow runs it beside the baseline."""
+    loss history. It needs no UNet: the workflow runs it beside the baseline.
+    resume: a checkpoint file (every checkpoint_every steps) a killed run goes
+    on from; stop_after: stop there, saved, returning None (tests: a kill)."""
     device = torch.device(device)
     c, pipe, res, keep, man = _setup(manifest_csv, classes_json, arch_cfg, cfg, seed)
     gen = torch.Generator().manual_seed(seed)
@@ -128,7 +181,10 @@ def pretrain_vae(manifest_csv: str, classes_json: dict, out_dir: str, arch_cfg: 
     opt = torch.optim.AdamW(vae.parameters(), lr=float(c["vae_lr"]), weight_decay=0.0, fused=True)
     steps = int(c["vae_steps"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(50, steps // 10 + 1), steps))
-    for step in tqdm(range(1, steps + 1), desc="pretrain VAE", mininterval=5.0):
+    ck = _StepCheckpoint(resume, {"phase": "vae", "cfg": c, "arch": arch_cfg, "seed": seed, "keep": keep,
+                                  "images": _images_key(man)}, c.get("checkpoint_every", CHECKPOINT_EVERY))
+    start, history = ck.restore([vae], opt, sched, gen)
+    for step in tqdm(range(start + 1, steps + 1), desc="pretrain VAE", mininterval=5.0, initial=start, total=steps):
         idx = torch.randint(0, len(x_all), (bs,), generator=gen)
         x = x_all[idx]
         if c["hflip"]:
@@ -146,6 +202,9 @@ def pretrain_vae(manifest_csv: str, classes_json: dict, out_dir: str, arch_cfg: 
         opt.step()
         sched.step()
         history.append(("vae", step, float(loss.item())))
+        if ck.maybe_save(step, steps, [vae], opt, sched, gen, history, stop_after):
+            return None
+    ck.remove()
     vae.eval().requires_grad_(False)
     lat_mean, _ = _encode(vae, x_all, device)
     n_rec = min(256, len(x_all))
@@ -176,11 +235,13 @@ def _encode(vae, x, device):
 
 
 def pretrain_unet(manifest_csv: str, classes_json: dict, vae_dir: str, out_dir: str, arch_cfg: dict, cfg: dict,
-                  seed: int, device: torch.device | str = "cpu", loss_out: str | None = None) -> dict:
+                  seed: int, device: torch.device | str = "cpu", loss_out: str | None = None,
+                  resume: str | None = None, stop_after: int | None = None) -> dict | None:
     """Phase 2: with phase 1's VAE (vae_dir, from pretrain_vae), UNet and text
     encoder learn to denoise latents conditioned on "a photo of a <class
     name>", captions dropped for classifier-free guidance, an EMA of the
-    weights saved. Writes the whole pipeline to out_dir (save_pretrained)."""
+    weights saved. Writes the whole pipeline to out_dir (save_pretrained).
+    resume, stop_after: as pretrain_vae's (the EMA's copies saved too)."""
     from diffusers import DDPMScheduler
     from safetensors.torch import load_file
 
@@ -238,7 +299,17 @@ def pretrain_unet(manifest_csv: str, classes_json: dict, vae_dir: str, out_dir: 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(int(c["warmup_steps"]), steps))
     ema = _EMA([unet, te], float(c["ema_decay"]))
     lab = torch.tensor(lat_labels)
-    for step in tqdm(range(1, steps + 1), desc="pretrain UNet", mininterval=5.0):
+    from .util import file_digest
+
+    ck = _StepCheckpoint(resume, {"phase": "unet", "cfg": c, "arch": arch_cfg, "seed": seed, "keep": keep,
+                                  "images": _images_key(man),
+                                  "vae": file_digest(vae_dir / VAE_DIR / "diffusion_pytorch_model.safetensors")},
+                         c.get("checkpoint_every", CHECKPOINT_EVERY))
+    modules = [unet, te, *ema.shadow]
+    start, saved = ck.restore(modules, opt, sched, gen)
+    history = history + saved if start else history
+    for step in tqdm(range(start + 1, steps + 1), desc="pretrain UNet", mininterval=5.0, initial=start,
+                     total=steps):
         idx = torch.randint(0, len(lat_mean), (bs,), generator=gen)
         z = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=gen)) * scaling
         z = z.to(device)
@@ -260,6 +331,9 @@ def pretrain_unet(manifest_csv: str, classes_json: dict, vae_dir: str, out_dir: 
         sched.step()
         ema.update(step)
         history.append(("unet", step, float(loss.item())))
+        if ck.maybe_save(step, steps, modules, opt, sched, gen, [h for h in history if h[0] == "unet"], stop_after):
+            return None
+    ck.remove()
 
     pipe.unet, pipe.text_encoder = ema.shadow[0], ema.shadow[1]
     pipe.vae = vae

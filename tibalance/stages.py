@@ -104,7 +104,8 @@ def pretrain_vae(manifest: str, classes: str, tiny_cfg: dict, vae_cfg: dict, see
 
     side = Sidecar(seed)
     device = pick_device(vae_cfg.get("device", "auto"))
-    result = phase1(manifest, read_json(classes), out_dir, tiny_cfg, vae_cfg, seed, device=device)
+    result = phase1(manifest, read_json(classes), out_dir, tiny_cfg, vae_cfg, seed, device=device,
+                    resume=str(Path(out_dir) / "resume" / "vae.pt"))
     side.write(meta, kind="pretrain_vae", settings={"tiny": tiny_cfg, "pretrain": vae_cfg}, **result)
 
 
@@ -120,7 +121,8 @@ def pretrain_generator(manifest: str, classes: str, vae_meta: str, tiny_cfg: dic
     device = pick_device(pretrain_cfg.get("device", "auto"))
     vae = read_json(vae_meta)
     result = pretrain_unet(manifest, read_json(classes), str(Path(vae_meta).parent / "pretrain_vae"), out_dir,
-                           tiny_cfg, pretrain_cfg, seed, device=device, loss_out=loss_out)
+                           tiny_cfg, pretrain_cfg, seed, device=device, loss_out=loss_out,
+                           resume=str(Path(out_dir).parent / "pretrain_resume" / "unet.pt"))
     side.write(meta, kind="pretrain", settings={"tiny": tiny_cfg, "pretrain": pretrain_cfg},
                images=vae["images"], vae_reconstruction_mse=vae["vae_reconstruction_mse"], **result)
 
