@@ -49,32 +49,24 @@ CYCLE_COLUMNS = ["cycle", "pool_before", "added", "pool", "candidates", "gamma_a
                  "lr", "steps", "final_loss"]
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def scores(quality: np.ndarray, feats: np.ndarray, pool_feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(S_aes, S_con) of each row on 0-10: its quality (0-1) x 10; its least
     cosine similarity to the pool's features (Eq. 8) x 10, floored at 0."""
     if len(pool_feats) == 0:
         raise TibalanceError("coti: the training pool is empty")
+    from .filtering import _unit
+
     least = (_unit(feats) @ _unit(pool_feats).T).min(axis=1) if len(feats) else np.zeros(0)
     return 10.0 * np.asarray(quality, float), 10.0 * np.clip(least, 0.0, 1.0)
 
 
 def on_class(feats: np.ndarray, own: np.ndarray, other: np.ndarray, k: int, self_rows: list) -> np.ndarray:
-    """The filter's k-NN score d_other / (d_own + d_other) of each row (1: in the
-    class's region, 0: in another's), d_* the mean cosine distance to the k
-    nearest; self_rows[i]: the row of `own` that row i is (a real image: its
-    zero distance to itself left out), or None. Every row takes the same k."""
-    d_own = 1.0 - _unit(feats) @ _unit(own).T
-    for i, j in enumerate(self_rows):
-        if j is not None:
-            d_own[i, j] = np.inf
-    d_other = 1.0 - _unit(feats) @ _unit(other).T
-    own_d = np.sort(d_own, axis=1)[:, :max(1, min(k, len(own) - 1))].mean(axis=1)
-    other_d = np.sort(d_other, axis=1)[:, :max(1, min(k, len(other)))].mean(axis=1)
-    return np.where(np.isfinite(own_d), other_d / np.maximum(own_d + other_d, 1e-12), 0.0)
+    """The filter's k-NN score of each row (filtering.knn_scores): 1 in the
+    class's region, 0 in another's; self_rows[i]: the row of `own` that row i
+    is (a real image: its zero distance to itself left out), or None."""
+    from .filtering import knn_scores
+
+    return knn_scores(feats, own, other, k, self_rows=self_rows)
 
 
 def indicator(gamma_aes: float, gamma_con: float) -> float:

@@ -39,24 +39,29 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _mean_knn_distance(query: np.ndarray, ref: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
+def _mean_knn_distance(query: np.ndarray, ref: np.ndarray, k: int, self_rows: list | None = None) -> np.ndarray:
+    """Each query row's mean cosine distance to its k nearest ref rows;
+    self_rows[i]: the ref row query row i is (left out), or None. With
+    self_rows every row takes the same k, one less than ref has."""
     d = 1.0 - _unit(query) @ _unit(ref).T  # cosine distance
-    if exclude_self:
-        np.fill_diagonal(d, np.inf)
-    k = max(1, min(k, d.shape[1] - (1 if exclude_self else 0)))
+    for i, j in enumerate(self_rows or []):
+        if j is not None:
+            d[i, j] = np.inf
+    k = max(1, min(k, d.shape[1] - (1 if self_rows is not None else 0)))
     return np.sort(d, axis=1)[:, :k].mean(axis=1)
 
 
 def knn_scores(feats: np.ndarray, own: np.ndarray, other: np.ndarray, k: int,
-               leave_self_out: bool = False) -> np.ndarray:
+               leave_self_out: bool = False, self_rows: list | None = None) -> np.ndarray:
     """d_other / (d_own + d_other) for each row of feats (1: on the class, 0: on another).
 
-    leave_self_out: feats are `own` itself; each row's own distance skips itself."""
+    leave_self_out: feats are `own` itself; each row's own distance skips itself.
+    self_rows[i]: the row of `own` that row i is (its distance to itself left out), or None."""
     if len(own) == 0 or len(other) == 0:
         raise TibalanceError("filter: knn needs real training images of the class and of at least one other class")
-    d_own = _mean_knn_distance(feats, own, k, exclude_self=leave_self_out)
+    d_own = _mean_knn_distance(feats, own, k, list(range(len(feats))) if leave_self_out else self_rows)
     d_other = _mean_knn_distance(feats, other, k)
-    return d_other / np.maximum(d_own + d_other, 1e-12)
+    return np.where(np.isfinite(d_own), d_other / np.maximum(d_own + d_other, 1e-12), 0.0)
 
 
 def diversity(feats: np.ndarray) -> float | None:
