@@ -676,18 +676,24 @@ def test_per_class_lora_edit_reruns_only_that_class_lora(tiny_run, tmp_path):
         + [("report", ""), ("cost", ""), ("all", "")]), jobs
 
 
+def _plan_edit(tiny_run, tmp_path, edit) -> tuple[list, str]:
+    """The jobs (and the dry run's output) the tiny config plans on the tiny
+    run's folder once `edit` (a function of the config dict) has changed it."""
+    wd, _ = tiny_run
+    cfg = yaml.safe_load(TINY.read_text())
+    edit(cfg)
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", configfiles=[edited])
+    return _planned_jobs(p.stdout + p.stderr), p.stdout + p.stderr
+
+
 def test_a_class_diff_ii_edit_reruns_only_that_class_diff_ii_jobs(tiny_run, tmp_path):
     """A class's diff_ii.split_ratio: its diff_ii sampling (not its inversions:
     the split shapes the denoising only), filter, judge, grid and FID, the
     diff_ii and oversample+diff_ii runs and the tables; no other class or mode."""
-    wd, _ = tiny_run
-    cfg = yaml.safe_load(TINY.read_text())
     cls = "triangle"
-    cfg["classes"] = {cls: {"diff_ii": {"split_ratio": 0.9}}}
-    edited = tmp_path / "edited.yaml"
-    edited.write_text(yaml.safe_dump(cfg))
-    p = snakemake(wd, "-n", configfiles=[edited])
-    jobs = _planned_jobs(p.stdout + p.stderr)
+    jobs, _ = _plan_edit(tiny_run, tmp_path, lambda cfg: cfg.update(classes={cls: {"diff_ii": {"split_ratio": 0.9}}}))
     assert sorted(jobs) == sorted(
         [("sample", f"mode=diff_ii, cls={cls}"), ("filter_samples", f"mode=diff_ii, cls={cls}"),
          ("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]
@@ -699,14 +705,8 @@ def test_a_class_coti_edit_reruns_only_that_class_coti_jobs(tiny_run, tmp_path):
     """A class's coti settings: its coti job (not its TI token), coti sampling,
     filter, judge, grid and FID, the coti runs and the tables; no other class
     or mode."""
-    wd, _ = tiny_run
-    cfg = yaml.safe_load(TINY.read_text())
     cls = "triangle"
-    cfg["classes"] = {cls: {"coti": {"per_cycle": 1}}}
-    edited = tmp_path / "edited.yaml"
-    edited.write_text(yaml.safe_dump(cfg))
-    p = snakemake(wd, "-n", configfiles=[edited])
-    jobs = _planned_jobs(p.stdout + p.stderr)
+    jobs, _ = _plan_edit(tiny_run, tmp_path, lambda cfg: cfg.update(classes={cls: {"coti": {"per_cycle": 1}}}))
     assert sorted(jobs) == sorted(
         [("coti", f"cls={cls}"), ("token_neighbours", f"cls={cls}"), ("sample", f"mode=coti, cls={cls}"),
          ("filter_samples", f"mode=coti, cls={cls}"),
@@ -719,14 +719,7 @@ def test_diff_ii_on_the_coti_token_inverts_and_samples_under_it(tiny_run, tmp_pa
     """diff_ii.concept: coti: the class's inversions and diff_ii images are
     made under its COTI token (coti's output an input of both), nothing else
     of the study changes."""
-    wd, _ = tiny_run
-    cfg = yaml.safe_load(TINY.read_text())
-    cfg["diff_ii"] = {"concept": "coti"}
-    edited = tmp_path / "edited.yaml"
-    edited.write_text(yaml.safe_dump(cfg))
-    p = snakemake(wd, "-n", configfiles=[edited])
-    out = p.stdout + p.stderr
-    jobs = _planned_jobs(out)
+    jobs, out = _plan_edit(tiny_run, tmp_path, lambda cfg: cfg.update(diff_ii={"concept": "coti"}))
     cls = "triangle"
     assert sorted(jobs) == sorted(
         [("invert", f"cls={cls}"), ("sample", f"mode=diff_ii, cls={cls}"),
