@@ -194,6 +194,8 @@ rule report:
     params:
         fid_min_images=config["metrics"].get("min_images", FID_RELIABLE_IMAGES),
         groups=config["metrics"].get("groups", {}),
+        # the groups of classes get the verdict's rows (as with several weak classes)
+        long_tail=(config["data"].get("imbalance") or {}).get("type") == "long_tail",
         seed=SEED,
         notes=[ORACLE_ABSENT] if ORACLE_ABSENT else [],
         # {retraining seed: the replicate it trained on}, for the verdict's ranking line

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from tibalance import stages
+from tibalance.stats import holm
 
 
 def _study(tmp_path, split: str):
@@ -62,3 +63,41 @@ def test_accuracy_plot_error_bars_are_the_paired_differences_spread(tmp_path, mo
     runs, preds, weak, out = _study(tmp_path, "val")
     stages.report(runs, [], weak, predictions=preds, **out)
     assert seen == [([pytest.approx(0.2)], [pytest.approx(0.0)])]
+
+
+@pytest.mark.parametrize("long_tail", [False, True])
+def test_groups_of_classes_in_the_verdict_and_the_plot(tmp_path, monkeypatch, long_tail):
+    """weak (5 training images: few-shot) and other (50: medium-shot). The plot
+    adds a bar per group (few-shot: ti's +0.2 on every seed, spread 0; medium:
+    0). With one weak class the verdict tests the groups only in a long-tailed
+    study; there the groups' rows share the family and the verdict names them."""
+    import matplotlib.axes
+
+    seen = []
+    real_bar = matplotlib.axes.Axes.bar
+
+    def spy(self, x, height, *a, yerr=None, **kw):
+        seen.append((list(np.atleast_1d(height)), list(np.atleast_1d(yerr))))
+        return real_bar(self, x, height, *a, yerr=yerr, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy)
+    runs, preds, weak, out = _study(tmp_path, "val")
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({"classes": ["other", "weak"], "names": {"weak": "Weak", "other": "Other"},
+                                   "counts": {"weak": {"train": 5}, "other": {"train": 50}}}))
+    stages.report(runs, [], weak, predictions=preds, classes=str(classes), long_tail=long_tail, **out)
+    assert seen == [([pytest.approx(0.2), pytest.approx(0.0), pytest.approx(0.2)],  # Weak, medium, few
+                     [pytest.approx(0.0, abs=1e-12)] * 3)]
+    sig = pd.read_csv(out["significance_csv"])
+    summary = pd.read_csv(out["summary_csv"]).set_index("method")
+    assert summary.loc["ti", "acc_few_mean"] == pytest.approx(summary.loc["ti", "acc_Weak_mean"])
+    if not long_tail:
+        assert list(sig["class"].unique()) == ["Weak"]
+        return
+    assert list(sig["class"].unique()) == ["Weak", "medium-shot group (Other)", "few-shot group (Weak)"]
+    few = sig[sig["class"] == "few-shot group (Weak)"].iloc[0]
+    assert few["lift"] == pytest.approx(0.2) and few["images"] == 10
+    assert list(sig["p_holm"]) == pytest.approx(holm(sig["p"]))  # one family with the class's rows
+    text = open(out["verdict_md"]).read()
+    assert "### few-shot group (Weak)" in text and "### medium-shot group (Other)" in text
+    assert not np.isnan(summary.loc["ti", "p_few-shot"])

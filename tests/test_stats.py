@@ -128,6 +128,52 @@ def test_comparisons_and_verdict():
         comparisons(runs, ["weak"], ["baseline", "ti"])
 
 
+def test_a_group_row_is_its_classes_mean_lift_in_the_same_family():
+    """A group's per-seed lift is the mean of its classes' per-seed lifts (its
+    accuracy is its classes' mean, whatever their image counts); the t-test over
+    those; one Holm family with the class rows; the verdict names the group."""
+    rng = np.random.default_rng(3)
+    runs = {}
+    for seed in range(4):
+        for m, p in (("baseline", 0.3), ("noise", 0.6)):
+            runs[(m, seed)] = _preds({"a": list(rng.random(10) < p), "b": list(rng.random(30) < p),
+                                      "c": list(rng.random(20) < 0.5)})
+    comp = comparisons(runs, ["a", "b"], ["baseline", "noise"], references=("baseline",),
+                       groups={"few": ["a", "b"], "many": ["c"]})
+    assert list(comp["class"]) == ["a", "b", "few-shot", "many-shot"]
+
+    def per_seed(cls):
+        def acc(t):
+            t = t[t["label"] == cls]
+            return float((t["pred"] == t["label"]).mean())
+
+        return np.array([acc(runs[("noise", s)]) - acc(runs[("baseline", s)]) for s in range(4)])
+
+    few = comp[comp["class"] == "few-shot"].iloc[0]
+    d = (per_seed("a") + per_seed("b")) / 2  # not pooled over the 40 images: a's 10 weigh as b's 30
+    assert few["lift"] == pytest.approx(d.mean())
+    assert few["p"] == pytest.approx(2 * student_t.sf(abs(d.mean()) / (d.std(ddof=1) / 2), 3))
+    assert few["images"] == 40 and few["units"] == 4 and np.isnan(few["p_images"])
+    assert list(comp["p_holm"]) == pytest.approx(holm(comp["p"]))  # one family: classes and groups
+    text = verdict(comp, {"few-shot": "few-shot group (A, B)"})
+    assert "### few-shot group (A, B)" in text and "group's 40 test images" in text
+    assert "Too few test images" not in text.split("### few-shot")[1].split("###")[0]
+
+
+def test_calibration_with_groups_no_true_lift_false_positives_within_nominal():
+    """The group rows are tests too: null studies of two weak classes and their
+    group (a run's tilt shared by both classes), at the demo's seed count; the
+    family's "significant" at most 5% plus two Monte-Carlo standard errors."""
+    seeds, n = _demo_seeds(), 200
+    null = rates(n, seeds, seed=13, methods=("baseline", "a"), classes=("x", "y"), groups={"few": ["x", "y"]},
+                 images=60)
+    print(f"\ncalibration with a group, {seeds} seeds, {n} null studies: significant {null['significant']:.3f}")
+    assert null["significant"] <= 0.05 + 2 * mc_error(0.05, n)
+    power = rates(100, seeds, seed=14, methods=("baseline", "a"), classes=("x", "y"), groups={"few": ["x", "y"]},
+                  images=60, lift={"a": 0.6})
+    assert power["power"]["a"] > null["significant"]
+
+
 def test_replicates_are_the_unit_where_seeds_share_them():
     """Seeds 0-3 on replicates 0,1,0,1: a synthetic method's rows have 2 units
     (each replicate's seeds averaged); oversample vs baseline keeps 4."""

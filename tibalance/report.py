@@ -10,6 +10,7 @@ import pandas as pd
 
 from .defaults import MODES
 from .filtering import kept_mask
+from .stats import group_label
 from .util import TibalanceError, read_json, write_csv, write_markdown
 
 
@@ -24,14 +25,18 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
            significance_csv: str | None = None, significance_md: str | None = None,
            verdict_md: str | None = None, seed: int = 0, notes: list[str] | None = None,
            replicate_of_seed: dict[int, int] | None = None, group_thresholds: dict | None = None,
-           neighbours: list[str] | None = None) -> None:
+           neighbours: list[str] | None = None, long_tail: bool = False) -> None:
     """The result tables. group_thresholds: metrics.groups (many, few: the
     training-image counts that make a class many- or few-shot). predictions: the retraining runs' per-image test
     predictions (beside each run's metrics.json): the paired intervals and tests
     (tibalance.stats) go into the summary (lift_<class>_low/_high, p_<class> vs
     baseline, p_over_<class> vs oversample, Holm-adjusted), the significance
     table and the verdict in words. replicate_of_seed: {retraining seed: the
-    replicate of the adaptation it trained on} (the verdict's ranking line)."""
+    replicate of the adaptation it trained on} (the verdict's ranking line).
+    long_tail (data.imbalance.type): the groups of classes (where more than one
+    is populated) get their own rows in the significance table and verdict, as
+    in any study with several weak classes; otherwise the summary shows the
+    groups' accuracies only."""
 
     from .retrain import ablation_table, display_names, per_class_table, summary_table, to_markdown
 
@@ -52,6 +57,9 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
         counts = {c: int(v.get("train", 0)) for c, v in read_json(classes)["counts"].items()}
         groups = class_groups(counts, int(g["many"]), int(g["few"]))
     summary = summary_table(run_rows, weak_classes, groups)
+    populated = {g: c for g, c in (groups or {}).items() if c}
+    populated = populated if len(populated) > 1 else {}
+    tested = populated if (len(weak_classes) > 1 or long_tail) else {}
     comp = None
     if predictions:
         from .stats import comparisons, verdict
@@ -64,8 +72,9 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
             preds[(r["method"], int(r["seed"]))] = pd.read_csv(by_dir[str(Path(p).parent)],
                                                                dtype={"path": str, "label": str, "pred": str})
         methods = [m for m in summary["method"]]
-        comp = comparisons(preds, weak_classes, methods, seed=seed, replicate_of_seed=replicate_of_seed)
-        summary = _with_comparisons(summary, comp, weak_classes)
+        comp = comparisons(preds, weak_classes, methods, seed=seed, replicate_of_seed=replicate_of_seed,
+                           groups=tested)
+        summary = _with_comparisons(summary, comp, weak_classes + [group_label(g) for g in tested])
     summary = display_names(summary, names)
     loss_rows: dict[str, dict] = {}
 
@@ -109,8 +118,12 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
     write_csv(per_class, per_class_csv)
     write_markdown(summary_md, to_markdown(summary) + "".join(f"\n{n}\n" for n in notes or []), "Summary per method")
     write_markdown(per_class_md, to_markdown(per_class), "Per weak class")
-    _plots(per_class, fid_rows, acc_plot, fid_plot, run_rows, weak_classes)
+    _plots(per_class, fid_rows, acc_plot, fid_plot, run_rows, weak_classes,
+           populated)
     if comp is not None and significance_csv:
+        # a group's rows named with its classes; the summary's columns keep the short label
+        names = {**names, **{group_label(g): f"{group_label(g)} group ({', '.join(names.get(c, c) for c in cs)})"
+                             for g, cs in tested.items()}}
         shown = display_names(comp, names)
         write_csv(shown, significance_csv)
         write_markdown(significance_md, to_markdown(shown, pm_pairs=False), "Paired comparisons")
@@ -118,8 +131,12 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
 
         rankings = {c: replicate_ranking(run_rows, c, {int(k): int(v) for k, v in (replicate_of_seed or {}).items()})
                     for c in weak_classes if c in kept}  # the classes that got synthetic images
-        counts = {c: {m: float(np.mean([r["train_counts"].get(c, 0) for r in run_rows if r["method"] == m]))
-                      for m in comp["method"].unique()} for c in weak_classes}
+        def counts_of(c, m):
+            return float(np.mean([r["train_counts"].get(c, 0) for r in run_rows if r["method"] == m]))
+
+        counts = {c: {m: counts_of(c, m) for m in comp["method"].unique()} for c in weak_classes}
+        for g, cs in tested.items():  # a group's training images: its classes'
+            counts[group_label(g)] = {m: float(sum(counts_of(c, m) for c in cs)) for m in comp["method"].unique()}
         write_markdown(verdict_md, verdict(comp, names, rankings=rankings, counts=counts)
                        + "".join(f"\n{n}\n" for n in notes or []), "Verdict")
     if ablation_csv:
@@ -154,30 +171,51 @@ def _with_comparisons(summary: pd.DataFrame, comp: pd.DataFrame, weak: list[str]
     return out
 
 
+def _group_deltas(run_rows: list[dict], method: str, classes: list[str]) -> list[float]:
+    """Per seed: the group's accuracy (its classes' mean) under `method` minus under `baseline`."""
+    def acc(r):
+        return float(np.mean([r["per_class_accuracy"][c] for c in classes]))
+
+    base = {r["seed"]: acc(r) for r in run_rows if r["method"] == "baseline"}
+    return [acc(r) - base[r["seed"]] for r in sorted(run_rows, key=lambda r: r["seed"])
+            if r["method"] == method and r["seed"] in base]
+
+
 def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str,
-           run_rows: list[dict] | None = None, weak: list[str] | None = None) -> None:
+           run_rows: list[dict] | None = None, weak: list[str] | None = None,
+           groups: dict[str, list[str]] | None = None) -> None:
     """The accuracy plot: per weak class and method the mean paired lift over
     `baseline` with the std of the per-seed paired differences as its error bar
-    (run_rows and weak give them, in per_class's row order); the FID plot."""
+    (run_rows and weak give them, in per_class's row order), then per group of
+    classes (groups: {group: its classes}, from run_rows) the same on the
+    group's accuracy; the FID plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [c[4:-5] for c in per_class.columns if c.startswith("acc_") and c.endswith("_mean")]
-    others = [m for m in methods if m != "baseline"]
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(per_class) + 2), 3.5))
-    x = np.arange(len(per_class))
     from .retrain import paired_deltas
 
+    methods = [c[4:-5] for c in per_class.columns if c.startswith("acc_") and c.endswith("_mean")]
+    others = [m for m in methods if m != "baseline"]
+    groups = {g: c for g, c in (groups or {}).items() if c} if run_rows else {}
+    labels = list(per_class["class"]) + [group_label(g) for g in groups]
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels) + 2), 3.5))
+    x = np.arange(len(labels))
+    width = 0.8 / max(1, len(others))
     for i, meth in enumerate(others):
-        delta = per_class[f"acc_{meth}_mean"] - per_class["acc_baseline_mean"]
-        spread = [np.std(d, ddof=1) if len(d := paired_deltas(run_rows or [], meth, c)) > 1 else 0.0
-                  for c in (weak or [])] if weak and len(weak) == len(per_class) else None
-        ax.bar(x + (i - (len(others) - 1) / 2) * 0.8 / max(1, len(others)), delta, 0.8 / max(1, len(others)),
-               yerr=spread, label=meth)
+        delta = list(per_class[f"acc_{meth}_mean"] - per_class["acc_baseline_mean"])
+        spread = ([np.std(d, ddof=1) if len(d := paired_deltas(run_rows or [], meth, c)) > 1 else 0.0
+                   for c in (weak or [])] if weak and len(weak) == len(per_class) else [0.0] * len(per_class))
+        for cs in groups.values():
+            d = _group_deltas(run_rows, meth, cs)
+            delta.append(float(np.mean(d)) if d else float("nan"))
+            spread.append(float(np.std(d, ddof=1)) if len(d) > 1 else 0.0)
+        ax.bar(x + (i - (len(others) - 1) / 2) * width, delta, width, yerr=spread, label=meth)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(x, per_class["class"])
+    if groups:
+        ax.axvline(len(per_class) - 0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(x, labels)
     ax.set_ylabel("test accuracy − baseline")
     ax.legend()
     fig.tight_layout()

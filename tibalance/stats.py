@@ -69,7 +69,11 @@ def unit_lifts(a, b, units=None) -> np.ndarray:
     a - b over the images; units (a label per seed, e.g. its replicate) groups
     seeds, whose lifts are averaged into one."""
     a, b = _check(a, b)
-    per_seed = (a - b).mean(axis=1)
+    return _by_unit((a - b).mean(axis=1), units)
+
+
+def _by_unit(per_seed: np.ndarray, units=None) -> np.ndarray:
+    """Per-seed lifts averaged within each unit (a label per seed); as they are without units."""
     if units is None:
         return per_seed
     units = list(units)
@@ -179,9 +183,22 @@ COLUMNS = ["class", "method", "reference", "seeds", "units", "images", "lift", "
            "p", "p_holm", "significant", "p_images"]
 
 
+GROUP_SUFFIX = "-shot"  # a group's row label: "few-shot", "medium-shot", "many-shot"
+
+
+def group_label(group: str) -> str:
+    """The comparisons' `class` value of a group of classes (retrain.class_groups' names)."""
+    return f"{group}{GROUP_SUFFIX}"
+
+
+def is_group(label: str) -> bool:
+    return str(label).endswith(GROUP_SUFFIX)
+
+
 def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0,
                 references: tuple[str, ...] = ("baseline", "oversample"),
-                replicate_of_seed: dict[int, int] | None = None, alpha: float = ALPHA) -> pd.DataFrame:
+                replicate_of_seed: dict[int, int] | None = None, alpha: float = ALPHA,
+                groups: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Per weak class, method and reference (baseline, oversample): the mean
     paired lift on the class's test images over the seeds both ran, the run-level
     test's p-value (`p`, over `units`), Holm's adjustment over every row
@@ -194,11 +211,19 @@ def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0,
     where a comparison involves synthetic images and the seeds' R > 1
     replicates are fewer than the seeds, the unit is the replicate; with one
     replicate the unit is the seed and the claim is conditional on the one
-    adaptation made. `seed` is kept for callers; nothing is drawn."""
+    adaptation made. `seed` is kept for callers; nothing is drawn.
+
+    groups: {group: its classes} (retrain.class_groups): after the classes, a
+    row per group, method and reference (`class` = group_label(group)) on the
+    group's accuracy, the mean of its classes' accuracies: a seed's lift is the
+    mean of its classes' lifts, the same test over the same units, in the same
+    Holm family. No image-level test for a group (its classes weigh equally,
+    not its images): `p_images` is NaN there."""
     del seed  # the tests are exact or analytic: nothing random left
     rep = {int(k): int(v) for k, v in (replicate_of_seed or {}).items()}
+    targets = [(cls, [cls]) for cls in weak] + [(group_label(g), list(c)) for g, c in (groups or {}).items() if c]
     rows, lifts, memo = [], [], {}  # each run's correctness per class, computed once
-    for cls in weak:
+    for label, classes in targets:
         for ref in references:
             for method in methods:
                 if method == ref or (ref == "oversample" and method in ("baseline", *ORACLE_AT_METHODS)):
@@ -206,15 +231,17 @@ def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0,
                 seeds = sorted({s for m, s in runs if m == method} & {s for m, s in runs if m == ref})
                 if not seeds:
                     continue
-                a, b = _matrix(runs, method, seeds, cls, memo), _matrix(runs, ref, seeds, cls, memo)
+                pairs = [(_matrix(runs, method, seeds, c, memo), _matrix(runs, ref, seeds, c, memo)) for c in classes]
                 labels = [rep.get(s, 0) for s in seeds]
                 grouped = (reads_adaptation(method) or reads_adaptation(ref)) and 1 < len(set(labels)) < len(seeds)
-                d = unit_lifts(a, b, labels if grouped else None)
+                per_seed = np.mean([unit_lifts(a, b) for a, b in pairs], axis=0)
+                d = _by_unit(per_seed, labels if grouped else None)
                 lifts.append(d)
-                rows.append({"class": cls, "method": method, "reference": ref, "seeds": len(seeds),
-                             "units": len(d), "images": a.shape[1], "lift": float(d.mean()),
+                rows.append({"class": label, "method": method, "reference": ref, "seeds": len(seeds),
+                             "units": len(d), "images": sum(a.shape[1] for a, _ in pairs), "lift": float(d.mean()),
                              "se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan"),
-                             "p": run_test(d), "p_images": sign_flip_test(a, b)})
+                             "p": run_test(d),
+                             "p_images": sign_flip_test(*pairs[0]) if len(pairs) == 1 else float("nan")})
     reject, level = holm_levels([r["p"] for r in rows], alpha)
     for r, d, adj, rej, lev in zip(rows, lifts, holm([r["p"] for r in rows]), reject, level):
         r["p_holm"], r["significant"], r["level"] = adj, bool(rej), lev
@@ -316,7 +343,8 @@ def _listed(rows: pd.DataFrame) -> str:
 def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: float = ALPHA,
             rankings: dict[str, dict | None] | None = None,
             counts: dict[str, dict[str, float]] | None = None) -> str:
-    """The comparisons in words, per weak class: the best method (never a
+    """The comparisons in words, per weak class (and group of classes, where
+    comparisons had groups): the best method (never a
     yardstick) with its interval, which lifts over `baseline` are significant
     (comparisons' `significant`: run-level test, Holm over every row), whether
     any method beats `oversample`, the smallest lift the family could detect,
@@ -336,7 +364,9 @@ def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: floa
         seeds, units, images = int(base["seeds"].max()), int(base["units"].min()), int(base["images"].max())
         out.append(f"### {name}\n")
         unit_word = "run" if units == seeds else "replicate of the adaptation (its seeds averaged) for rows with synthetic images"
-        out.append(f"Paired over {seeds} retraining seed(s) on the class's {images} test images. The unit is the "
+        whose = (f"group's {images} test images (its accuracy: the mean of its classes')" if is_group(cls)
+                 else f"class's {images} test images")
+        out.append(f"Paired over {seeds} retraining seed(s) on the {whose}. The unit is the "
                    f"{unit_word}: a t-test over the per-unit lifts, Holm-adjusted over all {m} comparisons of this "
                    f"verdict; each interval is at the level of the Holm step that decided its row, so a lift is "
                    f"significant exactly when its interval excludes 0.\n")
@@ -366,7 +396,7 @@ def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: floa
         if floor is not None:
             out.append(f"- Detectable here: lifts under about {100 * floor:.1f} points cannot be called significant "
                        f"with {units} unit(s), {images} test images and {m} comparisons.")
-        if images < 20:
+        if images < 20 and not is_group(cls):
             out.append(f"- **Too few test images**: {images}, so one image is {100 / images:.1f} points; no lift "
                        f"the study is about can be separated from chance on this class.")
         by = {r["method"]: r for _, r in base.iterrows()}
