@@ -37,6 +37,7 @@ from tibalance.generator import check_model, is_local
 from tibalance.fetch import fetched_folder
 from tibalance.defaults import (
     COTI_DEFAULTS,
+    DEFERRED_METHODS,
     DIFF_II_DEFAULTS,
     FID_RELIABLE_IMAGES,
     LORA_DEFAULTS,
@@ -180,7 +181,11 @@ def section(name):
 
 
 # the retrain keys only some methods read: {key: those methods}
-METHOD_KEYS = {"noise": ("noise",), "reweight": ("reweight", "drw")}
+METHOD_KEYS = {
+    "noise": ("noise", "deferred_noise"),
+    "reweight": ("reweight", "drw"),
+    "defer_epoch": ("drw", *DEFERRED_METHODS),
+}
 
 
 def retrain_section(wildcards):
@@ -475,9 +480,12 @@ def retrain_synthetic(wildcards):
     """Sample tables the method trains on: the filtered ones (their kept images)
     of the run's replicate; oversample: replicate 0's raw tables, whose size is
     the balanced count it repeats up to (the same in every replicate)."""
-    if wildcards.method == "oversample":
+    if wildcards.method in ("oversample", "deferred_oversample"):
         return expand("results/samples/raw/{cls}/samples.csv", cls=adapted_classes())
-    if wildcards.method == "noise":  # the count to refill to, and the noise images
+    if wildcards.method in (
+        "noise",
+        "deferred_noise",
+    ):  # the count to refill to, and the noise images
         return expand(
             "results/samples/raw/{cls}/samples.csv", cls=adapted_classes()
         ) + expand("results/noise/{cls}/images.csv", cls=adapted_classes())
@@ -760,7 +768,7 @@ def study_jobs(wildcards):
     if any(m.startswith("real_oracle") for m in config["retrain"]["methods"]):
         for cls in adapted:
             add("oracle_images", cls, "real_oracle")
-    if "noise" in config["retrain"]["methods"]:
+    if {"noise", "deferred_noise"} & set(config["retrain"]["methods"]):
         for cls in adapted:
             add("noise_images", cls, "noise")
     for method in config["retrain"]["methods"]:

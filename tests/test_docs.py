@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from tibalance import docs
-from tibalance.defaults import COMBINED_METHODS, FILTER_METHODS, METHODS, MODES, ORACLE_AT_METHODS, SYNTHETIC_METHODS
+from tibalance.defaults import (
+    COMBINED_METHODS,
+    DEFERRED_METHODS,
+    FILTER_METHODS,
+    METHODS,
+    MODES,
+    ORACLE_AT_METHODS,
+    SYNTHETIC_METHODS,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "config" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -35,7 +43,7 @@ def test_the_schema_lists_the_registrys_names():
     # the default: every method but those a study opts into: the combined ones (oversample+<method>) and the
     # yardstick at a method's count (real_oracle@<method>)
     assert tuple(props["retrain"]["properties"]["methods"]["default"]) == tuple(
-        m for m in METHODS if m not in COMBINED_METHODS and m not in ORACLE_AT_METHODS)
+        m for m in METHODS if m not in COMBINED_METHODS + ORACLE_AT_METHODS + DEFERRED_METHODS)
     assert tuple(props["ablation"]["properties"]["methods"]["items"]["enum"]) == SYNTHETIC_METHODS
     assert tuple(schema["$defs"]["filter"]["properties"]["method"]["enum"]) == FILTER_METHODS
 
@@ -94,8 +102,8 @@ def test_the_docs_miss_no_rule_method_or_mode():
     assert sorted(listed) == docs.rule_names(), "docs/outputs.md's job table and rules/*.smk differ"
     readme = set(_backticked((ROOT / "README.md").read_text()))
     # the README names those as `oversample+<method>` and `real_oracle@<method>`
-    single = set(METHODS) - set(COMBINED_METHODS) - set(ORACLE_AT_METHODS)
-    assert single <= readme and "oversample+<method>" in readme and "real_oracle@<method>" in readme
+    single = set(METHODS) - set(COMBINED_METHODS) - set(ORACLE_AT_METHODS) - set(DEFERRED_METHODS)
+    assert single <= readme and {"oversample+<method>", "real_oracle@<method>", "deferred_<method>"} <= readme
     assert set(MODES) - {"raw"} <= readme and "raw" in readme
     demo = set(_backticked((ROOT / "docs" / "demo.md").read_text()))
     assert single <= demo and set(MODES) <= demo
@@ -132,7 +140,7 @@ def test_make_verdict_is_the_demo_with_the_yardstick_combined_methods_and_replic
     demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     merged = copy.deepcopy(demo)
     update_config(merged, yaml.safe_load((ROOT / "config" / "demo-replicates.yaml").read_text()))
-    single = set(METHODS) - set(COMBINED_METHODS) - set(ORACLE_AT_METHODS)
+    single = set(METHODS) - set(COMBINED_METHODS) - set(ORACLE_AT_METHODS) - set(DEFERRED_METHODS)
     assert set(demo["retrain"]["methods"]) == single - {"real_oracle", "coti", "noise", "reweight", "drw"} | {
         "oversample+diff_ii"}
     assert set(merged["retrain"]["methods"]) - set(demo["retrain"]["methods"]) == {

@@ -100,3 +100,40 @@ def test_the_weighted_loss_and_its_deferral(tmp_path, monkeypatch):
     assert torch.equal(w.cpu(), torch.tensor(weights, dtype=torch.float32))
     assert loss.item() == pytest.approx(hand.item(), rel=1e-5)
     assert not math.isclose(loss.item(), torch.nn.functional.nll_loss(logp, target).item(), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("pipeline", [{"input": "files"}, {"input": "memory"}, {"augment": "flip"}])
+def test_deferred_images_join_at_the_stated_epoch(tmp_path, monkeypatch, pipeline):
+    """deferred_<method>: the held rows (here labelled `extra` so that the spied
+    loss can see them) are in no batch before hold_until and in the epoch's
+    batches from it, in each input pipeline; a run of the method holds exactly
+    the rows its training set added."""
+    (tmp_path / "big").mkdir()
+    (tmp_path / "extra").mkdir()
+    real = _images(tmp_path, 4, [200, 50, 50], [20, 20, 20], seed=1) + _images(
+        tmp_path / "big", 4, [50, 50, 200], [20, 20, 20], seed=2)
+    extra = _images(tmp_path / "extra", 4, [50, 200, 50], [20, 20, 20], seed=3)
+    paths, labels = real + extra, ["rare"] * 4 + ["big"] * 4 + ["extra"] * 4
+    targets = []
+    ce = torch.nn.functional.cross_entropy
+
+    def spy(logits, target, *a, **kw):
+        targets.append(target.tolist())
+        return ce(logits, target, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    cfg = {"arch": "resnet18", "image_size": 32, "epochs": 3, "batch_size": 2, "lr": 0.01, **pipeline}
+    train_classifier(paths, labels, ["big", "rare", "extra"], cfg, 0, held=[False] * 8 + [True] * 4, hold_until=2)
+    assert len(targets) == 4 + 4 + 6  # 8 images a batch of 2 in epochs 0 and 1, all 12 in epoch 2
+    assert not any(2 in t for t in targets[:8])
+    assert sum(t.count(2) for t in targets[8:]) == 4
+
+    from tibalance.stages import _weighting
+
+    train = pd.DataFrame({"path": real, "label": ["rare"] * 4 + ["big"] * 4})
+    ts = build_training_set(train, ["rare"], "deferred_ti", {"rare": extra}, "add")
+    assert ts["added"].tolist() == [False] * 8 + [True] * 4
+    w = _weighting("deferred_ti", ts, ["big", "rare"], {"epochs": 5}, {"defer_epoch": 3})
+    assert w == {"held": [False] * 8 + [True] * 4, "hold_until": 3}
+    assert _weighting("deferred_ti", ts, ["big", "rare"], {"epochs": 5}, {})["hold_until"] == 4  # 0.8 of 5
+    assert _weighting("ti", ts, ["big", "rare"], {"epochs": 5}, {"defer_epoch": 3}) == {}

@@ -207,7 +207,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     assert list(summary.index) == ["baseline", "oversample", "noise", "reweight", "drw", "real_oracle",
                                    "real_oracle@ti_i2i", "raw_sd", "ti",
                                    "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "oversample+ti_i2i",
-                                   "oversample+diff_ii"]
+                                   "oversample+diff_ii", "deferred_noise"]
     runs = {(meth, s): json.loads((res / f"retrain/{meth}/seed{s}/metrics.json").read_text())
             for meth in summary.index for s in (0, 1)}
     base_counts = runs["baseline", 0]["train_counts"]
@@ -232,7 +232,8 @@ def test_tables_match_the_per_seed_runs(tiny_run):
             if method in ("reweight", "drw"):  # the real images, weighted (their own test)
                 assert counts == base_counts
                 continue
-            kind = {"raw_sd": "raw", "oversample": "raw", "noise": "raw", "baseline": None, "real_oracle": None,
+            kind = {"raw_sd": "raw", "oversample": "raw", "noise": "raw", "deferred_noise": "raw", "baseline": None,
+                    "real_oracle": None,
                     "real_oracle@ti_i2i": None, "oversample+ti_i2i": "ti_i2i",
                     "oversample+diff_ii": "diff_ii"}.get(method, method)
             if kind is None:  # real_oracle: its own test
@@ -242,7 +243,8 @@ def test_tables_match_the_per_seed_runs(tiny_run):
                 continue
             filtered = pd.read_csv(res / f"samples/{kind}/{cls}/filtered.csv")
             assert list(filtered.kept) == list(filtered.score >= filtered.cutoff)
-            added = len(filtered) if method.startswith("oversample") or method == "noise" else int(filtered.kept.sum())
+            added = (len(filtered) if method.startswith("oversample") or method.endswith("noise")
+                     else int(filtered.kept.sum()))
             assert counts[cls] == base_counts[cls] + added  # oversample+: the same count, some swapped
             if method.startswith("oversample+"):
                 assert runs[method, 0]["swap_p"] == 0.5
@@ -407,7 +409,8 @@ def test_the_rebalancing_rows_train_as_their_settings_say(tiny_run):
     """noise: the oversample count, a third of the added images its pure-noise
     images (rule noise_images); reweight: the real images, the effective-number
     weights of their counts from the first epoch; drw: the same from epoch 1
-    of 2 (0.8 of the epochs, floored)."""
+    of 2 (0.8 of the epochs, floored); deferred_noise: noise's set, its added
+    images held back until epoch 1."""
     import numpy as np
 
     from tibalance.rebalance import class_weights
@@ -415,12 +418,16 @@ def test_the_rebalancing_rows_train_as_their_settings_say(tiny_run):
     wd, _ = tiny_run
     res = wd / "results"
     runs = {m: json.loads((res / f"retrain/{m}/seed0/metrics.json").read_text())
-            for m in ("baseline", "oversample", "noise", "reweight", "drw")}
+            for m in ("baseline", "oversample", "noise", "reweight", "drw", "deferred_noise")}
     order = json.loads((res / "data/classes.json").read_text())["classes"]
     noise = pd.read_csv(res / "noise/triangle/images.csv")
     raw = pd.read_csv(res / "samples/raw/triangle/samples.csv")
     assert len(noise) == round(len(raw) / 3) and runs["noise"]["noise_images"] == {"triangle": len(noise)}
     assert runs["noise"]["train_counts"] == runs["oversample"]["train_counts"]
+    d = runs["deferred_noise"]
+    assert d["train_counts"] == runs["noise"]["train_counts"] and d["noise_images"] == runs["noise"]["noise_images"]
+    assert d["hold_until"] == 1 and d["held_images"] == sum(runs["noise"]["train_counts"].values()) - sum(
+        runs["baseline"]["train_counts"].values())
     for method, start in (("reweight", 0), ("drw", 1)):
         r = runs[method]
         assert r["train_counts"] == runs["baseline"]["train_counts"] and r["weight_from_epoch"] == start
@@ -519,10 +526,10 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
     # per weak class its seeds; where it gets images TI, COTI, their nearest words, 2 LoRA, diff_ii's
-    # inversions, 8 modes x (sample, filter), grid, FID, judge, real_oracle's images and noise's; 17 methods x 2
+    # inversions, 8 modes x (sample, filter), grid, FID, judge, real_oracle's images and noise's; 18 methods x 2
     # seeds; the training images' features for the knn filters (once); the frozen stages' outputs for the
     # retraining runs (once)
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 27 + 34 + 3
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 27 + 36 + 3
                                                               + bool(adapted) + 1)
     assert row("oracle_images", adapted[0], "real_oracle").jobs == 1
     assert row("frozen_features", "", "").jobs == 1
@@ -748,7 +755,7 @@ def test_training_from_scratch_retrains_every_run_without_the_baseline(tiny_run,
     p = snakemake(wd, "-n", configfiles=[edited])
     rules = sorted({r for r, _ in _planned_jobs(p.stdout + p.stderr)})
     assert rules == ["all", "cost", "report", "retrain", "retrain_ablation"]
-    assert len(_planned_jobs(p.stdout + p.stderr)) == 34 + 3 + 3  # 17 methods x 2 seeds, 3 ablation runs
+    assert len(_planned_jobs(p.stdout + p.stderr)) == 36 + 3 + 3  # 18 methods x 2 seeds, 3 ablation runs
     for rule in ("retrain", "retrain_ablation"):
         assert "results/baseline/model.pt" not in _job_block(p.stdout, rule)
 

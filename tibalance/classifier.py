@@ -170,20 +170,33 @@ class _IndexedBatches:
                      for alts in alternatives] if alternatives is not None else None
         self.replace_p = float(replace_p)
         self.batch_size, self.g, self.drop_last = batch_size, generator, drop_last
+        self.held, self.holding = None, False
         self.classic = v2.Compose([v2.RandomPerspective(0.3, p=0.5), v2.RandomRotation(15),
                                    v2.ColorJitter(0.3, 0.3, 0.3, 0.05), v2.RandomSolarize(0.75, p=0.2)])
         return uniq
 
+    def hold(self, held) -> None:
+        """Rows (a bool each) left out of the epochs while `holding` is True, and no
+        swap drawn then (deferral: the trainer sets `holding` per epoch)."""
+        self.held = torch.as_tensor(list(held), dtype=torch.bool)
+
+    def _rows(self) -> torch.Tensor | None:
+        """The rows an epoch draws from now: None for all of them."""
+        return torch.nonzero(~self.held).flatten() if self.holding and self.held is not None else None
+
     def __len__(self):
-        n = len(self.index)
+        rows = self._rows()
+        n = len(self.index) if rows is None else len(rows)
         return n // self.batch_size if self.drop_last and n > self.batch_size else math.ceil(n / self.batch_size)
 
     def _batches(self):
-        order = torch.randperm(len(self.index), generator=self.g)
+        rows = self._rows()
+        order = torch.randperm(len(self.index) if rows is None else len(rows), generator=self.g)
+        order = order if rows is None else rows[order]
         for b in range(len(self)):
             pos = order[b * self.batch_size:(b + 1) * self.batch_size]
             idx = self.index[pos].clone()
-            if self.alts is not None and self.replace_p > 0:
+            if self.alts is not None and self.replace_p > 0 and rows is None:
                 draw = torch.rand(len(pos), generator=self.g)
                 for k, p in enumerate(pos.tolist()):
                     if self.alts[p] and float(draw[k]) < self.replace_p:

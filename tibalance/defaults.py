@@ -160,8 +160,17 @@ YARDSTICK_METHODS = ("real_oracle", *ORACLE_AT_METHODS)
 # the long-tail literature's re-balancing without a generator (rebalance.py): pure-noise
 # oversampling (OPeN), class-weighted loss, and the same deferred (DRW)
 REBALANCE_METHODS = ("noise", "reweight", "drw")
+# the re-balancing deferred (OPeN's and OSeD's runs, Cao et al.'s DRS): the method's
+# training set, but its added images (and swaps) only from retrain.defer_epoch on,
+# the real images alone before it
+DEFERRED_METHODS = tuple(f"deferred_{m}" for m in ("oversample", "noise", *SYNTHETIC_METHODS))
 METHODS = ("baseline", "oversample", *REBALANCE_METHODS, "real_oracle", *ORACLE_AT_METHODS, *SYNTHETIC_METHODS,
-           *COMBINED_METHODS)
+           *COMBINED_METHODS, *DEFERRED_METHODS)
+
+
+def undeferred(method: str) -> str:
+    """The method a deferred_<method> defers (the method itself otherwise)."""
+    return method[len("deferred_"):] if method in DEFERRED_METHODS else method
 # the sampling modes (results/samples/<mode>/)
 MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti")
 # the modes that sample with a learned token of the class: {mode: the token's job}

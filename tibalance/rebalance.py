@@ -8,7 +8,9 @@
   frequency or by the effective number of samples (Cui et al., CVPR 2019:
   (1 - beta) / (1 - beta^n)), normalised to sum to the number of classes;
   ``drw`` (deferred re-weighting, Cao et al., LDAM-DRW) plain until the
-  deferral epoch, weighted from it.
+  deferral epoch, weighted from it;
+- ``deferred_<method>`` (deferred re-sampling, DRS; OPeN's and OSeD's runs): the
+  real images alone until the deferral epoch, <method>'s whole set from it.
 """
 from __future__ import annotations
 
@@ -24,7 +26,6 @@ log = logging.getLogger(__name__)
 REWEIGHT_DEFAULTS = {
     "weights": "effective",   # inverse (1/n) | effective ((1 - beta) / (1 - beta^n), Cui et al.)
     "beta": 0.9999,
-    "defer_epoch": None,      # drw: the epoch re-weighting starts at (0-based); None: 0.8 of the epochs (LDAM-DRW)
 }
 NOISE_DEFAULTS = {"share": 1 / 3}  # of the added images, the share that is noise (OPeN's ratio: the rest repeat)
 WEIGHTINGS = ("inverse", "effective")
@@ -44,10 +45,11 @@ def class_weights(counts: dict[str, int], classes: list[str], kind: str = "effec
 
 
 def defer_epoch(setting, epochs: int) -> int:
-    """drw's first weighted epoch: the setting, or 0.8 of the epochs (LDAM-DRW's 160 of 200)."""
+    """The deferred methods' first re-balanced epoch (retrain.defer_epoch; drw's first
+    weighted one): the setting, or 0.8 of the epochs (LDAM-DRW's 160 of 200)."""
     e = int(0.8 * epochs) if setting is None else int(setting)
     if not 0 <= e < max(1, epochs):
-        raise TibalanceError(f"retrain.reweight.defer_epoch: {e} is not one of the run's epochs 0-{epochs - 1}")
+        raise TibalanceError(f"retrain.defer_epoch: {e} is not one of the run's epochs 0-{epochs - 1}")
     return e
 
 

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from .defaults import METHODS, MODES, YARDSTICK_METHODS
+from .defaults import DEFERRED_METHODS, METHODS, MODES, YARDSTICK_METHODS, undeferred
 from .util import TibalanceError, derive_seed
 
 # the sampling mode whose images a method trains on
@@ -14,6 +14,8 @@ MODE_OF = {"raw_sd": "raw", **{m: m for m in MODES if m != "raw"}}
 MODE_OF.update({f"oversample+{m}": k for m, k in list(MODE_OF.items())})
 # real_oracle@<method>: the oracle cut to that method's kept count (it reads the mode's filtered tables)
 MODE_OF.update({f"real_oracle@{m}": MODE_OF[m] for m in list(MODE_OF) if "+" not in m})
+# deferred_<method>: the method's images, later
+MODE_OF.update({m: MODE_OF[undeferred(m)] for m in DEFERRED_METHODS if undeferred(m) in MODE_OF})
 
 
 def oracle_at(method: str) -> str | None:
@@ -25,7 +27,9 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
                        mix: str = "add", seed: int = 0, balanced: dict[str, int] | None = None,
                        noise: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Rows path, label, classic (heavy augmentation), alternatives (synthetic
-    paths that may replace this image, for mix 'replace').
+    paths that may replace this image, for mix 'replace'), added (a row beyond
+    the real training images: what a deferred_<method> holds back until its
+    deferral epoch).
 
     - baseline: the real training images;
     - oversample: each weak class's real images repeated (classic augmentation)
@@ -41,10 +45,12 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
       synthetic images (whatever retrain.mix says; the rate is the trainer's replace_p);
     - noise (OPeN): the oversample set, its first len(noise[cls]) added images
       the class's pure-noise images instead of repeats (rebalance.noise_images);
-    - reweight, drw: the real training images (their loss is weighted instead)."""
+    - reweight, drw: the real training images (their loss is weighted instead);
+    - deferred_<method>: <method>'s set."""
     if method not in METHODS:
         raise TibalanceError(f"retrain.methods: unknown method {method!r} ({', '.join(METHODS)})")
-    df = train[["path", "label"]].reset_index(drop=True).assign(classic=False, alternatives=None)
+    method = undeferred(method)
+    df = train[["path", "label"]].reset_index(drop=True).assign(classic=False, alternatives=None, added=False)
     if method in ("baseline", "reweight", "drw"):
         return df
     extra = []
@@ -62,10 +68,10 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
             if alts:
                 _swappable(df, real.index, alts)
             pure = list((noise or {}).get(cls, []))[:n] if method == "noise" else []
-            extra += [(p, cls, False, None) for p in pure]  # noise: no augmentation makes it more of itself
-            extra += [(p, cls, True, alts) for p in reps[len(pure):]]
+            extra += [(p, cls, False, None, True) for p in pure]  # noise: no augmentation makes it more of itself
+            extra += [(p, cls, True, alts, True) for p in reps[len(pure):]]
         elif method == "real_oracle" or mix == "add":
-            extra += [(p, cls, False, None) for p in synth]
+            extra += [(p, cls, False, None, True) for p in synth]
         elif mix == "replace":
             if synth:
                 _swappable(df, real.index, synth)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .defaults import SEEDS_DEFAULTS
+from .defaults import SEEDS_DEFAULTS, undeferred
 from .evaluation import evaluate, split_metrics
 from .filtering import kept_mask
 from .util import Sidecar, TibalanceError, read_json, write_csv, write_json, write_markdown
@@ -356,17 +356,22 @@ def read_synthetic(csvs: list[str], use_filter: bool = True, limit: int | None =
 
 
 def _weighting(method: str, ts: pd.DataFrame, order: list[str], clf_cfg: dict, retrain_cfg: dict) -> dict:
-    """reweight / drw: the class weights of the run's own training counts, and the
-    epoch they start at (drw's deferral; 0 for reweight); {} for other methods."""
+    """What re-balances the run inside the training loop: reweight / drw: the
+    class weights of the run's own training counts, and the epoch they start at
+    (drw's deferral; 0 for reweight); deferred_<method>: the rows held back (its
+    added images) and the epoch they join at; {} for other methods."""
+    from .defaults import DEFERRED_METHODS
     from .rebalance import REWEIGHT_DEFAULTS, class_weights, defer_epoch
 
+    start = defer_epoch(retrain_cfg.get("defer_epoch"), int(clf_cfg["epochs"]))
+    if method in DEFERRED_METHODS:
+        return {"held": ts["added"].tolist(), "hold_until": start}
     if method not in ("reweight", "drw"):
         return {}
     r = {**REWEIGHT_DEFAULTS, **(retrain_cfg.get("reweight") or {})}
     counts = ts.groupby("label").size().to_dict()
-    start = defer_epoch(r["defer_epoch"], int(clf_cfg["epochs"])) if method == "drw" else 0
     return {"class_weights": class_weights(counts, order, r["weights"], float(r["beta"])),
-            "weight_from_epoch": start}
+            "weight_from_epoch": start if method == "drw" else 0}
 
 
 def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str, synthetic_csvs: list[str],
@@ -399,7 +404,7 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str,
         log.info("%s: %s real images (the method's kept counts)", method, {c: len(v) for c, v in synthetic.items()})
     train = m[m["split"] == "train"]
     noise = None
-    if method == "noise":  # the noise tables (rule noise_images) beside the raw ones that set the count
+    if undeferred(method) == "noise":  # the noise tables (rule noise_images) beside the raw ones that set the count
         tables = {c: pd.read_csv(c, dtype={"path": str, "label": str}) for c in synthetic_csvs}
         noise = read_synthetic([c for c, t in tables.items() if "noise" in t.columns])
         synthetic = read_synthetic([c for c, t in tables.items() if "noise" not in t.columns], use_filter=False)
@@ -431,7 +436,8 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str,
                "train_counts": ts.groupby("label").size().to_dict(),
                **({"swap_p": swap_p, "swappable": int(ts["alternatives"].map(bool).sum())} if combined else {}),
                **({"noise_images": {c: len(v) for c, v in noise.items()}} if noise is not None else {}),
-               **weighting}
+               **{k: v for k, v in weighting.items() if k != "held"},
+               **({"held_images": int(sum(weighting["held"]))} if "held" in weighting else {})}
     write_json(metrics_out, metrics)
     side.write(meta, train_images=len(ts))
 

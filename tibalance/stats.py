@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-from .defaults import COMBINED_METHODS, ORACLE_AT_METHODS, SYNTHETIC_METHODS, YARDSTICK_METHODS
+from .defaults import COMBINED_METHODS, ORACLE_AT_METHODS, SYNTHETIC_METHODS, YARDSTICK_METHODS, undeferred
 from .util import TibalanceError
 
 ALPHA = 0.05
@@ -60,6 +60,7 @@ def _check(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def reads_adaptation(method: str) -> bool:
     """Whether a method's training set holds synthetic images (and so its runs
     depend on the replicate of the adaptation they read)."""
+    method = undeferred(method)
     return method in SYNTHETIC_METHODS or method in COMBINED_METHODS or method in ORACLE_AT_METHODS
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .classifier import (
@@ -105,7 +105,7 @@ class EpochCheckpoint:
 
 
 def _checkpoint_key(paths, labels, classes, cfg, seed, augment_flags, alternatives, replace_p, init, frozen_cache,
-                    class_weights, weight_from_epoch) -> dict:
+                    class_weights, weight_from_epoch, held=None, hold_until=0) -> dict:
     """What a training's result depends on (its checkpoint's key)."""
     from .util import file_digest
 
@@ -116,7 +116,8 @@ def _checkpoint_key(paths, labels, classes, cfg, seed, augment_flags, alternativ
             "flags": flags, "alternatives": alts, "replace_p": replace_p,
             "init": file_digest(init) if init else None,
             "frozen_cache": file_digest(frozen_cache) if frozen_cache else None,
-            "class_weights": class_weights, "weight_from_epoch": weight_from_epoch}
+            "class_weights": class_weights, "weight_from_epoch": weight_from_epoch,
+            "held": None if held is None else [bool(h) for h in held], "hold_until": hold_until}
 
 
 def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
@@ -124,7 +125,8 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                      replace_p: float = 0.0, init: str | None = None,
                      frozen_cache: str | None = None, class_weights: list[float] | None = None,
                      weight_from_epoch: int = 0, checkpoint: str | None = None,
-                     stop_after_epoch: int | None = None) -> TrainedClassifier | None:
+                     stop_after_epoch: int | None = None, held=None,
+                     hold_until: int = 0) -> TrainedClassifier | None:
     """Train a ResNet on (paths, labels); labels are class slugs.
 
     cfg: arch, pretrained, image_size, epochs, batch_size, lr, momentum,
@@ -140,6 +142,9 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     class_weights: the cross-entropy's per-class weights (in `classes` order)
     from epoch weight_from_epoch (0-based) on; the plain loss before it
     (deferred re-weighting).
+    held: per-image booleans: those images (and every swap for an alternative)
+    wait until epoch hold_until (0-based); the epochs before it draw from the
+    others alone (deferred re-sampling).
     checkpoint: a file the state is saved to every cfg checkpoint_every epochs
     (1 unset) and resumed from (EpochCheckpoint); removed when the training ends.
     stop_after_epoch: stop after that many epochs, saved, returning None (tests: a kill).
@@ -147,7 +152,8 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     paths, labels = list(paths), list(labels)
     resume = EpochCheckpoint(checkpoint, _checkpoint_key(
         paths, labels, classes, cfg, seed, augment_flags, alternatives, replace_p, init, frozen_cache,
-        class_weights, weight_from_epoch)) if checkpoint else None
+        class_weights, weight_from_epoch, held, hold_until)) if checkpoint else None
+    held = list(held) if held is not None and hold_until > 0 and any(held) else None
     seed_everything(seed)
     device = pick_device(cfg.get("device", "auto"))
     index = {c: i for i, c in enumerate(classes)}
@@ -165,10 +171,17 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     else:  # files (default): decoded once too (ImageCache), augmented per image with PIL; num_workers apply
         ds = ImageListDataset(paths, y, train_transform(size), ImageCache(_load_size(size)), augment_flags,
                               train_transform(size, "classic"), alternatives, replace_p)
-        loader = DataLoader(ds, batch_size=bs, shuffle=True, generator=g,
-                            num_workers=int(cfg.get("num_workers", 0)), drop_last=len(ds) > bs,
-                            pin_memory=device.type == "cuda",
-                            persistent_workers=int(cfg.get("num_workers", 0)) > 0)
+        def files_loader(ds):
+            return DataLoader(ds, batch_size=bs, shuffle=True, generator=g,
+                              num_workers=int(cfg.get("num_workers", 0)), drop_last=len(ds) > bs,
+                              pin_memory=device.type == "cuda",
+                              persistent_workers=int(cfg.get("num_workers", 0)) > 0)
+
+        loader = files_loader(ds)
+        if held is not None:  # the epochs before hold_until: the other images, no swap
+            early = ImageListDataset(paths, y, train_transform(size), ds.cache, augment_flags,
+                                     train_transform(size, "classic"), alternatives, 0.0)
+            early_loader = files_loader(Subset(early, [i for i, h in enumerate(held) if not h]))
     if init:
         start = TrainedClassifier.load(init)
         if start.arch != cfg["arch"] or start.classes != list(classes):
@@ -190,11 +203,26 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                              cache=cache, device=device)
         log.info("augment flip, stages below %s frozen: %d images' outputs cached (%s), %d computed here",
                  below, loader.n_cached, frozen_cache or "none", loader.n_live)
+    if held is not None and not isinstance(loader, DataLoader):
+        loader.hold(held)
+
+    def epoch_loader(epoch: int):
+        """The loader of an epoch: before hold_until without the held images."""
+        if held is None or epoch >= hold_until:
+            if not isinstance(loader, DataLoader):
+                loader.holding = False
+            return loader
+        if isinstance(loader, DataLoader):
+            return early_loader
+        loader.holding = True
+        return loader
+
+    steps = [len(epoch_loader(e)) for e in range(int(cfg["epochs"]))]
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=float(cfg["lr"]),
                           momentum=float(cfg.get("momentum", 0.9)),
                           weight_decay=float(cfg.get("weight_decay", 5e-4)), nesterov=True)
     epochs = int(cfg["epochs"])
-    total = max(1, epochs * len(loader))
+    total = max(1, sum(steps))
     warmup = min(total // 10, 100)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
@@ -208,12 +236,14 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     model.train()
     for m in frozen:  # frozen stages keep their BatchNorm statistics too
         m.eval()
-    bar = tqdm(total=total, initial=done * len(loader), desc=progress_desc, mininterval=2.0)
+    bar = tqdm(total=total, initial=sum(steps[:done]), desc=progress_desc, mininterval=2.0)
     for epoch in range(done, epochs):
         loss_fn = weighted if epoch >= weight_from_epoch else crit
         if class_weights is not None and epoch == weight_from_epoch:
             log.info("epoch %d: the loss weighted per class from here on", epoch)
-        for xb, yb in loader:
+        if held is not None and epoch == hold_until:
+            log.info("epoch %d: the %d held images join from here on", epoch, sum(held))
+        for xb, yb in epoch_loader(epoch):
             xb = xb.to(device, non_blocking=True)
             xb = xb.to(memory_format=torch.channels_last) if xb.dim() == 4 else xb
             yb = yb.to(device, non_blocking=True)
