@@ -183,8 +183,9 @@ def section(name):
 # the retrain keys only some methods read: {key: those methods}
 METHOD_KEYS = {
     "noise": ("noise", "deferred_noise"),
-    "reweight": ("reweight", "drw"),
-    "defer_epoch": ("drw", *DEFERRED_METHODS),
+    "reweight": ("reweight", "drw", "cmo_drw"),
+    "cmo": ("cmo", "cmo_drw"),
+    "defer_epoch": ("drw", "cmo_drw", *DEFERRED_METHODS),
 }
 
 

@@ -141,7 +141,8 @@ def test_make_verdict_is_the_demo_with_the_yardstick_combined_methods_and_replic
     merged = copy.deepcopy(demo)
     update_config(merged, yaml.safe_load((ROOT / "config" / "demo-replicates.yaml").read_text()))
     single = set(METHODS) - set(COMBINED_METHODS) - set(ORACLE_AT_METHODS) - set(DEFERRED_METHODS)
-    assert set(demo["retrain"]["methods"]) == single - {"real_oracle", "coti", "noise", "reweight", "drw"} | {
+    assert set(demo["retrain"]["methods"]) == single - {"real_oracle", "coti", "noise", "reweight", "drw", "cmo",
+                                                        "cmo_drw"} | {
         "oversample+diff_ii"}
     assert set(merged["retrain"]["methods"]) - set(demo["retrain"]["methods"]) == {
         "real_oracle", "coti", "noise", "reweight", "oversample+ti_lora", "oversample+lora_i2i", *ORACLE_AT_METHODS}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tibalance.rebalance import class_weights, defer_epoch, noise_count, noise_images, pixel_stats
+from tibalance.rebalance import class_weights, cutmix, defer_epoch, noise_count, noise_images, pixel_stats
 from tibalance.retrain import build_training_set
 from tibalance.training import train_classifier
 from tibalance.util import TibalanceError
@@ -137,3 +137,65 @@ def test_deferred_images_join_at_the_stated_epoch(tmp_path, monkeypatch, pipelin
     assert w == {"held": [False] * 8 + [True] * 4, "hold_until": 3}
     assert _weighting("deferred_ti", ts, ["big", "rare"], {"epochs": 5}, {})["hold_until"] == 4  # 0.8 of 5
     assert _weighting("ti", ts, ["big", "rare"], {"epochs": 5}, {"defer_epoch": 3}) == {}
+
+
+def test_cutmix_pastes_one_box_and_lambda_is_the_background_share():
+    g = torch.Generator().manual_seed(0)
+    bg, patch = torch.zeros(4, 3, 32, 32), torch.ones(4, 3, 32, 32)
+    lams = []
+    for _ in range(20):
+        out, lam, (y0, y1, x0, x1) = cutmix(bg, patch, 1.0, g)
+        inside = torch.zeros(32, 32, dtype=torch.bool)
+        inside[y0:y1, x0:x1] = True
+        assert bool((out[..., inside] == 1).all()) and bool((out[..., ~inside] == 0).all())
+        assert lam == pytest.approx(1 - float(inside.float().mean()))
+        lams.append(lam)
+    assert len(set(lams)) > 10 and min(lams) < 0.5 < max(lams)  # Beta(1, 1): spread over (0, 1)
+
+
+def test_cmo_mixes_minority_patches_onto_the_batch_with_the_papers_label_rule(tmp_path, monkeypatch):
+    """With p 1 every batch is mixed: the patch batch is drawn with weights 1/n
+    of its class (the rare class half the draws, not its 2 of 8), its box pasted
+    onto the batch, and the loss is lambda' x CE(the batch's labels) + (1 -
+    lambda') x CE(the patches' labels), lambda' the background's share."""
+    import tibalance.rebalance as rb
+
+    rare = _images(tmp_path, 2, [200, 50, 50], [20, 20, 20], seed=1)
+    (tmp_path / "big").mkdir()
+    big = _images(tmp_path / "big", 6, [50, 50, 200], [20, 20, 20], seed=2)
+    paths, labels = rare + big, ["rare"] * 2 + ["big"] * 6
+    mixes, ces, losses = [], [], []
+    real_cutmix, ce, real_backward = rb.cutmix, torch.nn.functional.cross_entropy, torch.Tensor.backward
+
+    def spy_cutmix(bg, patch, beta, g):
+        out, lam, box = real_cutmix(bg, patch, beta, g)
+        mixes.append((bg.clone(), patch.clone(), out.clone(), lam, box))
+        return out, lam, box
+
+    def spy_ce(logits, target, *a, **kw):
+        loss = ce(logits, target, *a, **kw)
+        ces.append((target.tolist(), loss.item()))
+        return loss
+
+    def spy_backward(self, *a, **kw):
+        losses.append(self.item())
+        return real_backward(self, *a, **kw)
+
+    monkeypatch.setattr(rb, "cutmix", spy_cutmix)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy_ce)
+    monkeypatch.setattr(torch.Tensor, "backward", spy_backward)
+    cfg = {"arch": "resnet18", "image_size": 32, "epochs": 20, "batch_size": 8, "lr": 0.01, "input": "memory"}
+    train_classifier(paths, labels, ["big", "rare"], cfg, 0, cmo={"p": 1.0, "beta": 1.0})
+    assert len(mixes) == len(losses) == 20 and len(ces) == 40  # one batch an epoch, each mixed: two CE terms
+    patch_labels = []
+    for k, (bg, patch, out, lam, (y0, y1, x0, x1)) in enumerate(mixes):
+        assert torch.equal(out[..., y0:y1, x0:x1], patch[..., y0:y1, x0:x1])
+        kept = torch.ones(out.shape[-2:], dtype=torch.bool)
+        kept[y0:y1, x0:x1] = False
+        assert torch.equal(out[..., kept], bg[..., kept])
+        (t_bg, l_bg), (t_patch, l_patch) = ces[2 * k], ces[2 * k + 1]
+        assert sorted(t_bg) == [0] * 6 + [1] * 2  # the epoch's batch: every image once
+        assert losses[k] == pytest.approx(lam * l_bg + (1 - lam) * l_patch, rel=1e-5)
+        patch_labels += t_patch
+    # rare drawn ~80 of 160 times (sd 6), at its share of the images ~40 (sd 5.5)
+    assert sum(patch_labels) > 60

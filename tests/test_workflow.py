@@ -204,7 +204,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     res = wd / "results"
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
     summary = pd.read_csv(res / "tables/summary.csv").set_index("method")
-    assert list(summary.index) == ["baseline", "oversample", "noise", "reweight", "drw", "real_oracle",
+    assert list(summary.index) == ["baseline", "oversample", "noise", "reweight", "drw", "cmo", "real_oracle",
                                    "real_oracle@ti_i2i", "raw_sd", "ti",
                                    "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "oversample+ti_i2i",
                                    "oversample+diff_ii", "deferred_noise"]
@@ -229,7 +229,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
             assert summary.loc[method, f"improved_{cls}"] == f"{sum(x > 0 for x in d)}/2"
         counts = runs[method, 0]["train_counts"]
         for cls in weak:  # mix 'add': the kept synthetic images (oversample: the balanced count) on top
-            if method in ("reweight", "drw"):  # the real images, weighted (their own test)
+            if method in ("reweight", "drw", "cmo"):  # the real images, weighted or mixed (their own test)
                 assert counts == base_counts
                 continue
             kind = {"raw_sd": "raw", "oversample": "raw", "noise": "raw", "deferred_noise": "raw", "baseline": None,
@@ -410,7 +410,9 @@ def test_the_rebalancing_rows_train_as_their_settings_say(tiny_run):
     images (rule noise_images); reweight: the real images, the effective-number
     weights of their counts from the first epoch; drw: the same from epoch 1
     of 2 (0.8 of the epochs, floored); deferred_noise: noise's set, its added
-    images held back until epoch 1."""
+    images held back until epoch 1; cmo: the real images, mixed at the
+    paper's settings (its frozen stages run live: the DAG finishing is the test
+    of that path)."""
     import numpy as np
 
     from tibalance.rebalance import class_weights
@@ -418,7 +420,7 @@ def test_the_rebalancing_rows_train_as_their_settings_say(tiny_run):
     wd, _ = tiny_run
     res = wd / "results"
     runs = {m: json.loads((res / f"retrain/{m}/seed0/metrics.json").read_text())
-            for m in ("baseline", "oversample", "noise", "reweight", "drw", "deferred_noise")}
+            for m in ("baseline", "oversample", "noise", "reweight", "drw", "deferred_noise", "cmo")}
     order = json.loads((res / "data/classes.json").read_text())["classes"]
     noise = pd.read_csv(res / "noise/triangle/images.csv")
     raw = pd.read_csv(res / "samples/raw/triangle/samples.csv")
@@ -426,6 +428,8 @@ def test_the_rebalancing_rows_train_as_their_settings_say(tiny_run):
     assert runs["noise"]["train_counts"] == runs["oversample"]["train_counts"]
     d = runs["deferred_noise"]
     assert d["train_counts"] == runs["noise"]["train_counts"] and d["noise_images"] == runs["noise"]["noise_images"]
+    assert runs["cmo"]["cmo"] == {"p": 0.5, "beta": 1.0} and "class_weights" not in runs["cmo"]
+    assert runs["cmo"]["train_counts"] == runs["baseline"]["train_counts"]
     assert d["hold_until"] == 1 and d["held_images"] == sum(runs["noise"]["train_counts"].values()) - sum(
         runs["baseline"]["train_counts"].values())
     for method, start in (("reweight", 0), ("drw", 1)):
@@ -526,10 +530,10 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
     # per weak class its seeds; where it gets images TI, COTI, their nearest words, 2 LoRA, diff_ii's
-    # inversions, 8 modes x (sample, filter), grid, FID, judge, real_oracle's images and noise's; 18 methods x 2
+    # inversions, 8 modes x (sample, filter), grid, FID, judge, real_oracle's images and noise's; 19 methods x 2
     # seeds; the training images' features for the knn filters (once); the frozen stages' outputs for the
     # retraining runs (once)
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 27 + 36 + 3
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 27 + 38 + 3
                                                               + bool(adapted) + 1)
     assert row("oracle_images", adapted[0], "real_oracle").jobs == 1
     assert row("frozen_features", "", "").jobs == 1
@@ -755,7 +759,7 @@ def test_training_from_scratch_retrains_every_run_without_the_baseline(tiny_run,
     p = snakemake(wd, "-n", configfiles=[edited])
     rules = sorted({r for r, _ in _planned_jobs(p.stdout + p.stderr)})
     assert rules == ["all", "cost", "report", "retrain", "retrain_ablation"]
-    assert len(_planned_jobs(p.stdout + p.stderr)) == 36 + 3 + 3  # 18 methods x 2 seeds, 3 ablation runs
+    assert len(_planned_jobs(p.stdout + p.stderr)) == 38 + 3 + 3  # 19 methods x 2 seeds, 3 ablation runs
     for rule in ("retrain", "retrain_ablation"):
         assert "results/baseline/model.pt" not in _job_block(p.stdout, rule)
 

@@ -203,6 +203,14 @@ class _IndexedBatches:
                         idx[k] = self.alts[p][int(torch.randint(len(self.alts[p]), (1,), generator=self.g))]
             yield pos, idx
 
+    def __iter__(self):
+        for pos, idx in self._batches():
+            yield self._make(pos, idx)
+
+    def draw(self, pos: torch.Tensor):
+        """The batch (inputs, labels) of the rows at `pos` (no swap), augmented as an epoch's are."""
+        return self._make(pos, self.index[pos])
+
 
 class TensorBatches(_IndexedBatches):
     """The training input pipeline on tensors: every image decoded once into one
@@ -251,18 +259,17 @@ class TensorBatches(_IndexedBatches):
         x0 = torch.floor(torch.rand(n, generator=self.g) * (hw[:, 1] - w + 1))
         return torch.stack([rows.float(), x0, y0, x0 + w, y0 + h], 1)
 
-    def __iter__(self):
+    def _make(self, pos, idx):
         from torchvision.ops import roi_align
 
-        for pos, idx in self._batches():
-            x = self.canvas[idx].float()
-            x = roi_align(x, self._boxes(self.hw[idx]), (self.size, self.size), 1.0, -1, aligned=True)
-            flip = torch.rand(len(idx), generator=self.g) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x).div_(255.0).clamp_(0, 1)
-            if self.flags is not None:
-                for k in torch.nonzero(self.flags[pos]).flatten().tolist():
-                    x[k] = self.classic(x[k])
-            yield (x - self.mean) / self.std, self.labels[pos]
+        x = self.canvas[idx].float()
+        x = roi_align(x, self._boxes(self.hw[idx]), (self.size, self.size), 1.0, -1, aligned=True)
+        flip = torch.rand(len(idx), generator=self.g) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x).div_(255.0).clamp_(0, 1)
+        if self.flags is not None:
+            for k in torch.nonzero(self.flags[pos]).flatten().tolist():
+                x[k] = self.classic(x[k])
+        return (x - self.mean) / self.std, self.labels[pos]
 
 
 @dataclass

@@ -158,8 +158,9 @@ ORACLE_AT_METHODS = tuple(f"real_oracle@{m}" for m in SYNTHETIC_METHODS)
 # the rows that measure the study rather than propose a method (never "best")
 YARDSTICK_METHODS = ("real_oracle", *ORACLE_AT_METHODS)
 # the long-tail literature's re-balancing without a generator (rebalance.py): pure-noise
-# oversampling (OPeN), class-weighted loss, and the same deferred (DRW)
-REBALANCE_METHODS = ("noise", "reweight", "drw")
+# oversampling (OPeN), class-weighted loss, the same deferred (DRW), minority images
+# CutMix-ed onto the batch (CMO) and CMO with DRW
+REBALANCE_METHODS = ("noise", "reweight", "drw", "cmo", "cmo_drw")
 # the re-balancing deferred (OPeN's and OSeD's runs, Cao et al.'s DRS): the method's
 # training set, but its added images (and swaps) only from retrain.defer_epoch on,
 # the real images alone before it

@@ -181,30 +181,29 @@ class ViewBatches(_IndexedBatches):
         self.frozen = frozen
         self.device = device or torch.device("cpu")
 
-    def __iter__(self):
-        for pos, idx in self._batches():
-            flip = torch.rand(len(idx), generator=self.g) < 0.5
-            classic = self.flags[pos]
-            use_cache = self.cached[idx] & ~classic
-            live = torch.nonzero(~use_cache).flatten()
-            parts = {}
-            if len(live):
-                x = self.pixels[self.pixel_row[idx[live]]].float().div_(255.0)
-                x = torch.where(flip[live][:, None, None, None], x.flip(-1), x)
-                for k in torch.nonzero(classic[live]).flatten().tolist():
-                    x[k] = self.classic(x[k])
-                with torch.no_grad():
-                    parts["live"] = self.frozen(normalise(x).to(self.device)).float()
-            if bool(use_cache.any()):
-                hit = torch.nonzero(use_cache).flatten()
-                parts["cached"] = self.views[idx[hit], flip[hit].long()].to(self.device)
-            ref = parts.get("live", parts.get("cached"))
-            out = torch.empty((len(idx),) + tuple(ref.shape[1:]), dtype=ref.dtype, device=self.device)
-            if "live" in parts:
-                out[live] = parts["live"]
-            if "cached" in parts:
-                out[hit] = parts["cached"]
-            yield out, self.labels[pos]
+    def _make(self, pos, idx):
+        flip = torch.rand(len(idx), generator=self.g) < 0.5
+        classic = self.flags[pos]
+        use_cache = self.cached[idx] & ~classic
+        live = torch.nonzero(~use_cache).flatten()
+        parts = {}
+        if len(live):
+            x = self.pixels[self.pixel_row[idx[live]]].float().div_(255.0)
+            x = torch.where(flip[live][:, None, None, None], x.flip(-1), x)
+            for k in torch.nonzero(classic[live]).flatten().tolist():
+                x[k] = self.classic(x[k])
+            with torch.no_grad():
+                parts["live"] = self.frozen(normalise(x).to(self.device)).float()
+        if bool(use_cache.any()):
+            hit = torch.nonzero(use_cache).flatten()
+            parts["cached"] = self.views[idx[hit], flip[hit].long()].to(self.device)
+        ref = parts.get("live", parts.get("cached"))
+        out = torch.empty((len(idx),) + tuple(ref.shape[1:]), dtype=ref.dtype, device=self.device)
+        if "live" in parts:
+            out[live] = parts["live"]
+        if "cached" in parts:
+            out[hit] = parts["cached"]
+        return out, self.labels[pos]
 
 
 @torch.no_grad()

@@ -10,16 +10,28 @@
   ``drw`` (deferred re-weighting, Cao et al., LDAM-DRW) plain until the
   deferral epoch, weighted from it;
 - ``deferred_<method>`` (deferred re-sampling, DRS; OPeN's and OSeD's runs): the
-  real images alone until the deferral epoch, <method>'s whole set from it.
+  real images alone until the deferral epoch, <method>'s whole set from it;
+- ``cmo`` / ``cmo_drw`` (context-rich minority oversampling, Park et al., CVPR
+  2022): with probability p a batch gets a box of a second batch drawn with
+  weights 1/n of its classes (the minority) pasted onto it (CutMix: the box's
+  side sqrt(1 - lambda) of the image's, lambda ~ Beta(beta, beta), its centre
+  uniform, clipped to the image); the loss is lambda' x CE(background's
+  label) + (1 - lambda') x CE(the patch's), lambda' = 1 - the pasted share of
+  the image. ``cmo_drw`` adds drw's deferred re-weighting.
 """
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .util import TibalanceError, save_image_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +39,7 @@ REWEIGHT_DEFAULTS = {
     "weights": "effective",   # inverse (1/n) | effective ((1 - beta) / (1 - beta^n), Cui et al.)
     "beta": 0.9999,
 }
+CMO_DEFAULTS = {"p": 0.5, "beta": 1.0}  # the paper's CIFAR-LT mixing probability and Beta(1, 1)
 NOISE_DEFAULTS = {"share": 1 / 3}  # of the added images, the share that is noise (OPeN's ratio: the rest repeat)
 WEIGHTINGS = ("inverse", "effective")
 
@@ -98,3 +111,34 @@ def noise_images(real: list[str], n: int, seed: int, out_dir: str) -> list[str]:
         stale.unlink()
     log.info("%d noise images (mean %s, std %s per channel) -> %s", n, np.round(mean, 1), np.round(std, 1), out)
     return paths
+
+
+def minority_weights(labels) -> "torch.Tensor":
+    """CMO's minority sampler: per row the weight 1/n of its class (n: the class's
+    rows), so that every class is drawn equally often."""
+    import torch
+
+    labels = list(labels)
+    counts = {c: labels.count(c) for c in set(labels)}
+    return torch.tensor([1.0 / counts[c] for c in labels], dtype=torch.float64)
+
+
+def cutmix(background: "torch.Tensor", patch: "torch.Tensor", beta: float,
+           generator: "torch.Generator") -> tuple["torch.Tensor", float, tuple[int, int, int, int]]:
+    """CMO's mix of two batches [B, C, H, W]: one box (CutMix's rand_bbox) of
+    `patch` pasted onto every image of `background`; (the mixed batch, lambda' =
+    1 - the box's share of the image: the background label's weight, the box
+    (y0, y1, x0, x1))."""
+    import torch
+
+    h, w = background.shape[-2:]
+    seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(beta, beta))
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = (int(v) for v in torch.randint(0, 1 << 30, (2,), generator=generator) % torch.tensor([h, w]))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    out = background.clone()
+    out[..., y0:y1, x0:x1] = patch[..., y0:y1, x0:x1]
+    return out, 1.0 - (y1 - y0) * (x1 - x0) / (h * w), (y0, y1, x0, x1)

@@ -45,13 +45,13 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
       synthetic images (whatever retrain.mix says; the rate is the trainer's replace_p);
     - noise (OPeN): the oversample set, its first len(noise[cls]) added images
       the class's pure-noise images instead of repeats (rebalance.noise_images);
-    - reweight, drw: the real training images (their loss is weighted instead);
+    - reweight, drw, cmo, cmo_drw: the real training images (weighted or mixed in the training loop);
     - deferred_<method>: <method>'s set."""
     if method not in METHODS:
         raise TibalanceError(f"retrain.methods: unknown method {method!r} ({', '.join(METHODS)})")
     method = undeferred(method)
     df = train[["path", "label"]].reset_index(drop=True).assign(classic=False, alternatives=None, added=False)
-    if method in ("baseline", "reweight", "drw"):
+    if method in ("baseline", "reweight", "drw", "cmo", "cmo_drw"):
         return df
     extra = []
     for cls in weak:

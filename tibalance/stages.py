@@ -356,22 +356,24 @@ def read_synthetic(csvs: list[str], use_filter: bool = True, limit: int | None =
 
 
 def _weighting(method: str, ts: pd.DataFrame, order: list[str], clf_cfg: dict, retrain_cfg: dict) -> dict:
-    """What re-balances the run inside the training loop: reweight / drw: the
-    class weights of the run's own training counts, and the epoch they start at
-    (drw's deferral; 0 for reweight); deferred_<method>: the rows held back (its
-    added images) and the epoch they join at; {} for other methods."""
+    """What re-balances the run inside the training loop: reweight / drw /
+    cmo_drw: the class weights of the run's own training counts, and the epoch
+    they start at (the deferral; 0 for reweight); cmo / cmo_drw: CMO's mixing
+    (retrain.cmo); deferred_<method>: the rows held back (its added images) and
+    the epoch they join at; {} for other methods."""
     from .defaults import DEFERRED_METHODS
-    from .rebalance import REWEIGHT_DEFAULTS, class_weights, defer_epoch
+    from .rebalance import CMO_DEFAULTS, REWEIGHT_DEFAULTS, class_weights, defer_epoch
 
     start = defer_epoch(retrain_cfg.get("defer_epoch"), int(clf_cfg["epochs"]))
     if method in DEFERRED_METHODS:
         return {"held": ts["added"].tolist(), "hold_until": start}
-    if method not in ("reweight", "drw"):
-        return {}
-    r = {**REWEIGHT_DEFAULTS, **(retrain_cfg.get("reweight") or {})}
-    counts = ts.groupby("label").size().to_dict()
-    return {"class_weights": class_weights(counts, order, r["weights"], float(r["beta"])),
-            "weight_from_epoch": start if method == "drw" else 0}
+    out = {"cmo": {**CMO_DEFAULTS, **(retrain_cfg.get("cmo") or {})}} if method in ("cmo", "cmo_drw") else {}
+    if method in ("reweight", "drw", "cmo_drw"):
+        r = {**REWEIGHT_DEFAULTS, **(retrain_cfg.get("reweight") or {})}
+        counts = ts.groupby("label").size().to_dict()
+        out.update({"class_weights": class_weights(counts, order, r["weights"], float(r["beta"])),
+                    "weight_from_epoch": 0 if method == "reweight" else start})
+    return out
 
 
 def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str, synthetic_csvs: list[str],

@@ -105,7 +105,7 @@ class EpochCheckpoint:
 
 
 def _checkpoint_key(paths, labels, classes, cfg, seed, augment_flags, alternatives, replace_p, init, frozen_cache,
-                    class_weights, weight_from_epoch, held=None, hold_until=0) -> dict:
+                    class_weights, weight_from_epoch, held=None, hold_until=0, cmo=None) -> dict:
     """What a training's result depends on (its checkpoint's key)."""
     from .util import file_digest
 
@@ -117,7 +117,8 @@ def _checkpoint_key(paths, labels, classes, cfg, seed, augment_flags, alternativ
             "init": file_digest(init) if init else None,
             "frozen_cache": file_digest(frozen_cache) if frozen_cache else None,
             "class_weights": class_weights, "weight_from_epoch": weight_from_epoch,
-            "held": None if held is None else [bool(h) for h in held], "hold_until": hold_until}
+            "held": None if held is None else [bool(h) for h in held], "hold_until": hold_until,
+            "cmo": cmo}
 
 
 def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
@@ -126,7 +127,7 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                      frozen_cache: str | None = None, class_weights: list[float] | None = None,
                      weight_from_epoch: int = 0, checkpoint: str | None = None,
                      stop_after_epoch: int | None = None, held=None,
-                     hold_until: int = 0) -> TrainedClassifier | None:
+                     hold_until: int = 0, cmo: dict | None = None) -> TrainedClassifier | None:
     """Train a ResNet on (paths, labels); labels are class slugs.
 
     cfg: arch, pretrained, image_size, epochs, batch_size, lr, momentum,
@@ -145,6 +146,10 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     held: per-image booleans: those images (and every swap for an alternative)
     wait until epoch hold_until (0-based); the epochs before it draw from the
     others alone (deferred re-sampling).
+    cmo: {"p", "beta"}: context-rich minority oversampling (rebalance.cutmix):
+    with probability p a batch gets a box of a batch drawn with weights 1/n of
+    its classes; on pixels, so with augment flip the frozen stages run on
+    every batch here (their cached outputs are of unmixed images).
     checkpoint: a file the state is saved to every cfg checkpoint_every epochs
     (1 unset) and resumed from (EpochCheckpoint); removed when the training ends.
     stop_after_epoch: stop after that many epochs, saved, returning None (tests: a kill).
@@ -152,7 +157,7 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     paths, labels = list(paths), list(labels)
     resume = EpochCheckpoint(checkpoint, _checkpoint_key(
         paths, labels, classes, cfg, seed, augment_flags, alternatives, replace_p, init, frozen_cache,
-        class_weights, weight_from_epoch, held, hold_until)) if checkpoint else None
+        class_weights, weight_from_epoch, held, hold_until, cmo)) if checkpoint else None
     held = list(held) if held is not None and hold_until > 0 and any(held) else None
     seed_everything(seed)
     device = pick_device(cfg.get("device", "auto"))
@@ -194,11 +199,14 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                             cfg.get("weights_file")).to(device)
     model = model.to(memory_format=torch.channels_last)
     frozen = freeze_stages(model, cfg.get("freeze_below"), init or cfg.get("pretrained"))
-    forward = model
+    forward, pixel_lower = model, None
     if augment == "flip":
         below = cfg.get("freeze_below") or "stem"
         lower, forward = split_model(model, below)
-        cache = open_features(frozen_cache, init, below, size) if frozen_cache and below != "stem" else None
+        cache = (open_features(frozen_cache, init, below, size)
+                 if frozen_cache and below != "stem" and cmo is None else None)
+        if cmo is not None:  # the batches in pixels, mixed, then through the frozen stages (below)
+            pixel_lower, lower = lower, (lambda x: x)
         loader = ViewBatches(paths, y, size, bs, g, lower, augment_flags, alternatives, replace_p,
                              cache=cache, device=device)
         log.info("augment flip, stages below %s frozen: %d images' outputs cached (%s), %d computed here",
@@ -218,6 +226,17 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
         return loader
 
     steps = [len(epoch_loader(e)) for e in range(int(cfg["epochs"]))]
+    if cmo is not None:
+        from .rebalance import CMO_DEFAULTS, cutmix, minority_weights
+
+        cmo = {**CMO_DEFAULTS, **cmo}
+        row_weights = minority_weights(y)
+        if isinstance(loader, DataLoader):
+            def draw(pos):
+                items = [ds[int(i)] for i in pos]
+                return torch.stack([x for x, _ in items]), torch.tensor([label for _, label in items])
+        else:
+            draw = loader.draw
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=float(cfg["lr"]),
                           momentum=float(cfg.get("momentum", 0.9)),
                           weight_decay=float(cfg.get("weight_decay", 5e-4)), nesterov=True)
@@ -245,10 +264,20 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
             log.info("epoch %d: the %d held images join from here on", epoch, sum(held))
         for xb, yb in epoch_loader(epoch):
             xb = xb.to(device, non_blocking=True)
-            xb = xb.to(memory_format=torch.channels_last) if xb.dim() == 4 else xb
             yb = yb.to(device, non_blocking=True)
+            mix = None
+            if cmo is not None and float(torch.rand(1, generator=g)) < float(cmo["p"]):
+                xf, yf = draw(torch.multinomial(row_weights, len(yb), replacement=True, generator=g))
+                xb, lam, _ = cutmix(xb, xf.to(device), float(cmo["beta"]), g)
+                mix = (yf.to(device), lam)
+            if pixel_lower is not None:
+                with torch.no_grad():
+                    xb = pixel_lower(xb).float()
+            xb = xb.to(memory_format=torch.channels_last) if xb.dim() == 4 else xb
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = loss_fn(forward(xb), yb)
+                out = forward(xb)
+                loss = (loss_fn(out, yb) if mix is None
+                        else mix[1] * loss_fn(out, yb) + (1.0 - mix[1]) * loss_fn(out, mix[0]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
