@@ -164,3 +164,7 @@ class Cluster:
 
     def scancel(self, jobid: str) -> None:
         subprocess.run([_which("scancel"), str(jobid)], check=True)
+
+    def requeue(self, jobid: str) -> None:
+        """What a preemption or node failure does to a requeue-able job: killed and queued again, same id."""
+        subprocess.run([_which("scontrol"), "requeue", str(jobid)], check=True)

@@ -88,6 +88,7 @@ def test_every_non_local_job_goes_through_sbatch(cluster, slurm_run):
             rec = cluster.job(sid)
             assert rec["Comment"].startswith(f"rule_{rule}"), rec["Comment"]
             assert rec["JobState"] == "COMPLETED", (rule, rec["JobState"])
+            assert rec["Requeue"] == "1", f"{rule}: not requeue-able (the profile's --requeue)"
             gres = rec.get("TresPerJob", "")
             if rule in GPU_RULES:
                 assert "gpu:1" in gres, f"{rule} asked for no GPU: {gres!r}"
@@ -171,6 +172,41 @@ def test_scancelled_inversion_resumes_from_its_checkpoint(cluster, slurm_run, tm
     loss = pd.read_csv(wd / "results" / "inversion" / cls / "loss.csv")
     assert list(loss["step"]) == list(range(1, 201))
     assert not ckpt.exists()  # finished: removed
+
+
+def test_a_requeued_retraining_run_goes_on_from_its_epoch_checkpoint(cluster, slurm_run, tmp_path):
+    """SLURM requeues a retraining run (what a preemption or a node failure does
+    with the profile's --requeue) after it saved an epoch: the same SLURM job
+    runs again, Snakemake waits for it without resubmitting (retries 0) and the
+    run resumes after its saved epoch (that a resumed run ends at the weights of
+    one never stopped: test_classifier)."""
+    wd, _ = slurm_run
+    overlay = tmp_path / "longer_retrain.yaml"
+    overlay.write_text(yaml.safe_dump({"retrain": {"classifier": {"epochs": 100}}}))
+    target = "results/retrain/baseline/seed0/metrics.json"
+    ckpt = wd / "results" / "retrain" / "baseline" / "seed0" / "resume" / "checkpoint.pt"
+    args = [*SLURM_ARGS, "--retries", "0", target]
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        p=snakemake(wd, *args, configfiles=(TINY, overlay), cores=None, check=False)))
+    t.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and not ckpt.exists():
+        time.sleep(0.2)
+    assert ckpt.exists(), "no epoch checkpoint appeared"
+    running = [j for j, state, comment in cluster.queue() if comment.startswith("rule_retrain")]
+    assert len(running) == 1, cluster.queue()
+    cluster.requeue(running[0])
+    t.join(timeout=600)
+    p = result["p"]
+    assert p.returncode == 0, p.stderr[-3000:]
+    rules, slurm = _jobs(p.stdout + p.stderr)
+    (jobid,) = [j for j, (rule, _) in rules.items() if rule == "retrain"]
+    assert slurm[jobid] == [running[0]]  # one submission: SLURM ran it again, not Snakemake
+    assert int(cluster.job(running[0])["Restarts"]) >= 1
+    log = (wd / "logs" / "retrain" / "baseline" / "seed0.log").read_text()
+    assert "resuming from" in log and "after epoch" in log, log[-2000:]
+    assert (wd / target).exists() and not ckpt.exists()
 
 
 def test_dry_run_of_the_real_config_lists_gpu_requests(tmp_path):

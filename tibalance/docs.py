@@ -337,6 +337,9 @@ def main(argv: list[str]) -> int:
     elif what == "demo-lt":  # the long-tailed demo's page (make demo-lt's folder)
         results = Path(argv[1]) if len(argv) > 1 else ROOT / "demo-lt" / "results"
         DEMO_LT_DOC.write_text(fill_demo_tables(DEMO_LT_DOC, results))
+        plot = results / "plots" / "accuracy_change.png"  # the page's plot: classes and groups
+        (ROOT / "docs" / "img").mkdir(exist_ok=True)
+        shutil.copyfile(plot, ROOT / "docs" / "img" / "accuracy_change_lt.png")
         print(f"wrote {DEMO_LT_DOC.relative_to(ROOT)} from {results} ({run_stamp(results)})")
     elif what == "times":
         write_times(argv[1:])
