@@ -3,6 +3,7 @@
 install included.
 
     python3 benchmarks/time_make.py demo verdict    # make demo, then make verdict
+    python3 benchmarks/time_make.py demo-lt         # make demo-lt (the long-tailed demo, in demo-lt/)
     python3 benchmarks/time_make.py test            # CI=true bash .ci/run (lint, then the suite)
 
 Each target's wall time and exit status, the commit, the CPU (its model,
@@ -25,7 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = {"demo": ["make", "demo"], "verdict": ["make", "verdict"], "test": ["bash", ".ci/run"]}
+COMMANDS = {"demo": ["make", "demo"], "verdict": ["make", "verdict"], "demo-lt": ["make", "demo-lt"],
+            "test": ["bash", ".ci/run"]}
 
 
 def machine() -> dict:

@@ -228,7 +228,8 @@ def fill_demo_tables(doc: Path = DEMO_DOC, results: Path = ROOT / "results") -> 
 
 # ---- the times of the README's commands: from timed fresh-clone runs
 
-TARGETS = {"demo": "`make demo`", "verdict": "`make verdict` after it", "test": "`make test` (`CI=true bash .ci/run`)"}
+TARGETS = {"demo": "`make demo`", "verdict": "`make verdict` after it", "demo-lt": "`make demo-lt`",
+           "test": "`make test` (`CI=true bash .ci/run`)"}
 
 
 def cpu_kind(cpu: dict) -> str:
