@@ -62,7 +62,7 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
     tested = populated if (len(weak_classes) > 1 or long_tail) else {}
     comp = None
     if predictions:
-        from .stats import comparisons, verdict
+        from .stats import comparisons
 
         by_dir = {str(Path(p).parent): p for p in predictions}
         preds = {}
@@ -76,6 +76,31 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
                            groups=tested)
         summary = _with_comparisons(summary, comp, weak_classes + [group_label(g) for g in tested])
     summary = display_names(summary, names)
+    loss_rows, kept = _class_extras(ti_losses, ti_metas, lora_losses, lora_metas, neighbours, filtered)
+    judge_rows = {j["class"]: j for j in (read_json(p) for p in judges or [])}
+    per_class = display_names(
+        per_class_table(run_rows, weak_classes, fid_rows, loss_rows, kept, judge_rows, fid_min_images), names)
+    fid_rows = {names.get(c, c): rows for c, rows in fid_rows.items()}
+    write_csv(summary, summary_csv)
+    write_csv(per_class, per_class_csv)
+    write_markdown(summary_md, to_markdown(summary) + "".join(f"\n{n}\n" for n in notes or []), "Summary per method")
+    write_markdown(per_class_md, to_markdown(per_class), "Per weak class")
+    _plots(per_class, fid_rows, acc_plot, fid_plot, run_rows, weak_classes,
+           populated)
+    if comp is not None and significance_csv:
+        _write_significance(comp, names, tested, run_rows, weak_classes, kept, replicate_of_seed, notes,
+                            significance_csv, significance_md, verdict_md)
+    if ablation_csv:
+        ab = display_names(ablation_table([read_json(p) for p in ablation or []], run_rows, weak_classes), names)
+        write_csv(ab, ablation_csv)
+        write_markdown(ablation_md, to_markdown(ab) if len(ab) else
+                       "No ablation configured (config `ablation.methods` is empty).\n", "Ablation")
+
+
+def _class_extras(ti_losses, ti_metas, lora_losses, lora_metas, neighbours, filtered):
+    """The per-class table's columns from the adaptations' and filters' files: each
+    token's or adapter's loss at the start and end, its held-out loss, its nearest
+    words, and per mode the kept/made counts and the kept images' diversity."""
     loss_rows: dict[str, dict] = {}
 
     def class_and_prefix(p):
@@ -110,40 +135,32 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
         div = read_json(meta).get("diversity_kept") if meta.exists() else None
         if div is not None:
             loss_rows.setdefault(cls, {})[f"div_{kind}"] = div
-    judge_rows = {j["class"]: j for j in (read_json(p) for p in judges or [])}
-    per_class = display_names(
-        per_class_table(run_rows, weak_classes, fid_rows, loss_rows, kept, judge_rows, fid_min_images), names)
-    fid_rows = {names.get(c, c): rows for c, rows in fid_rows.items()}
-    write_csv(summary, summary_csv)
-    write_csv(per_class, per_class_csv)
-    write_markdown(summary_md, to_markdown(summary) + "".join(f"\n{n}\n" for n in notes or []), "Summary per method")
-    write_markdown(per_class_md, to_markdown(per_class), "Per weak class")
-    _plots(per_class, fid_rows, acc_plot, fid_plot, run_rows, weak_classes,
-           populated)
-    if comp is not None and significance_csv:
-        # a group's rows named with its classes; the summary's columns keep the short label
-        names = {**names, **{group_label(g): f"{group_label(g)} group ({', '.join(names.get(c, c) for c in cs)})"
-                             for g, cs in tested.items()}}
-        shown = display_names(comp, names)
-        write_csv(shown, significance_csv)
-        write_markdown(significance_md, to_markdown(shown, pm_pairs=False), "Paired comparisons")
-        from .stats import replicate_ranking
+    return loss_rows, kept
 
-        rankings = {c: replicate_ranking(run_rows, c, {int(k): int(v) for k, v in (replicate_of_seed or {}).items()})
-                    for c in weak_classes if c in kept}  # the classes that got synthetic images
-        def counts_of(c, m):
-            return float(np.mean([r["train_counts"].get(c, 0) for r in run_rows if r["method"] == m]))
 
-        counts = {c: {m: counts_of(c, m) for m in comp["method"].unique()} for c in weak_classes}
-        for g, cs in tested.items():  # a group's training images: its classes'
-            counts[group_label(g)] = {m: float(sum(counts_of(c, m) for c in cs)) for m in comp["method"].unique()}
-        write_markdown(verdict_md, verdict(comp, names, rankings=rankings, counts=counts)
-                       + "".join(f"\n{n}\n" for n in notes or []), "Verdict")
-    if ablation_csv:
-        ab = display_names(ablation_table([read_json(p) for p in ablation or []], run_rows, weak_classes), names)
-        write_csv(ab, ablation_csv)
-        write_markdown(ablation_md, to_markdown(ab) if len(ab) else
-                       "No ablation configured (config `ablation.methods` is empty).\n", "Ablation")
+def _write_significance(comp, names, tested, run_rows, weak_classes, kept, replicate_of_seed, notes,
+                        significance_csv, significance_md, verdict_md):
+    """The significance table and the verdict in words; a group's rows named with its classes
+    (the summary's columns keep the short label)."""
+    from .retrain import display_names, to_markdown
+    from .stats import replicate_ranking, verdict
+
+    names = {**names, **{group_label(g): f"{group_label(g)} group ({', '.join(names.get(c, c) for c in cs)})"
+                         for g, cs in tested.items()}}
+    shown = display_names(comp, names)
+    write_csv(shown, significance_csv)
+    write_markdown(significance_md, to_markdown(shown, pm_pairs=False), "Paired comparisons")
+    rankings = {c: replicate_ranking(run_rows, c, {int(k): int(v) for k, v in (replicate_of_seed or {}).items()})
+                for c in weak_classes if c in kept}  # the classes that got synthetic images
+
+    def counts_of(c, m):
+        return float(np.mean([r["train_counts"].get(c, 0) for r in run_rows if r["method"] == m]))
+
+    counts = {c: {m: counts_of(c, m) for m in comp["method"].unique()} for c in weak_classes}
+    for g, cs in tested.items():  # a group's training images: its classes'
+        counts[group_label(g)] = {m: float(sum(counts_of(c, m) for c in cs)) for m in comp["method"].unique()}
+    write_markdown(verdict_md, verdict(comp, names, rankings=rankings, counts=counts)
+                   + "".join(f"\n{n}\n" for n in notes or []), "Verdict")
 
 
 def selection_notes(weak_info: dict) -> list[str]:

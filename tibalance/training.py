@@ -165,86 +165,26 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     y = [index[label] for label in labels]
     size = int(cfg["image_size"])
     g = torch.Generator().manual_seed(seed)
-    bs = int(cfg["batch_size"])
     augment = cfg.get("augment", "standard")
     if augment not in AUGMENTS:
         raise TibalanceError(f"classifier.augment: unknown value {augment!r} ({', '.join(AUGMENTS)})")
-    if augment == "flip":
-        loader = None  # built below, once the model's frozen stages are known
-    elif cfg.get("input", "files") == "memory":
-        loader = TensorBatches(paths, y, size, _load_size(size), bs, g, augment_flags, alternatives, replace_p)
-    else:  # files (default): decoded once too (ImageCache), augmented per image with PIL; num_workers apply
-        ds = ImageListDataset(paths, y, train_transform(size), ImageCache(_load_size(size)), augment_flags,
-                              train_transform(size, "classic"), alternatives, replace_p)
-        def files_loader(ds):
-            return DataLoader(ds, batch_size=bs, shuffle=True, generator=g,
-                              num_workers=int(cfg.get("num_workers", 0)), drop_last=len(ds) > bs,
-                              pin_memory=device.type == "cuda",
-                              persistent_workers=int(cfg.get("num_workers", 0)) > 0)
-
-        loader = files_loader(ds)
-        if held is not None:  # the epochs before hold_until: the other images, no swap
-            early = ImageListDataset(paths, y, train_transform(size), ds.cache, augment_flags,
-                                     train_transform(size, "classic"), alternatives, 0.0)
-            early_loader = files_loader(Subset(early, [i for i, h in enumerate(held) if not h]))
-    if init:
-        start = TrainedClassifier.load(init)
-        if start.arch != cfg["arch"] or start.classes != list(classes):
-            raise TibalanceError(f"{init}: a {start.arch} over {len(start.classes)} classes cannot start a "
-                                 f"{cfg['arch']} over {len(classes)} classes (retrain.init: baseline needs the "
-                                 f"baseline's architecture)")
-        model = start.model.to(device).train()
-    else:
-        model = build_model(cfg["arch"], len(classes), bool(cfg.get("pretrained", False)),
-                            cfg.get("weights_file")).to(device)
-    model = model.to(memory_format=torch.channels_last)
+    images = (paths, y, augment_flags, alternatives, replace_p)
+    # in this order (the model's random start draws from the global generator after the loader is made)
+    batches = None if augment == "flip" else _pixel_batches(images, cfg, g, device, held)
+    model = _start_model(cfg, classes, init, device)
     frozen = freeze_stages(model, cfg.get("freeze_below"), init or cfg.get("pretrained"))
     forward, pixel_lower = model, None
     if augment == "flip":
-        below = cfg.get("freeze_below") or "stem"
-        lower, forward = split_model(model, below)
-        cache = (open_features(frozen_cache, init, below, size)
-                 if frozen_cache and below != "stem" and cmo is None else None)
-        if cmo is not None:  # the batches in pixels, mixed, then through the frozen stages (below)
-            pixel_lower, lower = lower, (lambda x: x)
-        loader = ViewBatches(paths, y, size, bs, g, lower, augment_flags, alternatives, replace_p,
-                             cache=cache, device=device)
-        log.info("augment flip, stages below %s frozen: %d images' outputs cached (%s), %d computed here",
-                 below, loader.n_cached, frozen_cache or "none", loader.n_live)
-    if held is not None and not isinstance(loader, DataLoader):
-        loader.hold(held)
-
-    def epoch_loader(epoch: int):
-        """The loader of an epoch: before hold_until without the held images."""
-        if held is None or epoch >= hold_until:
-            if not isinstance(loader, DataLoader):
-                loader.holding = False
-            return loader
-        if isinstance(loader, DataLoader):
-            return early_loader
-        loader.holding = True
-        return loader
-
-    steps = [len(epoch_loader(e)) for e in range(int(cfg["epochs"]))]
-    if cmo is not None:
-        from .rebalance import CMO_DEFAULTS, cutmix, minority_weights
-
-        cmo = {**CMO_DEFAULTS, **cmo}
-        row_weights = minority_weights(y)
-        if isinstance(loader, DataLoader):
-            def draw(pos):
-                items = [ds[int(i)] for i in pos]
-                return torch.stack([x for x, _ in items]), torch.tensor([label for _, label in items])
-        else:
-            draw = loader.draw
+        batches, forward, pixel_lower = _view_batches(images, model, cfg, g, device, init, frozen_cache, cmo)
+    batches.hold(held, hold_until)
+    epochs = int(cfg["epochs"])
+    steps = [len(batches.of_epoch(e)) for e in range(epochs)]
+    mixer = _Mixer(cmo, y, batches.draw, g, device) if cmo is not None else None
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=float(cfg["lr"]),
                           momentum=float(cfg.get("momentum", 0.9)),
                           weight_decay=float(cfg.get("weight_decay", 5e-4)), nesterov=True)
-    epochs = int(cfg["epochs"])
     total = max(1, sum(steps))
-    warmup = min(total // 10, 100)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total))
     smoothing = float(cfg.get("label_smoothing", 0.0))
     crit = nn.CrossEntropyLoss(label_smoothing=smoothing)
     weighted = crit if class_weights is None else nn.CrossEntropyLoss(
@@ -262,14 +202,9 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
             log.info("epoch %d: the loss weighted per class from here on", epoch)
         if held is not None and epoch == hold_until:
             log.info("epoch %d: the %d held images join from here on", epoch, sum(held))
-        for xb, yb in epoch_loader(epoch):
-            xb = xb.to(device, non_blocking=True)
-            yb = yb.to(device, non_blocking=True)
-            mix = None
-            if cmo is not None and float(torch.rand(1, generator=g)) < float(cmo["p"]):
-                xf, yf = draw(torch.multinomial(row_weights, len(yb), replacement=True, generator=g))
-                xb, lam, _ = cutmix(xb, xf.to(device), float(cmo["beta"]), g)
-                mix = (yf.to(device), lam)
+        for xb, yb in batches.of_epoch(epoch):
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            xb, mix = mixer(xb) if mixer is not None else (xb, None)
             if pixel_lower is not None:
                 with torch.no_grad():
                     xb = pixel_lower(xb).float()
@@ -295,3 +230,123 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
         resume.remove()
     model.eval()
     return TrainedClassifier(model, list(classes), cfg["arch"], size)
+
+
+def warmup_cosine(total: int):
+    """The learning rate's factor per step: a linear warm-up over a tenth of the
+    steps (at most 100), then a cosine to 0 at `total`."""
+    warmup = min(total // 10, 100)
+    return lambda s: ((s + 1) / (warmup + 1) if s < warmup
+                      else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+
+
+class _Batches:
+    """A training's batches per epoch. Deferred re-sampling (hold): before
+    hold_until the held images sit out, through a loader of the others
+    (`early`, files) or the batch maker's own `holding` switch (memory, views).
+    draw(rows): a batch of those rows, unaugmented order kept (CMO's minority batch)."""
+
+    def __init__(self, loader, draw, early=None):
+        self.loader, self.draw, self.early = loader, draw, early
+        self.held, self.hold_until = None, 0
+
+    def hold(self, held, hold_until: int) -> None:
+        self.held, self.hold_until = held, hold_until
+        if held is not None and self.early is None:
+            self.loader.hold(held)
+
+    def of_epoch(self, epoch: int):
+        ours = not isinstance(self.loader, DataLoader)
+        if self.held is None or epoch >= self.hold_until:
+            if ours:
+                self.loader.holding = False
+            return self.loader
+        if not ours:
+            return self.early
+        self.loader.holding = True
+        return self.loader
+
+
+def _pixel_batches(images, cfg: dict, g, device, held) -> _Batches:
+    """The batches of augment standard: from memory (TensorBatches) or from files
+    (decoded once, ImageCache; augmented per image with PIL; num_workers apply)."""
+    paths, y, flags, alternatives, replace_p = images
+    size, bs = int(cfg["image_size"]), int(cfg["batch_size"])
+    if cfg.get("input", "files") == "memory":
+        loader = TensorBatches(paths, y, size, _load_size(size), bs, g, flags, alternatives, replace_p)
+        return _Batches(loader, loader.draw)
+    ds = ImageListDataset(paths, y, train_transform(size), ImageCache(_load_size(size)), flags,
+                          train_transform(size, "classic"), alternatives, replace_p)
+    workers = int(cfg.get("num_workers", 0))
+
+    def files_loader(ds):
+        return DataLoader(ds, batch_size=bs, shuffle=True, generator=g, num_workers=workers,
+                          drop_last=len(ds) > bs, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+    def draw(rows):
+        items = [ds[int(i)] for i in rows]
+        return torch.stack([x for x, _ in items]), torch.tensor([label for _, label in items])
+
+    early = None
+    if held is not None:  # the epochs before hold_until: the other images, no swap
+        others = ImageListDataset(paths, y, train_transform(size), ds.cache, flags,
+                                  train_transform(size, "classic"), alternatives, 0.0)
+        early = files_loader(Subset(others, [i for i, h in enumerate(held) if not h]))
+    return _Batches(files_loader(ds), draw, early)
+
+
+def _start_model(cfg: dict, classes, init: str | None, device) -> nn.Module:
+    """The recipe's initial network, or `init` (a saved classifier of the same
+    architecture and classes) to fine-tune."""
+    if init:
+        start = TrainedClassifier.load(init)
+        if start.arch != cfg["arch"] or start.classes != list(classes):
+            raise TibalanceError(f"{init}: a {start.arch} over {len(start.classes)} classes cannot start a "
+                                 f"{cfg['arch']} over {len(classes)} classes (retrain.init: baseline needs the "
+                                 f"baseline's architecture)")
+        model = start.model.to(device).train()
+    else:
+        model = build_model(cfg["arch"], len(classes), bool(cfg.get("pretrained", False)),
+                            cfg.get("weights_file")).to(device)
+    return model.to(memory_format=torch.channels_last)
+
+
+def _view_batches(images, model, cfg: dict, g, device, init, frozen_cache, cmo):
+    """The batches of augment flip (ViewBatches: the frozen stages' outputs of each
+    image and its mirror, cached in `frozen_cache` where given) and the model split
+    there: (batches, the trained upper part, the frozen lower part when it must
+    run on every batch (CMO mixes pixels) else None)."""
+    paths, y, flags, alternatives, replace_p = images
+    size, bs = int(cfg["image_size"]), int(cfg["batch_size"])
+    below = cfg.get("freeze_below") or "stem"
+    lower, forward = split_model(model, below)
+    cache = (open_features(frozen_cache, init, below, size)
+             if frozen_cache and below != "stem" and cmo is None else None)
+    pixel_lower = None
+    if cmo is not None:  # the batches in pixels, mixed, then through the frozen stages
+        pixel_lower, lower = lower, (lambda x: x)
+    loader = ViewBatches(paths, y, size, bs, g, lower, flags, alternatives, replace_p, cache=cache, device=device)
+    log.info("augment flip, stages below %s frozen: %d images' outputs cached (%s), %d computed here",
+             below, loader.n_cached, frozen_cache or "none", loader.n_live)
+    return _Batches(loader, loader.draw), forward, pixel_lower
+
+
+class _Mixer:
+    """CMO (rebalance.cutmix): with probability p a batch gets a box of a batch
+    drawn with weights 1/n of its classes; returns (batch, (minority labels, lambda)
+    or None)."""
+
+    def __init__(self, cmo: dict, y, draw, g, device):
+        from .rebalance import CMO_DEFAULTS, minority_weights
+
+        self.cmo = {**CMO_DEFAULTS, **cmo}
+        self.weights, self.draw, self.g, self.device = minority_weights(y), draw, g, device
+
+    def __call__(self, xb):
+        from .rebalance import cutmix
+
+        if float(torch.rand(1, generator=self.g)) >= float(self.cmo["p"]):
+            return xb, None
+        xf, yf = self.draw(torch.multinomial(self.weights, len(xb), replacement=True, generator=self.g))
+        xb, lam, _ = cutmix(xb, xf.to(self.device), float(self.cmo["beta"]), self.g)
+        return xb, (yf.to(self.device), lam)
