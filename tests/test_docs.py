@@ -187,3 +187,13 @@ def test_the_times_are_generated_from_the_recorded_runs():
     assert table[3].startswith("| AMD EPYC 7B13, AVX2, bf16 emulated | 33 min 20 s |")
     assert "about 25 minutes on Intel Xeon (AVX512, bf16 native) and about 33 minutes on AMD EPYC 7B13" in \
         docs.times_sentence(new)
+    # an AMD EPYC with AVX512 and native bf16 is its own row: the Xeon's stays
+    genoa = {"model": "AMD EPYC", "capability": "AVX512", "native_bf16": True}
+    both = docs.merge_times(new, {"commit": "c", "date": "f", "cpu": genoa,
+                                  "runs": [{"target": "demo", "seconds": 1320, "rc": 0}]})
+    assert sorted((docs.cpu_name(r["cpu"]), r["seconds"]) for r in both) == [
+        ("AMD EPYC", 1320), ("AMD EPYC 7B13", 2000), ("Intel Xeon", 1500.4)]
+    rows = docs.times_table(both).splitlines()[2:]
+    assert [r.split(" | ")[:2] for r in rows] == [["| AMD EPYC, AVX512, bf16 native", "22 min 0 s"],
+                                                  ["| Intel Xeon, AVX512, bf16 native", "25 min 0 s"],
+                                                  ["| AMD EPYC 7B13, AVX2, bf16 emulated", "33 min 20 s"]]

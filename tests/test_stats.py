@@ -9,7 +9,17 @@ from scipy.stats import binomtest
 from scipy.stats import t as student_t
 
 from tibalance.calibration import mc_error, rates, simulate_study
-from tibalance.stats import comparisons, holm, holm_levels, run_interval, run_test, sign_flip_test, unit_lifts, verdict
+from tibalance.stats import (
+    comparisons,
+    group_label,
+    holm,
+    holm_levels,
+    run_interval,
+    run_test,
+    sign_flip_test,
+    unit_lifts,
+    verdict,
+)
 from tibalance.util import TibalanceError
 
 
@@ -196,10 +206,13 @@ def test_a_method_identical_to_baseline_is_never_significant():
 def test_best_method_is_never_the_yardstick():
     runs, _ = simulate_study(np.random.default_rng(6), 3, methods=("baseline", "real_oracle", "ti"),
                              lift={"real_oracle": 3.0, "ti": 1.0})
-    comp = comparisons(runs, ["weak"], ["baseline", "real_oracle", "ti"])
-    text = verdict(comp, counts={"weak": {"real_oracle": 990, "ti": 854}})
+    comp = comparisons(runs, ["weak"], ["baseline", "real_oracle", "ti"], groups={"few": ["weak"]})
+    text = verdict(comp, counts={"weak": {"real_oracle": 990, "ti": 854},
+                                 group_label("few"): {"real_oracle": 990, "ti": 854}})
     assert "Best method: `ti`" in text
-    assert "`real_oracle`, 990 real training images" in text and "`ti` (854 training images" in text
+    cls, group = text.split(f"### {group_label('few')}")
+    assert "`real_oracle`, 990 real training images of the class" in cls and "`ti` (854 training images" in cls
+    assert "990 real training images of the group" in group and "854 training images of the group" in group
 
 
 def _demo_seeds() -> int:

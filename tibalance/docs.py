@@ -243,9 +243,15 @@ def cpu_name(cpu: dict) -> str:
     return " ".join(name.split())
 
 
+def machine(cpu: dict) -> str:
+    """A CPU as the times are kept apart: its model and its kind (an AMD EPYC
+    with AVX512 is not an Intel Xeon with AVX512)."""
+    return f"{cpu_name(cpu)}, {cpu_kind(cpu)}"
+
+
 def merge_times(records: list[dict], timed: dict) -> list[dict]:
     """records with a time_make.py file's successful runs in: each replaces the
-    record of the same target on the same kind of CPU (with the file's `note`,
+    record of the same target on the same CPU model and kind (with the file's `note`,
     if it has one: what else shared the machine)."""
     out = list(records)
     for run in timed["runs"]:
@@ -253,7 +259,7 @@ def merge_times(records: list[dict], timed: dict) -> list[dict]:
             continue
         new = {"target": run["target"], "seconds": run["seconds"], "commit": timed["commit"],
                "date": timed["date"], "cpu": timed["cpu"], **({"note": timed["note"]} if timed.get("note") else {})}
-        out = [r for r in out if not (r["target"] == new["target"] and cpu_kind(r["cpu"]) == cpu_kind(new["cpu"]))]
+        out = [r for r in out if not (r["target"] == new["target"] and machine(r["cpu"]) == machine(new["cpu"]))]
         out.append(new)
     return out
 
@@ -264,16 +270,16 @@ def _duration(seconds: float) -> str:
 
 
 def _kinds(records: list[dict]) -> list[str]:
-    """The kinds of CPU, native bf16 first."""
-    return sorted({cpu_kind(r["cpu"]) for r in records}, key=lambda k: (k.endswith("emulated"), k))
+    """The CPUs (machine: model and kind), native bf16 first."""
+    return sorted({machine(r["cpu"]) for r in records}, key=lambda k: (k.endswith("emulated"), k))
 
 
 def times_table(records: list[dict]) -> str:
-    """performance.md's table: a row per kind of CPU, a column per command, the runs named."""
+    """performance.md's table: a row per CPU model and kind, a column per command, the runs named."""
     lines = ["| CPU (kind) | " + " | ".join(TARGETS.values()) + " | run |",
              "| --- | " + " | ".join("---" for _ in TARGETS) + " | --- |"]
     for kind in _kinds(records):
-        rows = {r["target"]: r for r in records if cpu_kind(r["cpu"]) == kind}
+        rows = {r["target"]: r for r in records if machine(r["cpu"]) == kind}
         cells = [_duration(rows[t]["seconds"]) + (f" ({rows[t]['note']})" if rows[t].get("note") else "")
                  if t in rows else "not measured" for t in TARGETS]
         runs = {}
@@ -282,8 +288,7 @@ def times_table(records: list[dict]) -> str:
                 runs.setdefault((rows[t]["commit"], rows[t]["date"], rows[t].get("by")), []).append(t)
         named = "; ".join(f"commit {c} ({', '.join(ts)}), {d}" + (f", {by}" if by else "")
                           for (c, d, by), ts in runs.items())
-        name = cpu_name(next(iter(rows.values()))["cpu"])
-        lines.append(f"| {name}, {kind} | " + " | ".join(cells) + f" | {named} |")
+        lines.append(f"| {kind} | " + " | ".join(cells) + f" | {named} |")
     return "\n".join(lines)
 
 
@@ -292,8 +297,9 @@ def times_sentence(records: list[dict]) -> str:
     kinds = _kinds(records)
 
     def of(target):
-        got = [(k, r) for k in kinds for r in records if cpu_kind(r["cpu"]) == k and r["target"] == target]
-        return " and ".join(f"about {round(r['seconds'] / 60)} minutes on {cpu_name(r['cpu'])} ({k})" for k, r in got)
+        got = [r for k in kinds for r in records if machine(r["cpu"]) == k and r["target"] == target]
+        return " and ".join(f"about {round(r['seconds'] / 60)} minutes on {cpu_name(r['cpu'])} ({cpu_kind(r['cpu'])})"
+                            for r in got)
 
     return (f"On 2 CPU cores, from a fresh clone, install included: `make demo` {of('demo')}; "
             f"`make test` {of('test')}. The runs, `make verdict` and how to measure: "

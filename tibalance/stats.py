@@ -403,10 +403,11 @@ def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: floa
         by = {r["method"]: r for _, r in base.iterrows()}
         gen = base[base["method"].isin(SYNTHETIC_METHODS)]
         n = counts.get(cls, {})
+        unit = "group" if is_group(cls) else "class"
         if "real_oracle" in by:
             o = by["real_oracle"]
             out.append(f"- Real-image yardstick (`real_oracle`, {n.get('real_oracle', float('nan')):.0f} real training "
-                       f"images of the class): {_pts(o['lift'])} points ({_ci(o)}).")
+                       f"images of the {unit}): {_pts(o['lift'])} points ({_ci(o)}).")
         if len(gen) and any(m in by for m in YARDSTICKS):
             g = gen.iloc[0]
             at = by.get(f"real_oracle@{g['method']}")
@@ -414,7 +415,7 @@ def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: floa
             if o is not None and o["lift"] > 0:
                 equal = "at equal counts" if at is not None else "at unequal counts"
                 out.append(f"- The best generative row, `{g['method']}` ({n.get(g['method'], float('nan')):.0f} "
-                           f"training images of the class), reaches {g['lift'] / o['lift']:.0%} of `{o['method']}` "
+                           f"training images of the {unit}), reaches {g['lift'] / o['lift']:.0%} of `{o['method']}` "
                            f"({n.get(o['method'], float('nan')):.0f} real ones, {_pts(o['lift'])} points): {equal}.")
         over = grp[grp["reference"] == "oversample"].sort_values("lift", ascending=False, kind="stable")
         if len(over):
