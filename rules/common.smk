@@ -31,6 +31,7 @@ from tibalance.fetch import (
     classifier_weights_file,
     dataset_marker,
     inception_weights_file,
+    lpips_weights_file,
     weights_to_fetch,
 )
 from tibalance.generator import check_model, is_local
@@ -211,14 +212,29 @@ def noise_count_of(wildcards):
 
 
 def fid_metrics():
-    """The metrics section as the FID jobs see it (without the tables' min_images and groups)."""
+    """The metrics section as the FID jobs see it (without the tables' min_images
+    and groups, and LPIPS' settings: rule lpips)."""
     return canonical(
         {
             k: v
             for k, v in config["metrics"].items()
-            if k not in ("min_images", "groups")
+            if k not in ("min_images", "groups") and not k.startswith("lpips")
         }
     )
+
+
+def lpips_metrics():
+    """LPIPS' settings as its jobs see them (metrics.lpips_*)."""
+    return canonical(
+        {k: v for k, v in config["metrics"].items() if k.startswith("lpips_")}
+    )
+
+
+def lpips_files(wildcards):
+    """results/lpips/<class>.json per adapted class, with metrics.lpips on."""
+    if not config["metrics"].get("lpips"):
+        return []
+    return expand("results/lpips/{cls}.json", cls=adapted_classes())
 
 
 def weak_classes():
@@ -756,6 +772,8 @@ def study_jobs(wildcards):
                 add("filter_samples", cls, mode, replicate=k, mode=mode)
         add("sample_grid", cls)
         add("fid", cls)
+        if config["metrics"].get("lpips"):
+            add("lpips", cls)
     if any(_uses_train_features(cls) for cls in adapted) or (adapted and STUDY_COTI):
         add("train_features")
     if config["judge"]["train_per_class"] and not config["judge"].get("model"):

@@ -25,6 +25,31 @@ rule fid:
         "../workflow/scripts/fid.py"
 
 
+# A synthetic set's diversity in LPIPS (metrics.lpips; tibalance/perceptual.py):
+# the mean distance between its kept images, per mode, beside FID.
+rule lpips:
+    input:
+        unpack(class_filtered),  # the kept images of each mode
+        alexnet=lpips_weights_file(config["metrics"]),  # fetch_weights; [] with metrics.lpips_weights
+    output:
+        lpips="results/lpips/{cls}.json",
+        meta="results/lpips/{cls}.meta.json",
+    log:
+        "logs/lpips/{cls}.log",
+    benchmark:
+        "results/benchmarks/lpips/{cls}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        metrics=lpips_metrics(),
+    script:
+        "../workflow/scripts/lpips.py"
+
+
 # The stages a fine-tuning run keeps frozen (retrain.classifier.freeze_below)
 # give every run the same outputs for the same image: computed once for the test
 # images and, with retrain.classifier.augment: flip, for both views of every
@@ -135,6 +160,7 @@ rule report:
         lora_losses=lora_loss_files,
         lora_metas=lora_meta_files,
         neighbours=neighbour_files,
+        lpips=lpips_files,
         weak="results/analysis/weak_classes.json",
         classes="results/data/classes.json",
     output:

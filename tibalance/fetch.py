@@ -35,6 +35,10 @@ INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.
                  "weights-inception-2015-12-05-6726825d.pth")
 
 
+# torchvision's AlexNet (IMAGENET1K_V1): LPIPS' backbone (metrics.lpips)
+ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+
+
 def inception_url() -> str:
     """torch-fidelity's Inception-v3 weights (the FID standard)."""
     return INCEPTION_URL
@@ -63,16 +67,24 @@ def inception_weights_file(metrics: dict) -> list[str]:
     return []
 
 
+def lpips_weights_file(metrics: dict) -> list[str]:
+    """The fetched AlexNet weights of LPIPS ([] without metrics.lpips or with metrics.lpips_weights given)."""
+    if metrics.get("lpips") and not metrics.get("lpips_weights"):
+        return [f"{WEIGHTS_DIR}/{file_name(ALEXNET_URL)}"]
+    return []
+
+
 def weights_to_fetch(config: dict) -> dict[str, str]:
     """{file name: URL} of the weights the study downloads: those of every classifier
-    recipe with pretrained: true (baseline, retraining, a judge trained here) and
-    Inception's (the files the jobs' inputs name)."""
+    recipe with pretrained: true (baseline, retraining, a judge trained here),
+    Inception's and LPIPS' AlexNet (the files the jobs' inputs name)."""
     recipes = [config["classifier"], {**config["classifier"], **config.get("retrain", {}).get("classifier", {})}]
     judge = config.get("judge", {})
     if judge.get("train_per_class") and not judge.get("model"):
         recipes.append({**config["classifier"], **judge.get("classifier", {})})
     urls = {classifier_url(r["arch"]) for r in recipes if r.get("pretrained")}
     urls |= {inception_url()} if inception_weights_file(config.get("metrics", {})) else set()
+    urls |= {ALEXNET_URL} if lpips_weights_file(config.get("metrics", {})) else set()
     return {file_name(u): u for u in sorted(urls)}
 
 

@@ -25,7 +25,8 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
            significance_csv: str | None = None, significance_md: str | None = None,
            verdict_md: str | None = None, seed: int = 0, notes: list[str] | None = None,
            replicate_of_seed: dict[int, int] | None = None, group_thresholds: dict | None = None,
-           neighbours: list[str] | None = None, long_tail: bool = False) -> None:
+           neighbours: list[str] | None = None, long_tail: bool = False,
+           lpips: list[str] | None = None) -> None:
     """The result tables. group_thresholds: metrics.groups (many, few: the
     training-image counts that make a class many- or few-shot). predictions: the retraining runs' per-image test
     predictions (beside each run's metrics.json): the paired intervals and tests
@@ -36,7 +37,8 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
     long_tail (data.imbalance.type): the groups of classes (where more than one
     is populated) get their own rows in the significance table and verdict, as
     in any study with several weak classes; otherwise the summary shows the
-    groups' accuracies only."""
+    groups' accuracies only. lpips: results/lpips/<class>.json (metrics.lpips): the
+    per-class table's lpips_<mode>."""
 
     from .retrain import ablation_table, display_names, per_class_table, summary_table, to_markdown
 
@@ -77,6 +79,10 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
         summary = _with_comparisons(summary, comp, weak_classes + [group_label(g) for g in tested])
     summary = display_names(summary, names)
     loss_rows, kept = _class_extras(ti_losses, ti_metas, lora_losses, lora_metas, neighbours, filtered)
+    for p in lpips or []:  # each mode's kept images' LPIPS diversity
+        d = read_json(p)
+        for r in d["rows"]:
+            loss_rows.setdefault(d["class"], {})[f"lpips_{r['mode']}"] = r["lpips"]
     judge_rows = {j["class"]: j for j in (read_json(p) for p in judges or [])}
     per_class = display_names(
         per_class_table(run_rows, weak_classes, fid_rows, loss_rows, kept, judge_rows, fid_min_images), names)

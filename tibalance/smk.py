@@ -133,7 +133,7 @@ def _with_fetched(snakemake, kwargs: dict) -> dict:
     (the job scripts stay as they are, so an upgrade reruns nothing):
     `fetched` (fetch_dataset's marker): data.download off, the data is on disk;
     `weights`: the classifier recipe's ImageNet weights file; `inception`:
-    the FID network's weights."""
+    the FID network's weights; `alexnet`: LPIPS' backbone."""
     inp = snakemake.input
     if "data_cfg" in kwargs and single(inp.get("fetched")):
         kwargs["data_cfg"] = {**kwargs["data_cfg"], "download": False}  # the job never downloads
@@ -141,4 +141,6 @@ def _with_fetched(snakemake, kwargs: dict) -> dict:
         kwargs["clf_cfg"] = {**kwargs["clf_cfg"], "weights_file": single(inp.get("weights"))}
     if "metrics_cfg" in kwargs and single(inp.get("inception")):
         kwargs["metrics_cfg"] = {**kwargs["metrics_cfg"], "inception_weights": single(inp.get("inception"))}
+    if "metrics_cfg" in kwargs and single(inp.get("alexnet")):
+        kwargs["metrics_cfg"] = {**kwargs["metrics_cfg"], "lpips_weights": single(inp.get("alexnet"))}
     return kwargs

@@ -272,6 +272,24 @@ def fid(cls: str, manifest: str, model: str, sample_csvs: dict[str, str], metric
     side.write(meta)
 
 
+def lpips(cls: str, filtered_csvs: dict[str, str], metrics_cfg: dict, out_json: str, meta: str) -> None:
+    """Each sampling mode's kept images' diversity in LPIPS (tibalance.perceptual),
+    beside FID: their mean pairwise distance."""
+    from .perceptual import LPIPS_DEFAULTS, set_diversity
+
+    cfg = {**LPIPS_DEFAULTS, **{k: v for k, v in metrics_cfg.items() if v is not None}}
+    if not cfg.get("lpips_weights"):
+        raise TibalanceError("metrics.lpips: no AlexNet weights file (metrics.lpips_weights, or the one "
+                             "fetch_weights downloads)")
+    side = Sidecar()
+    rows = set_diversity(filtered_csvs, cfg["lpips_weights"], int(cfg["lpips_images"]), int(cfg["lpips_size"]))
+    for r in rows:
+        log.info("class %s %s: LPIPS diversity %s over %d of %d kept images", cls, r["mode"], r["lpips"],
+                 r["n_used"], r["n_kept"])
+    write_json(out_json, {"class": cls, "rows": rows})
+    side.write(meta)
+
+
 def frozen_features(manifest: str, model: str, below: str, augment: str, out: str, meta: str) -> None:
     from .frozen import write_frozen_features
 

@@ -15,6 +15,7 @@ smk.run(
     lora_losses=list(snakemake.input.lora_losses),
     lora_metas=list(snakemake.input.lora_metas),
     neighbours=list(snakemake.input.neighbours),
+    lpips=list(snakemake.input.lpips),
     filtered=list(snakemake.input.filtered),
     judges=list(snakemake.input.judges),
     fid_min_images=snakemake.params.fid_min_images,
