@@ -82,7 +82,11 @@ def test_filter_keeps_by_its_recorded_score_and_never_reads_test_images(tmp_path
     fake_feats = _predict(clf, fake)[1]
     kept_prob = pd.read_csv(tmp_path / "filtered_prob.csv").kept.to_numpy()
     assert got["diversity"] == pytest.approx(diversity(fake_feats))
-    assert got["diversity_kept"] == (pytest.approx(diversity(fake_feats[kept_prob])) if kept_prob.sum() > 1 else None)
+    # float32 features: cosine distances agree to ~1e-7, whatever the batch the features came in
+    assert got["diversity_kept"] == (pytest.approx(diversity(fake_feats[kept_prob]), abs=1e-6)
+                                     if kept_prob.sum() > 1 else None)
+    if 1 < kept_prob.sum() < len(kept_prob):  # the kept set's, not the whole set's (far apart at this tolerance)
+        assert abs(got["diversity"] - got["diversity_kept"]) > 1e-3
     off = score_samples(pd.DataFrame({"path": fake}), pd.DataFrame(columns=["path", "label"]), "dark", clf,
                         {"method": "none"})
     assert off.kept.all() and off.score.isna().all()
