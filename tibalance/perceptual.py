@@ -49,8 +49,9 @@ def load_lpips(alexnet_file: str):
     except Exception as e:  # noqa: BLE001 - a missing, broken or foreign file
         raise TibalanceError(f"{alexnet_file}: not torchvision's AlexNet weights ({type(e).__name__}: {e})") from e
     mapped = backbone_state(state) if isinstance(state, dict) else {}
-    expected = {k for k in model.state_dict() if k.startswith("net.")}
-    if set(mapped) != expected or any(mapped[k].shape != model.state_dict()[k].shape for k in mapped):
+    own = model.state_dict()
+    if set(mapped) != {k for k in own if k.startswith("net.")} or any(v.shape != own[k].shape
+                                                                      for k, v in mapped.items()):
         raise TibalanceError(f"{alexnet_file}: not torchvision's AlexNet weights (metrics.lpips_weights or the "
                              f"fetched alexnet file): its convolutions do not match LPIPS' AlexNet")
     model.load_state_dict(mapped, strict=False)
@@ -71,19 +72,25 @@ def load_images(paths: list[str], size: int):
 
 def lpips_diversity(paths: list[str], model, max_images: int = 48, size: int = 128) -> float | None:
     """Mean LPIPS over every pair of the first `max_images` images (their table's
-    order: the same images whatever else changes); None under two images."""
+    order: the same images whatever else changes); None under two images.
+
+    The same distance as model(a, b) (the package's forward, v0.1, not spatial),
+    but each image's unit-normalised AlexNet features are computed once and the
+    pairs compared from them: N network passes instead of N(N-1)."""
+    import lpips
     import torch
 
     paths = list(paths)[:max_images]
     if len(paths) < 2:
         return None
-    x = load_images(paths, size)
-    pairs = list(itertools.combinations(range(len(paths)), 2))
-    total = 0.0
     with torch.no_grad():
+        feats = [lpips.normalize_tensor(f) for f in model.net.forward(model.scaling_layer(load_images(paths, size)))]
+        pairs = list(itertools.combinations(range(len(paths)), 2))
+        total = 0.0
         for k in range(0, len(pairs), 128):
-            a, b = zip(*pairs[k:k + 128])
-            total += float(model(x[list(a)], x[list(b)]).sum())
+            a, b = (list(v) for v in zip(*pairs[k:k + 128]))
+            total += float(sum(lpips.spatial_average(lin((f[a] - f[b]) ** 2), keepdim=True)
+                               for lin, f in zip(model.lins, feats)).sum())
     return total / len(pairs)
 
 

@@ -78,11 +78,7 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
                            groups=tested)
         summary = _with_comparisons(summary, comp, weak_classes + [group_label(g) for g in tested])
     summary = display_names(summary, names)
-    loss_rows, kept = _class_extras(ti_losses, ti_metas, lora_losses, lora_metas, neighbours, filtered)
-    for p in lpips or []:  # each mode's kept images' LPIPS diversity
-        d = read_json(p)
-        for r in d["rows"]:
-            loss_rows.setdefault(d["class"], {})[f"lpips_{r['mode']}"] = r["lpips"]
+    loss_rows, kept = _class_extras(ti_losses, ti_metas, lora_losses, lora_metas, neighbours, filtered, lpips)
     judge_rows = {j["class"]: j for j in (read_json(p) for p in judges or [])}
     per_class = display_names(
         per_class_table(run_rows, weak_classes, fid_rows, loss_rows, kept, judge_rows, fid_min_images), names)
@@ -103,10 +99,11 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
                        "No ablation configured (config `ablation.methods` is empty).\n", "Ablation")
 
 
-def _class_extras(ti_losses, ti_metas, lora_losses, lora_metas, neighbours, filtered):
-    """The per-class table's columns from the adaptations' and filters' files: each
-    token's or adapter's loss at the start and end, its held-out loss, its nearest
-    words, and per mode the kept/made counts and the kept images' diversity."""
+def _class_extras(ti_losses, ti_metas, lora_losses, lora_metas, neighbours, filtered, lpips=None):
+    """The per-class table's columns from the adaptations', filters' and LPIPS jobs'
+    files: each token's or adapter's loss at the start and end, its held-out loss,
+    its nearest words, and per mode the kept/made counts and the kept images'
+    diversity (feature space; LPIPS with metrics.lpips)."""
     loss_rows: dict[str, dict] = {}
 
     def class_and_prefix(p):
@@ -141,6 +138,10 @@ def _class_extras(ti_losses, ti_metas, lora_losses, lora_metas, neighbours, filt
         div = read_json(meta).get("diversity_kept") if meta.exists() else None
         if div is not None:
             loss_rows.setdefault(cls, {})[f"div_{kind}"] = div
+    for p in lpips or []:  # results/lpips/<cls>.json: each mode's kept images' LPIPS diversity
+        d = read_json(p)
+        for r in d["rows"]:
+            loss_rows.setdefault(d["class"], {})[f"lpips_{r['mode']}"] = r["lpips"]
     return loss_rows, kept
 
 

@@ -244,7 +244,7 @@ class _Batches:
     """A training's batches per epoch. Deferred re-sampling (hold): before
     hold_until the held images sit out, through a loader of the others
     (`early`, files) or the batch maker's own `holding` switch (memory, views).
-    draw(rows): a batch of those rows, unaugmented order kept (CMO's minority batch)."""
+    draw(rows): a batch of those rows, in that order (CMO's minority batch)."""
 
     def __init__(self, loader, draw, early=None):
         self.loader, self.draw, self.early = loader, draw, early
@@ -337,16 +337,15 @@ class _Mixer:
     or None)."""
 
     def __init__(self, cmo: dict, y, draw, g, device):
-        from .rebalance import CMO_DEFAULTS, minority_weights
+        from .rebalance import CMO_DEFAULTS, cutmix, minority_weights
 
         self.cmo = {**CMO_DEFAULTS, **cmo}
         self.weights, self.draw, self.g, self.device = minority_weights(y), draw, g, device
+        self.cutmix = cutmix
 
     def __call__(self, xb):
-        from .rebalance import cutmix
-
         if float(torch.rand(1, generator=self.g)) >= float(self.cmo["p"]):
             return xb, None
         xf, yf = self.draw(torch.multinomial(self.weights, len(xb), replacement=True, generator=self.g))
-        xb, lam, _ = cutmix(xb, xf.to(self.device), float(self.cmo["beta"]), self.g)
+        xb, lam, _ = self.cutmix(xb, xf.to(self.device), float(self.cmo["beta"]), self.g)
         return xb, (yf.to(self.device), lam)
