@@ -7,7 +7,7 @@ CORES     ?= all
 PROFILE   ?= profiles/cpu
 FMNIST    := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo verdict demo-lt rehearsal test lint install demo-data clean-demo docs
+.PHONY: demo verdict plan demo-lt rehearsal test lint install demo-data clean-demo docs
 
 install: $(VENV)/.installed
 
@@ -35,16 +35,25 @@ demo: install demo-data
 	echo "  results/seeds/<class>/contact_sheet.png, results/inversion/<class>/, results/samples/grid/<class>.png" && \
 	echo "  results/judge/<class>.json (class fidelity), results/samples/<mode>/<class>/filtered.csv (filter scores)"
 
-# the demo with its adaptation replicated 3 times and the yardstick and combined
-# methods (config/demo-replicates.yaml): after `make demo` it adds replicates 1
-# and 2, the runs that read them, and real_oracle, oversample+ti_lora and
-# oversample+lora_i2i
+# the demo as a confirmatory study (config/demo-replicates.yaml): after `make
+# demo` it makes the adaptation anew for every retraining seed (replicates
+# 1-4), and runs the declared methods (verdict.primary), the references and the
+# yardsticks on them
 verdict: install demo-data
 	@extra=""; [ -f $(FMNIST) ] || extra="config/demo-download.yaml"; \
 	$(SNAKEMAKE) --configfile config/demo.yaml $$extra config/demo-replicates.yaml --workflow-profile $(PROFILE) --cores $(CORES) && \
 	$(SNAKEMAKE) --configfile config/demo.yaml $$extra config/demo-replicates.yaml --report results/report.html && \
-	echo "" && echo "Verdict finished (3 replicates of the adaptation): results/tables/verdict.md, results/tables/significance.md," && \
-	echo "results/tables/summary.md, results/tables/cost.md (what a replicate costs); the report: results/report.html"
+	echo "" && echo "Verdict finished (every run its own replicate): results/tables/verdict.md, results/tables/significance.md," && \
+	echo "results/tables/summary.md, results/tables/cost.md (what a replicate costs); the report: results/report.html;" && \
+	echo "what a study needs to detect verdict.target_lift: make plan"
+
+# the planner (tibalance.plan) on the finished study: the cheapest replicates x
+# seeds that detect verdict.target_lift with 80% power under the declared
+# family, priced from the study's cost table. PLAN_CONFIG: the config files the
+# study ran with (after `make demo` alone: PLAN_CONFIG=config/demo.yaml)
+PLAN_CONFIG ?= config/demo.yaml config/demo-replicates.yaml
+plan: install
+	$(PY) -m tibalance.plan --configfile $(PLAN_CONFIG) --results results --out results/tables/plan.md
 
 # the demo's study long-tailed (config/demo-lt.yaml: Fashion-MNIST at imbalance
 # factor 100, its two few-shot classes weak, the long-tail yardsticks), in

@@ -1,15 +1,19 @@
-"""The verdict's calibration table: false positives and power of "significant"
-(tibalance.stats: t-test over runs, Holm over the family) against the number of
-retraining seeds, from simulated studies (tibalance.calibration).
+"""The verdict's calibration table: the declared family's error and power
+(tibalance.stats, tibalance.family: t-test over units, the graphical
+procedure over the declared rows) in the design the workflow runs, from
+simulated studies (tibalance.calibration).
 
-    python benchmarks/calibration.py [--studies 400] [--seeds 3 5 10]
+    python benchmarks/calibration.py [--studies 400] [--replicates 3 5 10]
 
 Prints a markdown table for docs/design.md, the run (commit, machine) named.
-Columns: the false-positive rate of one null comparison and of a family of six
-null methods (any called significant: the family-wise rate Holm controls), the
-image-level test's rate on the same null rows, and the power for two lifts
-(one lifted method beside five null ones, so Holm adjusts over the family as
-the verdict does), each with its Monte-Carlo standard error.
+Each study: baseline, oversample and three declared adaptations (ti, lora,
+ti_i2i), every run its own replicate (R seeds on R replicates; the last row
+two seeds per replicate), a replicate spread shared by the adaptations
+(correlation 0.5) on top of each run's. Columns: the family-wise error under
+the complete null (no method lifts) and under a partial null (ti lifts, lora
+and ti_i2i do not: errors on their rows only), ti's power against baseline
+and against oversample there, and the image-level test's rate on the null
+rows; each rate with its Monte-Carlo standard error.
 """
 from __future__ import annotations
 
@@ -40,29 +44,30 @@ def _run_name() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--studies", type=int, default=400)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[3, 5, 10])
+    ap.add_argument("--replicates", type=int, nargs="+", default=[3, 5, 10])
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--run-sd", type=float, default=0.35, help="each trained model's tilt, sd on the logit scale")
-    ap.add_argument("--lifts", type=float, nargs=2, default=[0.3, 0.6], help="the lifted method's logit shifts")
+    ap.add_argument("--replicate-sd", type=float, default=0.3, help="each replicate's tilt, sd on the logit scale")
+    ap.add_argument("--lift", type=float, default=0.6, help="ti's logit shift in the partial null")
     a = ap.parse_args()
-    nulls = tuple(f"null{i}" for i in range(6))
+    methods = ("baseline", "oversample", "ti", "lora", "ti_i2i")
     print(f"<!-- run -->{_run_name()}; {a.studies} simulated studies a cell, {a.images} test images, "
-          f"per-run sd {a.run_sd} (logit)<!-- /run -->\n")
-    head = ["seeds", "false positives: 1 comparison", "false positives: any of 6 (Holm)", "image-level test, same rows"]
-    head += [f"power, logit +{x} (lift {{:.1f}} pts)" for x in a.lifts]
+          f"per-run sd {a.run_sd}, per-replicate sd {a.replicate_sd} (logit, correlation 0.5 across the "
+          f"adaptations); declared: ti, lora, ti_i2i<!-- /run -->\n")
+    head = ["replicates x seeds each", "family-wise error, complete null", "family-wise error, partial null",
+            "power vs baseline (ti, lift {:.1f} pts)", "power vs oversample", "image-level test, null rows"]
     lines = []
-    for s in a.seeds:
-        one = rates(a.studies, s, seed=1, images=a.images, run_sd=a.run_sd)
-        fam = rates(a.studies, s, seed=2, images=a.images, run_sd=a.run_sd, methods=("baseline", *nulls))
-        cells = [str(s), f"{one['significant']:.3f} ± {mc_error(one['significant'], a.studies):.3f}",
-                 f"{fam['significant']:.3f} ± {mc_error(fam['significant'], a.studies):.3f}",
-                 f"{fam['images']:.3f}"]
-        for i, x in enumerate(a.lifts):
-            r = rates(a.studies, s, seed=3 + i, images=a.images, run_sd=a.run_sd,
-                      methods=("baseline", "lifted", *nulls[:5]), lift={"lifted": x})
-            p = r["power"]["lifted"]
-            cells.append(f"{p:.3f} ± {mc_error(p, a.studies):.3f}")
-            head[4 + i] = head[4 + i].format(100 * r["lift"]["lifted"]) if "{" in head[4 + i] else head[4 + i]
+    designs = [(r, 1) for r in a.replicates] + [(min(a.replicates), 2)]
+    for reps, per in designs:
+        kw = dict(images=a.images, run_sd=a.run_sd, methods=methods, replicates=reps, replicate_sd=a.replicate_sd,
+                  replicate_corr=0.5)
+        null = rates(a.studies, reps * per, seed=1, **kw)
+        part = rates(a.studies, reps * per, seed=2, lift={"ti": a.lift}, **kw)
+        head[3] = head[3].format(100 * part["lift"]["ti"]) if "{" in head[3] else head[3]
+        cells = [f"{reps} x {per}"]
+        for v in (null["fwer"], part["fwer"], part["power"]["ti"], part["power_over"]["ti"]):
+            cells.append(f"{v:.3f} ± {mc_error(v, a.studies):.3f}")
+        cells.append(f"{null['images']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))

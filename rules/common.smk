@@ -16,11 +16,13 @@ from tibalance.config import (
     check_diff_ii,
     check_oracle_at,
     check_replicates,
+    check_verdict,
     class_settings,
     format_validation_error,
     refill_count,
     replicate_dir,
     replicate_index,
+    replicate_count,
     replicate_of,
 )
 from tibalance.data import oracle_absent_reason
@@ -117,6 +119,7 @@ try:
     check_lora(config)
     check_freeze(config)
     check_replicates(config)
+    check_verdict(config)
     check_oracle_at(config)
     check_diff_ii(config)
     check_generator_preset(config)
@@ -125,7 +128,7 @@ except TibalanceError as e:
 
 
 SEED = config["seed"]
-REPLICATES = int(config["replicates"])
+REPLICATES = replicate_count(config)
 # what diff_ii samples on (the study's: it decides which token and adapters are made)
 CONCEPT = {**DIFF_II_DEFAULTS, **(config.get("diff_ii") or {})}["concept"]
 

@@ -223,6 +223,8 @@ rule report:
         # the groups of classes get the verdict's rows (as with several weak classes)
         long_tail=(config["data"].get("imbalance") or {}).get("type") == "long_tail",
         seed=SEED,
+        # the confirmatory family, declared before the run (null: the adaptations)
+        primary=config["verdict"]["primary"],
         notes=[ORACLE_ABSENT] if ORACLE_ABSENT else [],
         # {retraining seed: the replicate it trained on}, for the verdict's ranking line
         replicate_of_seed={

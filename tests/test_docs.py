@@ -124,36 +124,55 @@ def test_readme_is_a_front_door():
         assert (ROOT / link).exists(), link
 
 
-def test_make_verdict_is_the_demo_with_the_yardstick_combined_methods_and_replicates():
+def test_make_verdict_is_the_demo_with_every_run_its_own_replicate():
     """`make verdict` layers config/demo-replicates.yaml on config/demo.yaml the
-    way Snakemake merges --configfile overlays: the demo's 10 methods (every
-    single one but the yardstick, COTI and the re-balancing ones, and Diff-II's joint training) plus
-    real_oracle, coti, noise, reweight,
-    the yardstick at each method's count and two more combined methods, three
-    replicates, and every other retraining setting the demo's own (so nothing
-    of `make demo`'s reruns)."""
+    way Snakemake merges --configfile overlays: every run its own replicate
+    (R = the demo's 5 seeds: every declared row has 5 units), the family the
+    demo declares (verdict.primary, among the demo's methods) run with
+    baseline, oversample and the yardsticks at the declared methods' counts,
+    and every other setting the demo's own (so nothing of `make demo`'s
+    replicate 0 reruns)."""
     import copy
 
     import yaml
     from snakemake.utils import update_config
 
+    from tibalance.config import check_replicates, check_verdict, replicate_count
+
     demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     merged = copy.deepcopy(demo)
     update_config(merged, yaml.safe_load((ROOT / "config" / "demo-replicates.yaml").read_text()))
-    single = set(METHODS) - set(COMBINED_METHODS) - set(ORACLE_AT_METHODS) - set(DEFERRED_METHODS)
-    assert set(demo["retrain"]["methods"]) == single - {"real_oracle", "coti", "noise", "reweight", "drw", "cmo",
-                                                        "cmo_drw"} | {
-        "oversample+diff_ii"}
-    assert set(merged["retrain"]["methods"]) - set(demo["retrain"]["methods"]) == {
-        "real_oracle", "coti", "noise", "reweight", "oversample+ti_lora", "oversample+lora_i2i", *ORACLE_AT_METHODS}
-    assert set(merged["retrain"]["methods"]) <= set(METHODS)
-    assert merged["replicates"] == 3 and "replicates" not in demo and len(demo["retrain"]["seeds"]) == 5
+    declared = demo["verdict"]["primary"]
+    assert set(declared) <= set(demo["retrain"]["methods"]) and len(declared) >= 1
+    methods = set(merged["retrain"]["methods"])
+    assert {"baseline", "oversample", *declared, *(f"real_oracle@{m}" for m in declared)} <= methods
+    assert methods <= set(METHODS)
+    assert merged["replicates"] == "seeds" and "replicates" not in demo
+    assert replicate_count(merged) == len(demo["retrain"]["seeds"]) >= 5
+    check_replicates(merged)
+    check_verdict(merged)
     assert {k: v for k, v in merged["retrain"].items() if k != "methods"} == {
         k: v for k, v in demo["retrain"].items() if k != "methods"}
-    # coti's settings with its method: nothing `make demo` made reads them
-    assert "coti" in merged and "coti" not in demo
-    assert {k: v for k, v in merged.items() if k not in ("retrain", "replicates", "coti")} == {
+    assert {k: v for k, v in merged.items() if k not in ("retrain", "replicates")} == {
         k: v for k, v in demo.items() if k != "retrain"}
+
+
+def test_replicates_and_the_declared_family_are_checked_in_one_line():
+    """replicates must divide the seeds (equal units) and `seeds` means one per
+    seed; verdict.primary names methods the study runs, never baseline."""
+    from tibalance.config import check_replicates, check_verdict, replicate_count
+    from tibalance.util import TibalanceError
+
+    cfg = {"replicates": 3, "retrain": {"seeds": [0, 1, 2, 3, 4], "methods": ["baseline", "oversample", "ti"]}}
+    with pytest.raises(TibalanceError, match=r"replicates: 3 does not divide the 5 seeds of retrain.seeds"):
+        check_replicates(cfg)
+    check_replicates({**cfg, "replicates": 5})
+    assert replicate_count({**cfg, "replicates": "seeds"}) == 5 and replicate_count({**cfg, "replicates": 1}) == 1
+    for bad, why in ((["lora"], "'lora' is not in retrain.methods"), (["baseline"], "'baseline' is the reference")):
+        with pytest.raises(TibalanceError, match=f"verdict.primary: {why}"):
+            check_verdict({**cfg, "verdict": {"primary": bad}})
+    check_verdict({**cfg, "verdict": {"primary": ["ti"]}})
+    check_verdict({**cfg, "verdict": {"primary": None}})
 
 
 def test_no_rule_writes_its_benchmark_beside_the_benchmark_scripts():

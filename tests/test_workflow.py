@@ -299,13 +299,18 @@ def test_tables_match_the_per_seed_runs(tiny_run):
 
 
 def test_intervals_and_p_values_match_an_independent_computation(tiny_run):
-    """The summary's adjusted p-values and intervals, recomputed from the runs'
-    per-image prediction files: per seed the class's accuracy difference, the
-    t statistic by hand, Holm by hand over every class and reference; every
-    row's decision agrees with its interval; a method whose training set equals
-    baseline's on a class is not called significant there; the verdict names
-    the best method (never the yardstick)."""
+    """The significance table recomputed from the runs' per-image prediction
+    files: per seed the class's accuracy difference and the t-test by hand;
+    the declared family (the adaptations, on the weak class that gets images)
+    decided by the graphical procedure on those p-values, each decision
+    agreeing with its interval; every other row descriptive, its unadjusted
+    95% interval by hand, never significant; a class that gets no synthetic
+    image has no confirmatory row; the verdict's highest lift is never the
+    yardstick."""
     from scipy.stats import t as student_t
+
+    from tibalance.family import baseline_then_oversample, graphical
+    from tibalance.stats import ADAPTATIONS
 
     wd, _ = tiny_run
     res = wd / "results"
@@ -318,38 +323,51 @@ def test_intervals_and_p_values_match_an_independent_computation(tiny_run):
         t = pd.read_csv(res / f"retrain/{method}/seed{seed}/predictions.csv").query("label == @cls")
         return t.sort_values("path").eval("pred == label").astype(int).to_numpy()
 
-    raw = {}
+    raw, d_of = {}, {}
     for cls in weak:
         for ref in ("baseline", "oversample"):
             for m in [m for m in methods if m not in (ref, "baseline") and not (ref == "oversample" and "@" in m)]:
-                d = np.array([(correct(m, s, cls) - correct(ref, s, cls)).mean() for s in seeds])
+                d = d_of[(cls, m, ref)] = np.array([(correct(m, s, cls) - correct(ref, s, cls)).mean() for s in seeds])
                 if np.ptp(d) == 0:
                     raw[(cls, m, ref)] = 1.0 if d[0] == 0 else 0.5  # the sign-flip over 2 units
                 else:
                     raw[(cls, m, ref)] = 2 * student_t.sf(abs(d.mean()) / (d.std(ddof=1) / np.sqrt(2)), 1)
-    order = sorted(raw, key=raw.get)
-    adj, run = {}, 0.0
-    for i, k in enumerate(order):
-        run = max(run, min(1.0, (len(order) - i) * raw[k]))
-        adj[k] = run
-    for (cls, m, ref), v in adj.items():
-        col = f"p_{names[cls]}" if ref == "baseline" else f"p_over_{names[cls]}"
-        assert summary.loc[m, col] == pytest.approx(v, abs=5e-6), (cls, m, ref)
     sig = pd.read_csv(res / "tables/significance.csv")
-    for r in sig.itertuples():
-        assert bool(r.significant) == (r.low > 0 or r.high < 0), r
-        assert r.units == 2 and r.seeds == 2
-    # a class at its target gets no synthetic image: no method gives it anything baseline lacks (only the
-    # other class's images), and nothing is called significant on it (the image-level test may differ)
     n_train = pd.read_csv(res / "data/manifest.csv").query("split == 'train'").groupby("label").size()
+    adapted = [c for c in weak if int(n_train[c]) < 8]
     untouched = [names[c] for c in weak if int(n_train[c]) >= 8]
-    assert untouched and not sig[sig["class"].isin(untouched)]["significant"].any()
+    assert adapted and untouched
+    declared = [(m, c) for c in adapted for m in methods if m in ADAPTATIONS]
+    hyps, graph = baseline_then_oversample(declared, {k: True for k in declared})
+    adjusted, reject, _ = graphical([raw[(c, m, ref)] for (m, c), ref in hyps], graph, 0.05)
+    by = sig.set_index(["class", "method", "reference"])
+    for ((m, c), ref), a, rej in zip(hyps, adjusted, reject):
+        row = by.loc[(names[c], m, ref)]
+        assert row["role"] == "confirmatory" and row["p_adj"] == pytest.approx(a, abs=5e-6), (c, m, ref)
+        assert bool(row["significant"]) == rej
+        assert summary.loc[m, f"p_{names[c]}" if ref == "baseline" else f"p_over_{names[c]}"] == pytest.approx(
+            a, abs=5e-6)
+    assert (sig["role"] == "confirmatory").sum() == len(hyps)
+    for r in sig.itertuples():
+        cls = next(c for c in weak if names[c] == r._1)
+        assert r.units == 2 and r.seeds == 2 and r.p == pytest.approx(raw[(cls, r.method, r.reference)], abs=5e-6)
+        if r.role == "confirmatory" and np.isfinite(r.level):
+            assert bool(r.significant) == (r.low > 0 or r.high < 0), r
+        if r.role == "descriptive":
+            d = d_of[(cls, r.method, r.reference)]
+            assert not r.significant and r.level == 0.95
+            if np.ptp(d) > 0:  # the t interval, cut to the attainable lift [-acc_ref, 1 - acc_ref]
+                half = student_t.ppf(0.975, 1) * d.std(ddof=1) / np.sqrt(2)
+                acc_ref = np.mean([correct(r.reference, s, cls).mean() for s in seeds])
+                assert r.low == pytest.approx(max(d.mean() - half, -acc_ref), abs=5e-6)
+                assert r.high == pytest.approx(min(d.mean() + half, 1 - acc_ref), abs=5e-6)
+    assert (sig[sig["class"].isin(untouched)]["role"] == "descriptive").all()
     verdict = (res / "tables/verdict.md").read_text()
     for name in sig["class"].unique():  # the CSV keeps 6 digits
         rows = sig[(sig["class"] == name) & (sig["reference"] == "baseline")
                    & ~sig["method"].str.startswith("real_oracle")]  # the yardsticks, real_oracle@<method> too
         best = rows[rows["lift"] == rows["lift"].max()]["method"]
-        line = next(x for x in verdict.split(f"### {name}")[1].splitlines() if x.startswith("- Best method"))
+        line = next(x for x in verdict.split(f"### {name}")[1].splitlines() if x.startswith("- Highest lift"))
         assert all(f"`{m}`" in line for m in best), (line, list(best))
         assert "`real_oracle`" not in line
 

@@ -152,13 +152,36 @@ def check_diff_ii(config: dict) -> None:
             raise TibalanceError(f"{key}.suffix_file: {path} does not exist")
 
 
+def replicate_count(config: dict) -> int:
+    """R, the replicates of each weak class's adaptation (`replicates`: an
+    integer, or `seeds` for one per retraining seed)."""
+    r = config.get("replicates", 1)
+    return len(config["retrain"]["seeds"]) if r == "seeds" else int(r)
+
+
 def check_replicates(config: dict) -> None:
     """replicates: R repeats each weak class's adaptation; retraining seed k reads
-    replicate k mod R, so a replicate no seed reads would be made for nothing."""
-    r, seeds = int(config["replicates"]), config["retrain"]["seeds"]  # the schema's defaults filled in
+    replicate k mod R. R must divide the seed count: a replicate no seed reads
+    would be made for nothing, and replicates read by unequal numbers of seeds
+    make unequal units."""
+    r, seeds = replicate_count(config), config["retrain"]["seeds"]  # the schema's defaults filled in
     if r > len(seeds):
         raise TibalanceError(f"replicates: {r} but retrain.seeds lists {len(seeds)} seeds; retraining seed k reads "
                              f"replicate k, so at most {len(seeds)} replicates are used")
+    if len(seeds) % r:
+        raise TibalanceError(f"replicates: {r} does not divide the {len(seeds)} seeds of retrain.seeds (seed k reads "
+                             f"replicate k mod {r}, so the replicates would be read by unequal numbers of runs); "
+                             f"use replicates: seeds (every run its own replicate) or list a multiple of {r} seeds")
+
+
+def check_verdict(config: dict) -> None:
+    """verdict.primary: the declared methods must be retraining methods the study runs, and not baseline."""
+    primary = (config.get("verdict") or {}).get("primary")
+    methods = config["retrain"]["methods"]
+    for m in primary or []:
+        if m == "baseline" or m not in methods:
+            raise TibalanceError(f"verdict.primary: {m!r} " + ("is the reference every method is compared with"
+                                 if m == "baseline" else f"is not in retrain.methods {list(methods)}"))
 
 
 def check_oracle_at(config: dict) -> None:

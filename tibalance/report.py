@@ -26,7 +26,7 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
            verdict_md: str | None = None, seed: int = 0, notes: list[str] | None = None,
            replicate_of_seed: dict[int, int] | None = None, group_thresholds: dict | None = None,
            neighbours: list[str] | None = None, long_tail: bool = False,
-           lpips: list[str] | None = None) -> None:
+           lpips: list[str] | None = None, primary: list[str] | None = None) -> None:
     """The result tables. group_thresholds: metrics.groups (many, few: the
     training-image counts that make a class many- or few-shot). predictions: the retraining runs' per-image test
     predictions (beside each run's metrics.json): the paired intervals and tests
@@ -38,7 +38,9 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
     is populated) get their own rows in the significance table and verdict, as
     in any study with several weak classes; otherwise the summary shows the
     groups' accuracies only. lpips: results/lpips/<class>.json (metrics.lpips): the
-    per-class table's lpips_<mode>."""
+    per-class table's lpips_<mode>. primary (verdict.primary): the declared
+    methods, the verdict's confirmatory family (None: the adaptations among
+    the study's methods)."""
 
     from .retrain import ablation_table, display_names, per_class_table, summary_table, to_markdown
 
@@ -61,7 +63,8 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
     summary = summary_table(run_rows, weak_classes, groups)
     populated = {g: c for g, c in (groups or {}).items() if c}
     populated = populated if len(populated) > 1 else {}
-    tested = populated if (len(weak_classes) > 1 or long_tail) else {}
+    # the verdict's group rows (descriptive): groups of two or more classes, where several classes are weak
+    tested = {g: c for g, c in populated.items() if len(c) > 1} if (len(weak_classes) > 1 or long_tail) else {}
     comp = None
     if predictions:
         from .stats import comparisons
@@ -75,7 +78,7 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
                                                                dtype={"path": str, "label": str, "pred": str})
         methods = [m for m in summary["method"]]
         comp = comparisons(preds, weak_classes, methods, seed=seed, replicate_of_seed=replicate_of_seed,
-                           groups=tested)
+                           groups=tested, primary=primary, receives=receivers(run_rows, weak_classes))
         summary = _with_comparisons(summary, comp, weak_classes + [group_label(g) for g in tested])
     summary = display_names(summary, names)
     loss_rows, kept = _class_extras(ti_losses, ti_metas, lora_losses, lora_metas, neighbours, filtered, lpips)
@@ -150,7 +153,7 @@ def _write_significance(comp, names, tested, run_rows, weak_classes, kept, repli
     """The significance table and the verdict in words; a group's rows named with its classes
     (the summary's columns keep the short label)."""
     from .retrain import display_names, to_markdown
-    from .stats import replicate_ranking, verdict
+    from .verdict import replicate_ranking, verdict
 
     names = {**names, **{group_label(g): f"{group_label(g)} group ({', '.join(names.get(c, c) for c in cs)})"
                          for g, cs in tested.items()}}
@@ -170,6 +173,18 @@ def _write_significance(comp, names, tested, run_rows, weak_classes, kept, repli
                    + "".join(f"\n{n}\n" for n in notes or []), "Verdict")
 
 
+def receivers(run_rows: list[dict], weak: list[str]) -> dict[str, set[str]]:
+    """{weak class: the methods whose runs train on more of its images than
+    `baseline`'s}: the classes a method adds images to, the only ones its
+    confirmatory rows test."""
+    def mean_count(m, c):
+        v = [r["train_counts"].get(c, 0) for r in run_rows if r["method"] == m]
+        return float(np.mean(v)) if v else float("nan")
+
+    methods = {r["method"] for r in run_rows}
+    return {c: {m for m in methods if mean_count(m, c) > mean_count("baseline", c)} for c in weak}
+
+
 def selection_notes(weak_info: dict) -> list[str]:
     """The tables' warnings about how the weak classes were chosen (weak_info:
     weak_classes.json): chosen on the test split, every lift on them is
@@ -182,8 +197,10 @@ def selection_notes(weak_info: dict) -> list[str]:
 
 
 def _with_comparisons(summary: pd.DataFrame, comp: pd.DataFrame, weak: list[str]) -> pd.DataFrame:
-    """The summary with, per weak class, the lift's 95% interval and the adjusted
-    p-values against baseline (p_<cls>) and oversample (p_over_<cls>)."""
+    """The summary with, per weak class, the lift's interval (the decision's for
+    a confirmatory row, else the unadjusted 95%) and the family's adjusted
+    p-values against baseline (p_<cls>) and oversample (p_over_<cls>; empty
+    for descriptive rows)."""
     out = summary.copy()
     for cls in weak:
         for ref, col in (("baseline", f"p_{cls}"), ("oversample", f"p_over_{cls}")):
@@ -191,7 +208,7 @@ def _with_comparisons(summary: pd.DataFrame, comp: pd.DataFrame, weak: list[str]
             if ref == "baseline":
                 out[f"lift_{cls}_low"] = out["method"].map(c["low"])
                 out[f"lift_{cls}_high"] = out["method"].map(c["high"])
-            out[col] = out["method"].map(c["p_holm"])
+            out[col] = out["method"].map(c["p_adj"])
     return out
 
 

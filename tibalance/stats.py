@@ -11,7 +11,9 @@ rest on the spread of these per-run lifts, not on the count of images.
 - The unit: a retraining seed. Where seeds share a replicate of the
   adaptation (R replicates, more seeds than R) and A or B reads synthetic
   images, the seeds of one replicate are averaged into one unit: runs that
-  share an adaptation are not independent draws of the method.
+  share an adaptation are not independent draws of the method. The study's
+  default with replicates (`replicates: seeds`) gives every run its own
+  replicate, so every run is a unit carrying both sources of variance.
 - `run_test`: the paired t-test over the units' lifts (scipy's ttest_1samp,
   df = units - 1). Assumptions: the units are independent and their lifts
   roughly normal (each is a mean over the class's test images). The test
@@ -19,20 +21,19 @@ rest on the spread of these per-run lifts, not on the count of images.
   training runs. Where every unit has the same lift the t statistic does not
   exist: the exact sign-flip test over units decides (p = 2^(1-U), 1 for a
   zero lift), which needs no variance.
-- `holm_levels`: one family for every class x method x reference the verdict
-  speaks of. Holm's step-down decision, and for each row an interval at the
-  level of the step that decided it (rejected at step r of m: level
-  1 - alpha/(m - r); not rejected: the level of the first step that failed),
-  so that "significant" and "the interval excludes 0" are the same statement.
+- `comparisons`: every row the tables show, each either **confirmatory** (the
+  family declared before the run, `verdict.primary`; decided by the graphical
+  procedure of tibalance.family at 5% family-wise) or **descriptive** (an
+  unadjusted 95% interval, never called significant).
 - `sign_flip_test`: the exact paired permutation test on images (per image
   the seeds' correctness differences summed; with one seed, McNemar's exact
   test). It holds the trained models fixed, so it only says *these models*
   differ; it is reported as `p_images`, never as the verdict's significance.
-- `holm`: Holm's step-down adjusted p-values.
 
 The calibration (tests/test_stats.py, benchmarks/calibration.py) draws
-studies with no true lift and a per-run spread, and counts how often the
-verdict says "significant".
+studies in the design the workflow runs (replicates shared by the methods,
+complete and partial nulls) and counts how often the confirmatory family
+calls a true null significant.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import pandas as pd
 from scipy import stats as _st
 
 from .defaults import COMBINED_METHODS, ORACLE_AT_METHODS, SYNTHETIC_METHODS, YARDSTICK_METHODS, undeferred
+from .family import baseline_then_oversample, graphical, mde
 from .util import TibalanceError
 
 ALPHA = 0.05
@@ -130,37 +132,6 @@ def sign_flip_test(a, b) -> float:
     return min(1.0, p)
 
 
-def holm(pvalues) -> list[float]:
-    """Holm's step-down adjusted p-values, in the input's order (NaN entries stay NaN, not counted)."""
-    p = np.asarray(list(pvalues), dtype=float)
-    out = np.full(len(p), np.nan)
-    idx = [i for i in np.argsort(p, kind="stable") if not np.isnan(p[i])]
-    m, running = len(idx), 0.0
-    for rank, i in enumerate(idx):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out.tolist()
-
-
-def holm_levels(pvalues, alpha: float = ALPHA) -> tuple[list[bool], list[float]]:
-    """Holm's decisions at alpha and, per row, the confidence level of its
-    interval (module docstring): rows rejected at step r (0-based) of m get
-    1 - alpha/(m - r); the rest the level of the first step that failed. NaN
-    p-values: not rejected, level NaN."""
-    p = np.asarray(list(pvalues), dtype=float)
-    idx = [i for i in np.argsort(p, kind="stable") if not np.isnan(p[i])]
-    m = len(idx)
-    reject, level = [False] * len(p), [float("nan")] * len(p)
-    failed = None
-    for rank, i in enumerate(idx):
-        if failed is None and p[i] >= alpha / (m - rank):
-            failed = rank
-        step = rank if failed is None else failed
-        reject[i] = failed is None
-        level[i] = 1.0 - alpha / (m - step)
-    return reject, level
-
-
 def correctness(preds, cls: str) -> "pd.Series":
     """Per test image of class cls (indexed by path, sorted): 1 where the prediction is right."""
     t = preds[preds["label"] == cls].sort_values("path")
@@ -180,11 +151,13 @@ def _matrix(runs: dict, method: str, seeds: list[int], cls: str, memo: dict) -> 
     return np.stack([r.to_numpy() for r in rows])
 
 
-COLUMNS = ["class", "method", "reference", "seeds", "units", "images", "lift", "se", "low", "high", "level",
-           "p", "p_holm", "significant", "p_images"]
-
+COLUMNS = ["class", "method", "reference", "role", "seeds", "units", "images", "lift", "se", "low", "high", "level",
+           "p", "p_adj", "significant", "mde", "p_images"]
+CONFIRMATORY, DESCRIPTIVE = "confirmatory", "descriptive"
+DESCRIPTIVE_LEVEL = 0.95
 
 GROUP_SUFFIX = "-shot"  # a group's row label: "few-shot", "medium-shot", "many-shot"
+ADAPTATIONS = tuple(m for m in SYNTHETIC_METHODS if m != "raw_sd")  # the rows with a learned token or adapter
 
 
 def group_label(group: str) -> str:
@@ -196,34 +169,16 @@ def is_group(label: str) -> bool:
     return str(label).endswith(GROUP_SUFFIX)
 
 
-def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0,
-                references: tuple[str, ...] = ("baseline", "oversample"),
-                replicate_of_seed: dict[int, int] | None = None, alpha: float = ALPHA,
-                groups: dict[str, list[str]] | None = None) -> pd.DataFrame:
-    """Per weak class, method and reference (baseline, oversample): the mean
-    paired lift on the class's test images over the seeds both ran, the run-level
-    test's p-value (`p`, over `units`), Holm's adjustment over every row
-    (`p_holm`), the decision the verdict uses (`significant`), the interval
-    dual to it (`low`, `high` at `level`), and the image-level test (`p_images`:
-    these trained models differ; not a claim about the method).
+def default_primary(methods) -> list[str]:
+    """The declared family when the config names none: the adaptations (a
+    learned token or adapter) among the study's methods."""
+    return [m for m in methods if m in ADAPTATIONS]
 
-    runs: {(method, seed): per-image test predictions (path, label, pred)}.
-    replicate_of_seed: {seed: the replicate of the adaptation it trained on}:
-    where a comparison involves synthetic images and the seeds' R > 1
-    replicates are fewer than the seeds, the unit is the replicate; with one
-    replicate the unit is the seed and the claim is conditional on the one
-    adaptation made. `seed` is kept for callers; nothing is drawn.
 
-    groups: {group: its classes} (retrain.class_groups): after the classes, a
-    row per group, method and reference (`class` = group_label(group)) on the
-    group's accuracy, the mean of its classes' accuracies: a seed's lift is the
-    mean of its classes' lifts, the same test over the same units, in the same
-    Holm family. No image-level test for a group (its classes weigh equally,
-    not its images): `p_images` is NaN there."""
-    del seed  # the tests are exact or analytic: nothing random left
-    rep = {int(k): int(v) for k, v in (replicate_of_seed or {}).items()}
-    targets = [(cls, [cls]) for cls in weak] + [(group_label(g), list(c)) for g, c in (groups or {}).items() if c]
-    rows, lifts, memo = [], [], {}  # each run's correctness per class, computed once
+def _pair_rows(runs, targets, methods, references, rep):
+    """Every (class or group, method, reference) with paired seeds: its row's
+    counts and estimates and its units' lifts."""
+    rows, memo = [], {}  # each run's correctness per class, computed once
     for label, classes in targets:
         for ref in references:
             for method in methods:
@@ -237,200 +192,93 @@ def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0,
                 grouped = (reads_adaptation(method) or reads_adaptation(ref)) and 1 < len(set(labels)) < len(seeds)
                 per_seed = np.mean([unit_lifts(a, b) for a, b in pairs], axis=0)
                 d = _by_unit(per_seed, labels if grouped else None)
-                lifts.append(d)
-                rows.append({"class": label, "method": method, "reference": ref, "seeds": len(seeds),
-                             "units": len(d), "images": sum(a.shape[1] for a, _ in pairs), "lift": float(d.mean()),
-                             "se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan"),
-                             "p": run_test(d),
-                             "p_images": sign_flip_test(*pairs[0]) if len(pairs) == 1 else float("nan")})
-    reject, level = holm_levels([r["p"] for r in rows], alpha)
-    for r, d, adj, rej, lev in zip(rows, lifts, holm([r["p"] for r in rows]), reject, level):
-        r["p_holm"], r["significant"], r["level"] = adj, bool(rej), lev
-        r["low"], r["high"] = run_interval(d, lev)
-    return pd.DataFrame(rows, columns=COLUMNS)
+                ref_acc = float(np.mean([b.mean() for _, b in pairs]))
+                rows.append(({"class": label, "method": method, "reference": ref, "seeds": len(seeds),
+                              "units": len(d), "images": sum(a.shape[1] for a, _ in pairs), "lift": float(d.mean()),
+                              "se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan"),
+                              "p": run_test(d),
+                              "p_images": sign_flip_test(*pairs[0]) if len(pairs) == 1 else float("nan")},
+                             d, ref_acc))
+    return rows
 
 
-def detectable_lift(comp: pd.DataFrame, cls: str, alpha: float = ALPHA) -> float | None:
-    """The smallest lift over `baseline` the verdict's family could call
-    significant on class cls: the t-test at Holm's strictest threshold
-    (alpha/m, m the family's size) with the class's median standard error
-    between units, and never under one test image. None where no row has a
-    spread to judge by."""
-    rows = comp[(comp["class"] == cls) & (comp["reference"] == "baseline") & (comp["se"] > 0)]
-    if rows.empty:
-        return None
-    m = max(1, int(comp["p"].notna().sum()))
-    u = int(rows["units"].median())
-    return max(1.0 / int(rows["images"].max()),
-               float(_st.t.ppf(1 - alpha / (2 * m), u - 1) * rows["se"].median()))
+def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0,
+                references: tuple[str, ...] = ("baseline", "oversample"),
+                replicate_of_seed: dict[int, int] | None = None, alpha: float = ALPHA,
+                groups: dict[str, list[str]] | None = None, primary: list[str] | None = None,
+                receives: dict[str, set[str]] | None = None) -> pd.DataFrame:
+    """Per weak class, method and reference (baseline, oversample): the mean
+    paired lift on the class's test images over the seeds both ran, the
+    run-level test's p-value (`p`, over `units`), the image-level test
+    (`p_images`: these trained models differ; not a claim about the method),
+    and the row's `role`.
+
+    Confirmatory rows (the declared family, tibalance.family): each method of
+    `primary` (None: default_primary(methods)) on each weak class that
+    receives its images (receives: {class: the methods whose training sets add
+    images of it}; None: every method every class), against `baseline` and
+    `oversample`. The graphical procedure decides them at alpha: `p_adj`
+    (adjusted p), `significant`, and the decision's dual interval (`low`,
+    `high` at `level` = 1 - the row's local level: it excludes 0 exactly when
+    the row is significant; not simultaneous over the family; NaN where the
+    row's hypothesis never received any alpha). `mde`: the lift the row's
+    class and reference detect with 80% power at the first step's local level
+    (alpha / the number of declared rows vs baseline), with the declared
+    rows' pooled spread between units (NaN where no declared row has one).
+
+    Descriptive rows: everything else (yardsticks, undeclared methods, classes
+    that get no images, groups): an unadjusted 95% interval, `p_adj` NaN,
+    never significant.
+
+    Intervals are cut to the lift's attainable range ([-acc_ref, 1 - acc_ref]).
+
+    runs: {(method, seed): per-image test predictions (path, label, pred)}.
+    replicate_of_seed: {seed: the replicate of the adaptation it trained on}:
+    where a comparison involves synthetic images and the seeds' R > 1
+    replicates are fewer than the seeds, the unit is the replicate; with R =
+    seeds or one replicate the unit is the seed (with one replicate the claim
+    is conditional on the one adaptation made). `seed` is kept for callers.
+
+    groups: {group: its classes} (retrain.class_groups): after the classes, a
+    descriptive row per group of two or more classes, method and reference
+    (`class` = group_label(group)) on the group's accuracy, the mean of its
+    classes' accuracies."""
+    del seed  # the tests are exact or analytic: nothing random left
+    rep = {int(k): int(v) for k, v in (replicate_of_seed or {}).items()}
+    targets = [(cls, [cls]) for cls in weak] + [(group_label(g), list(c)) for g, c in (groups or {}).items()
+                                                if len(c) > 1]
+    built = _pair_rows(runs, targets, methods, references, rep)
+    primary = default_primary(methods) if primary is None else list(primary)
+    weak_set = set(weak)
+
+    def declared(r):
+        return (r["class"] in weak_set and r["method"] in primary and r["reference"] in ("baseline", "oversample")
+                and (receives is None or r["method"] in receives.get(r["class"], ())))
+
+    keys = [(r["method"], r["class"]) for r, _, _ in built if declared(r) and r["reference"] == "baseline"]
+    has_over = {k: any(declared(r) and (r["method"], r["class"]) == k and r["reference"] == "oversample"
+                       for r, _, _ in built) for k in keys}
+    hyps, graph = baseline_then_oversample(keys, has_over)
+    where = {(r["method"], r["class"], r["reference"]): i for i, (r, _, _) in enumerate(built)}
+    index = [where[(m, c, ref)] for (m, c), ref in hyps]
+    adjusted, reject, local = graphical([built[i][0]["p"] for i in index], graph, alpha) if hyps else ([], [], [])
+    decided = {i: (a, rej, loc) for i, a, rej, loc in zip(index, adjusted, reject, local)}
+    for i, (r, d, ref_acc) in enumerate(built):
+        if i in decided:
+            a, rej, loc = decided[i]
+            r.update(role=CONFIRMATORY, p_adj=a, significant=bool(rej), level=1.0 - loc if loc > 0 else float("nan"))
+        else:
+            r.update(role=DESCRIPTIVE, p_adj=float("nan"), significant=False, level=DESCRIPTIVE_LEVEL)
+        low, high = run_interval(d, r["level"])
+        r["low"], r["high"] = max(low, -ref_acc), min(high, 1.0 - ref_acc)
+    first_level = alpha / max(1, len(keys))
+    for (cls, ref) in {(c, ref) for (_, c), ref in hyps}:
+        mine = [built[i][0] for i in index if built[i][0]["class"] == cls and built[i][0]["reference"] == ref]
+        sds = [r["se"] * math.sqrt(r["units"]) for r in mine if np.isfinite(r["se"]) and r["se"] > 0]
+        units = int(np.median([r["units"] for r in mine]))
+        value = mde(float(np.sqrt(np.mean(np.square(sds)))), units, first_level) if sds else float("nan")
+        for r in mine:
+            r["mde"] = value
+    return pd.DataFrame([r for r, _, _ in built], columns=COLUMNS)
 
 
-ADAPTATIONS = tuple(m for m in SYNTHETIC_METHODS if m != "raw_sd")  # the rows with a learned token or adapter
-
-
-def _kendall_tau(order: list[str], other: list[str]) -> float:
-    """Kendall's tau between two orderings of the same items (1: the same order)."""
-    pos = {m: i for i, m in enumerate(other)}
-    pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
-    if not pairs:
-        return 1.0
-    return sum(1 if pos[a] < pos[b] else -1 for a, b in pairs) / len(pairs)
-
-
-def replicate_ranking(run_rows: list[dict], cls: str, replicate_of_seed: dict[int, int],
-                      methods: tuple[str, ...] = ADAPTATIONS) -> dict | None:
-    """Whether the ranking of the adaptation rows on one class holds replicate
-    by replicate: the overall order (mean paired lift over `baseline`, all
-    seeds), each replicate's order (the lifts of the seeds that trained on it),
-    in how many replicates the order is the overall one and the best row the
-    overall best, and each replicate order's Kendall tau with the overall one.
-
-    run_rows: the runs' metrics (method, seed, per_class_accuracy).
-    replicate_of_seed: {seed: the replicate it trained on}. None where fewer
-    than two adaptation rows have paired runs."""
-    base = {int(r["seed"]): r["per_class_accuracy"][cls] for r in run_rows if r["method"] == "baseline"}
-    lifts: dict[str, dict[int, float]] = {}
-    for r in run_rows:
-        if r["method"] in methods and int(r["seed"]) in base and cls in r["per_class_accuracy"]:
-            lifts.setdefault(r["method"], {})[int(r["seed"])] = r["per_class_accuracy"][cls] - base[int(r["seed"])]
-    shown = [m for m in methods if m in lifts]
-    if len(shown) < 2:
-        return None
-    seeds = sorted(set.intersection(*(set(lifts[m]) for m in shown)))
-    if not seeds:
-        return None
-
-    def order(ss):
-        means = {m: float(np.mean([lifts[m][s] for s in ss])) for m in shown}
-        return sorted(shown, key=lambda m: (-means[m], shown.index(m))), means
-
-    overall, means = order(seeds)
-    reps = sorted({replicate_of_seed.get(s, 0) for s in seeds})
-    per_rep = {k: order([s for s in seeds if replicate_of_seed.get(s, 0) == k])[0] for k in reps}
-    return {"class": cls, "overall": overall, "means": means, "replicates": per_rep,
-            "same_order": sum(o == overall for o in per_rep.values()),
-            "best_first": sum(o[0] == overall[0] for o in per_rep.values()),
-            "tau": {k: _kendall_tau(o, overall) for k, o in per_rep.items()}}
-
-
-def ranking_line(rk: dict | None) -> str | None:
-    """replicate_ranking in words (one bullet of the verdict)."""
-    if rk is None:
-        return None
-    r = len(rk["replicates"])
-    order = " > ".join(f"`{m}`" for m in rk["overall"])
-    if r < 2:
-        return (f"- Ranking of the adaptations: {order}, from one replicate of the seed images, token and adapters "
-                f"(the seeds vary the retraining only; `replicates: R` repeats the adaptation).")
-    taus = ", ".join(f"{t:+.2f}" for t in rk["tau"].values())
-    return (f"- Ranking of the adaptations over {r} replicates (seed images, token, adapters and samples made anew "
-            f"in each): {order}; the same order in {rk['same_order']} of {r} replicates, "
-            f"`{rk['overall'][0]}` first in {rk['best_first']} of {r} (Kendall's tau of each replicate's order "
-            f"with it: {taus}).")
-
-
-def _pts(x: float) -> str:
-    return f"{100 * x:+.1f}"
-
-
-def _ci(r) -> str:
-    return f"{r['level']:.4g} CI [{_pts(r['low'])}, {_pts(r['high'])}]" if np.isfinite(r["level"]) else "no interval"
-
-
-def _listed(rows: pd.DataFrame) -> str:
-    return ", ".join(f"`{r.method}` {_pts(r.lift)}" for r in rows.itertuples())
-
-
-def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: float = ALPHA,
-            rankings: dict[str, dict | None] | None = None,
-            counts: dict[str, dict[str, float]] | None = None) -> str:
-    """The comparisons in words, per weak class (and group of classes, where
-    comparisons had groups): the best method (never a
-    yardstick) with its interval, which lifts over `baseline` are significant
-    (comparisons' `significant`: run-level test, Holm over every row), whether
-    any method beats `oversample`, the smallest lift the family could detect,
-    the yardstick with both training counts, and (rankings: replicate_ranking
-    per class) whether the adaptations' ranking holds in every replicate.
-    counts: {class: {method: the class's training images in its runs}}."""
-    names = names or {}
-    rankings = rankings or {}
-    counts = counts or {}
-    m = int(comp["p"].notna().sum())
-    out = []
-    for cls, grp in comp.groupby("class", sort=False):
-        name = names.get(cls, cls)
-        base = grp[grp["reference"] == "baseline"].sort_values("lift", ascending=False, kind="stable")
-        if base.empty:
-            continue
-        seeds, units, images = int(base["seeds"].max()), int(base["units"].min()), int(base["images"].max())
-        out.append(f"### {name}\n")
-        unit_word = "run" if units == seeds else "replicate of the adaptation (its seeds averaged) for rows with synthetic images"
-        whose = (f"group's {images} test images (its accuracy: the mean of its classes')" if is_group(cls)
-                 else f"class's {images} test images")
-        out.append(f"Paired over {seeds} retraining seed(s) on the {whose}. The unit is the "
-                   f"{unit_word}: a t-test over the per-unit lifts, Holm-adjusted over all {m} comparisons of this "
-                   f"verdict; each interval is at the level of the Holm step that decided its row, so a lift is "
-                   f"significant exactly when its interval excludes 0.\n")
-        methods = base[~base["method"].isin(YARDSTICKS)]
-        if len(methods):
-            best = methods.iloc[0]
-            tied = [mm for mm, v in zip(methods["method"], methods["lift"])
-                    if np.isclose(v, best["lift"], rtol=0, atol=1e-12)]
-            verb = "significant" if best["significant"] else "not significant"
-            head = (f"- Best methods (tied): {', '.join(f'`{t}`' for t in tied)}, " if len(tied) > 1
-                    else f"- Best method: `{best['method']}`, ")
-            out.append(head + f"{_pts(best['lift'])} points over `baseline` ({_ci(best)}, adjusted p = "
-                       f"{best['p_holm']:.3g}: {verb}).")
-        sig = base[base["significant"]]
-        up, down = sig[sig["lift"] > 0], sig[sig["lift"] < 0]
-        rest = base[~base["significant"] & base["p"].notna()]
-        untested = base[base["p"].isna()]
-        if len(up):
-            out.append("- Significant lift over `baseline`: " + _listed(up) + ".")
-        if len(down):
-            out.append("- Significantly worse than `baseline`: " + _listed(down) + ".")
-        if len(rest):
-            out.append("- Not distinguishable from `baseline`: " + _listed(rest) + ".")
-        if len(untested):
-            out.append("- Not tested (a single unit: no spread between runs to judge by): " + _listed(untested) + ".")
-        floor = detectable_lift(comp, cls, alpha)
-        if floor is not None:
-            out.append(f"- Detectable here: lifts under about {100 * floor:.1f} points cannot be called significant "
-                       f"with {units} unit(s), {images} test images and {m} comparisons.")
-        if images < 20 and not is_group(cls):
-            out.append(f"- **Too few test images**: {images}, so one image is {100 / images:.1f} points; no lift "
-                       f"the study is about can be separated from chance on this class.")
-        by = {r["method"]: r for _, r in base.iterrows()}
-        gen = base[base["method"].isin(SYNTHETIC_METHODS)]
-        n = counts.get(cls, {})
-        unit = "group" if is_group(cls) else "class"
-        if "real_oracle" in by:
-            o = by["real_oracle"]
-            out.append(f"- Real-image yardstick (`real_oracle`, {n.get('real_oracle', float('nan')):.0f} real training "
-                       f"images of the {unit}): {_pts(o['lift'])} points ({_ci(o)}).")
-        if len(gen) and any(m in by for m in YARDSTICKS):
-            g = gen.iloc[0]
-            at = by.get(f"real_oracle@{g['method']}")
-            o = at if at is not None else by.get("real_oracle")
-            if o is not None and o["lift"] > 0:
-                equal = "at equal counts" if at is not None else "at unequal counts"
-                out.append(f"- The best generative row, `{g['method']}` ({n.get(g['method'], float('nan')):.0f} "
-                           f"training images of the {unit}), reaches {g['lift'] / o['lift']:.0%} of `{o['method']}` "
-                           f"({n.get(o['method'], float('nan')):.0f} real ones, {_pts(o['lift'])} points): {equal}.")
-        over = grp[grp["reference"] == "oversample"].sort_values("lift", ascending=False, kind="stable")
-        if len(over):
-            better = over[over["significant"] & (over["lift"] > 0)]
-            worse = over[over["significant"] & (over["lift"] < 0)]
-            if len(better):
-                out.append("- Significantly better than `oversample`: " + _listed(better) + ".")
-            else:
-                top = over.iloc[0]
-                out.append(f"- No method is significantly better than `oversample` (closest: `{top['method']}`, "
-                           f"{_pts(top['lift'])} points, {_ci(top)}).")
-            if len(worse):
-                out.append("- Significantly worse than `oversample`: " + _listed(worse) + ".")
-        line = ranking_line(rankings.get(cls))
-        if line:
-            out.append(line)
-        out.append("")
-    return "\n".join(out) + "\n" if out else "No weak class with paired runs to compare.\n"

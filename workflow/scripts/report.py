@@ -26,6 +26,7 @@ smk.run(
     replicate_of_seed=dict(snakemake.params.replicate_of_seed),
     group_thresholds=dict(snakemake.params.groups),
     long_tail=bool(snakemake.params.long_tail),
+    primary=None if snakemake.params.primary is None else list(snakemake.params.primary),
     **{k: snakemake.output[k] for k in ("summary_csv", "summary_md", "per_class_csv", "per_class_md", "acc_plot", "fid_plot",
                                                 "ablation_csv", "ablation_md", "significance_csv", "significance_md", "verdict_md")},
 )
