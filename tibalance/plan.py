@@ -202,8 +202,12 @@ def _config(paths: list[str]) -> dict:
     return cfg
 
 
-def report(cfg: dict, results: str, confidence: float = CONFIDENCE, target: float | None = None) -> str:
-    """The plan in markdown, from a finished study's results folder and its config."""
+def report(cfg: dict, results: str, confidence: float = CONFIDENCE, target: float | None = None,
+           rows_planned: int | None = None) -> str:
+    """The plan in markdown, from a finished study's results folder and its
+    config. rows_planned: the declared rows against `baseline` of the study
+    being planned, where it differs from the pilot's (a pilot on one weak
+    class for a study of ten: ten times its rows); default the pilot's."""
     retrain = cfg.get("retrain") or {}
     methods, seeds = retrain.get("methods") or [], retrain.get("seeds") or []
     verdict = cfg.get("verdict") or {}
@@ -228,12 +232,15 @@ def report(cfg: dict, results: str, confidence: float = CONFIDENCE, target: floa
     if not os.path.isfile(cost_csv):
         raise TibalanceError(f"plan: {cost_csv} does not exist (the study's cost rule makes it)")
     costs = study_costs(cost_csv, declared, r_pilot, len(seeds), (cfg.get("diff_ii") or {}).get("concept", "ti"))
-    designs = plan(spreads, len(rows), costs, target)
+    k = rows_planned or len(rows)
+    designs = plan(spreads, k, costs, target)
     best = cheapest(designs)
     out = [f"# Plan: {100 * target:.1f} points on every declared row with {POWER:.0%} power\n",
            f"Pilot: {len(seeds)} seeds on {r_pilot} replicate(s) in `{results}`; declared family: "
-           f"{len(rows)} row(s) against `baseline` ({', '.join(f'`{m}` on {c}' for m, c in rows)}), first-step level "
-           f"{ALPHA:g}/{len(rows)}. Spreads in accuracy points (sd), point and {confidence:.0%} upper bound:\n",
+           f"{len(rows)} row(s) against `baseline` ({', '.join(f'`{m}` on {c}' for m, c in rows)})"
+           + (f"; planned for a family of {k} rows" if k != len(rows) else "")
+           + f", first-step level {ALPHA:g}/{k}. Spreads in accuracy points (sd), point and {confidence:.0%} "
+           f"upper bound:\n",
            "| method | class | between replicates | between runs | upper: replicates | upper: runs | note |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
     for s in spreads:
@@ -264,10 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default="results", help="the finished study's results folder")
     ap.add_argument("--target", type=float, default=None, help="points (default: verdict.target_lift)")
     ap.add_argument("--confidence", type=float, default=CONFIDENCE)
+    ap.add_argument("--rows", type=int, default=None,
+                    help="the planned study's declared rows against baseline (default: the pilot's)")
     ap.add_argument("--out", default=None, help="also write the plan here (markdown)")
     args = ap.parse_args(argv)
     try:
-        text = report(_config(args.configfile), args.results, args.confidence, args.target)
+        text = report(_config(args.configfile), args.results, args.confidence, args.target, args.rows)
     except TibalanceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
