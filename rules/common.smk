@@ -145,11 +145,19 @@ if ORACLE_ABSENT:
         m for m in config["retrain"]["methods"] if not m.startswith("real_oracle")
     ]
 
-# sampling modes the study generates: raw and ti always (grids, FID); the
-# real-image-guided and LoRA modes when their retraining method is part of the study
-STUDY_MODES = ["raw", "ti"] + [
-    m for m in MODES if m not in ("raw", "ti") and m in config["retrain"]["methods"]
-]
+# whether any retraining method reads synthetic images: a study of baseline,
+# oversample, noise and the re-weighting methods alone needs no generator, token,
+# sampling, judge or FID
+GENERATIVE = any(m in MODE_OF for m in config["retrain"]["methods"])
+# sampling modes the study generates: raw and ti always (grids, FID) in a
+# generative study; the real-image-guided and LoRA modes when their retraining
+# method is part of the study
+STUDY_MODES = (
+    ["raw", "ti"]
+    + [m for m in MODES if m not in ("raw", "ti") and m in config["retrain"]["methods"]]
+    if GENERATIVE
+    else []
+)
 # the LoRA adapters those modes need (lora_i2i samples with the `lora` adapter;
 # diff_ii with its concept's)
 STUDY_ADAPTERS = sorted(
@@ -193,19 +201,26 @@ METHOD_KEYS = {
 }
 
 
+REFILLED = ("oversample", "deferred_oversample", "noise", "deferred_noise")
+
+
 def retrain_section(wildcards):
     """The retrain section as a run sees it: without the methods and seeds lists
     (a run's method and seed are its wildcards), so that adding a method or a
     seed plans the new runs only, not every run again; a method's own settings
-    (noise, reweight) only in its runs."""
-    return canonical(
-        {
-            k: v
-            for k, v in config["retrain"].items()
-            if k not in ("methods", "seeds")
-            and wildcards.method in METHOD_KEYS.get(k, (wildcards.method,))
-        }
-    )
+    (noise, reweight) only in its runs. oversample and noise (and their deferred
+    forms) get `refill`: {class: the images it is refilled with}, the count
+    sampling makes for the class (images_wanted), from the data and the config,
+    so they read no sample table and rerun only when that count changes."""
+    own = {
+        k: v
+        for k, v in config["retrain"].items()
+        if k not in ("methods", "seeds")
+        and wildcards.method in METHOD_KEYS.get(k, (wildcards.method,))
+    }
+    if wildcards.method in REFILLED:
+        own["refill"] = {c: images_wanted(c) for c in adapted_classes()}
+    return canonical(own)
 
 
 def noise_count_of(wildcards):
@@ -237,7 +252,7 @@ def lpips_files(wildcards):
     """results/lpips/<class>.json per adapted class, with metrics.lpips on."""
     if not config["metrics"].get("lpips"):
         return []
-    return expand("results/lpips/{cls}.json", cls=adapted_classes())
+    return expand("results/lpips/{cls}.json", cls=generated_classes())
 
 
 def weak_classes():
@@ -453,7 +468,7 @@ def neighbour_inputs(wildcards):
 
 
 def neighbour_files(wildcards):
-    return expand("results/inversion/{cls}/neighbours.csv", cls=adapted_classes())
+    return expand("results/inversion/{cls}/neighbours.csv", cls=generated_classes())
 
 
 def lora_inputs(wildcards):
@@ -498,17 +513,12 @@ def run_replicate(wildcards):
 
 def retrain_synthetic(wildcards):
     """Sample tables the method trains on: the filtered ones (their kept images)
-    of the run's replicate; oversample: replicate 0's raw tables, whose size is
-    the balanced count it repeats up to (the same in every replicate)."""
+    of the run's replicate; oversample: none (its count is retrain_section's
+    refill); noise: its noise images."""
     if wildcards.method in ("oversample", "deferred_oversample"):
-        return expand("results/samples/raw/{cls}/samples.csv", cls=adapted_classes())
-    if wildcards.method in (
-        "noise",
-        "deferred_noise",
-    ):  # the count to refill to, and the noise images
-        return expand(
-            "results/samples/raw/{cls}/samples.csv", cls=adapted_classes()
-        ) + expand("results/noise/{cls}/images.csv", cls=adapted_classes())
+        return []
+    if wildcards.method in ("noise", "deferred_noise"):
+        return expand("results/noise/{cls}/images.csv", cls=adapted_classes())
     if wildcards.method == "real_oracle":
         return expand("results/oracle/{cls}/images.csv", cls=adapted_classes())
     oracle = (
@@ -599,8 +609,15 @@ def ablation_runs(wildcards):
     ]
 
 
+def generated_classes():
+    """The adapted classes where the study generates images (none without a
+    generative method): the classes of the token, sampling, grid, FID and judge
+    jobs."""
+    return adapted_classes() if GENERATIVE else []
+
+
 def fid_files(wildcards):
-    return expand("results/fid/{cls}.json", cls=adapted_classes())
+    return expand("results/fid/{cls}.json", cls=generated_classes())
 
 
 def filtered_files(wildcards):
@@ -612,7 +629,7 @@ def filtered_files(wildcards):
 
 
 def judge_files(wildcards):
-    return expand("results/judge/{cls}.json", cls=adapted_classes()) if JUDGE else []
+    return expand("results/judge/{cls}.json", cls=generated_classes()) if JUDGE else []
 
 
 def judge_train_classifier():
@@ -632,7 +649,7 @@ def after_generator(wildcards):
     needs every core; a one-thread job that starts the moment a core frees up
     holds it (a fresh demo: a judge made the UNet wait 108 s, the two feature jobs
     26 s). After the generator they run among the many short jobs."""
-    if config["generator"]["build"] == "pretrain":
+    if config["generator"]["build"] == "pretrain" and GENERATIVE:
         return ancient("results/generator/pretrained_sd/model_index.json")
     return []
 
@@ -649,6 +666,8 @@ def early_targets():
     their jobs run beside the baseline and the generator's pretraining (on a few
     cores, two jobs side by side) instead of after the confusion analysis."""
     out = []
+    if not GENERATIVE:
+        return out
     if config["generator"]["build"] == "pretrain":
         out += [
             "results/tables/generator_quality.md",
@@ -662,12 +681,12 @@ def early_targets():
 
 
 def ti_loss_files(wildcards):
-    return expand("results/inversion/{cls}/loss.csv", cls=adapted_classes())
+    return expand("results/inversion/{cls}/loss.csv", cls=generated_classes())
 
 
 def ti_meta_files(wildcards):
     return expand(
-        "results/inversion/{cls}/textual_inversion.meta.json", cls=adapted_classes()
+        "results/inversion/{cls}/textual_inversion.meta.json", cls=generated_classes()
     )
 
 
@@ -697,7 +716,7 @@ def all_targets(wildcards):
         ]
         + ["results/analysis/per_class.csv", "results/analysis/confusion.png"]
         + expand("results/seeds/{cls}/contact_sheet.png", cls=weak)
-        + expand("results/inversion/{cls}/preview.png", cls=adapted_classes())
+        + expand("results/inversion/{cls}/preview.png", cls=generated_classes())
         + expand(
             "results/coti/{cls}/preview.png",
             cls=adapted_classes() if STUDY_COTI else [],
@@ -707,7 +726,7 @@ def all_targets(wildcards):
             adapter=STUDY_ADAPTERS,
             cls=adapted_classes(),
         )
-        + expand("results/samples/grid/{cls}.png", cls=adapted_classes())
+        + expand("results/samples/grid/{cls}.png", cls=generated_classes())
     )
 
 
@@ -747,17 +766,19 @@ def study_jobs(wildcards):
 
     for name in ("prepare_data", "train_baseline", "analyse_confusion"):
         add(name)
-    if config["generator"]["build"] == "tiny":
+    if not GENERATIVE:
+        pass
+    elif config["generator"]["build"] == "tiny":
         add("build_generator")
     elif config["generator"]["build"] == "pretrain":
         add("pretrain_vae")
         add("pretrain_generator")
         add("generator_quality")
-    adapted = adapted_classes()
+    adapted = generated_classes()
     for cls in weak:
         if cls not in adapted:
             add("select_seeds", cls, replicate=0)
-            continue  # 0 images: its seeds only
+            continue  # 0 images, or no generative method: its seeds only
         for k in range(REPLICATES):
             add("select_seeds", cls, replicate=k)
             if k == 0 or REP_TOKEN:
@@ -779,7 +800,11 @@ def study_jobs(wildcards):
             add("lpips", cls)
     if any(_uses_train_features(cls) for cls in adapted) or (adapted and STUDY_COTI):
         add("train_features")
-    if config["judge"]["train_per_class"] and not config["judge"].get("model"):
+    if (
+        GENERATIVE
+        and config["judge"]["train_per_class"]
+        and not config["judge"].get("model")
+    ):
         add("judge_pool")
         add("train_judge")
     if JUDGE:
@@ -788,10 +813,10 @@ def study_jobs(wildcards):
     if uses_frozen_features():
         add("frozen_features")
     if any(m.startswith("real_oracle") for m in config["retrain"]["methods"]):
-        for cls in adapted:
+        for cls in adapted_classes():
             add("oracle_images", cls, "real_oracle")
     if {"noise", "deferred_noise"} & set(config["retrain"]["methods"]):
-        for cls in adapted:
+        for cls in adapted_classes():
             add("noise_images", cls, "noise")
     for method in config["retrain"]["methods"]:
         for seed in config["retrain"]["seeds"]:

@@ -19,8 +19,8 @@ def test_mixing_modes_give_the_promised_class_counts():
     assert counts(build_training_set(TRAIN, ["w"], "baseline", SYNTH)) == {"a": 10, "w": 2}
     add = build_training_set(TRAIN, ["w"], "ti", SYNTH, "add")
     assert counts(add) == {"a": 10, "w": 7} and set(add[add.label == "w"].path) == {"w0", "w1", *SYNTH["w"]}
-    over = build_training_set(TRAIN, ["w"], "oversample", SYNTH)
-    assert counts(over) == {"a": 10, "w": 7}  # real images repeated up to real + synthetic count
+    over = build_training_set(TRAIN, ["w"], "oversample", {}, balanced={"w": 5})
+    assert counts(over) == {"a": 10, "w": 7}  # real images repeated up to real + the refill count
     assert set(over[over.label == "w"].path) == {"w0", "w1"} and over[over.classic].label.eq("w").all()
     assert over.classic.sum() == 5
     rep = build_training_set(TRAIN, ["w"], "raw_sd", SYNTH, "replace")
@@ -53,7 +53,7 @@ def test_synthetic_on_top_of_oversampling_holds_the_stated_proportion():
     from tibalance.classifier import _IndexedBatches
 
     kept = {"w": SYNTH["w"][:3]}  # the filter kept 3 of the mode's 5 images
-    over = build_training_set(TRAIN, ["w"], "oversample", SYNTH, seed=4)
+    over = build_training_set(TRAIN, ["w"], "oversample", {}, seed=4, balanced={"w": 5})
     both = build_training_set(TRAIN, ["w"], "oversample+ti_i2i", kept, seed=4, balanced={"w": 5})
     assert counts(both) == counts(over) == {"a": 10, "w": 7}
     assert list(both.path) == list(over.path) and list(both.classic) == list(over.classic)

@@ -718,6 +718,47 @@ def _plan_edit(tiny_run, tmp_path, edit) -> tuple[list, str]:
     return _planned_jobs(p.stdout + p.stderr), p.stdout + p.stderr
 
 
+def test_a_class_sampling_edit_reruns_no_oversampling_run(tiny_run, tmp_path):
+    """A class's sampling.guidance_scale: every mode's sampling of that class and
+    what reads it, and the retraining runs of the methods that train on
+    synthetic images; not oversample, noise or their deferred forms (their
+    refill count comes from the data and the config, not a sample table), and
+    none of the methods that read no synthetic image."""
+    from tibalance.retrain import MODE_OF
+
+    cls = "triangle"
+    jobs, out = _plan_edit(tiny_run, tmp_path,
+                           lambda cfg: cfg.update(classes={cls: {"sampling": {"guidance_scale": 5.0}}}))
+    methods = yaml.safe_load(TINY.read_text())["retrain"]["methods"]
+    retrained = {w.split(",")[0].removeprefix("method=") for r, w in jobs if r == "retrain"}
+    assert retrained == {m for m in methods if m in MODE_OF}, sorted(retrained)
+    assert not {"oversample", "noise", "deferred_noise", "baseline", "reweight", "drw", "cmo"} & retrained
+    assert all(w.endswith(f"cls={cls}") or "cls=" not in w for _, w in jobs), jobs  # no other class's job
+    # the count itself is a tracked param of theirs: refilling to 9 (not 8) reruns them
+    jobs, _ = _plan_edit(tiny_run, tmp_path,
+                         lambda cfg: cfg.update(classes={cls: {"sampling": {"n_images": {"fill_to": 9}}}}))
+    assert {("retrain", f"method={m}, seed={s}") for m in ("oversample", "noise") for s in (0, 1)} <= set(jobs)
+
+
+def test_a_study_without_a_generative_method_plans_no_generator(tiny_run, tmp_path):
+    """retrain.methods [baseline, oversample, noise]: the whole DAG (forced, on
+    the tiny run's folder) holds no generator, token, adapter, sampling,
+    filter, judge, grid or FID job."""
+    wd, _ = tiny_run
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["retrain"]["methods"] = ["baseline", "oversample", "noise"]
+    cfg["ablation"] = {"methods": []}
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", "--forceall", configfiles=[edited])
+    rules = {r for r, _ in _planned_jobs(p.stdout + p.stderr)}
+    generative = {"build_generator", "pretrain_vae", "pretrain_generator", "generator_quality", "textual_inversion",
+                  "coti", "lora", "invert", "sample", "filter_samples", "judge", "train_judge", "judge_pool",
+                  "sample_grid", "fid", "token_neighbours"}
+    assert not rules & generative, sorted(rules & generative)
+    assert {"retrain", "noise_images", "report", "cost"} <= rules, sorted(rules)
+
+
 def test_a_class_diff_ii_edit_reruns_only_that_class_diff_ii_jobs(tiny_run, tmp_path):
     """A class's diff_ii.split_ratio: its diff_ii sampling (not its inversions:
     the split shapes the denoising only), filter, judge, grid and FID, the

@@ -33,7 +33,7 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
 
     - baseline: the real training images;
     - oversample: each weak class's real images repeated (classic augmentation)
-      up to real + as many images as its synthetic set holds;
+      up to real + balanced[cls] (the count sampling makes for the class);
     - real_oracle: each weak class's held-back real images (`synthetic` holds
       them: the oracle_images tables) added as real images are;
     - synthetic methods (raw_sd, ti, …) with mix 'add': the synthetic images added;
@@ -60,7 +60,7 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
         if method in ("oversample", "noise") or method.startswith("oversample+"):
             if real.empty:
                 continue
-            n = len(synth) if method in ("oversample", "noise") else int((balanced or {}).get(cls, 0))
+            n = int((balanced or {}).get(cls, 0))
             rng = np.random.default_rng(derive_seed(seed, "oversample", cls))
             order = rng.permutation(len(real))
             reps = [real.path.iloc[order[i % len(real)]] for i in range(n)]

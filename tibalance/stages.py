@@ -424,13 +424,13 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str,
         log.info("%s: %s real images (the method's kept counts)", method, {c: len(v) for c, v in synthetic.items()})
     train = m[m["split"] == "train"]
     noise = None
-    if undeferred(method) == "noise":  # the noise tables (rule noise_images) beside the raw ones that set the count
-        tables = {c: pd.read_csv(c, dtype={"path": str, "label": str}) for c in synthetic_csvs}
-        noise = read_synthetic([c for c, t in tables.items() if "noise" in t.columns])
-        synthetic = read_synthetic([c for c, t in tables.items() if "noise" not in t.columns], use_filter=False)
+    if undeferred(method) == "noise":  # the noise tables (rule noise_images)
+        noise, synthetic = read_synthetic(synthetic_csvs), {}
     combined = method.startswith("oversample+")
-    balanced = ({c: len(v) for c, v in read_synthetic(synthetic_csvs, use_filter=False).items()}
-                if combined else None)  # the oversample part's count: the mode's before the filter
+    if combined:  # the oversample part's count: the mode's before the filter
+        balanced = {c: len(v) for c, v in read_synthetic(synthetic_csvs, use_filter=False).items()}
+    else:  # oversample, noise: the count sampling makes for the class (retrain.refill, from the workflow)
+        balanced = {c: int(n) for c, n in (retrain_cfg.get("refill") or {}).items()}
     ts = build_training_set(train, weak_classes, "real_oracle" if method.startswith("real_oracle@") else method,
                             synthetic, retrain_cfg.get("mix", "add"), seed, balanced=balanced, noise=noise)
     swap_p = float(retrain_cfg.get("combine_p", 0.5) if combined else retrain_cfg.get("replace_p", 0.5))
