@@ -301,8 +301,8 @@ def test_tables_match_the_per_seed_runs(tiny_run):
 def test_intervals_and_p_values_match_an_independent_computation(tiny_run):
     """The significance table recomputed from the runs' per-image prediction
     files: per seed the class's accuracy difference and the t-test by hand;
-    the declared family (the adaptations, on the weak class that gets images)
-    decided by the graphical procedure on those p-values, each decision
+    the declared family (the adaptations, on the weak class that gets images,
+    whether or not a method's filter kept any) decided by the graphical procedure on those p-values, each decision
     agreeing with its interval; every other row descriptive, its unadjusted
     95% interval by hand, never significant; a class that gets no synthetic
     image has no confirmatory row; the verdict's highest lift is never the

@@ -3,7 +3,7 @@ and how large a lift it can detect.
 
 The study declares its question before the run (`verdict.primary`: the
 methods whose lifts it is about). The family is, for each declared method and
-each weak class that receives that method's images, two hypotheses: "no lift
+each weak class the study adds images to, two hypotheses: "no lift
 over `baseline`" (B) and "no lift over `oversample`" (O). Every other row the
 tables show is descriptive.
 

@@ -174,15 +174,19 @@ def _write_significance(comp, names, tested, run_rows, weak_classes, kept, repli
 
 
 def receivers(run_rows: list[dict], weak: list[str]) -> dict[str, set[str]]:
-    """{weak class: the methods whose runs train on more of its images than
-    `baseline`'s}: the classes a method adds images to, the only ones its
-    confirmatory rows test."""
+    """{weak class: the methods tested on it}: every method on a class the
+    study adds images to (some method's runs train on more of its images than
+    `baseline`'s), none on a class it leaves as it is (a class already at its
+    target). Decided by the class, not by a method's own count, so a declared
+    method whose filter kept none of a class's images keeps its declared row
+    (and shows no lift there)."""
     def mean_count(m, c):
         v = [r["train_counts"].get(c, 0) for r in run_rows if r["method"] == m]
         return float(np.mean(v)) if v else float("nan")
 
     methods = {r["method"] for r in run_rows}
-    return {c: {m for m in methods if mean_count(m, c) > mean_count("baseline", c)} for c in weak}
+    return {c: methods if any(mean_count(m, c) > mean_count("baseline", c) for m in methods) else set()
+            for c in weak}
 
 
 def selection_notes(weak_info: dict) -> list[str]:

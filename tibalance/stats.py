@@ -215,8 +215,8 @@ def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0,
 
     Confirmatory rows (the declared family, tibalance.family): each method of
     `primary` (None: default_primary(methods)) on each weak class that
-    receives its images (receives: {class: the methods whose training sets add
-    images of it}; None: every method every class), against `baseline` and
+    the study adds images to (receives: {class: the methods tested on it},
+    report.receivers; None: every method every class), against `baseline` and
     `oversample`. The graphical procedure decides them at alpha: `p_adj`
     (adjusted p), `significant`, and the decision's dual interval (`low`,
     `high` at `level` = 1 - the row's local level: it excludes 0 exactly when

@@ -182,7 +182,7 @@ def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: floa
     out = []
     if k:
         out.append(f"The confirmatory family, declared before the run (`verdict.primary`): "
-                   f"{', '.join(f'`{m}`' for m in declared)} on each weak class that receives its images, against "
+                   f"{', '.join(f'`{m}`' for m in declared)} on each weak class the study adds images to, against "
                    f"`baseline` and `oversample`: {len(conf_all)} hypotheses, family-wise error {alpha:.0%} "
                    f"(graphical procedure: {alpha:g}/{k} on each test against `baseline`, passed on rejection to the "
                    f"same method's test against `oversample`, then to the other methods). Each decision's interval "
