@@ -200,6 +200,8 @@ def test_comparisons_confirmatory_family_and_descriptive_rows():
     assert "Significantly" not in text and "significant" not in weak2_part.replace("never called significant", "")
     best = next(x for x in weak_part.splitlines() if x.startswith("- Highest lift"))
     assert "real_oracle" not in best
+    assert "One replicate of the adaptation" not in text  # said only where the study made one
+    assert "One replicate of the adaptation" in verdict(comp, replicates=1)
     # predictions on other images than the rest: one line naming the run
     runs[("ti", 1)] = _preds({"weak": [1] * 13, "other": [1] * 10})
     with pytest.raises(TibalanceError, match="ti seed 1"):

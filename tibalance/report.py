@@ -169,7 +169,8 @@ def _write_significance(comp, names, tested, run_rows, weak_classes, kept, repli
     counts = {c: {m: counts_of(c, m) for m in comp["method"].unique()} for c in weak_classes}
     for g, cs in tested.items():  # a group's training images: its classes'
         counts[group_label(g)] = {m: float(sum(counts_of(c, m) for c in cs)) for m in comp["method"].unique()}
-    write_markdown(verdict_md, verdict(comp, names, rankings=rankings, counts=counts)
+    replicates = len(set((replicate_of_seed or {0: 0}).values()))
+    write_markdown(verdict_md, verdict(comp, names, rankings=rankings, counts=counts, replicates=replicates)
                    + "".join(f"\n{n}\n" for n in notes or []), "Verdict")
 
 

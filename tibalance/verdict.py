@@ -92,8 +92,10 @@ def _decision(r) -> str:
     if not np.isfinite(r["level"]):
         return (f"{_pts(r['lift'])} points, not tested (no alpha reached it: its test against `baseline` did not "
                 f"reject)")
-    verb = "**lifted** (significant)" if r["significant"] and r["lift"] > 0 else (
-        "**lowered** (significant)" if r["significant"] else "not significant")
+    above, below = (("**lifted**", "**lowered**") if r["reference"] == "baseline"
+                    else ("**above** it", "**below** it"))
+    verb = f"{above} (significant)" if r["significant"] and r["lift"] > 0 else (
+        f"{below} (significant)" if r["significant"] else "not significant")
     return f"{_pts(r['lift'])} points, {_ci(r)}, adjusted p = {r['p_adj']:.3g}: {verb}"
 
 
@@ -132,6 +134,7 @@ def _descriptive(grp: pd.DataFrame, cls: str, n: dict, ranking: dict | None) -> 
         out.append(head + f"{_pts(best['lift'])} points over `baseline` ({_ci(best)}"
                    + (", confirmatory above" if best["role"] == CONFIRMATORY else ", descriptive") + ").")
     desc = base[(base["role"] == DESCRIPTIVE) & ~base["method"].isin(YARDSTICKS) & base["p"].notna()]
+    desc = desc[desc["method"] != (methods.iloc[0]["method"] if len(methods) else None)]  # the highest: above
     if len(desc):
         out.append("- Other methods vs `baseline` (descriptive, unadjusted 95% intervals): " + _listed(desc) + ".")
     untested = base[base["p"].isna()]
@@ -153,17 +156,16 @@ def _descriptive(grp: pd.DataFrame, cls: str, n: dict, ranking: dict | None) -> 
             equal = "at equal counts" if at is not None else "at unequal counts"
             out.append(f"- The best generative row, `{g['method']}` ({n.get(g['method'], float('nan')):.0f} "
                        f"training images of the {unit}), reaches {g['lift'] / o['lift']:.0%} of `{o['method']}` "
-                       f"({n.get(o['method'], float('nan')):.0f} real ones, {_pts(o['lift'])} points): {equal} "
-                       f"(descriptive).")
+                       f"({n.get(o['method'], float('nan')):.0f} real ones, {_pts(o['lift'])} points): {equal}.")
     line = ranking_line(ranking)
     if line:
-        out.append(line + " (descriptive)")
+        out.append(line)
     return out
 
 
 def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: float = ALPHA,
             rankings: dict[str, dict | None] | None = None,
-            counts: dict[str, dict[str, float]] | None = None) -> str:
+            counts: dict[str, dict[str, float]] | None = None, replicates: int | None = None) -> str:
     """The comparisons in words, per weak class (and group of classes): first
     the declared family (each declared method against `baseline` and
     `oversample`: lifted or not, its decision's interval, the minimum
@@ -172,7 +174,8 @@ def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: floa
     generative row reaches, and with rankings (replicate_ranking per class)
     whether the adaptations' order holds in every replicate). A yardstick is
     never a method that beats anything. counts: {class: {method: the class's
-    training images in its runs}}."""
+    training images in its runs}}. replicates: the study's R; with one, the
+    verdict says its decisions are about the one adaptation made."""
     names = names or {}
     rankings = rankings or {}
     counts = counts or {}
@@ -189,6 +192,11 @@ def verdict(comp: pd.DataFrame, names: dict[str, str] | None = None, alpha: floa
                    f"is at the row's own final level, so it excludes 0 exactly when the row is significant; the "
                    f"intervals are not simultaneous. Every other row is descriptive: an unadjusted 95% interval, "
                    f"never called significant.\n")
+        if replicates == 1:
+            out.append("**One replicate of the adaptation**: every run reads the same seed images, token and "
+                       "adapters, so the units vary the retraining only and each decision is about the one "
+                       "adaptation made, not the method (`replicates: seeds` makes every run its own replicate; "
+                       "`make verdict` does).\n")
     else:
         out.append("No confirmatory family (no declared method adds images of a weak class): every row below is "
                    "descriptive, an unadjusted 95% interval, never called significant.\n")
