@@ -258,7 +258,7 @@ def report(cfg: dict, results: str, confidence: float = CONFIDENCE, target: floa
                    f"retraining seeds): power {best.power:.2f}, {best.cpu_h:.2f} CPU job-hours, {best.gpu_h:.2f} "
                    f"GPU-hours.\n")
     out += ["| replicates | seeds per replicate | power | CPU job-hours | GPU-hours |", "| --- | --- | --- | --- | --- |"]
-    shown = [d for d in designs if d.seeds_per_replicate == 1 or d is best][:12]
+    shown = [d for d in designs if d.seeds_per_replicate == 1 or d is best][:8]
     for d in sorted(shown, key=lambda d: d.hours):
         out.append(f"| {d.replicates} | {d.seeds_per_replicate} | {d.power:.2f} | {d.cpu_h:.2f} | {d.gpu_h:.2f} |")
     return "\n".join(out) + "\n"
