@@ -246,7 +246,7 @@ def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str
     others = [m for m in methods if m != "baseline"]
     groups = {g: c for g, c in (groups or {}).items() if c} if run_rows else {}
     labels = list(per_class["class"]) + [group_label(g) for g in groups]
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels) + 2), 3.5))
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels) + 2) + 2.2, 3.5))
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(others))
     for i, meth in enumerate(others):
@@ -263,7 +263,7 @@ def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str
         ax.axvline(len(per_class) - 0.5, color="grey", lw=0.8, ls=":")
     ax.set_xticks(x, labels)
     ax.set_ylabel("test accuracy − baseline")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # beside the bars, never on them
     fig.tight_layout()
     fig.savefig(acc_plot, dpi=100)
     plt.close(fig)
