@@ -744,16 +744,24 @@ def test_a_class_sampling_edit_reruns_no_oversampling_run(tiny_run, tmp_path):
 
 
 def test_a_study_without_a_generative_method_plans_no_generator(tiny_run, tmp_path):
-    """retrain.methods [baseline, oversample, noise]: the whole DAG (forced, on
-    the tiny run's folder) holds no generator, token, adapter, sampling,
-    filter, judge, grid or FID job."""
-    wd, _ = tiny_run
+    """retrain.methods [baseline, oversample, noise] on a copy of the tiny run
+    holding only its data, baseline and confusion analysis: the DAG plans the
+    seeds, the noise images, the runs and the tables, and no generator, token,
+    adapter, sampling, filter, judge, grid or FID job."""
+    import shutil
+
+    wd0, _ = tiny_run
+    wd = tmp_path / "nogen"
+    keep = ("data", "baseline", "analysis")
+    shutil.copytree(wd0, wd, symlinks=True, ignore=lambda d, names: (
+        [n for n in names if n not in keep] if d == str(wd0 / "results") else
+        ["locks"] if d == str(wd0 / ".snakemake") else []))
     cfg = yaml.safe_load(TINY.read_text())
     cfg["retrain"]["methods"] = ["baseline", "oversample", "noise"]
     cfg["ablation"] = {"methods": []}
     edited = tmp_path / "edited.yaml"
     edited.write_text(yaml.safe_dump(cfg))
-    p = snakemake(wd, "-n", "--forceall", configfiles=[edited])
+    p = snakemake(wd, "-n", configfiles=[edited])
     rules = {r for r, _ in _planned_jobs(p.stdout + p.stderr)}
     generative = {"build_generator", "pretrain_vae", "pretrain_generator", "generator_quality", "textual_inversion",
                   "coti", "lora", "invert", "sample", "filter_samples", "judge", "train_judge", "judge_pool",
