@@ -61,7 +61,13 @@ def project(bench: dict, cfg: dict, classes: int | None = None, images: int | No
     if not isinstance(n, int):
         raise SystemExit(f"project_cost: sampling.n_images is {n!r}, a refill target; give --images N")
     k = classes or int((cfg.get("analysis") or {}).get("k", 1))
-    reps = int(cfg.get("replicates", 1))
+    reps = cfg.get("replicates", 1)  # `seeds`: one replicate per retraining seed
+    if reps == "seeds":
+        seeds = (cfg.get("retrain") or {}).get("seeds")
+        if not seeds:
+            raise SystemExit("project_cost: replicates: seeds needs the config's retrain.seeds")
+        reps = len(seeds)
+    reps = int(reps)
     rows = bench["rows"]
     strength = smp["strength"] if not isinstance(smp["strength"], list) else max(smp["strength"])
     out = []

@@ -50,6 +50,8 @@ def test_projection_arithmetic():
     assert rows["sampling ti_i2i, lora_i2i"]["s_per_class"] == pytest.approx(2 * 100 * (0.5 / 0.25) / 20)
     assert rows["textual_inversion"]["s_all"] == pytest.approx(10 * 25)
     assert project(bench, {**cfg, "replicates": 3}, classes=102)[0]["s_all"] == pytest.approx(102 * 3 * 25)
+    every_run = {**cfg, "replicates": "seeds", "retrain": {"seeds": [0, 1, 2, 3, 4]}}  # one replicate a seed
+    assert project(bench, every_run, classes=102)[0]["s_all"] == pytest.approx(102 * 5 * 25)
 
 
 def test_the_reduced_form_takes_sdxls_kind_and_projects_on_its_config(tmp_path):
