@@ -22,7 +22,7 @@ def _study(tmp_path, split: str):
                               "label": ["weak"] * 10 + ["other"] * 10})
             p["pred"] = ["weak" if i < right else "other" for i in range(10)] + ["other"] * 10
             p.to_csv(d / "predictions.csv", index=False)
-            acc = {"weak": right / 10, "other": 1.0}
+            acc = {"weak": right / 10, "other": 1.0, "big": 1.0}  # big: a class with no test predictions here
             (d / "metrics.json").write_text(json.dumps({
                 "method": method, "seed": seed, "accuracy": (right + 10) / 20, "macro_f1": 0.5,
                 "per_class_accuracy": acc, "weak_accuracy": acc["weak"],
@@ -67,10 +67,12 @@ def test_accuracy_plot_error_bars_are_the_paired_differences_spread(tmp_path, mo
 
 @pytest.mark.parametrize("long_tail", [False, True])
 def test_groups_of_classes_in_the_verdict_and_the_plot(tmp_path, monkeypatch, long_tail):
-    """weak (5 training images: few-shot) and other (50: medium-shot). The plot
-    adds a bar per group (few-shot: ti's +0.2 on every seed, spread 0; medium:
-    0). A group of one class is no row of the significance table or the
-    verdict (it would repeat its class's rows), long-tailed or not."""
+    """weak and other (5 training images each: few-shot) and big (500:
+    many-shot). The plot adds a bar for the few-shot group (the mean of weak's
+    +0.2 and other's 0 on every seed: +0.1, spread 0), none for the many-shot
+    group of one class (it would repeat the class's). Only in a long-tailed
+    study (one weak class here) the few-shot group gets rows of its own, all
+    descriptive; the many-shot group of one class gets none."""
     import matplotlib.axes
 
     seen = []
@@ -83,14 +85,22 @@ def test_groups_of_classes_in_the_verdict_and_the_plot(tmp_path, monkeypatch, lo
     monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy)
     runs, preds, weak, out = _study(tmp_path, "val")
     classes = tmp_path / "classes.json"
-    classes.write_text(json.dumps({"classes": ["other", "weak"], "names": {"weak": "Weak", "other": "Other"},
-                                   "counts": {"weak": {"train": 5}, "other": {"train": 50}}}))
+    classes.write_text(json.dumps({"classes": ["big", "other", "weak"],
+                                   "names": {"weak": "Weak", "other": "Other", "big": "Big"},
+                                   "counts": {"weak": {"train": 5}, "other": {"train": 5}, "big": {"train": 500}}}))
     stages.report(runs, [], weak, predictions=preds, classes=str(classes), long_tail=long_tail, **out)
-    assert seen == [([pytest.approx(0.2), pytest.approx(0.0), pytest.approx(0.2)],  # Weak, medium, few
-                     [pytest.approx(0.0, abs=1e-12)] * 3)]
+    assert seen == [([pytest.approx(0.2), pytest.approx(0.1)],  # Weak, few-shot (Other, Weak); no many-shot bar
+                     [pytest.approx(0.0, abs=1e-12)] * 2)]
     sig = pd.read_csv(out["significance_csv"])
     summary = pd.read_csv(out["summary_csv"]).set_index("method")
-    assert summary.loc["ti", "acc_few_mean"] == pytest.approx(summary.loc["ti", "acc_Weak_mean"])
-    assert list(sig["class"].unique()) == ["Weak"]
+    assert summary.loc["ti", "acc_few_mean"] == pytest.approx((summary.loc["ti", "acc_Weak_mean"] + 1.0) / 2)
     text = open(out["verdict_md"]).read()
-    assert "-shot" not in text and "p_few-shot" not in summary.columns
+    assert "many-shot" not in text and "p_many-shot" not in summary.columns
+    if not long_tail:
+        assert list(sig["class"].unique()) == ["Weak"] and "-shot" not in text
+        return
+    assert list(sig["class"].unique()) == ["Weak", "few-shot group (Weak, Other)"]
+    few = sig[sig["class"] == "few-shot group (Weak, Other)"]
+    assert (few["role"] == "descriptive").all() and not few["significant"].any()
+    assert few.iloc[0]["lift"] == pytest.approx(0.1) and few.iloc[0]["images"] == 20
+    assert "### few-shot group (Weak, Other)" in text

@@ -91,7 +91,7 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
     write_markdown(summary_md, to_markdown(summary) + "".join(f"\n{n}\n" for n in notes or []), "Summary per method")
     write_markdown(per_class_md, to_markdown(per_class), "Per weak class")
     _plots(per_class, fid_rows, acc_plot, fid_plot, run_rows, weak_classes,
-           populated)
+           {g: c for g, c in populated.items() if len(c) > 1})  # a group of one class would repeat its bars
     if comp is not None and significance_csv:
         _write_significance(comp, names, tested, run_rows, weak_classes, kept, replicate_of_seed, notes,
                             significance_csv, significance_md, verdict_md)
@@ -249,6 +249,7 @@ def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels) + 2) + 2.2, 3.5))
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(others))
+    palette = plt.get_cmap("tab10" if len(others) <= 10 else "tab20")  # a colour per method, none repeated
     for i, meth in enumerate(others):
         delta = list(per_class[f"acc_{meth}_mean"] - per_class["acc_baseline_mean"])
         spread = ([np.std(d, ddof=1) if len(d := paired_deltas(run_rows or [], meth, c)) > 1 else 0.0
@@ -257,7 +258,7 @@ def _plots(per_class: pd.DataFrame, fid_rows: dict, acc_plot: str, fid_plot: str
             d = _group_deltas(run_rows, meth, cs)
             delta.append(float(np.mean(d)) if d else float("nan"))
             spread.append(float(np.std(d, ddof=1)) if len(d) > 1 else 0.0)
-        ax.bar(x + (i - (len(others) - 1) / 2) * width, delta, width, yerr=spread, label=meth)
+        ax.bar(x + (i - (len(others) - 1) / 2) * width, delta, width, yerr=spread, label=meth, color=palette(i))
     ax.axhline(0, color="black", lw=0.8)
     if groups:
         ax.axvline(len(per_class) - 0.5, color="grey", lw=0.8, ls=":")
