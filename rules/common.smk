@@ -564,6 +564,13 @@ def uses_frozen_features():
     )
 
 
+def retrain_refill_source(wildcards):
+    """The confusion analysis's table for the runs whose `refill` param reads the
+    weak classes (Snakemake wants a param that reads a checkpoint to have its
+    output among the job's inputs); none for the other runs."""
+    return ["results/analysis/per_class.csv"] if wildcards.method in REFILLED else []
+
+
 def retrain_frozen(wildcards):
     return ["results/retrain/frozen_features.pt"] if uses_frozen_features() else []
 

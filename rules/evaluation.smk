@@ -88,6 +88,7 @@ rule retrain:
         classes="results/data/classes.json",
         weak="results/analysis/weak_classes.json",
         synthetic=retrain_synthetic,
+        refill=retrain_refill_source,
         init=retrain_init,
         weights=retrain_weights,
         frozen=retrain_frozen,

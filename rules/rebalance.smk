@@ -3,6 +3,8 @@
 rule noise_images:
     input:
         manifest="results/data/manifest.csv",
+        # its count param reads the weak classes (the checkpoint's output)
+        analysis="results/analysis/per_class.csv",
     output:
         images="results/noise/{cls}/images.csv",
         meta="results/noise/{cls}/noise_images.meta.json",

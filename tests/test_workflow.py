@@ -743,6 +743,17 @@ def test_a_class_sampling_edit_reruns_no_oversampling_run(tiny_run, tmp_path):
     assert {("retrain", f"method={m}, seed={s}") for m in ("oversample", "noise") for s in (0, 1)} <= set(jobs)
 
 
+def test_forcing_the_report_plans_with_the_params_that_read_the_weak_classes(tiny_run):
+    """`--forcerun report` on the finished tiny run: a dry run plans the report
+    and the cost table; the params that read the checkpoint (the refill count
+    of oversample and noise, the noise images' count) have its output among
+    their inputs, so Snakemake does not refuse the DAG."""
+    wd, _ = tiny_run
+    p = snakemake(wd, "-n", "--forcerun", "report")
+    jobs = {r for r, _ in _planned_jobs(p.stdout + p.stderr)}
+    assert {"report", "cost"} <= jobs and "WorkflowError" not in p.stderr
+
+
 def test_a_study_without_a_generative_method_plans_no_generator(tiny_run, tmp_path):
     """retrain.methods [baseline, oversample, noise] on a copy of the tiny run
     holding only its data, baseline and confusion analysis: the DAG plans the
