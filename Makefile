@@ -95,10 +95,11 @@ lint: install
 	$(VENV)/bin/snakefmt --check Snakefile rules
 	$(SNAKEMAKE) --configfile config/demo.yaml --lint
 
-# config/README.md from the schema; docs/demo.md's tables and the README's plot
-# from the demo run under results/ (run `make demo` first), the run named
+# config/README.md from the schema; docs/demo.md's tables (the plan's too) and the
+# README's plot from the demo run under results/ (run `make demo` and `make verdict` first), the run named
 docs: install
 	$(PY) -m tibalance.docs config
+	$(PY) -m tibalance.plan --configfile $(PLAN_CONFIG) --results results --out results/tables/plan.md > /dev/null
 	$(PY) -m tibalance.docs demo results
 
 clean-demo:

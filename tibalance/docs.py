@@ -203,7 +203,7 @@ def run_stamp(results: Path) -> str:
     return f"{which}, {cpu} ({cap}, {native}{caps}), {info.get('torch_threads', '?')} thread(s) a job, {when}"
 
 
-TABLES = ("summary", "verdict", "significance", "per_class", "ablation", "generator_quality", "cost")
+TABLES = ("summary", "verdict", "significance", "per_class", "ablation", "generator_quality", "cost", "plan")
 _BLOCK = re.compile(r"(<!-- table:(\w+) -->\n).*?(<!-- /table -->)", re.S)
 
 
