@@ -202,6 +202,10 @@ def test_comparisons_confirmatory_family_and_descriptive_rows():
     assert "real_oracle" not in best
     assert "One replicate of the adaptation" not in text  # said only where the study made one
     assert "One replicate of the adaptation" in verdict(comp, replicates=1)
+    # a class the oracle adds nothing to says so (its count is baseline's)
+    same = verdict(comp, counts={"weak2": {"real_oracle": 40, "baseline": 40}})
+    assert "40 real training images of the class, none added to the class" in same.split("### weak2")[1]
+    assert "none added" not in text
     # predictions on other images than the rest: one line naming the run
     runs[("ti", 1)] = _preds({"weak": [1] * 13, "other": [1] * 10})
     with pytest.raises(TibalanceError, match="ti seed 1"):

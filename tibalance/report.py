@@ -166,9 +166,10 @@ def _write_significance(comp, names, tested, run_rows, weak_classes, kept, repli
     def counts_of(c, m):
         return float(np.mean([r["train_counts"].get(c, 0) for r in run_rows if r["method"] == m]))
 
-    counts = {c: {m: counts_of(c, m) for m in comp["method"].unique()} for c in weak_classes}
+    shown = ["baseline", *comp["method"].unique()]  # baseline's count: what a method added
+    counts = {c: {m: counts_of(c, m) for m in shown} for c in weak_classes}
     for g, cs in tested.items():  # a group's training images: its classes'
-        counts[group_label(g)] = {m: float(sum(counts_of(c, m) for c in cs)) for m in comp["method"].unique()}
+        counts[group_label(g)] = {m: float(sum(counts_of(c, m) for c in cs)) for m in shown}
     replicates = len(set((replicate_of_seed or {0: 0}).values()))
     write_markdown(verdict_md, verdict(comp, names, rankings=rankings, counts=counts, replicates=replicates)
                    + "".join(f"\n{n}\n" for n in notes or []), "Verdict")

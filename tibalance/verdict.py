@@ -145,8 +145,10 @@ def _descriptive(grp: pd.DataFrame, cls: str, n: dict, ranking: dict | None) -> 
     unit = "group" if is_group(cls) else "class"
     if "real_oracle" in by:
         o = by["real_oracle"]
+        same = n.get("real_oracle") is not None and n.get("real_oracle") == n.get("baseline")
+        added = f", none added to the {unit}" if same else ""  # a class at its target: the oracle adds nothing there
         out.append(f"- Real-image yardstick (`real_oracle`, {n.get('real_oracle', float('nan')):.0f} real training "
-                   f"images of the {unit}; descriptive): {_pts(o['lift'])} points ({_ci(o)}).")
+                   f"images of the {unit}{added}; descriptive): {_pts(o['lift'])} points ({_ci(o)}).")
     gen = base[base["method"].isin(SYNTHETIC_METHODS)]
     if len(gen) and any(m in by for m in YARDSTICKS):
         g = gen.iloc[0]
