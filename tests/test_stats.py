@@ -260,8 +260,13 @@ def test_a_method_identical_to_baseline_is_never_significant():
     runs, _ = simulate_study(np.random.default_rng(5), 5, methods=("baseline",))
     for s in range(5):
         runs[("ti", s)] = runs[("baseline", s)].copy()
-    row = comparisons(runs, ["weak"], ["baseline", "ti"]).iloc[0]
+    comp = comparisons(runs, ["weak"], ["baseline", "ti"], primary=[])
+    row = comp.iloc[0]
     assert row["lift"] == 0 and row["p"] == 1.0 and not row["significant"] and row["low"] <= 0 <= row["high"]
+    runs[("lora", 0)] = runs[("baseline", 0)].copy()
+    runs[("oversample", 0)] = runs[("baseline", 0)].copy()
+    text = verdict(comparisons(runs, ["weak"], ["baseline", "oversample", "ti", "lora"], primary=[]))
+    assert "`ti` +0.0 (every unit the same)" in text  # not an interval spanning the attainable range
 
 
 def test_best_method_is_never_the_yardstick():

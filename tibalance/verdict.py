@@ -82,7 +82,10 @@ def _ci(r) -> str:
 
 
 def _listed(rows: pd.DataFrame) -> str:
-    return ", ".join(f"`{r.method}` {_pts(r.lift)} [{_pts(r.low)}, {_pts(r.high)}]" for r in rows.itertuples())
+    """Rows with their intervals; a row whose units all agree has no t interval (the sign-flip's spans the
+    attainable range), so it says so instead."""
+    return ", ".join(f"`{r.method}` {_pts(r.lift)} " + ("(every unit the same)" if r.se == 0 else
+                                                      f"[{_pts(r.low)}, {_pts(r.high)}]") for r in rows.itertuples())
 
 
 def _decision(r) -> str:
