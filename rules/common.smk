@@ -773,11 +773,12 @@ def study_jobs(wildcards):
 
     for name in ("prepare_data", "train_baseline", "analyse_confusion"):
         add(name)
-    if not GENERATIVE:
-        pass
-    elif config["generator"]["build"] == "tiny":
+    build = (
+        config["generator"]["build"] if GENERATIVE else "none"
+    )  # no generator without a generative method
+    if build == "tiny":
         add("build_generator")
-    elif config["generator"]["build"] == "pretrain":
+    elif build == "pretrain":
         add("pretrain_vae")
         add("pretrain_generator")
         add("generator_quality")

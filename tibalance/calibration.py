@@ -22,6 +22,18 @@ import pandas as pd
 from .stats import ALPHA, CONFIRMATORY, comparisons, reads_adaptation
 
 
+def _replicate_effects(rng: np.random.Generator, method: str, shared: np.ndarray, sd: float,
+                       corr: float) -> np.ndarray:
+    """A method's effect per replicate: sd x (sqrt(corr) x the replicate's
+    part shared by every adaptation + sqrt(1 - corr) x its own); zero for a
+    method that reads no adaptation (its own part is drawn all the same, so
+    every method consumes the generator alike)."""
+    own = rng.normal(0.0, 1.0, size=len(shared))
+    if not reads_adaptation(method):
+        return np.zeros(len(shared))
+    return sd * (np.sqrt(corr) * shared + np.sqrt(1 - corr) * own)
+
+
 def simulate_study(rng: np.random.Generator, seeds: int, images: int = 200, methods=("baseline", "ti"),
                    lift: dict[str, float] | None = None, run_sd: float = 0.35, difficulty_sd: float = 1.5,
                    level: float = 0.0, replicates: int = 1, replicate_sd: float = 0.0,
@@ -39,9 +51,7 @@ def simulate_study(rng: np.random.Generator, seeds: int, images: int = 200, meth
     shared = rng.normal(0.0, 1.0, size=r)  # each replicate's part common to every adaptation
     runs = {}
     for method in methods:
-        own = rng.normal(0.0, 1.0, size=r)
-        rep_tilt = (replicate_sd * (np.sqrt(replicate_corr) * shared + np.sqrt(1 - replicate_corr) * own)
-                    if reads_adaptation(method) else np.zeros(r))
+        rep_tilt = _replicate_effects(rng, method, shared, replicate_sd, replicate_corr)
         for s in range(seeds):
             tilt = rng.normal(0.0, run_sd) + rep_tilt[rep_of[s]]
             parts = []
@@ -72,9 +82,7 @@ def gaussian_study(rng: np.random.Generator, seeds: int, replicates: int | None 
     shared = rng.normal(0.0, 1.0, size=replicates)
     runs = {}
     for method in methods:
-        own = rng.normal(0.0, 1.0, size=replicates)
-        rep = (replicate_sd * (np.sqrt(replicate_corr) * shared + np.sqrt(1 - replicate_corr) * own)
-               if reads_adaptation(method) else np.zeros(replicates))
+        rep = _replicate_effects(rng, method, shared, replicate_sd, replicate_corr)
         for s in range(seeds):
             acc = accuracy + lift.get(method, 0.0) + rep[rep_of[s]] + rng.normal(0.0, run_sd)
             right = int(round(min(1.0, max(0.0, acc)) * images))

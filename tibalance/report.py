@@ -62,9 +62,9 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
         groups = class_groups(counts, int(g["many"]), int(g["few"]))
     summary = summary_table(run_rows, weak_classes, groups)
     populated = {g: c for g, c in (groups or {}).items() if c}
-    populated = populated if len(populated) > 1 else {}
-    # the verdict's group rows (descriptive): groups of two or more classes, where several classes are weak
-    tested = {g: c for g, c in populated.items() if len(c) > 1} if (len(weak_classes) > 1 or long_tail) else {}
+    # groups of two or more classes (a group of one would repeat its class's rows and bars), where several are populated
+    shown = {g: c for g, c in populated.items() if len(c) > 1} if len(populated) > 1 else {}
+    tested = shown if (len(weak_classes) > 1 or long_tail) else {}  # the verdict's (descriptive) group rows
     comp = None
     if predictions:
         from .stats import comparisons
@@ -90,8 +90,7 @@ def write_report(runs: list[str], fids: list[str], weak_json: str, summary_csv: 
     write_csv(per_class, per_class_csv)
     write_markdown(summary_md, to_markdown(summary) + "".join(f"\n{n}\n" for n in notes or []), "Summary per method")
     write_markdown(per_class_md, to_markdown(per_class), "Per weak class")
-    _plots(per_class, fid_rows, acc_plot, fid_plot, run_rows, weak_classes,
-           {g: c for g, c in populated.items() if len(c) > 1})  # a group of one class would repeat its bars
+    _plots(per_class, fid_rows, acc_plot, fid_plot, run_rows, weak_classes, shown)
     if comp is not None and significance_csv:
         _write_significance(comp, names, tested, run_rows, weak_classes, kept, replicate_of_seed, notes,
                             significance_csv, significance_md, verdict_md)
@@ -163,16 +162,19 @@ def _write_significance(comp, names, tested, run_rows, weak_classes, kept, repli
     rankings = {c: replicate_ranking(run_rows, c, {int(k): int(v) for k, v in (replicate_of_seed or {}).items()})
                 for c in weak_classes if c in kept}  # the classes that got synthetic images
 
-    def counts_of(c, m):
-        return float(np.mean([r["train_counts"].get(c, 0) for r in run_rows if r["method"] == m]))
-
-    shown = ["baseline", *comp["method"].unique()]  # baseline's count: what a method added
-    counts = {c: {m: counts_of(c, m) for m in shown} for c in weak_classes}
+    listed = ["baseline", *comp["method"].unique()]  # baseline's count: what a method added
+    counts = {c: {m: train_count(run_rows, m, c) for m in listed} for c in weak_classes}
     for g, cs in tested.items():  # a group's training images: its classes'
-        counts[group_label(g)] = {m: float(sum(counts_of(c, m) for c in cs)) for m in shown}
+        counts[group_label(g)] = {m: float(sum(train_count(run_rows, m, c) for c in cs)) for m in listed}
     replicates = len(set((replicate_of_seed or {0: 0}).values()))
     write_markdown(verdict_md, verdict(comp, names, rankings=rankings, counts=counts, replicates=replicates)
                    + "".join(f"\n{n}\n" for n in notes or []), "Verdict")
+
+
+def train_count(run_rows: list[dict], method: str, cls: str) -> float:
+    """The class's training images in the method's runs (their mean; NaN without runs)."""
+    v = [r["train_counts"].get(cls, 0) for r in run_rows if r["method"] == method]
+    return float(np.mean(v)) if v else float("nan")
 
 
 def receivers(run_rows: list[dict], weak: list[str]) -> dict[str, set[str]]:
@@ -182,13 +184,9 @@ def receivers(run_rows: list[dict], weak: list[str]) -> dict[str, set[str]]:
     target). Decided by the class, not by a method's own count, so a declared
     method whose filter kept none of a class's images keeps its declared row
     (and shows no lift there)."""
-    def mean_count(m, c):
-        v = [r["train_counts"].get(c, 0) for r in run_rows if r["method"] == m]
-        return float(np.mean(v)) if v else float("nan")
-
     methods = {r["method"] for r in run_rows}
-    return {c: methods if any(mean_count(m, c) > mean_count("baseline", c) for m in methods) else set()
-            for c in weak}
+    return {c: methods if any(train_count(run_rows, m, c) > train_count(run_rows, "baseline", c) for m in methods)
+            else set() for c in weak}
 
 
 def selection_notes(weak_info: dict) -> list[str]:

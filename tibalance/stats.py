@@ -255,11 +255,9 @@ def comparisons(runs: dict, weak: list[str], methods: list[str], seed: int = 0,
         return (r["class"] in weak_set and r["method"] in primary and r["reference"] in ("baseline", "oversample")
                 and (receives is None or r["method"] in receives.get(r["class"], ())))
 
-    keys = [(r["method"], r["class"]) for r, _, _ in built if declared(r) and r["reference"] == "baseline"]
-    has_over = {k: any(declared(r) and (r["method"], r["class"]) == k and r["reference"] == "oversample"
-                       for r, _, _ in built) for k in keys}
-    hyps, graph = baseline_then_oversample(keys, has_over)
     where = {(r["method"], r["class"], r["reference"]): i for i, (r, _, _) in enumerate(built)}
+    keys = [(r["method"], r["class"]) for r, _, _ in built if declared(r) and r["reference"] == "baseline"]
+    hyps, graph = baseline_then_oversample(keys, {(m, c): (m, c, "oversample") in where for m, c in keys})
     index = [where[(m, c, ref)] for (m, c), ref in hyps]
     adjusted, reject, local = graphical([built[i][0]["p"] for i in index], graph, alpha) if hyps else ([], [], [])
     decided = {i: (a, rej, loc) for i, a, rej, loc in zip(index, adjusted, reject, local)}
