@@ -7,7 +7,7 @@ CORES     ?= all
 PROFILE   ?= profiles/cpu
 FMNIST    := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo verdict plan demo-lt rehearsal test lint install demo-data clean-demo docs
+.PHONY: demo verdict plan demo-lt demo-generator rehearsal test lint install demo-data clean-demo docs
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,17 @@ demo: install demo-data
 	echo "  results/analysis/per_class.csv, results/analysis/confusion.png, results/analysis/weak_classes.json" && \
 	echo "  results/seeds/<class>/contact_sheet.png, results/inversion/<class>/, results/samples/grid/<class>.png" && \
 	echo "  results/judge/<class>.json (class fidelity), results/samples/<mode>/<class>/filtered.csv (filter scores)"
+
+# the demo's shipped generator (workflow/resources/demo_generator) made anew:
+# config/demo.yaml's two pretraining jobs (config/demo-generator.yaml), then
+# tibalance.ship saves the pipeline (float16 safetensors) with a sidecar naming
+# this commit, the command and the CPU
+DEMO_GENERATOR := workflow/resources/demo_generator
+demo-generator: install demo-data
+	@extra=""; [ -f $(FMNIST) ] || extra="config/demo-download.yaml"; \
+	$(SNAKEMAKE) --configfile config/demo.yaml $$extra config/demo-generator.yaml --workflow-profile $(PROFILE) \
+		--cores $(CORES) results/generator/pretrained_sd/model_index.json && \
+	$(PY) -m tibalance.ship results/generator/pretrained_sd results/generator/pretrain_generator.meta.json $(DEMO_GENERATOR)
 
 # the demo as a confirmatory study (config/demo-replicates.yaml): after `make
 # demo` it makes the adaptation anew for every retraining seed (replicates

@@ -1,4 +1,5 @@
 # Validation, class lists and the input/params functions of the DAG.
+import os
 import re
 import sys
 
@@ -36,7 +37,8 @@ from tibalance.fetch import (
     lpips_weights_file,
     weights_to_fetch,
 )
-from tibalance.generator import check_model, is_local
+from tibalance.generator import check_model, is_local, shipped_or_given
+from tibalance.ship import SIDECAR as SHIPPED_SIDECAR
 from tibalance.fetch import fetched_folder
 from tibalance.defaults import (
     COTI_DEFAULTS,
@@ -81,13 +83,24 @@ if config["generator"]["build"] == "tiny":
     MODEL = "results/generator/tiny_sd"
 elif config["generator"]["build"] == "pretrain":
     MODEL = "results/generator/pretrained_sd"
-elif is_local(config["generator"]["model"]):
-    MODEL = config["generator"]["model"]
+elif is_local(shipped_or_given(config["generator"]["model"], workflow.basedir)):
+    MODEL = shipped_or_given(config["generator"]["model"], workflow.basedir)
 else:
     # a hub id: the local rule fetch_generator downloads it on the login node;
     # every job opens the folder, never the hub
     FETCH_REPO = config["generator"]["model"]
     MODEL = fetched_folder(FETCH_REPO)
+
+# the pretraining sidecar generator_quality reads (the classes the generator
+# learned): the one pretrain_generator writes, or the shipped folder's (the demo's
+# generator, saved by `make demo-generator`); None: a generator not made by
+# tibalance (SD): no quality table
+if config["generator"]["build"] == "pretrain":
+    LEARNED = "results/generator/pretrain_generator.meta.json"
+elif config["generator"]["build"] == "none" and os.path.exists(f"{MODEL}/{SHIPPED_SIDECAR}"):
+    LEARNED = f"{MODEL}/{SHIPPED_SIDECAR}"
+else:
+    LEARNED = None
 
 # downloads other than the generator's, done by local rules (rules/fetch.smk):
 # torchvision's dataset download (data.download: true) and the weights files
@@ -675,7 +688,7 @@ def early_targets():
     out = []
     if not GENERATIVE:
         return out
-    if config["generator"]["build"] == "pretrain":
+    if LEARNED:
         out += [
             "results/tables/generator_quality.md",
             "results/generator/quality_samples.png",
@@ -781,6 +794,7 @@ def study_jobs(wildcards):
     elif build == "pretrain":
         add("pretrain_vae")
         add("pretrain_generator")
+    if LEARNED and GENERATIVE:  # pretrained here or shipped
         add("generator_quality")
     adapted = generated_classes()
     for cls in weak:

@@ -100,14 +100,15 @@ rule pretrain_generator:
         "../workflow/scripts/pretrain_generator.py"
 
 
-# How often the baseline classifier recognises the pretrained generator's
-# images of each class it learned: its quality, measured rather than assumed.
+# How often the baseline classifier recognises the images of each class it
+# learned of a generator tibalance pretrained (here, or the demo's shipped one):
+# its quality, measured rather than assumed.
 rule generator_quality:
     input:
-        generator="results/generator/pretrained_sd/model_index.json",
+        generator=f"{MODEL}/model_index.json",
         model="results/baseline/model.pt",
         classes="results/data/classes.json",
-        meta="results/generator/pretrain_generator.meta.json",
+        meta=LEARNED or [],
     output:
         csv="results/tables/generator_quality.csv",
         md="results/tables/generator_quality.md",

@@ -22,6 +22,17 @@ def is_local(model: str) -> bool:
     return os.path.exists(model) or not HUB_ID.match(model) or model.startswith(("results/", "resources/"))
 
 
+def shipped_or_given(model: str, basedir: str) -> str:
+    """generator.model as the jobs open it: a relative folder that the working
+    directory lacks but the workflow's own folder has (the shipped demo
+    generator, workflow/resources/demo_generator, for a run with --directory
+    elsewhere) is the workflow's; anything else as given."""
+    if os.path.isabs(model) or os.path.exists(model):
+        return model
+    shipped = os.path.join(basedir, model)
+    return shipped if os.path.isdir(shipped) else model
+
+
 # The pipeline classes (model_index.json's _class_name) every generative stage
 # handles, and their family: SD 1.x and SD 2.x (epsilon and v-prediction) are
 # StableDiffusionPipeline, SDXL (base) StableDiffusionXLPipeline; a folder saved
@@ -146,7 +157,9 @@ def resolve_resolution(setting, model: str, key: str) -> int:
 def load_pipeline(model: str, device=None, dtype=None):
     """The text-to-image pipeline of the generator's family (model_index.json's
     class: StableDiffusionPipeline or StableDiffusionXLPipeline) from a local
-    save_pretrained folder or a hub id.
+    save_pretrained folder or a hub id, its weights in `dtype` (unset: float32,
+    whatever the files hold: transformers would keep a float16 text encoder in
+    float16, which the stages' CPU arithmetic and fp32 training do not expect).
 
     Offline users of a hub id get a one-line error naming the setting."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -158,8 +171,9 @@ def load_pipeline(model: str, device=None, dtype=None):
         raise TibalanceError(f"generator.model: hub id {model!r} {problem}")
     xl = FAMILY_OF.get((index or {}).get("_class_name")) == "sdxl"
     kwargs = {} if xl else dict(safety_checker=None, requires_safety_checker=False)
-    if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+    import torch
+
+    kwargs["torch_dtype"] = torch.float32 if dtype is None else dtype
     try:
         pipe = (StableDiffusionXLPipeline if xl else StableDiffusionPipeline).from_pretrained(model, **kwargs)
     except (OSError, ValueError) as e:
