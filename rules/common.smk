@@ -79,12 +79,13 @@ except WorkflowError as e:
 # the Stable Diffusion pipeline: built offline (tiny) or a local folder / hub id;
 # FETCH_REPO: the hub id fetch_generator downloads (None: nothing to fetch, no such rule)
 FETCH_REPO = None
+GIVEN_MODEL = shipped_or_given(config["generator"]["model"], workflow.basedir)
 if config["generator"]["build"] == "tiny":
     MODEL = "results/generator/tiny_sd"
 elif config["generator"]["build"] == "pretrain":
     MODEL = "results/generator/pretrained_sd"
-elif is_local(shipped_or_given(config["generator"]["model"], workflow.basedir)):
-    MODEL = shipped_or_given(config["generator"]["model"], workflow.basedir)
+elif is_local(GIVEN_MODEL):
+    MODEL = GIVEN_MODEL
 else:
     # a hub id: the local rule fetch_generator downloads it on the login node;
     # every job opens the folder, never the hub
@@ -126,7 +127,7 @@ try:
             f"judge.model: judge checkpoint {config['judge']['model']} does not exist"
         )
     if config["generator"]["build"] == "none":
-        check_model(config["generator"]["model"])
+        check_model(GIVEN_MODEL)
     check_root(config["data"])
     check_class_names(config, dataset_class_names(config["data"]))
     check_lora(config)
