@@ -54,7 +54,13 @@ from tibalance.defaults import (
     uses,
 )
 from tibalance.rebalance import NOISE_DEFAULTS, noise_count
-from tibalance.retrain import MODE_OF, ablation_variants, parse_variant
+from tibalance.retrain import (
+    MODE_OF,
+    REFILLED,
+    ablation_variants,
+    parse_variant,
+    study_modes,
+)
 from tibalance.util import TibalanceError, derive_seed, read_json
 
 CONFIGFILE = (workflow.configfiles or ["config/config.yaml"])[-1]
@@ -98,7 +104,9 @@ else:
 # tibalance (SD): no quality table
 if config["generator"]["build"] == "pretrain":
     LEARNED = "results/generator/pretrain_generator.meta.json"
-elif config["generator"]["build"] == "none" and os.path.exists(f"{MODEL}/{SHIPPED_SIDECAR}"):
+elif config["generator"]["build"] == "none" and os.path.exists(
+    f"{MODEL}/{SHIPPED_SIDECAR}"
+):
     LEARNED = f"{MODEL}/{SHIPPED_SIDECAR}"
 else:
     LEARNED = None
@@ -166,12 +174,7 @@ GENERATIVE = any(m in MODE_OF for m in config["retrain"]["methods"])
 # sampling modes the study generates: raw and ti always (grids, FID) in a
 # generative study; the real-image-guided and LoRA modes when their retraining
 # method is part of the study
-STUDY_MODES = (
-    ["raw", "ti"]
-    + [m for m in MODES if m not in ("raw", "ti") and m in config["retrain"]["methods"]]
-    if GENERATIVE
-    else []
-)
+STUDY_MODES = study_modes(config["retrain"]["methods"])
 # the LoRA adapters those modes need (lora_i2i samples with the `lora` adapter;
 # diff_ii with its concept's)
 STUDY_ADAPTERS = sorted(
@@ -213,9 +216,6 @@ METHOD_KEYS = {
     "cmo": ("cmo", "cmo_drw"),
     "defer_epoch": ("drw", "cmo_drw", *DEFERRED_METHODS),
 }
-
-
-REFILLED = ("oversample", "deferred_oversample", "noise", "deferred_noise")
 
 
 def retrain_section(wildcards):

@@ -32,20 +32,20 @@ def test_replicates_remake_each_adaptation_and_seed_k_trains_on_replicate_k(tiny
     edited.write_text(yaml.safe_dump(cfg))
     p = snakemake(wd, "-n", configfiles=[edited])
     cls, rep = "triangle", "rep=/rep1"
-    assert sorted(_planned_jobs(p.stdout + p.stderr)) == sorted([
-        ("select_seeds", f"cls={cls}, {rep}"),
-        ("textual_inversion", f"cls={cls}, {rep}"),
-        ("lora", f"adapter=lora, cls={cls}, {rep}"),  # lora_i2i samples with the lora adapter
-        ("sample", f"mode=ti, cls={cls}, {rep}"),
-        ("sample", f"mode=lora_i2i, cls={cls}, {rep}"),
-        ("filter_samples", f"mode=ti, cls={cls}, {rep}"),
-        ("filter_samples", f"mode=lora_i2i, cls={cls}, {rep}"),
-        ("retrain", "method=ti, seed=1"),
-        ("retrain", "method=lora_i2i, seed=1"),
+    adapted = ("triangle", "circle")  # the two classes that get images (square gets none)
+    assert sorted(_planned_jobs(p.stdout + p.stderr)) == sorted([j for c in adapted for j in [
+        ("select_seeds", f"cls={c}, {rep}"),
+        ("textual_inversion", f"cls={c}, {rep}"),
+        ("lora", f"adapter=lora, cls={c}, {rep}"),  # lora_i2i samples with the lora adapter
+        ("sample", f"mode=ti, cls={c}, {rep}"),
+        ("sample", f"mode=lora_i2i, cls={c}, {rep}"),
+        ("filter_samples", f"mode=ti, cls={c}, {rep}"),
+        ("filter_samples", f"mode=lora_i2i, cls={c}, {rep}"),
         # replicate 0's grid, FID and judge show the study's modes: fewer methods here, fewer rows
-        ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}"), ("judge", f"cls={cls}"),
-        ("token_neighbours", f"cls={cls}"),  # the words nearest its tokens: without coti, the TI token's only
-        ("report", ""), ("cost", ""), ("all", "")]), p.stdout
+        ("sample_grid", f"cls={c}"), ("fid", f"cls={c}"), ("judge", f"cls={c}"),
+        ("token_neighbours", f"cls={c}")]]  # the words nearest its tokens: without coti, the TI token's only
+        + [("retrain", "method=ti, seed=1"), ("retrain", "method=lora_i2i, seed=1"),
+           ("report", ""), ("cost", ""), ("all", "")]), p.stdout
     block = _job_block(p.stdout, "retrain")
     assert "results/samples/ti/triangle/rep1/filtered.csv" in block and "samples/ti/triangle/filtered.csv" not in block
     snakemake(wd, configfiles=[edited])
@@ -62,12 +62,12 @@ def test_replicates_remake_each_adaptation_and_seed_k_trains_on_replicate_k(tiny
         assert len(s0) == len(s1) == 4 and all("/rep1/images/" in q for q in s1["path"])
         assert not np.array_equal(np.asarray(Image.open(wd / s0["path"][0])), np.asarray(Image.open(wd / s1["path"][0])))
     cost = (res / "tables/cost.md").read_text()
-    assert "## Per replicate" in cost and "| 1 | 7 |" in cost  # replicate 1's seven jobs
+    assert "## Per replicate" in cost and "| 1 | 14 |" in cost  # replicate 1's seven jobs of each class
     verdict = (res / "tables/verdict.md").read_text()
     assert "Ranking of the adaptations over 2 replicates" in verdict
     assert "Nothing to be done" in (lambda q: q.stdout + q.stderr)(snakemake(wd, "-n", configfiles=[edited]))
     # a one-class edit of the token: both replicates' tokens and what uses them
-    cfg["classes"] = {cls: {"ti": {"initializer": "shape", "steps": 4}}}
+    cfg["classes"][cls] = {"ti": {"initializer": "shape", "steps": 4}}  # circle's own settings stay
     edited.write_text(yaml.safe_dump(cfg))
     jobs = _planned_jobs((lambda q: q.stdout + q.stderr)(snakemake(wd, "-n", configfiles=[edited])))
     assert sorted(jobs) == sorted(

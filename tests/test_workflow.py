@@ -126,11 +126,11 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
     res = wd / "results"
     m = pd.read_csv(res / "data/manifest.csv")
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
-    assert len(weak) >= 2
-    at_target = [c for c in weak if int(((m.split == "train") & (m.label == c)).sum()) >= 8]
-    assert at_target and "triangle" not in at_target  # both kinds of weak class are in the tiny run
+    target = {c: 42 if c == "circle" else 8 for c in weak}  # circle's own sampling.n_images: fill_to 42
+    wanted = {c: max(0, target[c] - int(((m.split == "train") & (m.label == c)).sum())) for c in weak}
+    assert wanted == {"triangle": 4, "circle": 2, "square": 0}  # both kinds of weak class are in the tiny run
+    at_target = [c for c in weak if wanted[c] == 0]
     for cls in weak:
-        n_train = int(((m.split == "train") & (m.label == cls)).sum())
         if cls in at_target:  # it gets 0 images: no token, adapter, samples, grid, FID or judge job
             assert not (res / f"inversion/{cls}").exists() and not list(res.glob(f"lora/*/{cls}"))
             assert not (wd / f"logs/textual_inversion/{cls}.log").exists()
@@ -154,7 +154,7 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
                                 ("lora_i2i", cls), ("ti_lora", f"<{cls}>"), ("diff_ii", f"<{cls}>"),
                                 ("coti", f"<{cls}>")):
             table = pd.read_csv(res / f"samples/{method}/{cls}/samples.csv")
-            assert len(table) == max(0, 8 - n_train)  # refilled to 8: a class at 40 gets none
+            assert len(table) == wanted[cls]  # refilled to its target: a class at it gets none
             assert set(table.label) <= {cls}
             assert all(p.endswith(subject) for p in table.prompt)
             for p in table.path:
@@ -166,14 +166,18 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
                 real = set(m[(m.split == "train") & (m.label == cls)].path)
                 pairs = [p.split(";") for p in table.start_image]
                 assert all(len(p) == 2 and p[0] != p[1] and set(p) <= real for p in pairs)
-        # coti: cycle 0 is the TI token on the seeds; each cycle adds its 2 best candidates (the class's real
-        # images are all seeds here, so the token's own samples), and its token is the last cycle's
+        # coti: cycle 0 is the TI token on the seeds; each cycle adds its 2 best candidates (triangle's real
+        # images are all seeds, so its candidates are the token's own samples; circle's unused real images
+        # are candidates too), and its token is the last cycle's
         cycles = pd.read_csv(res / f"coti/{cls}/cycles.csv")
         seeds = pd.read_csv(res / f"seeds/{cls}/seeds.csv")
         assert list(cycles.cycle) == [0, 1, 2] and cycles["pool"].iloc[0] == len(seeds)
         assert list(cycles["added"].iloc[1:]) == [0 if f else 2 for f in cycles["frozen"].iloc[1:]]
         cands = pd.read_csv(res / f"coti/{cls}/candidates.csv")
-        assert set(cands.source) == {"generated"} and len(cands) == 4
+        assert (cands.source == "generated").sum() == 4
+        assert set(cands.source) == ({"generated"} if cls == "triangle" else {"generated", "real"})
+        assert set(cands[cands.source == "real"].path) <= set(m[(m.split == "train") & (m.label == cls)].path) - set(
+            seeds.path)  # never a val, test or seed image
         assert (res / f"coti/{cls}/learned_embeds.safetensors").read_bytes() == (
             res / f"coti/{cls}/cycles/cycle_2/learned_embeds.safetensors").read_bytes()
         # the words nearest each token (seed 000), closest first, in the per-class table
@@ -444,9 +448,13 @@ def test_the_rebalancing_rows_train_as_their_settings_say(tiny_run):
     runs = {m: json.loads((res / f"retrain/{m}/seed0/metrics.json").read_text())
             for m in ("baseline", "oversample", "noise", "reweight", "drw", "deferred_noise", "cmo")}
     order = json.loads((res / "data/classes.json").read_text())["classes"]
-    noise = pd.read_csv(res / "noise/triangle/images.csv")
-    raw = pd.read_csv(res / "samples/raw/triangle/samples.csv")
-    assert len(noise) == round(len(raw) / 3) and runs["noise"]["noise_images"] == {"triangle": len(noise)}
+    counts = {}
+    for cls in ("triangle", "circle"):  # the two classes refilled (square is at its target)
+        noise = pd.read_csv(res / f"noise/{cls}/images.csv")
+        raw = pd.read_csv(res / f"samples/raw/{cls}/samples.csv")
+        assert len(noise) == round(len(raw) / 3)
+        counts[cls] = len(noise)
+    assert runs["noise"]["noise_images"] == counts
     assert runs["noise"]["train_counts"] == runs["oversample"]["train_counts"]
     d = runs["deferred_noise"]
     assert d["train_counts"] == runs["noise"]["train_counts"] and d["noise_images"] == runs["noise"]["noise_images"]
@@ -622,93 +630,6 @@ def test_snakemake_report(tiny_run):
         assert f"<td>{_inline(first)}</td>" in page, table  # as the page renders it (code, bold, escapes)
 
 
-def test_per_class_override_reruns_only_that_class(tiny_run, tmp_path):
-    wd, _ = tiny_run
-    weak = json.loads((wd / "results/analysis/weak_classes.json").read_text())["classes"]
-    cfg = yaml.safe_load(TINY.read_text())
-    cls = "triangle"  # a weak class that gets images (the other one, at its target, has no token)
-    other = next(c for c in weak if c != cls)
-    cfg["classes"] = {other: {"ti": {"initializer": "shape", "steps": 4}}}
-    edited = tmp_path / "edited.yaml"
-    edited.write_text(yaml.safe_dump(cfg))
-    p = snakemake(wd, "-n", configfiles=[edited])
-    assert "Nothing to be done" in p.stdout + p.stderr  # no token is trained for a class that gets no images
-    cfg["classes"] = {cls: {"ti": {"initializer": "shape", "steps": 4}}}
-    edited.write_text(yaml.safe_dump(cfg))
-    p = snakemake(wd, "-n", configfiles=[edited])
-    jobs = _planned_jobs(p.stdout + p.stderr)
-    # the class's own inversion, the LoRA adapter and COTI on its token, ti, ti_i2i,
-    # ti_lora and coti sampling, their filters, its judge, grid and fid; the retraining (and ablation) runs that train on
-    # those images; the report. No other class's job, and not the baseline / oversample / raw_sd
-    # runs (they do not use the token's images).
-    assert sorted(jobs) == sorted([
-        ("textual_inversion", f"cls={cls}"),
-        ("lora", f"adapter=ti_lora, cls={cls}"),  # trained on top of the token
-        ("sample", f"mode=ti, cls={cls}"),
-        ("sample", f"mode=ti_i2i, cls={cls}"),
-        ("sample", f"mode=ti_lora, cls={cls}"),
-        ("filter_samples", f"mode=ti, cls={cls}"),
-        ("filter_samples", f"mode=ti_i2i, cls={cls}"),
-        ("filter_samples", f"mode=ti_lora, cls={cls}"),
-        ("invert", f"cls={cls}"),  # diff_ii's inversions, under the token
-        ("coti", f"cls={cls}"),  # COTI goes on from the token
-        ("token_neighbours", f"cls={cls}"),  # the words nearest the tokens
-        ("sample", f"mode=coti, cls={cls}"),
-        ("filter_samples", f"mode=coti, cls={cls}"),
-        ("retrain", "method=coti, seed=0"),
-        ("retrain", "method=coti, seed=1"),
-        ("sample", f"mode=diff_ii, cls={cls}"),
-        ("filter_samples", f"mode=diff_ii, cls={cls}"),
-        ("judge", f"cls={cls}"),
-        ("sample_grid", f"cls={cls}"),
-        ("fid", f"cls={cls}"),
-        ("retrain", "method=ti, seed=0"),
-        ("retrain", "method=ti, seed=1"),
-        ("retrain", "method=ti_i2i, seed=0"),
-        ("retrain", "method=ti_i2i, seed=1"),
-        ("retrain", "method=ti_lora, seed=0"),
-        ("retrain", "method=ti_lora, seed=1"),
-        ("retrain", "method=diff_ii, seed=0"),
-        ("retrain", "method=diff_ii, seed=1"),
-        ("retrain", "method=oversample+diff_ii, seed=0"),
-        ("retrain", "method=oversample+diff_ii, seed=1"),
-        ("retrain", "method=oversample+ti_i2i, seed=0"),  # swaps in ti_i2i's images
-        ("retrain", "method=oversample+ti_i2i, seed=1"),
-        ("retrain", "method=real_oracle@ti_i2i, seed=0"),  # cut to the count ti_i2i keeps
-        ("retrain", "method=real_oracle@ti_i2i, seed=1"),
-        ("retrain_ablation", "method=ti_i2i, variant=n2-filter, seed=0"),
-        ("retrain_ablation", "method=ti_i2i, variant=n2-nofilter, seed=0"),
-        ("retrain_ablation", "method=ti_i2i, variant=balanced-nofilter, seed=0"),
-        ("report", ""),
-        ("cost", ""),
-        ("all", ""),
-    ]), jobs
-
-
-def test_per_class_lora_edit_reruns_only_that_class_lora(tiny_run, tmp_path):
-    """A class's `lora` settings: its two adapters (lora, ti_lora), the
-    sampling with them (lora, lora_i2i, ti_lora), filters, FID, judge and grid, the lora / ti_lora retraining runs
-    and the report - not its TI token, not another class, not another method."""
-    wd, _ = tiny_run
-    weak = json.loads((wd / "results/analysis/weak_classes.json").read_text())["classes"]
-    cfg = yaml.safe_load(TINY.read_text())
-    cls = "triangle"  # a weak class that gets images, so has adapters
-    assert cls in weak
-    cfg["classes"] = {cls: {"lora": {"rank": 2}}}
-    edited = tmp_path / "edited.yaml"
-    edited.write_text(yaml.safe_dump(cfg))
-    p = snakemake(wd, "-n", configfiles=[edited])
-    jobs = _planned_jobs(p.stdout + p.stderr)
-    kinds, modes = ["lora", "ti_lora"], ["lora", "lora_i2i", "ti_lora"]  # lora_i2i samples with `lora`
-    assert sorted(jobs) == sorted(
-        [("lora", f"adapter={k}, cls={cls}") for k in kinds]
-        + [("sample", f"mode={k}, cls={cls}") for k in modes]
-        + [("filter_samples", f"mode={k}, cls={cls}") for k in modes]
-        + [("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]
-        + [("retrain", f"method={k}, seed={s}") for k in modes for s in (0, 1)]
-        + [("report", ""), ("cost", ""), ("all", "")]), jobs
-
-
 def _plan_edit(tiny_run, tmp_path, edit) -> tuple[list, str]:
     """The jobs (and the dry run's output) the tiny config plans on the tiny
     run's folder once `edit` (a function of the config dict) has changed it."""
@@ -719,28 +640,6 @@ def _plan_edit(tiny_run, tmp_path, edit) -> tuple[list, str]:
     edited.write_text(yaml.safe_dump(cfg))
     p = snakemake(wd, "-n", configfiles=[edited])
     return _planned_jobs(p.stdout + p.stderr), p.stdout + p.stderr
-
-
-def test_a_class_sampling_edit_reruns_no_oversampling_run(tiny_run, tmp_path):
-    """A class's sampling.guidance_scale: every mode's sampling of that class and
-    what reads it, and the retraining runs of the methods that train on
-    synthetic images; not oversample, noise or their deferred forms (their
-    refill count comes from the data and the config, not a sample table), and
-    none of the methods that read no synthetic image."""
-    from tibalance.retrain import MODE_OF
-
-    cls = "triangle"
-    jobs, out = _plan_edit(tiny_run, tmp_path,
-                           lambda cfg: cfg.update(classes={cls: {"sampling": {"guidance_scale": 5.0}}}))
-    methods = yaml.safe_load(TINY.read_text())["retrain"]["methods"]
-    retrained = {w.split(",")[0].removeprefix("method=") for r, w in jobs if r == "retrain"}
-    assert retrained == {m for m in methods if m in MODE_OF}, sorted(retrained)
-    assert not {"oversample", "noise", "deferred_noise", "baseline", "reweight", "drw", "cmo"} & retrained
-    assert all(w.endswith(f"cls={cls}") or "cls=" not in w for _, w in jobs), jobs  # no other class's job
-    # the count itself is a tracked param of theirs: refilling to 9 (not 8) reruns them
-    jobs, _ = _plan_edit(tiny_run, tmp_path,
-                         lambda cfg: cfg.update(classes={cls: {"sampling": {"n_images": {"fill_to": 9}}}}))
-    assert {("retrain", f"method={m}, seed={s}") for m in ("oversample", "noise") for s in (0, 1)} <= set(jobs)
 
 
 def test_forcing_the_report_plans_with_the_params_that_read_the_weak_classes(tiny_run):
@@ -781,49 +680,24 @@ def test_a_study_without_a_generative_method_plans_no_generator(tiny_run, tmp_pa
     assert {"retrain", "noise_images", "report", "cost"} <= rules, sorted(rules)
 
 
-def test_a_class_diff_ii_edit_reruns_only_that_class_diff_ii_jobs(tiny_run, tmp_path):
-    """A class's diff_ii.split_ratio: its diff_ii sampling (not its inversions:
-    the split shapes the denoising only), filter, judge, grid and FID, the
-    diff_ii and oversample+diff_ii runs and the tables; no other class or mode."""
-    cls = "triangle"
-    jobs, _ = _plan_edit(tiny_run, tmp_path, lambda cfg: cfg.update(classes={cls: {"diff_ii": {"split_ratio": 0.9}}}))
-    assert sorted(jobs) == sorted(
-        [("sample", f"mode=diff_ii, cls={cls}"), ("filter_samples", f"mode=diff_ii, cls={cls}"),
-         ("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]
-        + [("retrain", f"method={m}, seed={s}") for m in ("diff_ii", "oversample+diff_ii") for s in (0, 1)]
-        + [("report", ""), ("cost", ""), ("all", "")]), jobs
-
-
-def test_a_class_coti_edit_reruns_only_that_class_coti_jobs(tiny_run, tmp_path):
-    """A class's coti settings: its coti job (not its TI token), coti sampling,
-    filter, judge, grid and FID, the coti runs and the tables; no other class
-    or mode."""
-    cls = "triangle"
-    jobs, _ = _plan_edit(tiny_run, tmp_path, lambda cfg: cfg.update(classes={cls: {"coti": {"per_cycle": 1}}}))
-    assert sorted(jobs) == sorted(
-        [("coti", f"cls={cls}"), ("token_neighbours", f"cls={cls}"), ("sample", f"mode=coti, cls={cls}"),
-         ("filter_samples", f"mode=coti, cls={cls}"),
-         ("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"), ("fid", f"cls={cls}")]
-        + [("retrain", f"method=coti, seed={s}") for s in (0, 1)]
-        + [("report", ""), ("cost", ""), ("all", "")]), jobs
-
-
 def test_diff_ii_on_the_coti_token_inverts_and_samples_under_it(tiny_run, tmp_path):
     """diff_ii.concept: coti: the class's inversions and diff_ii images are
     made under its COTI token (coti's output an input of both), nothing else
     of the study changes."""
     jobs, out = _plan_edit(tiny_run, tmp_path, lambda cfg: cfg.update(diff_ii={"concept": "coti"}))
-    cls = "triangle"
+    adapted = ("triangle", "circle")  # the two classes that get images
     assert sorted(jobs) == sorted(
-        [("invert", f"cls={cls}"), ("sample", f"mode=diff_ii, cls={cls}"),
-         ("filter_samples", f"mode=diff_ii, cls={cls}"), ("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"),
-         ("fid", f"cls={cls}")]
+        [j for cls in adapted for j in [
+            ("invert", f"cls={cls}"), ("sample", f"mode=diff_ii, cls={cls}"),
+            ("filter_samples", f"mode=diff_ii, cls={cls}"), ("judge", f"cls={cls}"), ("sample_grid", f"cls={cls}"),
+            ("fid", f"cls={cls}")]]
         + [("retrain", f"method={m}, seed={s}") for m in ("diff_ii", "oversample+diff_ii") for s in (0, 1)]
         + [("report", ""), ("cost", ""), ("all", "")]), jobs
     for rule in ("invert", "sample"):
         block = _job_block(out, rule)
-        assert f"results/coti/{cls}/learned_embeds.safetensors" in block, block
-        assert f"results/inversion/{cls}/learned_embeds.safetensors" not in block, block
+        for cls in adapted:
+            assert f"results/coti/{cls}/learned_embeds.safetensors" in block, block
+            assert f"results/inversion/{cls}/learned_embeds.safetensors" not in block, block
 
 
 def test_training_from_scratch_retrains_every_run_without_the_baseline(tiny_run, tmp_path):

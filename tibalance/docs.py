@@ -37,6 +37,7 @@ from .defaults import (
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "config" / "schema.yaml"
 CONFIG_DOC = ROOT / "config" / "README.md"
+OUTPUTS_DOC = ROOT / "docs" / "outputs.md"
 DEMO_DOC = ROOT / "docs" / "demo.md"
 DEMO_LT_DOC = ROOT / "docs" / "demo-lt.md"
 TIMES = ROOT / "docs" / "times.json"
@@ -306,6 +307,18 @@ def times_sentence(records: list[dict]) -> str:
             "[docs/performance.md](docs/performance.md).")
 
 
+def fill_edit_scope(text: str) -> str:
+    """docs/outputs.md with its `<!-- edit-scope -->` block: tibalance.scope's
+    table of what an edit of one class's settings reruns."""
+    from .scope import markdown
+
+    new, n = re.subn(r"(<!-- edit-scope -->\n).*?(<!-- /edit-scope -->)",
+                     lambda m: m.group(1) + markdown() + m.group(2), text, flags=re.S)
+    if n != 1:
+        raise SystemExit("docs/outputs.md: no `<!-- edit-scope -->` block to fill")
+    return new
+
+
 def fill_times(text: str, body: str) -> str:
     new, n = re.subn(r"(<!-- times -->\n).*?(\n<!-- /times -->)", lambda m: m.group(1) + body + m.group(2), text,
                      flags=re.S)
@@ -333,7 +346,8 @@ def main(argv: list[str]) -> int:
     what = argv[0] if argv else "config"
     if what == "config":
         CONFIG_DOC.write_text(config_reference())
-        print(f"wrote {CONFIG_DOC.relative_to(ROOT)}")
+        OUTPUTS_DOC.write_text(fill_edit_scope(OUTPUTS_DOC.read_text()))
+        print(f"wrote {CONFIG_DOC.relative_to(ROOT)} and {OUTPUTS_DOC.relative_to(ROOT)}'s edit-scope table")
     elif what == "demo":
         results = Path(argv[1]) if len(argv) > 1 else ROOT / "results"
         DEMO_DOC.write_text(fill_demo_tables(DEMO_DOC, results))

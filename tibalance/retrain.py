@@ -18,6 +18,21 @@ MODE_OF.update({f"real_oracle@{m}": MODE_OF[m] for m in list(MODE_OF) if "+" not
 MODE_OF.update({m: MODE_OF[undeferred(m)] for m in DEFERRED_METHODS if undeferred(m) in MODE_OF})
 
 
+# the methods that refill the weak classes with real images (repeated, or some
+# of them noise) to the count sampling makes for them: their runs read that
+# count (a param), not a sample table
+REFILLED = ("oversample", "deferred_oversample", "noise", "deferred_noise")
+
+
+def study_modes(methods) -> list[str]:
+    """The sampling modes a study generates: none without a method that reads
+    synthetic images; else raw and ti always (the grids, FID) and each other
+    mode that is itself one of the study's methods."""
+    if not any(m in MODE_OF for m in methods):
+        return []
+    return ["raw", "ti"] + [m for m in MODES if m not in ("raw", "ti") and m in methods]
+
+
 def oracle_at(method: str) -> str | None:
     """The synthetic method whose kept count a real_oracle@<method> row takes (None for other rows)."""
     return method.split("@", 1)[1] if method.startswith("real_oracle@") else None
