@@ -185,17 +185,43 @@ def test_cmo_mixes_minority_patches_onto_the_batch_with_the_papers_label_rule(tm
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy_ce)
     monkeypatch.setattr(torch.Tensor, "backward", spy_backward)
     cfg = {"arch": "resnet18", "image_size": 32, "epochs": 20, "batch_size": 8, "lr": 0.01, "input": "memory"}
-    train_classifier(paths, labels, ["big", "rare"], cfg, 0, cmo={"p": 1.0, "beta": 1.0})
-    assert len(mixes) == len(losses) == 20 and len(ces) == 40  # one batch an epoch, each mixed: two CE terms
+    # the window opened to every epoch but the first (the official code's start_data_aug < epoch)
+    train_classifier(paths, labels, ["big", "rare"], cfg, 0,
+                     cmo={"p": 1.0, "beta": 1.0, "start_epoch": 0, "end_epochs": 0})
+    # one batch an epoch: epoch 0 unmixed (one CE term), each later one mixed (two)
+    assert len(losses) == 20 and len(mixes) == 19 and len(ces) == 1 + 38
     patch_labels = []
     for k, (bg, patch, out, lam, (y0, y1, x0, x1)) in enumerate(mixes):
         assert torch.equal(out[..., y0:y1, x0:x1], patch[..., y0:y1, x0:x1])
         kept = torch.ones(out.shape[-2:], dtype=torch.bool)
         kept[y0:y1, x0:x1] = False
         assert torch.equal(out[..., kept], bg[..., kept])
-        (t_bg, l_bg), (t_patch, l_patch) = ces[2 * k], ces[2 * k + 1]
+        (t_bg, l_bg), (t_patch, l_patch) = ces[1 + 2 * k], ces[2 + 2 * k]
         assert sorted(t_bg) == [0] * 6 + [1] * 2  # the epoch's batch: every image once
-        assert losses[k] == pytest.approx(lam * l_bg + (1 - lam) * l_patch, rel=1e-5)
+        assert losses[1 + k] == pytest.approx(lam * l_bg + (1 - lam) * l_patch, rel=1e-5)
         patch_labels += t_patch
-    # rare drawn ~80 of 160 times (sd 6), at its share of the images ~40 (sd 5.5)
-    assert sum(patch_labels) > 60
+    # rare drawn ~76 of 152 times (sd 6), at its share of the images ~38 (sd 5.3)
+    assert sum(patch_labels) > 57
+
+
+def test_cmo_mixes_only_in_the_official_codes_epoch_window(tmp_path, monkeypatch, caplog):
+    """CMO's official code mixes in the epochs e with start_data_aug < e <
+    epochs - end_data_aug (3 and 3): a 9-epoch run mixes in epochs 4 and 5
+    only, a run of 7 epochs in none."""
+    import logging
+
+    import tibalance.rebalance as rb
+    from tibalance.rebalance import cmo_epochs
+
+    assert cmo_epochs({}, 200) == list(range(4, 197)) and cmo_epochs({}, 7) == [] and cmo_epochs({}, 8) == [4]
+    assert cmo_epochs({"start_epoch": 0, "end_epochs": 1}, 4) == [1, 2]
+    paths = _images(tmp_path, 8, [200, 50, 50], [20, 20, 20], seed=1)
+    mixed = []
+    real = rb.cutmix
+    monkeypatch.setattr(rb, "cutmix", lambda *a: mixed.append(1) or real(*a))
+    cfg = {"arch": "resnet18", "image_size": 32, "epochs": 9, "batch_size": 8, "lr": 0.01, "input": "memory"}
+    with caplog.at_level(logging.INFO, logger="tibalance.training"):
+        train_classifier(paths, ["big"] * 6 + ["rare"] * 2, ["big", "rare"], cfg, 0, cmo={"p": 1.0})
+    assert len(mixed) == 2  # one batch an epoch, p 1: the window's two epochs
+    said = [r.getMessage() for r in caplog.records if "CMO" in r.getMessage()]
+    assert [m for m in said if m.endswith("CMO mixes")] == ["epoch 4: CMO mixes", "epoch 5: CMO mixes"]

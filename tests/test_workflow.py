@@ -458,7 +458,8 @@ def test_the_rebalancing_rows_train_as_their_settings_say(tiny_run):
     assert runs["noise"]["train_counts"] == runs["oversample"]["train_counts"]
     d = runs["deferred_noise"]
     assert d["train_counts"] == runs["noise"]["train_counts"] and d["noise_images"] == runs["noise"]["noise_images"]
-    assert runs["cmo"]["cmo"] == {"p": 0.5, "beta": 1.0} and "class_weights" not in runs["cmo"]
+    assert runs["cmo"]["cmo"] == {"p": 0.5, "beta": 1.0, "start_epoch": 0, "end_epochs": 0}
+    assert runs["cmo"]["cmo_epochs"] == [1] and "class_weights" not in runs["cmo"]  # the window the tiny run opens
     assert runs["cmo"]["train_counts"] == runs["baseline"]["train_counts"]
     assert d["hold_until"] == 1 and d["held_images"] == sum(runs["noise"]["train_counts"].values()) - sum(
         runs["baseline"]["train_counts"].values())

@@ -39,7 +39,16 @@ REWEIGHT_DEFAULTS = {
     "weights": "effective",   # inverse (1/n) | effective ((1 - beta) / (1 - beta^n), Cui et al.)
     "beta": 0.9999,
 }
-CMO_DEFAULTS = {"p": 0.5, "beta": 1.0}  # the paper's CIFAR-LT mixing probability and Beta(1, 1)
+# the paper's CIFAR-LT mixing probability and Beta(1, 1); the official code
+# mixes only in the epochs e with start_epoch < e < epochs - end_epochs
+# (its start_data_aug and end_data_aug, 3 and 3)
+CMO_DEFAULTS = {"p": 0.5, "beta": 1.0, "start_epoch": 3, "end_epochs": 3}
+
+
+def cmo_epochs(cmo: dict, epochs: int) -> list[int]:
+    """The epochs (0-based) of a run of `epochs` in which CMO mixes."""
+    c = {**CMO_DEFAULTS, **cmo}
+    return [e for e in range(epochs) if int(c["start_epoch"]) < e < epochs - int(c["end_epochs"])]
 NOISE_DEFAULTS = {"share": 1 / 3}  # of the added images, the share that is noise (OPeN's ratio: the rest repeat)
 WEIGHTINGS = ("inverse", "effective")
 

@@ -434,6 +434,8 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str,
     ts = build_training_set(train, weak_classes, "real_oracle" if method.startswith("real_oracle@") else method,
                             synthetic, retrain_cfg.get("mix", "add"), seed, balanced=balanced, noise=noise)
     swap_p = float(retrain_cfg.get("combine_p", 0.5) if combined else retrain_cfg.get("replace_p", 0.5))
+    from .rebalance import cmo_epochs
+
     weighting = _weighting(method, ts, order, clf_cfg, retrain_cfg)
     clf = train_classifier(ts["path"], ts["label"], order, clf_cfg, seed, augment_flags=ts["classic"],
                            progress_desc=f"{method} seed {seed}", alternatives=ts["alternatives"],
@@ -457,7 +459,8 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str,
                **({"swap_p": swap_p, "swappable": int(ts["alternatives"].map(bool).sum())} if combined else {}),
                **({"noise_images": {c: len(v) for c, v in noise.items()}} if noise is not None else {}),
                **{k: v for k, v in weighting.items() if k != "held"},
-               **({"held_images": int(sum(weighting["held"]))} if "held" in weighting else {})}
+               **({"held_images": int(sum(weighting["held"]))} if "held" in weighting else {}),
+               **({"cmo_epochs": cmo_epochs(weighting["cmo"], int(clf_cfg["epochs"]))} if "cmo" in weighting else {})}
     write_json(metrics_out, metrics)
     side.write(meta, train_images=len(ts))
 

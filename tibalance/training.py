@@ -27,6 +27,7 @@ from .classifier import (
 )
 from .frozen import ViewBatches, open_features, split_model
 from .precision import autocast_bf16
+from .rebalance import cmo_epochs
 from .util import TibalanceError, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -146,9 +147,10 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     held: per-image booleans: those images (and every swap for an alternative)
     wait until epoch hold_until (0-based); the epochs before it draw from the
     others alone (deferred re-sampling).
-    cmo: {"p", "beta"}: context-rich minority oversampling (rebalance.cutmix):
-    with probability p a batch gets a box of a batch drawn with weights 1/n of
-    its classes; on pixels, so with augment flip the frozen stages run on
+    cmo: {"p", "beta", "start_epoch", "end_epochs"}: context-rich minority
+    oversampling (rebalance.cutmix): in the epochs of its window
+    (rebalance.cmo_epochs, the official code's), with probability p a batch gets
+    a box of a batch drawn with weights 1/n of its classes; on pixels, so with augment flip the frozen stages run on
     every batch here (their cached outputs are of unmixed images).
     checkpoint: a file the state is saved to every cfg checkpoint_every epochs
     (1 unset) and resumed from (EpochCheckpoint); removed when the training ends.
@@ -180,6 +182,7 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     epochs = int(cfg["epochs"])
     steps = [len(batches.of_epoch(e)) for e in range(epochs)]
     mixer = _Mixer(cmo, y, batches.draw, g, device) if cmo is not None else None
+    mixing = set(cmo_epochs(cmo, epochs)) if cmo is not None else set()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=float(cfg["lr"]),
                           momentum=float(cfg.get("momentum", 0.9)),
                           weight_decay=float(cfg.get("weight_decay", 5e-4)), nesterov=True)
@@ -202,9 +205,11 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
             log.info("epoch %d: the loss weighted per class from here on", epoch)
         if held is not None and epoch == hold_until:
             log.info("epoch %d: the %d held images join from here on", epoch, sum(held))
+        if mixer is not None:
+            log.info("epoch %d: CMO %s", epoch, "mixes" if epoch in mixing else "mixes nothing (outside its window)")
         for xb, yb in batches.of_epoch(epoch):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            xb, mix = mixer(xb) if mixer is not None else (xb, None)
+            xb, mix = mixer(xb) if epoch in mixing else (xb, None)
             if pixel_lower is not None:
                 with torch.no_grad():
                     xb = pixel_lower(xb).float()
