@@ -37,6 +37,7 @@ from tibalance.fetch import (
     lpips_weights_file,
     weights_to_fetch,
 )
+from tibalance.diff_ii import paper_split_ratio
 from tibalance.generator import check_model, is_local, shipped_or_given
 from tibalance.ship import SIDECAR as SHIPPED_SIDECAR
 from tibalance.fetch import fetched_folder
@@ -420,7 +421,15 @@ def sample_inputs(wildcards):
 
 
 def _diff_ii_settings(cls):
-    return canonical({**DIFF_II_DEFAULTS, **class_settings(config, "diff_ii", cls)})
+    """The class's diff_ii settings, split_ratio: auto resolved by the paper's
+    rule from its real training images (after the checkpoint, as images_wanted)."""
+    d = {**DIFF_II_DEFAULTS, **class_settings(config, "diff_ii", cls)}
+    if d["split_ratio"] == "auto":
+        checkpoints.analyse_confusion.get()
+        shots = read_json("results/data/classes.json")["counts"][cls].get("train", 0)
+        long_tailed = (config["data"].get("imbalance") or {}).get("type") == "long_tail"
+        d["split_ratio"] = paper_split_ratio(shots, long_tailed)
+    return canonical(d)
 
 
 def diff_ii_params(wildcards):
@@ -451,7 +460,7 @@ def invert_sampling_params(wildcards):
 
 
 def invert_diff_ii_params(wildcards):
-    d = _diff_ii_settings(wildcards.cls)
+    d = {**DIFF_II_DEFAULTS, **class_settings(config, "diff_ii", wildcards.cls)}
     return canonical({k: d[k] for k in ("concept", "inversion_refine")})
 
 

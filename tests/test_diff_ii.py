@@ -191,3 +191,16 @@ def test_suffixes_from_a_file_and_bad_settings():
     with pytest.raises(TibalanceError, match="diff_ii.split_ratio: 1.5 is not between 0 and 1"):
         diff_ii.stage_steps(10, 1.5)
     assert diff_ii.stage_steps(25, 0.3) == 8 and diff_ii.stage_steps(10, 0.0) == 0
+
+
+def test_split_ratio_auto_is_the_papers_rule_by_shots_and_imbalance():
+    """Diff-II: 0.3 at 5 shots, 0.1 at 10, 1.0 on long-tailed data."""
+    from tibalance.defaults import DIFF_II_DEFAULTS
+    from tibalance.diff_ii import paper_split_ratio, stage_steps
+    from tibalance.util import TibalanceError
+
+    assert DIFF_II_DEFAULTS["split_ratio"] == "auto"
+    assert [paper_split_ratio(n, False) for n in (1, 5, 7, 8, 10, 1000)] == [0.3, 0.3, 0.3, 0.1, 0.1, 0.1]
+    assert paper_split_ratio(5, True) == paper_split_ratio(500, True) == 1.0
+    with pytest.raises(TibalanceError, match="auto is resolved per class"):
+        stage_steps(10, "auto")

@@ -162,6 +162,9 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
             if method.endswith("_i2i"):  # each starts from one of the class's real training images
                 real = set(m[(m.split == "train") & (m.label == cls)].path)
                 assert set(table.start_image) <= real and (len(table) == 0 or len(set(table.start_image)) > 1)
+            if method == "diff_ii":  # split_ratio auto: the paper's rule (0.3 at 4 shots, 0.1 at 40)
+                side = json.loads((res / f"samples/diff_ii/{cls}/sample.meta.json").read_text())
+                assert side["split_ratio"] == {"triangle": 0.3, "circle": 0.1}[cls]
             if method == "diff_ii":  # each from two of the class's real images' inversions
                 real = set(m[(m.split == "train") & (m.label == cls)].path)
                 pairs = [p.split(";") for p in table.start_image]

@@ -113,7 +113,8 @@ SAMPLING_DEFAULTS = {
 
 DIFF_II_DEFAULTS = {
     "concept": "ti",          # what the inversions and the denoising are conditioned on: ti | lora | ti_lora
-    "split_ratio": 0.3,       # the share of the denoising steps under the suffixed prompt (the paper: 0.3 at 5 shots)
+    "split_ratio": "auto",    # the share of the denoising steps under the suffixed prompt; auto: the paper's rule
+                              # (0.3 at 5 shots, 0.1 at 10, 1.0 long-tailed: diff_ii.paper_split_ratio)
     # context suffixes of the first stage's prompt (the paper's come from a captioner and an LLM)
     "suffixes": ["on a plain background", "in natural light", "in a close-up photo", "seen from the side",
                  "in a cluttered scene", "outdoors", "indoors", "in soft shadow"],
