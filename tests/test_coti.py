@@ -63,14 +63,14 @@ def coti_class(tiny_sd, tmp_path):
     clf = tmp_path / "model.pt"
     TrainedClassifier(build_model("resnet18", 2), ["ankle_boot", "bag"], "resnet18", 32).save(str(clf))
     run_ti(tiny_sd, real[:3], tmp_path / "ti")
-    return {"manifest": str(manifest), "seeds": str(seeds), "classifier": str(clf), "real": real,
+    return {"manifest": str(manifest), "seeds": str(seeds), "classifier": str(clf), "real": real, "other": other,
             "never": held, "ti": str(tmp_path / "ti" / "e.safetensors")}
 
 
-def _run(tiny_sd, c, out, **kw):
+def _run(tiny_sd, c, out, coti=COTI, **kw):
     return train_coti(tiny_sd, "ankle_boot", "Ankle boot", c["manifest"], c["seeds"], c["ti"], c["classifier"],
                       {"batch_size": 2, "augment_variants": 2, "preview_images": 2, "preview_steps": 2,
-                       "checkpoint_every": 2, "lr": 0.05}, COTI, SAMPLING, 7, str(out / "cycles"),
+                       "checkpoint_every": 2, "lr": 0.05}, coti, SAMPLING, 7, str(out / "cycles"),
                       str(out / "e.safetensors"), str(out / "cycles.csv"), str(out / "candidates.csv"),
                       str(out / "preview.png"), **kw)
 
@@ -92,8 +92,14 @@ def test_each_cycle_adds_its_best_candidates_reads_no_held_out_image_and_resumes
     for _, row in cycles.iloc[1:].iterrows():
         t = cands[cands["cycle"] == row["cycle"]]
         assert not set(t["path"]) & pool  # nothing already in the pool is a candidate
-        assert (t["source"] == "generated").sum() == COTI["generated"]
+        # the token's own images are scored (the gammas) but are no candidates: the real pool is, the class's
+        # unused training images and the other class's, labels ignored
+        gen = t[t["source"] == "generated"]
+        assert len(gen) == COTI["generated"] and not gen["candidate"].any() and not gen["chosen"].any()
         assert set(t[t["source"] == "real"]["path"]) == set(coti_class["real"][3:]) - pool
+        assert set(t[t["source"] == "pool"]["path"]) == set(coti_class["other"]) - pool
+        assert t[t["source"] != "generated"]["candidate"].all() and row["candidates"] == len(t) - len(gen)
+        t = t[t["candidate"]]
         best = set(t.sort_values(["s_int", "path"], ascending=[False, True])["path"].iloc[:COTI["per_cycle"]])
         if row["frozen"]:
             assert row["added"] == 0 and not t["chosen"].any()
@@ -102,7 +108,7 @@ def test_each_cycle_adds_its_best_candidates_reads_no_held_out_image_and_resumes
         assert row["pool"] == row["pool_before"] + row["added"] == len(pool) + row["added"]
         pool |= set(t[t["chosen"]]["path"])
         # gamma: the mean scores of the token's own images; phi from them (Eq. 12)
-        g = t[t["source"] == "generated"]
+        g = gen
         assert row["gamma_aes"] == pytest.approx(g["s_aes"].mean(), rel=1e-5)
         assert row["phi"] == pytest.approx(indicator(row["gamma_aes"], row["gamma_con"]), rel=1e-5)
     assert not cycles["frozen"].iloc[1]  # the first cycle has no phi before it: it always selects
@@ -122,3 +128,21 @@ def test_each_cycle_adds_its_best_candidates_reads_no_held_out_image_and_resumes
     assert (killed / "e.safetensors").read_bytes() == (out / "e.safetensors").read_bytes()
     for name in ("cycles.csv", "candidates.csv"):  # the generated images' paths name their run's folder
         assert (killed / name).read_text().replace(str(killed), str(out)) == (out / name).read_text(), name
+
+
+def test_a_pool_folder_is_the_candidates_and_self_training_adds_the_tokens_samples(tiny_sd, coti_class, tmp_path):
+    """coti.pool: the folder's images (not the study's) are the candidates;
+    coti.self_training: the token's own samples are candidates too."""
+    folder = tmp_path / "unlabelled"
+    (folder / "sub").mkdir(parents=True)
+    extra = random_images(folder, 2, 28, prefix="u", seed=4) + random_images(folder / "sub", 1, 28, seed=5)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "pooled"
+    _run(tiny_sd, coti_class, out, coti={**COTI, "pool": str(folder), "self_training": True})
+    cands = pd.read_csv(out / "candidates.csv")
+    first = cands[cands["cycle"] == 1]
+    assert set(first[first["source"] == "pool"]["path"]) == set(extra)
+    assert set(first["source"]) == {"pool", "generated"} and first["candidate"].all()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TibalanceError, match="coti.pool: .*empty holds no image"):
+        _run(tiny_sd, coti_class, tmp_path / "none", coti={**COTI, "pool": str(tmp_path / "empty")})

@@ -169,18 +169,20 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
                 real = set(m[(m.split == "train") & (m.label == cls)].path)
                 pairs = [p.split(";") for p in table.start_image]
                 assert all(len(p) == 2 and p[0] != p[1] and set(p) <= real for p in pairs)
-        # coti: cycle 0 is the TI token on the seeds; each cycle adds its 2 best candidates (triangle's real
-        # images are all seeds, so its candidates are the token's own samples; circle's unused real images
-        # are candidates too), and its token is the last cycle's
+        # coti: cycle 0 is the TI token on the seeds; each cycle adds its 2 best candidates of the real pool
+        # (the class's unused training images - triangle has none, all 4 are seeds - and the other classes',
+        # labels ignored; the token's own samples are scored, not candidates), its token the last cycle's
         cycles = pd.read_csv(res / f"coti/{cls}/cycles.csv")
         seeds = pd.read_csv(res / f"seeds/{cls}/seeds.csv")
         assert list(cycles.cycle) == [0, 1, 2] and cycles["pool"].iloc[0] == len(seeds)
         assert list(cycles["added"].iloc[1:]) == [0 if f else 2 for f in cycles["frozen"].iloc[1:]]
         cands = pd.read_csv(res / f"coti/{cls}/candidates.csv")
-        assert (cands.source == "generated").sum() == 4
-        assert set(cands.source) == ({"generated"} if cls == "triangle" else {"generated", "real"})
-        assert set(cands[cands.source == "real"].path) <= set(m[(m.split == "train") & (m.label == cls)].path) - set(
-            seeds.path)  # never a val, test or seed image
+        gen = cands[cands.source == "generated"]
+        assert len(gen) == 4 and not gen.candidate.any() and not gen.chosen.any()
+        assert set(cands.source) == ({"generated", "pool"} if cls == "triangle" else {"generated", "real", "pool"})
+        train = m[m.split == "train"]
+        assert set(cands[cands.source == "real"].path) <= set(train[train.label == cls].path) - set(seeds.path)
+        assert set(cands[cands.source == "pool"].path) <= set(train[train.label != cls].path)  # never val or test
         assert (res / f"coti/{cls}/learned_embeds.safetensors").read_bytes() == (
             res / f"coti/{cls}/cycles/cycle_2/learned_embeds.safetensors").read_bytes()
         # the words nearest each token (seed 000), closest first, in the per-class table

@@ -5,9 +5,12 @@ textual_inversion, on its seed images). Each cycle c >= 1:
 
 1. the token so far draws `generated` images (X_TI, with the study's sampling
    settings);
-2. the candidates - the class's real training images not yet in the pool
-   (the manifest's train rows of the class only: never a val, test or judge
-   image) and X_TI - get COTI's two scores on its 0-10 scale, in the baseline
+2. the candidates - the paper's pool of unlabelled real images not yet in
+   the training pool: `coti.pool`, a folder of images, or (unset) the study's
+   training images, the class's unused ones ("real") and every other class's
+   with their labels ignored ("pool"; never a val, test or judge image); X_TI
+   itself only with `coti.self_training` (the token then trains on its own
+   samples) - get COTI's two scores on its 0-10 scale, in the baseline
    classifier's feature space (the filter's, for the paper's CLIP image
    encoder): S_con = 10 x the least cosine similarity to the pool (Eq. 8);
    S_aes = 10 x the filter's k-NN on-class score (offline there is no
@@ -19,7 +22,7 @@ textual_inversion, on its seed images). Each cycle c >= 1:
 3. X_TI's mean scores gamma_aes, gamma_con (Eq. 9, 10) weigh them,
    S_int = (1 - gamma_aes/10) S_aes + (1 - gamma_con/10) S_con (Eq. 11),
    and give the indicator phi = 10 sin(pi gamma_aes/20) sin(pi gamma_con/20)
-   (Eq. 12);
+   (Eq. 12) - X_TI is scored for these whether or not it is a candidate;
 4. when phi fell below the last cycle's, the lr is multiplied by lr_decay and
    the pool frozen (the paper's dynamic schedule); else the `per_cycle` best
    candidates by S_int join the pool;
@@ -44,7 +47,9 @@ from .util import TibalanceError, derive_seed, file_digest, fingerprint, read_js
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_COLUMNS = ["cycle", "path", "source", "s_aes", "s_con", "s_int", "rank", "chosen"]
+# candidate: whether the row may join the pool (X_TI's rows are scored for the
+# gammas; candidates only with coti.self_training); rank -1 for the others
+CANDIDATE_COLUMNS = ["cycle", "path", "source", "candidate", "s_aes", "s_con", "s_int", "rank", "chosen"]
 CYCLE_COLUMNS = ["cycle", "pool_before", "added", "pool", "candidates", "gamma_aes", "gamma_con", "phi", "frozen",
                  "lr", "steps", "final_loss"]
 
@@ -75,16 +80,35 @@ def indicator(gamma_aes: float, gamma_con: float) -> float:
 
 
 def select(cands: pd.DataFrame, gamma_aes: float, gamma_con: float, b: int, frozen: bool) -> pd.DataFrame:
-    """cands (path, source, s_aes, s_con) with s_int (Eq. 11), rank (0: best;
-    ties by path) and chosen: the b best, none when the pool is frozen."""
+    """cands (path, source, s_aes, s_con; candidate: whether it may be chosen,
+    all when absent) with s_int (Eq. 11), rank among the candidates (0: best;
+    ties by path; -1 for the others) and chosen: the b best, none when the
+    pool is frozen."""
     out = cands.copy()
+    if "candidate" not in out:
+        out["candidate"] = True
     out["s_int"] = (1 - gamma_aes / 10.0) * out["s_aes"] + (1 - gamma_con / 10.0) * out["s_con"]
-    order = sorted(range(len(out)), key=lambda i: (-out["s_int"].iloc[i], out["path"].iloc[i]))
-    rank = np.empty(len(out), int)
-    rank[order] = np.arange(len(out))
+    rows = [i for i in range(len(out)) if out["candidate"].iloc[i]]
+    order = sorted(rows, key=lambda i: (-out["s_int"].iloc[i], out["path"].iloc[i]))
+    rank = np.full(len(out), -1)
+    rank[order] = np.arange(len(order))
     out["rank"] = rank
-    out["chosen"] = (out["rank"] < b) & (not frozen)
+    out["chosen"] = out["candidate"] & (out["rank"] >= 0) & (out["rank"] < b) & (not frozen)
     return out
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def pool_images(folder: str) -> list[str]:
+    """coti.pool: the image files under `folder` (recursively, sorted)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise TibalanceError(f"coti.pool: {folder} is not a folder")
+    paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise TibalanceError(f"coti.pool: {folder} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    return paths
 
 
 class _Study:
@@ -119,6 +143,13 @@ class _Study:
         self.own, self.other = feats[is_own], feats[~is_own]
         self.own_row = {p: i for i, p in enumerate(train["path"][is_own])}
         self.knn = int(FILTER_DEFAULTS["k"])
+        self.feat = dict(zip(train["path"], feats))  # every image's features, computed once
+        if c.get("pool"):  # the user's unlabelled images
+            self.candidates = {p: "pool" for p in pool_images(c["pool"])}
+            self.feat.update(zip(self.candidates, predict(self.clf, list(self.candidates))[1]))
+        else:  # the class's unused training images, then every other class's, labels ignored
+            others = sorted(set(train["path"][~is_own]))
+            self.candidates = {**{p: "real" for p in self.unused}, **{p: "pool" for p in others}}
 
     def generate(self, cycle: int, embeds: str, d: Path) -> list[str]:
         from .sampling import sample_class
@@ -130,19 +161,23 @@ class _Study:
         return list(pd.read_csv(d / "generated.csv", dtype=str)["path"])
 
     def score(self, cycle: int, pool: list[str], generated: list[str]) -> tuple[pd.DataFrame, float, float]:
-        """The cycle's candidates scored against the pool; (table, gamma_aes, gamma_con)."""
+        """The cycle's candidates (the real pool's images not yet in the training
+        pool; X_TI only with coti.self_training) scored against the pool;
+        (table, gamma_aes, gamma_con): X_TI's mean scores."""
         from .classifier import predict
 
+        self.feat.update(zip(generated, predict(self.clf, generated)[1]))
         in_pool = set(pool)
-        real = [p for p in self.unused if p not in in_pool]
+        real = [p for p in self.candidates if p not in in_pool]
         paths = real + generated
-        _, feats = predict(self.clf, pool + paths)
-        quality = on_class(feats[len(pool):], self.own, self.other, self.knn, [self.own_row.get(p) for p in paths])
-        s_aes, s_con = scores(quality, feats[len(pool):], feats[:len(pool)])
+        feats = np.stack([self.feat[p] for p in paths])
+        quality = on_class(feats, self.own, self.other, self.knn, [self.own_row.get(p) for p in paths])
+        s_aes, s_con = scores(quality, feats, np.stack([self.feat[p] for p in pool]))
         table = pd.DataFrame({"cycle": cycle, "path": paths,
-                              "source": ["real"] * len(real) + ["generated"] * len(generated),
+                              "source": [self.candidates[p] for p in real] + ["generated"] * len(generated),
                               "s_aes": s_aes, "s_con": s_con})
         gen = table["source"] == "generated"
+        table["candidate"] = ~gen | bool(self.c.get("self_training"))
         return table, float(table.loc[gen, "s_aes"].mean()), float(table.loc[gen, "s_con"].mean())
 
     def train(self, cycle: int, pool: list[str], lr: float, init: str, d: Path) -> dict:
@@ -173,13 +208,13 @@ def _cycle(st: _Study, cycle: int, state: dict, d: Path) -> dict:
     result = st.train(cycle, pool, lr, state["embeds"], d)
     write_csv(cands[CANDIDATE_COLUMNS], d / "candidates.csv")
     row = {"cycle": cycle, "pool_before": len(state["pool"]), "added": len(added), "pool": len(pool),
-           "candidates": len(cands), "gamma_aes": g_aes, "gamma_con": g_con, "phi": phi, "frozen": frozen,
+           "candidates": int(cands["candidate"].sum()), "gamma_aes": g_aes, "gamma_con": g_con, "phi": phi, "frozen": frozen,
            "lr": lr, "steps": int(st.c["steps"]), "final_loss": result.get("final_loss")}
     return {"pool": pool, "lr": lr, "phi": phi, "embeds": str(d / "learned_embeds.safetensors"), "row": row}
 
 
 # names how candidates are scored: a change of the scoring changes it, and no cycle scored otherwise is resumed
-SCORING = "s_con: least cosine to the pool; s_aes: the filter's k-NN on-class score"
+SCORING = "s_con: least cosine to the pool; s_aes: the filter's k-NN on-class score; candidates: the real pool"
 
 
 def _key(st: _Study, ti_embeds: str, classifier: str, features: str | None) -> str:
@@ -188,7 +223,7 @@ def _key(st: _Study, ti_embeds: str, classifier: str, features: str | None) -> s
 
     return fingerprint({"model": st.model, "model_digest": model_digest(st.model), "cls": st.cls, "name": st.name,
                         "seeds": [[p, file_digest(p)] for p in st.seeds],
-                        "unused": [[p, file_digest(p)] for p in st.unused],
+                        "candidates": [[p, file_digest(p)] for p in st.candidates],
                         "token": file_digest(ti_embeds), "classifier": file_digest(classifier),
                         "features": file_digest(features) if features else None, "scoring": SCORING,
                         "ti": {k: v for k, v in st.ti.items() if k != "log_every"},
@@ -248,4 +283,5 @@ def train_coti(model: str, cls: str, cls_name: str, manifest: str, seeds_csv: st
     chosen = chosen[chosen["chosen"].astype(str).str.lower() == "true"]
     return {"cycles": int(c["cycles"]), "pool": len(state["pool"]), "lr": state["lr"], "phi": state["phi"],
             "resumed_after_cycle": resumed, "added_real": int((chosen["source"] == "real").sum()),
+            "added_pool": int((chosen["source"] == "pool").sum()),
             "added_generated": int((chosen["source"] == "generated").sum())}

@@ -133,6 +133,9 @@ COTI_DEFAULTS = {
     "steps": 100,             # training steps a cycle (every other training setting: the ti section's)
     "lr": None,               # None: ti.lr
     "lr_decay": 0.5,          # the lr's factor when the indicator falls below the last cycle's (the pool frozen then)
+    "pool": None,             # a folder of unlabelled real images, the paper's pool (None: the study's training
+                              # images, the class's unused ones and every other class's, labels ignored)
+    "self_training": False,   # the token's own samples among the candidates too (not the paper's)
 }
 
 
