@@ -141,6 +141,7 @@ def test_held_out_style_dataset_goes_through_the_dag_with_display_names(tmp_path
     (root / "Sword Lily" / "broken.png").write_bytes(b"\x89PNG not an image")
     cfg = yaml.safe_load(TINY.read_text())
     cfg["data"] = {"source": "imagefolder", "root": str(root), "val_fraction": 0.25, "test_fraction": 0.25}
+    cfg.pop("classes")  # the tiny study's per-class settings name its own classes
     cfg["analysis"] = {"strategy": "explicit", "classes": ["Rare One"]}  # one weak class: a short DAG
     cfg["retrain"] = {"methods": ["baseline", "lora"], "seeds": [0]}
     cfg["classifier"]["epochs"] = 2  # the weak class is named: the baseline's accuracy is not what is tested

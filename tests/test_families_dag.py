@@ -49,7 +49,7 @@ def test_the_family_runs_every_generative_stage(fam, tiny_run, tmp_path):
     scheduler = json.loads((res / "generator/tiny_sd/scheduler/scheduler_config.json").read_text())
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
     adapted = [c for c in weak if (res / f"inversion/{c}/learned_embeds.safetensors").exists()]
-    assert adapted == ["triangle", "circle"]  # the classes that get images (square is at its target size)
+    assert sorted(adapted) == ["circle", "triangle"]  # the classes that get images (square is at its target size)
     embeds = load_file(res / "inversion/triangle/learned_embeds.safetensors")
     if fam == "sdxl":
         assert index["_class_name"] == "StableDiffusionXLPipeline" and index["text_encoder_2"][1]

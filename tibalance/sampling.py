@@ -284,15 +284,19 @@ def diff_ii_plan(inversions: str | None, d: dict, seed: int, cls: str, n: int) -
     """Each diff_ii image's start (two inversions and an angle, or noise) and
     suffix, drawn by its own seed; its reuse key (the inversions' files, the
     split and the suffixes)."""
-    from .diff_ii import draw, load_pool, pair_seed, read_suffixes
+    from .diff_ii import draw, load_pool, pair_seed, paper_split_ratio, read_suffixes
 
     if not inversions:
         raise TibalanceError(f"sample: mode diff_ii for class {cls} needs its inversions")
     pool, images, files = load_pool(inversions)
     suffixes = read_suffixes(d)
     draws = [draw(pool, pair_seed(seed, cls, i), suffixes) for i in range(n)]
-    return {"draws": draws, "split_ratio": float(d["split_ratio"]),
-            "key": {"inversions": [file_digest(f) for f in files], "split_ratio": float(d["split_ratio"]),
+    split = d["split_ratio"]
+    if split == "auto":  # the workflow resolves it per class; a direct call: the rule by the images inverted
+        split = paper_split_ratio(len(images), long_tailed=False)
+        log.info("diff_ii.split_ratio auto: %.1f (%d real images, not long-tailed)", split, len(images))
+    return {"draws": draws, "split_ratio": float(split),
+            "key": {"inversions": [file_digest(f) for f in files], "split_ratio": float(split),
                     "suffixes": suffixes, "concept": d["concept"]},
             "starts": [";".join(images[j] for j in x["pair"]) if x["pair"] else "" for x in draws],
             "strengths": [x["strength"] if x["strength"] is not None else "" for x in draws]}

@@ -47,9 +47,12 @@ EDITS: list[tuple[str, str, object]] = [
 ]
 DOC_EDITS = [*EDITS[:3], ("sampling", "n_images", None), *EDITS[3:]]
 
-# the per-class rules that read every mode's kept images of the class (its
-# judge, FID and grid), and the study-wide ones that read every run and job
-CLASS_READERS = ("judge", "fid", "sample_grid")
+# the per-class rules that read every mode's images of the class (its FID and
+# grid: all it sampled) or every mode's kept images (its judge; lpips where
+# metrics.lpips is on), and the study-wide ones that read every run and job
+SAMPLE_READERS = ("fid", "sample_grid")
+FILTER_READERS = ("judge", "lpips")
+CLASS_READERS = (*SAMPLE_READERS, *FILTER_READERS)
 TABLES = ("report", "cost")
 
 
@@ -62,6 +65,7 @@ class Study:
     ablation: tuple[str, ...] = ()
     concept: str = "ti"
     judge: bool = True
+    lpips: bool = False
 
     @property
     def adapters(self) -> tuple[str, ...]:
@@ -89,9 +93,9 @@ def readers(job: tuple[str, str | None], s: Study) -> list[tuple[str, str | None
     if rule == "invert":
         return [("sample", "diff_ii")]
     if rule == "sample":
-        return [("filter_samples", kind)]
+        return [("filter_samples", kind)] + [(r, None) for r in SAMPLE_READERS]
     if rule == "filter_samples":
-        out = [(r, None) for r in CLASS_READERS if r != "judge" or s.judge]
+        out = [(r, None) for r in FILTER_READERS if getattr(s, r)]
         out += [("retrain", m) for m in s.methods if MODE_OF.get(m) == kind]
         return out + [("retrain_ablation", m) for m in s.ablation if MODE_OF.get(m) == kind]
     if rule == "noise_images":
