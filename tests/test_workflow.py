@@ -13,7 +13,6 @@ from conftest import planned_jobs as _planned_jobs
 from PIL import Image
 
 
-
 def _wanted(cls: str, n_train) -> int:
     """The images the tiny run samples for a weak class: refilled to sampling.n_images'
     fill_to (8), circle to its own (42)."""
