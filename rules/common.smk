@@ -216,6 +216,7 @@ METHOD_KEYS = {
     "reweight": ("reweight", "drw", "cmo_drw"),
     "cmo": ("cmo", "cmo_drw"),
     "defer_epoch": ("drw", "cmo_drw", *DEFERRED_METHODS),
+    "defer_sampler": DEFERRED_METHODS,
 }
 
 

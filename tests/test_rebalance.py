@@ -134,9 +134,39 @@ def test_deferred_images_join_at_the_stated_epoch(tmp_path, monkeypatch, pipelin
     ts = build_training_set(train, ["rare"], "deferred_ti", {"rare": extra}, "add")
     assert ts["added"].tolist() == [False] * 8 + [True] * 4
     w = _weighting("deferred_ti", ts, ["big", "rare"], {"epochs": 5}, {"defer_epoch": 3})
-    assert w == {"held": [False] * 8 + [True] * 4, "hold_until": 3}
+    assert w == {"held": [False] * 8 + [True] * 4, "hold_until": 3, "balanced": True}
+    assert _weighting("deferred_ti", ts, ["big", "rare"], {"epochs": 5},
+                      {"defer_epoch": 3, "defer_sampler": "topped_up"})["balanced"] is False
     assert _weighting("deferred_ti", ts, ["big", "rare"], {"epochs": 5}, {})["hold_until"] == 4  # 0.8 of 5
     assert _weighting("ti", ts, ["big", "rare"], {"epochs": 5}, {"defer_epoch": 3}) == {}
+
+
+@pytest.mark.parametrize("pipeline", [{"input": "files"}, {"input": "memory"}, {"augment": "flip"}])
+def test_balanced_deferral_draws_every_class_equally_often_from_the_deferral_epoch(tmp_path, monkeypatch, pipeline):
+    """retrain.defer_sampler balanced (Cao et al.'s deferred re-sampling): before
+    the deferral the real images alone, each once an epoch; from it every class
+    drawn equally often (with replacement, as many rows an epoch as the set),
+    where topping up alone would give the rare class 4 of 16."""
+    (tmp_path / "big").mkdir()
+    rare = _images(tmp_path, 4, [200, 50, 50], [20, 20, 20], seed=1)
+    big = _images(tmp_path / "big", 12, [50, 50, 200], [20, 20, 20], seed=2)
+    paths, labels = rare + big, ["rare"] * 4 + ["big"] * 12
+    held = [False, False, True, True] + [False] * 12  # two of the rare rows are the method's added ones
+    targets = []
+    ce = torch.nn.functional.cross_entropy
+
+    def spy(logits, target, *a, **kw):
+        targets.append(target.tolist())
+        return ce(logits, target, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    cfg = {"arch": "resnet18", "image_size": 32, "epochs": 12, "batch_size": 4, "lr": 0.01, **pipeline}
+    train_classifier(paths, labels, ["big", "rare"], cfg, 0, held=held, hold_until=2, balanced=True)
+    early, late = targets[:6], targets[6:]  # 14 rows in batches of 4 (last dropped): 3 an epoch before it
+    assert all(sum(early[3 * e:3 * e + 3], []).count(1) <= 2 for e in (0, 1))  # the 2 real rare rows at most
+    assert len(late) == 10 * 4 and all(len(t) == 4 for t in late)  # 16 rows an epoch, 4 full batches
+    share = sum(t.count(1) for t in late) / 160  # rare, label 1: ~0.5 (sd 0.04); topped up it is 0.25
+    assert 0.38 < share < 0.62, share
 
 
 def test_cutmix_pastes_one_box_and_lambda_is_the_background_share():

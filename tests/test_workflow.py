@@ -476,6 +476,7 @@ def test_the_rebalancing_rows_train_as_their_settings_say(tiny_run):
     assert runs["cmo"]["cmo"] == {"p": 0.5, "beta": 1.0, "start_epoch": 0, "end_epochs": 0}
     assert runs["cmo"]["cmo_epochs"] == [1] and "class_weights" not in runs["cmo"]  # the window the tiny run opens
     assert runs["cmo"]["train_counts"] == runs["baseline"]["train_counts"]
+    assert d["balanced"] is True  # from the deferral every class drawn equally often (retrain.defer_sampler)
     assert d["hold_until"] == 1 and d["held_images"] == sum(runs["noise"]["train_counts"].values()) - sum(
         runs["baseline"]["train_counts"].values())
     for method, start in (("reweight", 0), ("drw", 1)):

@@ -378,14 +378,16 @@ def _weighting(method: str, ts: pd.DataFrame, order: list[str], clf_cfg: dict, r
     """What re-balances the run inside the training loop: reweight / drw /
     cmo_drw: the class weights of the run's own training counts, and the epoch
     they start at (the deferral; 0 for reweight); cmo / cmo_drw: CMO's mixing
-    (retrain.cmo); deferred_<method>: the rows held back (its added images) and
-    the epoch they join at; {} for other methods."""
+    (retrain.cmo); deferred_<method>: the rows held back (its added images),
+    the epoch they join at and whether every class is drawn equally often from
+    it (retrain.defer_sampler); {} for other methods."""
     from .defaults import DEFERRED_METHODS
     from .rebalance import CMO_DEFAULTS, REWEIGHT_DEFAULTS, class_weights, defer_epoch
 
     start = defer_epoch(retrain_cfg.get("defer_epoch"), int(clf_cfg["epochs"]))
     if method in DEFERRED_METHODS:
-        return {"held": ts["added"].tolist(), "hold_until": start}
+        sampler = retrain_cfg.get("defer_sampler", "balanced")
+        return {"held": ts["added"].tolist(), "hold_until": start, "balanced": sampler == "balanced"}
     out = {"cmo": {**CMO_DEFAULTS, **(retrain_cfg.get("cmo") or {})}} if method in ("cmo", "cmo_drw") else {}
     if method in ("reweight", "drw", "cmo_drw"):
         r = {**REWEIGHT_DEFAULTS, **(retrain_cfg.get("reweight") or {})}

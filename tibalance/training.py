@@ -106,7 +106,7 @@ class EpochCheckpoint:
 
 
 def _checkpoint_key(paths, labels, classes, cfg, seed, augment_flags, alternatives, replace_p, init, frozen_cache,
-                    class_weights, weight_from_epoch, held=None, hold_until=0, cmo=None) -> dict:
+                    class_weights, weight_from_epoch, held=None, hold_until=0, cmo=None, balanced=False) -> dict:
     """What a training's result depends on (its checkpoint's key)."""
     from .util import file_digest
 
@@ -119,7 +119,7 @@ def _checkpoint_key(paths, labels, classes, cfg, seed, augment_flags, alternativ
             "frozen_cache": file_digest(frozen_cache) if frozen_cache else None,
             "class_weights": class_weights, "weight_from_epoch": weight_from_epoch,
             "held": None if held is None else [bool(h) for h in held], "hold_until": hold_until,
-            "cmo": cmo}
+            "cmo": cmo, **({"balanced": True} if balanced else {})}
 
 
 def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
@@ -128,7 +128,8 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                      frozen_cache: str | None = None, class_weights: list[float] | None = None,
                      weight_from_epoch: int = 0, checkpoint: str | None = None,
                      stop_after_epoch: int | None = None, held=None,
-                     hold_until: int = 0, cmo: dict | None = None) -> TrainedClassifier | None:
+                     hold_until: int = 0, cmo: dict | None = None,
+                     balanced: bool = False) -> TrainedClassifier | None:
     """Train a ResNet on (paths, labels); labels are class slugs.
 
     cfg: arch, pretrained, image_size, epochs, batch_size, lr, momentum,
@@ -146,7 +147,8 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     (deferred re-weighting).
     held: per-image booleans: those images (and every swap for an alternative)
     wait until epoch hold_until (0-based); the epochs before it draw from the
-    others alone (deferred re-sampling).
+    others alone (deferred re-sampling); with balanced, the epochs from it draw
+    every class equally often (class-balanced, with replacement).
     cmo: {"p", "beta", "start_epoch", "end_epochs"}: context-rich minority
     oversampling (rebalance.cutmix): in the epochs of its window
     (rebalance.cmo_epochs, the official code's), with probability p a batch gets
@@ -159,7 +161,7 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     paths, labels = list(paths), list(labels)
     resume = EpochCheckpoint(checkpoint, _checkpoint_key(
         paths, labels, classes, cfg, seed, augment_flags, alternatives, replace_p, init, frozen_cache,
-        class_weights, weight_from_epoch, held, hold_until, cmo)) if checkpoint else None
+        class_weights, weight_from_epoch, held, hold_until, cmo, balanced)) if checkpoint else None
     held = list(held) if held is not None and hold_until > 0 and any(held) else None
     seed_everything(seed)
     device = pick_device(cfg.get("device", "auto"))
@@ -178,7 +180,7 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     forward, pixel_lower = model, None
     if augment == "flip":
         batches, forward, pixel_lower = _view_batches(images, model, cfg, g, device, init, frozen_cache, cmo)
-    batches.hold(held, hold_until)
+    batches.hold(held, hold_until, (y, int(cfg["batch_size"]), g) if balanced else None)
     epochs = int(cfg["epochs"])
     steps = [len(batches.of_epoch(e)) for e in range(epochs)]
     mixer = _Mixer(cmo, y, batches.draw, g, device) if cmo is not None else None
@@ -204,7 +206,8 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
         if class_weights is not None and epoch == weight_from_epoch:
             log.info("epoch %d: the loss weighted per class from here on", epoch)
         if held is not None and epoch == hold_until:
-            log.info("epoch %d: the %d held images join from here on", epoch, sum(held))
+            log.info("epoch %d: the %d held images join from here on%s", epoch, sum(held),
+                     ", every class drawn equally often" if balanced else "")
         if mixer is not None:
             log.info("epoch %d: CMO %s", epoch, "mixes" if epoch in mixing else "mixes nothing (outside its window)")
         for xb, yb in batches.of_epoch(epoch):
@@ -253,15 +256,21 @@ class _Batches:
 
     def __init__(self, loader, draw, early=None):
         self.loader, self.draw, self.early = loader, draw, early
-        self.held, self.hold_until = None, 0
+        self.held, self.hold_until, self.balanced = None, 0, None
 
-    def hold(self, held, hold_until: int) -> None:
-        self.held, self.hold_until = held, hold_until
+    def hold(self, held, hold_until: int, balanced=None) -> None:
+        """held rows wait until epoch hold_until; balanced (labels, batch size,
+        generator): from then on every class is drawn equally often."""
+        self.held, self.hold_until, self.balanced = held, hold_until, balanced
         if held is not None and self.early is None:
             self.loader.hold(held)
 
     def of_epoch(self, epoch: int):
         ours = not isinstance(self.loader, DataLoader)
+        if self.held is not None and self.balanced is not None and epoch >= self.hold_until:
+            if ours:
+                self.loader.holding = False
+            return _BalancedEpoch(self.draw, *self.balanced)
         if self.held is None or epoch >= self.hold_until:
             if ours:
                 self.loader.holding = False
@@ -270,6 +279,26 @@ class _Batches:
             return self.early
         self.loader.holding = True
         return self.loader
+
+
+class _BalancedEpoch:
+    """An epoch of class-balanced re-sampling (Cao et al.'s deferred re-sampling,
+    OPeN's sampler): as many rows as the training set, drawn with replacement
+    with weights 1/n of their class, so every class is drawn equally often."""
+
+    def __init__(self, draw, labels, batch_size: int, g):
+        from .rebalance import minority_weights
+
+        self.draw, self.bs, self.g = draw, int(batch_size), g
+        self.weights, self.n = minority_weights(labels), len(labels)
+
+    def __len__(self) -> int:
+        return max(1, self.n // self.bs)  # full batches, as the loaders' drop_last
+
+    def __iter__(self):
+        rows = torch.multinomial(self.weights, len(self) * self.bs, replacement=True, generator=self.g)
+        for k in range(len(self)):
+            yield self.draw(rows[k * self.bs:(k + 1) * self.bs])
 
 
 def _pixel_batches(images, cfg: dict, g, device, held) -> _Batches:
