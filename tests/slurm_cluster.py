@@ -165,6 +165,20 @@ class Cluster:
     def scancel(self, jobid: str) -> None:
         subprocess.run([_which("scancel"), str(jobid)], check=True)
 
-    def requeue(self, jobid: str) -> None:
-        """What a preemption or node failure does to a requeue-able job: killed and queued again, same id."""
+    def requeue(self, jobid: str) -> str | None:
+        """What a preemption or node failure does to a requeue-able job: killed and queued again, same id.
+        SLURM holds a requeued job back (its BeginTime some time ahead) for the node to be released; once
+        it is pending again its start is brought to now, as an administrator would: the test then waits
+        for the job, not for that hold. Returns the BeginTime SLURM had set (None if it never pended)."""
         subprocess.run([_which("scontrol"), "requeue", str(jobid)], check=True)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            rec = self.job(jobid)
+            if rec.get("JobState") == "PENDING":
+                subprocess.run([_which("scontrol"), "update", f"JobId={jobid}", "StartTime=now"], check=False,
+                               capture_output=True)
+                return rec.get("StartTime") or rec.get("EligibleTime")
+            if rec.get("JobState") == "RUNNING" and int(rec.get("Restarts", "0")) >= 1:
+                return None  # already running again
+            time.sleep(0.2)
+        return None
