@@ -147,7 +147,7 @@ def test_scancelled_inversion_resumes_from_its_checkpoint(cluster, slurm_run, tm
     wd, _ = slurm_run
     cls = "triangle"
     overlay = tmp_path / "longer_ti.yaml"
-    overlay.write_text(yaml.safe_dump({"classes": {cls: {"ti": {"steps": 30, "checkpoint_every": 3}}}}))
+    overlay.write_text(yaml.safe_dump({"classes": {cls: {"ti": {"steps": 100, "checkpoint_every": 5}}}}))
     target = f"results/inversion/{cls}/learned_embeds.safetensors"
     ckpt = wd / "results" / "inversion" / cls / "resume" / "checkpoint.pt"
     args = [*SLURM_ARGS, "--retries", "0", target]
@@ -173,17 +173,17 @@ def test_scancelled_inversion_resumes_from_its_checkpoint(cluster, slurm_run, tm
     _assert_submitted(cluster.job(running[0]), "textual_inversion", "CANCELLED")  # a GPU rule's request, as the others'
 
     killed_at = _checkpoint_step(ckpt)
-    assert killed_at is not None and 3 <= killed_at < 30
+    assert killed_at is not None and 5 <= killed_at < 100
     assert not (wd / target).exists()
 
     p = snakemake(wd, *args, configfiles=(TINY, overlay), cores=None)
     meta = yaml.safe_load((wd / "results" / "inversion" / cls / "textual_inversion.meta.json").read_text())
     assert meta["resumed_from_step"] >= killed_at > 0
-    assert meta["steps"] == 30
+    assert meta["steps"] == 100
     log = (wd / "logs" / "textual_inversion" / f"{cls}.log").read_text()
     assert f"at step {meta['resumed_from_step']}" in log
     loss = pd.read_csv(wd / "results" / "inversion" / cls / "loss.csv")
-    assert list(loss["step"]) == list(range(1, 31))
+    assert list(loss["step"]) == list(range(1, 101))
     assert not ckpt.exists()  # finished: removed
 
 
