@@ -294,13 +294,16 @@ def times_table(records: list[dict]) -> str:
 
 
 def times_sentence(records: list[dict]) -> str:
-    """The README's line: each command's time on each kind of CPU, in minutes."""
+    """The README's line: each command's time on each kind of CPU, in minutes;
+    a kind measured before the command's newest run is marked "earlier code"
+    (performance.md's table names the commits)."""
     kinds = _kinds(records)
 
     def of(target):
         got = [r for k in kinds for r in records if machine(r["cpu"]) == k and r["target"] == target]
-        return " and ".join(f"about {round(r['seconds'] / 60)} minutes on {cpu_name(r['cpu'])} ({cpu_kind(r['cpu'])})"
-                            for r in got)
+        newest = max((r["date"], r["commit"]) for r in got)[1] if got else None
+        return " and ".join(f"about {round(r['seconds'] / 60)} minutes on {cpu_name(r['cpu'])} ({cpu_kind(r['cpu'])}"
+                            f"{'' if r['commit'] == newest else ', earlier code'})" for r in got)
 
     return (f"On 2 CPU cores, from a fresh clone, install included: `make demo` {of('demo')}; "
             f"`make test` {of('test')}. The runs, `make verdict` and how to measure: "
