@@ -421,10 +421,14 @@ def sample_inputs(wildcards):
     return inputs
 
 
+def _diff_ii_given(cls):
+    return {**DIFF_II_DEFAULTS, **class_settings(config, "diff_ii", cls)}
+
+
 def _diff_ii_settings(cls):
     """The class's diff_ii settings, split_ratio: auto resolved by the paper's
     rule from its real training images (after the checkpoint, as images_wanted)."""
-    d = {**DIFF_II_DEFAULTS, **class_settings(config, "diff_ii", cls)}
+    d = _diff_ii_given(cls)
     if d["split_ratio"] == "auto":
         checkpoints.analyse_confusion.get()
         shots = read_json("results/data/classes.json")["counts"][cls].get("train", 0)
@@ -461,7 +465,9 @@ def invert_sampling_params(wildcards):
 
 
 def invert_diff_ii_params(wildcards):
-    d = {**DIFF_II_DEFAULTS, **class_settings(config, "diff_ii", wildcards.cls)}
+    d = _diff_ii_given(
+        wildcards.cls
+    )  # the keys that shape an inversion: no checkpoint to wait for
     return canonical({k: d[k] for k in ("concept", "inversion_refine")})
 
 

@@ -102,6 +102,19 @@ def test_the_weighted_loss_and_its_deferral(tmp_path, monkeypatch):
     assert not math.isclose(loss.item(), torch.nn.functional.nll_loss(logp, target).item(), rel_tol=1e-4)
 
 
+def _batch_labels(monkeypatch) -> list[list[int]]:
+    """Each training batch's labels, in order, as the loss sees them (a spy on cross_entropy)."""
+    targets = []
+    ce = torch.nn.functional.cross_entropy
+
+    def spy(logits, target, *a, **kw):
+        targets.append(target.tolist())
+        return ce(logits, target, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    return targets
+
+
 @pytest.mark.parametrize("pipeline", [{"input": "files"}, {"input": "memory"}, {"augment": "flip"}])
 def test_deferred_images_join_at_the_stated_epoch(tmp_path, monkeypatch, pipeline):
     """deferred_<method>: the held rows (here labelled `extra` so that the spied
@@ -114,14 +127,7 @@ def test_deferred_images_join_at_the_stated_epoch(tmp_path, monkeypatch, pipelin
         tmp_path / "big", 4, [50, 50, 200], [20, 20, 20], seed=2)
     extra = _images(tmp_path / "extra", 4, [50, 200, 50], [20, 20, 20], seed=3)
     paths, labels = real + extra, ["rare"] * 4 + ["big"] * 4 + ["extra"] * 4
-    targets = []
-    ce = torch.nn.functional.cross_entropy
-
-    def spy(logits, target, *a, **kw):
-        targets.append(target.tolist())
-        return ce(logits, target, *a, **kw)
-
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    targets = _batch_labels(monkeypatch)
     cfg = {"arch": "resnet18", "image_size": 32, "epochs": 3, "batch_size": 2, "lr": 0.01, **pipeline}
     train_classifier(paths, labels, ["big", "rare", "extra"], cfg, 0, held=[False] * 8 + [True] * 4, hold_until=2)
     assert len(targets) == 4 + 4 + 6  # 8 images a batch of 2 in epochs 0 and 1, all 12 in epoch 2
@@ -152,14 +158,7 @@ def test_balanced_deferral_draws_every_class_equally_often_from_the_deferral_epo
     big = _images(tmp_path / "big", 12, [50, 50, 200], [20, 20, 20], seed=2)
     paths, labels = rare + big, ["rare"] * 4 + ["big"] * 12
     held = [False, False, True, True] + [False] * 12  # two of the rare rows are the method's added ones
-    targets = []
-    ce = torch.nn.functional.cross_entropy
-
-    def spy(logits, target, *a, **kw):
-        targets.append(target.tolist())
-        return ce(logits, target, *a, **kw)
-
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    targets = _batch_labels(monkeypatch)
     cfg = {"arch": "resnet18", "image_size": 32, "epochs": 12, "batch_size": 4, "lr": 0.01, **pipeline}
     train_classifier(paths, labels, ["big", "rare"], cfg, 0, held=held, hold_until=2, balanced=True)
     early, late = targets[:6], targets[6:]  # 14 rows in batches of 4 (last dropped): 3 an epoch before it

@@ -212,7 +212,7 @@ def sample(cls: str, mode: str, classes: str, manifest: str, model: str, samplin
     name = read_json(classes)["names"][cls]
     new = sample_class(model, mode, cls, name, sampling_cfg, seed, manifest, out_csv, image_dir, **inputs)
     d = inputs.get("diff_ii")
-    side.write(meta, generated=new, **({"split_ratio": float(d["split_ratio"])} if mode == "diff_ii" and d else {}))
+    side.write(meta, generated=new, **({"split_ratio": d["split_ratio"]} if mode == "diff_ii" and d else {}))
 
 
 def invert(cls: str, classes: str, manifest: str, model: str, sampling_cfg: dict, diff_ii_cfg: dict,

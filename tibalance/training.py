@@ -261,7 +261,8 @@ class _Batches:
     def hold(self, held, hold_until: int, balanced=None) -> None:
         """held rows wait until epoch hold_until; balanced (labels, batch size,
         generator): from then on every class is drawn equally often."""
-        self.held, self.hold_until, self.balanced = held, hold_until, balanced
+        self.held, self.hold_until = held, hold_until
+        self.balanced = None if balanced is None else _BalancedEpoch(self.draw, *balanced)  # one for every epoch
         if held is not None and self.early is None:
             self.loader.hold(held)
 
@@ -270,7 +271,7 @@ class _Batches:
         if self.held is not None and self.balanced is not None and epoch >= self.hold_until:
             if ours:
                 self.loader.holding = False
-            return _BalancedEpoch(self.draw, *self.balanced)
+            return self.balanced
         if self.held is None or epoch >= self.hold_until:
             if ours:
                 self.loader.holding = False
