@@ -212,10 +212,10 @@ def section(name):
 
 # the retrain keys only some methods read: {key: those methods}
 METHOD_KEYS = {
-    "noise": ("noise", "deferred_noise"),
+    "noise": ("noise", "noise_static"),
     "reweight": ("reweight", "drw", "cmo_drw"),
     "cmo": ("cmo", "cmo_drw"),
-    "defer_epoch": ("drw", "cmo_drw", *DEFERRED_METHODS),
+    "defer_epoch": ("noise", "drw", "cmo_drw", *DEFERRED_METHODS),
     "defer_sampler": DEFERRED_METHODS,
 }
 
@@ -224,8 +224,8 @@ def retrain_section(wildcards):
     """The retrain section as a run sees it: without the methods and seeds lists
     (a run's method and seed are its wildcards), so that adding a method or a
     seed plans the new runs only, not every run again; a method's own settings
-    (noise, reweight) only in its runs. oversample and noise (and their deferred
-    forms) get `refill`: {class: the images it is refilled with}, the count
+    (noise, reweight) only in its runs. oversample and noise_static (and
+    deferred_oversample) get `refill`: {class: the images it is refilled with}, the count
     sampling makes for the class (images_wanted), from the data and the config,
     so they read no sample table and rerun only when that count changes."""
     own = {
@@ -544,10 +544,10 @@ def run_replicate(wildcards):
 def retrain_synthetic(wildcards):
     """Sample tables the method trains on: the filtered ones (their kept images)
     of the run's replicate; oversample: none (its count is retrain_section's
-    refill); noise: its noise images."""
-    if wildcards.method in ("oversample", "deferred_oversample"):
+    refill); noise_static: its noise images; noise: none (fresh noise in the loop)."""
+    if wildcards.method in ("oversample", "deferred_oversample", "noise"):
         return []
-    if wildcards.method in ("noise", "deferred_noise"):
+    if wildcards.method == "noise_static":
         return expand("results/noise/{cls}/images.csv", cls=adapted_classes())
     if wildcards.method == "real_oracle":
         return expand("results/oracle/{cls}/images.csv", cls=adapted_classes())
@@ -854,9 +854,9 @@ def study_jobs(wildcards):
     if any(m.startswith("real_oracle") for m in config["retrain"]["methods"]):
         for cls in adapted_classes():
             add("oracle_images", cls, "real_oracle")
-    if {"noise", "deferred_noise"} & set(config["retrain"]["methods"]):
+    if "noise_static" in config["retrain"]["methods"]:
         for cls in adapted_classes():
-            add("noise_images", cls, "noise")
+            add("noise_images", cls, "noise_static")
     for method in config["retrain"]["methods"]:
         for seed in config["retrain"]["seeds"]:
             add("retrain", None, method, seed=seed)

@@ -1,5 +1,6 @@
-# The `noise` method's pure-noise images (OPeN): per weak class, the share of
-# its oversampled images drawn from the class's own pixel statistics.
+# The `noise_static` ablation's pure-noise images (OPeN's old form; `noise`
+# itself draws fresh noise in the training loop): per weak class, the share of
+# its oversampled images drawn once from the class's own pixel statistics.
 rule noise_images:
     input:
         manifest="results/data/manifest.csv",

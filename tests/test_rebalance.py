@@ -45,7 +45,7 @@ def test_noise_images_have_the_class_statistics_and_the_stated_share(tmp_path):
     with pytest.raises(TibalanceError, match="retrain.noise.share"):
         noise_count(30, 1.5)
     train = pd.DataFrame({"path": real + ["a.png", "b.png"], "label": ["rare"] * 6 + ["big"] * 2})
-    ts = build_training_set(train, ["rare"], "noise", {}, balanced={"rare": 30}, noise={"rare": noise[:10]})
+    ts = build_training_set(train, ["rare"], "noise_static", {}, balanced={"rare": 30}, noise={"rare": noise[:10]})
     added = ts.iloc[len(train):]
     assert len(added) == 30 and (added.label == "rare").all()
     assert list(added.path[:10]) == noise[:10] and not added.classic[:10].any()  # noise, as drawn

@@ -75,15 +75,16 @@ def test_an_edit_of_one_class_plans_exactly_what_reads_it(tiny_run, tmp_path, cl
     assert not runs & {"baseline", "oversample", "noise", "reweight", "drw", "cmo", *REFILLED}  # nothing without images
 
 
-def test_the_refill_count_is_a_tracked_param_of_oversample_and_noise(tiny_run, tmp_path):
+def test_the_refill_count_is_a_tracked_param_of_oversample_and_noise_static(tiny_run, tmp_path):
     """sampling.n_images of one class: the runs that refill with real images
-    (oversample, noise and their deferred forms) rerun, as the table says, with
-    every mode's samples of that class; not baseline or the re-weighting runs."""
+    (oversample, deferred_oversample, noise_static) rerun, as the table says,
+    with every mode's samples of that class; not baseline, OPeN (its noise is
+    drawn in the loop, by the class counts) or the re-weighting runs."""
     wd, _ = tiny_run
     jobs = _plan(wd, tmp_path, "triangle", "sampling", "n_images", {"fill_to": 9})
     runs = {w.split(",")[0].removeprefix("method=") for r, w in jobs if r == "retrain"}
     assert {m for m in REFILLED if m in CFG["retrain"]["methods"]} <= runs
-    assert not runs & {"baseline", "reweight", "drw", "cmo"}
+    assert not runs & {"baseline", "noise", "reweight", "drw", "cmo"}
     assert not [j for j in jobs if "cls=circle" in j[1] or "cls=square" in j[1]]
     assert {("sample", f"mode={m}, cls=triangle") for m in study_modes(CFG["retrain"]["methods"])} <= set(jobs)
 

@@ -223,7 +223,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     assert list(summary.index) == ["baseline", "oversample", "noise", "reweight", "drw", "cmo", "real_oracle",
                                    "real_oracle@ti_i2i", "raw_sd", "ti",
                                    "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "oversample+ti_i2i",
-                                   "oversample+diff_ii", "deferred_noise"]
+                                   "oversample+diff_ii", "noise_static", "deferred_oversample"]
     runs = {(meth, s): json.loads((res / f"retrain/{meth}/seed{s}/metrics.json").read_text())
             for meth in summary.index for s in (0, 1)}
     base_counts = runs["baseline", 0]["train_counts"]
@@ -245,10 +245,11 @@ def test_tables_match_the_per_seed_runs(tiny_run):
             assert summary.loc[method, f"improved_{cls}"] == f"{sum(x > 0 for x in d)}/2"
         counts = runs[method, 0]["train_counts"]
         for cls in weak:  # mix 'add': the kept synthetic images (oversample: the balanced count) on top
-            if method in ("reweight", "drw", "cmo"):  # the real images, weighted or mixed (their own test)
+            if method in ("noise", "reweight", "drw", "cmo"):  # the real images, noised, weighted or mixed (their own test)
                 assert counts == base_counts
                 continue
-            kind = {"raw_sd": "raw", "oversample": "raw", "noise": "raw", "deferred_noise": "raw", "baseline": None,
+            kind = {"raw_sd": "raw", "oversample": "raw", "noise_static": "raw", "deferred_oversample": "raw",
+                    "baseline": None,
                     "real_oracle": None,
                     "real_oracle@ti_i2i": None, "oversample+ti_i2i": "ti_i2i",
                     "oversample+diff_ii": "diff_ii"}.get(method, method)
@@ -447,13 +448,16 @@ def test_real_oracle_trains_on_held_back_real_training_images_only(tiny_run):
 
 
 def test_the_rebalancing_rows_train_as_their_settings_say(tiny_run):
-    """noise: the oversample count, a third of the added images its pure-noise
-    images (rule noise_images); reweight: the real images, the effective-number
-    weights of their counts from the first epoch; drw: the same from epoch 1
-    of 2 (0.8 of the epochs, floored); deferred_noise: noise's set, its added
-    images held back until epoch 1; cmo: the real images, mixed at the
-    paper's settings (its frozen stages run live: the DAG finishing is the test
-    of that path)."""
+    """noise (OPeN): the real images, from the deferral epoch (1 of 2: 0.8 of
+    the epochs, floored) every class drawn equally often and a draw of class c
+    noise with probability 1/3 x (1 - n_c / n_max) (its frozen stages run live);
+    noise_static: the oversample count, a third of the added images its
+    pure-noise images (rule noise_images); reweight: the real images, the
+    effective-number weights of their counts from the first epoch; drw: the
+    same from epoch 1; deferred_oversample: oversample's set, its added images
+    held back until epoch 1; cmo: the real images, mixed at the paper's
+    settings (its frozen stages run live too: the DAG finishing is the test of
+    those paths)."""
     import numpy as np
 
     from tibalance.rebalance import class_weights
@@ -461,7 +465,8 @@ def test_the_rebalancing_rows_train_as_their_settings_say(tiny_run):
     wd, _ = tiny_run
     res = wd / "results"
     runs = {m: json.loads((res / f"retrain/{m}/seed0/metrics.json").read_text())
-            for m in ("baseline", "oversample", "noise", "reweight", "drw", "deferred_noise", "cmo")}
+            for m in ("baseline", "oversample", "noise", "noise_static", "reweight", "drw", "deferred_oversample",
+                      "cmo")}
     order = json.loads((res / "data/classes.json").read_text())["classes"]
     counts = {}
     for cls in ("triangle", "circle"):  # the two classes refilled (square is at its target)
@@ -469,15 +474,22 @@ def test_the_rebalancing_rows_train_as_their_settings_say(tiny_run):
         raw = pd.read_csv(res / f"samples/raw/{cls}/samples.csv")
         assert len(noise) == round(len(raw) / 3)
         counts[cls] = len(noise)
-    assert runs["noise"]["noise_images"] == counts
-    assert runs["noise"]["train_counts"] == runs["oversample"]["train_counts"]
-    d = runs["deferred_noise"]
-    assert d["train_counts"] == runs["noise"]["train_counts"] and d["noise_images"] == runs["noise"]["noise_images"]
+    assert runs["noise_static"]["noise_images"] == counts
+    assert runs["noise_static"]["train_counts"] == runs["oversample"]["train_counts"]
+    n = runs["noise"]
+    base = runs["baseline"]["train_counts"]
+    assert n["train_counts"] == base and "noise_images" not in n
+    assert n["noise"]["from_epoch"] == 1 and n["hold_until"] == 1 and n["balanced"] is True
+    top = max(base.values())
+    assert n["noise"]["p"] == pytest.approx({c: (1 - base[c] / top) / 3 for c in order})
+    assert n["noise"]["p"]["triangle"] == max(n["noise"]["p"].values()) > 0  # the rarest is noised most
+    d = runs["deferred_oversample"]
+    assert d["train_counts"] == runs["oversample"]["train_counts"]
     assert runs["cmo"]["cmo"] == {"p": 0.5, "beta": 1.0, "start_epoch": 0, "end_epochs": 0}
     assert runs["cmo"]["cmo_epochs"] == [1] and "class_weights" not in runs["cmo"]  # the window the tiny run opens
     assert runs["cmo"]["train_counts"] == runs["baseline"]["train_counts"]
     assert d["balanced"] is True  # from the deferral every class drawn equally often (retrain.defer_sampler)
-    assert d["hold_until"] == 1 and d["held_images"] == sum(runs["noise"]["train_counts"].values()) - sum(
+    assert d["hold_until"] == 1 and d["held_images"] == sum(runs["oversample"]["train_counts"].values()) - sum(
         runs["baseline"]["train_counts"].values())
     for method, start in (("reweight", 0), ("drw", 1)):
         r = runs[method]

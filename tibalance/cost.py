@@ -20,7 +20,7 @@ def method_stages(method: str, concept: str = "ti") -> dict[str, str | None]:
     retraining runs aside. concept: diff_ii's (diff_ii.concept)."""
     if method.startswith("real_oracle"):  # its held-back real images (@<method>: that method's samples are its)
         return {"oracle_images": None}
-    if method in ("noise", "deferred_noise"):  # its pure-noise images
+    if method == "noise_static":  # its pure-noise images
         return {"noise_images": None}
     mode = MODE_OF.get(method)
     if mode is None:  # baseline, oversample, reweight, drw: real images only

@@ -161,14 +161,17 @@ COMBINED_METHODS = tuple(f"oversample+{m}" for m in SYNTHETIC_METHODS)
 ORACLE_AT_METHODS = tuple(f"real_oracle@{m}" for m in SYNTHETIC_METHODS)
 # the rows that measure the study rather than propose a method (never "best")
 YARDSTICK_METHODS = ("real_oracle", *ORACLE_AT_METHODS)
-# the long-tail literature's re-balancing without a generator (rebalance.py): pure-noise
-# oversampling (OPeN), class-weighted loss, the same deferred (DRW), minority images
-# CutMix-ed onto the batch (CMO) and CMO with DRW
-REBALANCE_METHODS = ("noise", "reweight", "drw", "cmo", "cmo_drw")
-# the re-balancing deferred (OPeN's and OSeD's runs, Cao et al.'s DRS): the method's
+# the long-tail literature's re-balancing without a generator: OPeN (fresh pure
+# noise in class-balanced draws from the deferral epoch, DAR-BN: purenoise.py),
+# its old form as an ablation (noise PNGs drawn once among the oversampled
+# images, undeferred, no DAR-BN: rebalance.noise_images), class-weighted loss,
+# the same deferred (DRW), minority images CutMix-ed onto the batch (CMO) and CMO
+# with DRW (rebalance.py)
+REBALANCE_METHODS = ("noise", "noise_static", "reweight", "drw", "cmo", "cmo_drw")
+# the re-balancing deferred (OSeD's runs, Cao et al.'s DRS): the method's
 # training set, but its added images (and swaps) only from retrain.defer_epoch on,
-# the real images alone before it
-DEFERRED_METHODS = tuple(f"deferred_{m}" for m in ("oversample", "noise", *SYNTHETIC_METHODS))
+# the real images alone before it (noise is OPeN deferred already)
+DEFERRED_METHODS = tuple(f"deferred_{m}" for m in ("oversample", *SYNTHETIC_METHODS))
 METHODS = ("baseline", "oversample", *REBALANCE_METHODS, "real_oracle", *ORACLE_AT_METHODS, *SYNTHETIC_METHODS,
            *COMBINED_METHODS, *DEFERRED_METHODS)
 

@@ -21,7 +21,7 @@ MODE_OF.update({m: MODE_OF[undeferred(m)] for m in DEFERRED_METHODS if undeferre
 # the methods that refill the weak classes with real images (repeated, or some
 # of them noise) to the count sampling makes for them: their runs read that
 # count (a param), not a sample table
-REFILLED = ("oversample", "deferred_oversample", "noise", "deferred_noise")
+REFILLED = ("oversample", "deferred_oversample", "noise_static")
 
 
 def study_modes(methods) -> list[str]:
@@ -58,21 +58,23 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
       (the mode's count before the filter, as oversample's), each of whose
       weak-class rows (real and repeated) may be swapped for one of the mode's kept
       synthetic images (whatever retrain.mix says; the rate is the trainer's replace_p);
-    - noise (OPeN): the oversample set, its first len(noise[cls]) added images
-      the class's pure-noise images instead of repeats (rebalance.noise_images);
-    - reweight, drw, cmo, cmo_drw: the real training images (weighted or mixed in the training loop);
+    - noise_static (OPeN's old form, an ablation): the oversample set, its first
+      len(noise[cls]) added images the class's pure-noise images instead of
+      repeats (rebalance.noise_images);
+    - noise (OPeN), reweight, drw, cmo, cmo_drw: the real training images (noised,
+      weighted or mixed in the training loop);
     - deferred_<method>: <method>'s set."""
     if method not in METHODS:
         raise TibalanceError(f"retrain.methods: unknown method {method!r} ({', '.join(METHODS)})")
     method = undeferred(method)
     df = train[["path", "label"]].reset_index(drop=True).assign(classic=False, alternatives=None, added=False)
-    if method in ("baseline", "reweight", "drw", "cmo", "cmo_drw"):
+    if method in ("baseline", "noise", "reweight", "drw", "cmo", "cmo_drw"):
         return df
     extra = []
     for cls in weak:
         synth = list(synthetic.get(cls, []))
         real = df[df.label == cls]
-        if method in ("oversample", "noise") or method.startswith("oversample+"):
+        if method in ("oversample", "noise_static") or method.startswith("oversample+"):
             if real.empty:
                 continue
             n = int((balanced or {}).get(cls, 0))
@@ -82,7 +84,7 @@ def build_training_set(train: pd.DataFrame, weak: list[str], method: str, synthe
             alts = synth if method.startswith("oversample+") and synth else None
             if alts:
                 _swappable(df, real.index, alts)
-            pure = list((noise or {}).get(cls, []))[:n] if method == "noise" else []
+            pure = list((noise or {}).get(cls, []))[:n] if method == "noise_static" else []
             extra += [(p, cls, False, None, True) for p in pure]  # noise: no augmentation makes it more of itself
             extra += [(p, cls, True, alts, True) for p in reps[len(pure):]]
         elif method == "real_oracle" or mix == "add":

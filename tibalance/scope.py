@@ -99,7 +99,7 @@ def readers(job: tuple[str, str | None], s: Study) -> list[tuple[str, str | None
         out += [("retrain", m) for m in s.methods if MODE_OF.get(m) == kind]
         return out + [("retrain_ablation", m) for m in s.ablation if MODE_OF.get(m) == kind]
     if rule == "noise_images":
-        return [("retrain", m) for m in s.methods if m in ("noise", "deferred_noise")]
+        return [("retrain", m) for m in s.methods if m == "noise_static"]
     if rule in (*CLASS_READERS, "token_neighbours", "retrain", "retrain_ablation"):
         return [(r, None) for r in TABLES]
     if rule in TABLES:
@@ -125,7 +125,7 @@ def direct(section: str, key: str, s: Study) -> list[tuple[str, str | None]]:
             continue
         if rule == "coti" and not s.coti or rule == "invert" and "diff_ii" not in s.modes:
             continue
-        if rule == "noise_images" and not any(m in ("noise", "deferred_noise") for m in s.methods):
+        if rule == "noise_images" and "noise_static" not in s.methods:
             continue
         kinds = {"sample": s.modes, "filter_samples": s.modes, "lora": s.adapters,
                  "retrain": [m for m in s.methods if m in REFILLED]}.get(rule, (None,))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .defaults import SEEDS_DEFAULTS, undeferred
+from .defaults import SEEDS_DEFAULTS
 from .evaluation import evaluate, split_metrics
 from .filtering import kept_mask
 from .util import Sidecar, TibalanceError, read_json, write_csv, write_json, write_markdown
@@ -380,11 +380,18 @@ def _weighting(method: str, ts: pd.DataFrame, order: list[str], clf_cfg: dict, r
     they start at (the deferral; 0 for reweight); cmo / cmo_drw: CMO's mixing
     (retrain.cmo); deferred_<method>: the rows held back (its added images),
     the epoch they join at and whether every class is drawn equally often from
-    it (retrain.defer_sampler); {} for other methods."""
+    it (retrain.defer_sampler); noise: OPeN's noise (purenoise.PureNoise) from the
+    deferral epoch, every class drawn equally often from it; {} for other methods."""
     from .defaults import DEFERRED_METHODS
-    from .rebalance import CMO_DEFAULTS, REWEIGHT_DEFAULTS, class_weights, defer_epoch
+    from .rebalance import CMO_DEFAULTS, NOISE_DEFAULTS, REWEIGHT_DEFAULTS, class_weights, defer_epoch
 
     start = defer_epoch(retrain_cfg.get("defer_epoch"), int(clf_cfg["epochs"]))
+    if method == "noise":
+        from .purenoise import PureNoise
+
+        share = float({**NOISE_DEFAULTS, **(retrain_cfg.get("noise") or {})}["share"])
+        return {"noise": PureNoise.of(ts["path"], ts["label"], order, share, start, int(clf_cfg["image_size"])),
+                "hold_until": start, "balanced": True}
     if method in DEFERRED_METHODS:
         sampler = retrain_cfg.get("defer_sampler", "balanced")
         return {"held": ts["added"].tolist(), "hold_until": start, "balanced": sampler == "balanced"}
@@ -427,12 +434,12 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str,
         log.info("%s: %s real images (the method's kept counts)", method, {c: len(v) for c, v in synthetic.items()})
     train = m[m["split"] == "train"]
     noise = None
-    if undeferred(method) == "noise":  # the noise tables (rule noise_images)
+    if method == "noise_static":  # the noise tables (rule noise_images)
         noise, synthetic = read_synthetic(synthetic_csvs), {}
     combined = method.startswith("oversample+")
     if combined:  # the oversample part's count: the mode's before the filter
         balanced = {c: len(v) for c, v in read_synthetic(synthetic_csvs, use_filter=False).items()}
-    else:  # oversample, noise: the count sampling makes for the class (retrain.refill, from the workflow)
+    else:  # oversample, noise_static: the count sampling makes for the class (retrain.refill, from the workflow)
         balanced = {c: int(n) for c, n in (retrain_cfg.get("refill") or {}).items()}
     ts = build_training_set(train, weak_classes, "real_oracle" if method.startswith("real_oracle@") else method,
                             synthetic, retrain_cfg.get("mix", "add"), seed, balanced=balanced, noise=noise)
@@ -461,7 +468,9 @@ def retrain(method: str, seed: int, manifest: str, classes: str, weak_json: str,
                "train_counts": ts.groupby("label").size().to_dict(),
                **({"swap_p": swap_p, "swappable": int(ts["alternatives"].map(bool).sum())} if combined else {}),
                **({"noise_images": {c: len(v) for c, v in noise.items()}} if noise is not None else {}),
-               **{k: v for k, v in weighting.items() if k != "held"},
+               **({"noise": {"p": dict(zip(order, weighting["noise"].p.tolist())),
+                             "from_epoch": weighting["noise"].from_epoch}} if "noise" in weighting else {}),
+               **{k: v for k, v in weighting.items() if k not in ("held", "noise")},
                **({"held_images": int(sum(weighting["held"]))} if "held" in weighting else {}),
                **({"cmo_epochs": cmo_epochs(weighting["cmo"], int(clf_cfg["epochs"]))} if "cmo" in weighting else {})}
     write_json(metrics_out, metrics)

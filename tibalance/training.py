@@ -27,6 +27,7 @@ from .classifier import (
 )
 from .frozen import ViewBatches, open_features, split_model
 from .precision import autocast_bf16
+from .purenoise import PureNoise, plain_bn, routing, use_dar_bn
 from .rebalance import cmo_epochs
 from .util import TibalanceError, pick_device, seed_everything
 
@@ -106,7 +107,8 @@ class EpochCheckpoint:
 
 
 def _checkpoint_key(paths, labels, classes, cfg, seed, augment_flags, alternatives, replace_p, init, frozen_cache,
-                    class_weights, weight_from_epoch, held=None, hold_until=0, cmo=None, balanced=False) -> dict:
+                    class_weights, weight_from_epoch, held=None, hold_until=0, cmo=None, balanced=False,
+                    noise=None) -> dict:
     """What a training's result depends on (its checkpoint's key)."""
     from .util import file_digest
 
@@ -119,7 +121,8 @@ def _checkpoint_key(paths, labels, classes, cfg, seed, augment_flags, alternativ
             "frozen_cache": file_digest(frozen_cache) if frozen_cache else None,
             "class_weights": class_weights, "weight_from_epoch": weight_from_epoch,
             "held": None if held is None else [bool(h) for h in held], "hold_until": hold_until,
-            "cmo": cmo, **({"balanced": True} if balanced else {})}
+            "cmo": cmo, **({"balanced": True} if balanced else {}),
+            **({"noise": {"p": noise.p.tolist(), "from": noise.from_epoch}} if noise is not None else {})}
 
 
 def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
@@ -129,7 +132,7 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                      weight_from_epoch: int = 0, checkpoint: str | None = None,
                      stop_after_epoch: int | None = None, held=None,
                      hold_until: int = 0, cmo: dict | None = None,
-                     balanced: bool = False) -> TrainedClassifier | None:
+                     balanced: bool = False, noise: PureNoise | None = None) -> TrainedClassifier | None:
     """Train a ResNet on (paths, labels); labels are class slugs.
 
     cfg: arch, pretrained, image_size, epochs, batch_size, lr, momentum,
@@ -149,6 +152,9 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     wait until epoch hold_until (0-based); the epochs before it draw from the
     others alone (deferred re-sampling); with balanced, the epochs from it draw
     every class equally often (class-balanced, with replacement).
+    noise: OPeN (tibalance.purenoise): from its epoch (with balanced and
+    hold_until, the class-balanced draws) each drawn image may become fresh pure
+    noise, routed through DAR-BN; on pixels, as cmo.
     cmo: {"p", "beta", "start_epoch", "end_epochs"}: context-rich minority
     oversampling (rebalance.cutmix): in the epochs of its window
     (rebalance.cmo_epochs, the official code's), with probability p a batch gets
@@ -161,7 +167,7 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     paths, labels = list(paths), list(labels)
     resume = EpochCheckpoint(checkpoint, _checkpoint_key(
         paths, labels, classes, cfg, seed, augment_flags, alternatives, replace_p, init, frozen_cache,
-        class_weights, weight_from_epoch, held, hold_until, cmo, balanced)) if checkpoint else None
+        class_weights, weight_from_epoch, held, hold_until, cmo, balanced, noise)) if checkpoint else None
     held = list(held) if held is not None and hold_until > 0 and any(held) else None
     seed_everything(seed)
     device = pick_device(cfg.get("device", "auto"))
@@ -179,8 +185,11 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     frozen = freeze_stages(model, cfg.get("freeze_below"), init or cfg.get("pretrained"))
     forward, pixel_lower = model, None
     if augment == "flip":
-        batches, forward, pixel_lower = _view_batches(images, model, cfg, g, device, init, frozen_cache, cmo)
-    batches.hold(held, hold_until, (y, int(cfg["batch_size"]), g) if balanced else None)
+        batches, forward, pixel_lower = _view_batches(images, model, cfg, g, device, init, frozen_cache,
+                                                      pixels=cmo is not None or noise is not None)
+    batches.hold(held, hold_until,
+                 (y, int(cfg["batch_size"]), g) if balanced and (held is not None or noise is not None) else None)
+    dar = use_dar_bn(model) if noise is not None else []
     epochs = int(cfg["epochs"])
     steps = [len(batches.of_epoch(e)) for e in range(epochs)]
     mixer = _Mixer(cmo, y, batches.draw, g, device) if cmo is not None else None
@@ -210,14 +219,19 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                      ", every class drawn equally often" if balanced else "")
         if mixer is not None:
             log.info("epoch %d: CMO %s", epoch, "mixes" if epoch in mixing else "mixes nothing (outside its window)")
+        noisy = noise is not None and epoch >= noise.from_epoch
+        if noise is not None and epoch == noise.from_epoch:
+            log.info("epoch %d: every class drawn equally often, each draw of class c pure noise with probability "
+                     "%s (DAR-BN)", epoch, [round(float(p), 3) for p in noise.p])
         for xb, yb in batches.of_epoch(epoch):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            xb, noise_rows = noise.replace(xb, yb, g) if noisy else (xb, None)
             xb, mix = mixer(xb) if epoch in mixing else (xb, None)
             if pixel_lower is not None:
-                with torch.no_grad():
+                with torch.no_grad(), routing(dar, noise_rows):
                     xb = pixel_lower(xb).float()
             xb = xb.to(memory_format=torch.channels_last) if xb.dim() == 4 else xb
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), routing(dar, noise_rows):
                 out = forward(xb)
                 loss = (loss_fn(out, yb) if mix is None
                         else mix[1] * loss_fn(out, yb) + (1.0 - mix[1]) * loss_fn(out, mix[0]))
@@ -236,6 +250,7 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     bar.close()
     if resume:
         resume.remove()
+    plain_bn(model)
     model.eval()
     return TrainedClassifier(model, list(classes), cfg["arch"], size)
 
@@ -268,7 +283,7 @@ class _Batches:
 
     def of_epoch(self, epoch: int):
         ours = not isinstance(self.loader, DataLoader)
-        if self.held is not None and self.balanced is not None and epoch >= self.hold_until:
+        if self.balanced is not None and epoch >= self.hold_until:
             if ours:
                 self.loader.holding = False
             return self.balanced
@@ -346,19 +361,19 @@ def _start_model(cfg: dict, classes, init: str | None, device) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def _view_batches(images, model, cfg: dict, g, device, init, frozen_cache, cmo):
+def _view_batches(images, model, cfg: dict, g, device, init, frozen_cache, pixels: bool):
     """The batches of augment flip (ViewBatches: the frozen stages' outputs of each
     image and its mirror, cached in `frozen_cache` where given) and the model split
     there: (batches, the trained upper part, the frozen lower part when it must
-    run on every batch (CMO mixes pixels) else None)."""
+    run on every batch (pixels: CMO mixes pixels, OPeN replaces them) else None)."""
     paths, y, flags, alternatives, replace_p = images
     size, bs = int(cfg["image_size"]), int(cfg["batch_size"])
     below = cfg.get("freeze_below") or "stem"
     lower, forward = split_model(model, below)
     cache = (open_features(frozen_cache, init, below, size)
-             if frozen_cache and below != "stem" and cmo is None else None)
+             if frozen_cache and below != "stem" and not pixels else None)
     pixel_lower = None
-    if cmo is not None:  # the batches in pixels, mixed, then through the frozen stages
+    if pixels:  # the batches in pixels, mixed or noised, then through the frozen stages
         pixel_lower, lower = lower, (lambda x: x)
     loader = ViewBatches(paths, y, size, bs, g, lower, flags, alternatives, replace_p, cache=cache, device=device)
     log.info("augment flip, stages below %s frozen: %d images' outputs cached (%s), %d computed here",
