@@ -1,0 +1,56 @@
+"""GeNIe's two decisions without a generator: the confusers from the baseline's
+val confusion, and GeNIe-Ada's largest-jump level rule on hand-made vectors."""
+import numpy as np
+import pytest
+
+from tibalance.genie import LEVELS, ada_level, confusers
+from tibalance.util import TibalanceError
+
+
+def test_confusers_are_the_classes_most_confused_with_the_weak_one_both_ways():
+    classes = ["tshirt", "trouser", "pullover", "coat", "shirt"]
+    cm = np.array([[50, 0, 1, 0, 9],    # 9 T-shirts predicted shirt
+                   [0, 60, 0, 0, 0],
+                   [0, 0, 40, 2, 3],     # 3 pullovers predicted shirt
+                   [0, 0, 1, 45, 1],
+                   [6, 0, 4, 2, 20]])   # shirts predicted T-shirt 6, pullover 4, coat 2
+    assert confusers(cm, classes, "shirt") == ["tshirt", "pullover", "coat"]  # 15, 7, 3
+    assert confusers(cm, classes, "shirt", k=1) == ["tshirt"]
+    assert confusers(cm, classes, "shirt", k=None) == ["tshirt", "pullover", "coat"]  # never trouser: 0 confusions
+    cm[4, 3] = 4  # coat ties pullover at 7: class order decides
+    assert confusers(cm, classes, "shirt", k=2) == ["tshirt", "pullover"]
+    with pytest.raises(TibalanceError, match="'sock'"):
+        confusers(cm, classes, "sock")
+
+
+def _along(share, source, target, off):
+    """A unit vector whose projection is `share` of the way from source to target (plus an orthogonal part)."""
+    return source + share * (target - source) + off
+
+
+def test_ada_level_keeps_the_level_just_after_the_largest_jump():
+    source, target = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
+    off = np.array([0, 0, 0.01])
+    shares = [0.05, 0.1, 0.7, 0.8, 0.9]  # the jump from 0.6 to 0.7
+    level, proj, jumps = ada_level(source, [_along(s, source, target, off) for s in shares], target)
+    assert level == 0.7 and int(np.argmax(jumps)) == 1 and len(jumps) == 4
+    assert np.all(np.diff(proj) > 0) and proj[0] < 0.2 < 0.6 < proj[2]
+    # the largest jump last: 0.9; first: 0.6
+    assert ada_level(source, [_along(s, source, target, off) for s in (0, .1, .2, .3, .9)], target)[0] == 0.9
+    assert ada_level(source, [_along(s, source, target, off) for s in (0, .6, .7, .8, .9)], target)[0] == 0.6
+    # a tie keeps the first of the largest jumps (three equal ones here)
+    level, _, jumps = ada_level(source, [_along(s, source, target, 0) for s in (0, .8, 0, .8, .8)], target)
+    assert level == 0.6 and jumps[0] == jumps[1] == jumps[2] > jumps[3]
+    # scale does not matter (the embeddings are normalised), the direction's sign does (a step back is a jump too)
+    outs = [3 * _along(s, source, target, 0) for s in (0, .1, .2, .3, .9)]
+    assert ada_level(5 * source, outs, 2 * target)[0] == 0.9
+    assert ada_level(source, [_along(s, source, target, 0) for s in (.5, .5, -.4, -.4, -.4)], target)[0] == 0.7
+
+
+def test_ada_level_refuses_what_it_cannot_rank():
+    source, target = np.array([1.0, 0]), np.array([0, 1.0])
+    with pytest.raises(TibalanceError, match="4 edits for 5 levels"):
+        ada_level(source, np.zeros((4, 2)) + target, target)
+    with pytest.raises(TibalanceError, match="no direction"):
+        ada_level(source, np.zeros((5, 2)) + source, source)
+    assert LEVELS == (0.5, 0.6, 0.7, 0.8, 0.9)

@@ -1,0 +1,59 @@
+"""GeNIe and GeNIe-Ada (Koohpayegani et al., arXiv 2312.02548; official code
+UCDvision/GeNIe): hard images of a weak class made from the training images of
+the classes the baseline confuses with it, by image-to-image towards the weak
+class at a noise level high enough to change the class and low enough to keep
+the source's layout.
+
+This module holds the two decisions the method makes without a generator:
+which classes give the start images (`confusers`, from the baseline's
+confusion on val) and, for GeNIe-Ada, which noise level each start image keeps
+(`ada_level`: the official notebook's largest-jump rule). The sampling mode
+that runs them is issue #48's remaining work.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .util import TibalanceError
+
+LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9)  # GeNIe-Ada's noise levels (the paper's and the official code's)
+
+
+def confusers(cm: np.ndarray, classes: list[str], weak: str, k: int | None = 3) -> list[str]:
+    """The classes the baseline confuses most with `weak` on val: by the images
+    of `weak` predicted as each class plus that class's images predicted as
+    `weak` (cm[true, pred]), most first, ties in class order; only classes
+    with at least one confusion; k None: all of them (the paper's `all`)."""
+    if weak not in classes:
+        raise TibalanceError(f"genie: class {weak!r} is not one of the study's classes")
+    w = classes.index(weak)
+    both = np.asarray(cm)[w, :] + np.asarray(cm)[:, w]
+    order = sorted((c for c in range(len(classes)) if c != w and both[c] > 0), key=lambda c: (-both[c], c))
+    return [classes[c] for c in (order if k is None else order[:int(k)])]
+
+
+def ada_level(source: np.ndarray, outputs: np.ndarray, target_mean: np.ndarray,
+              levels=LEVELS) -> tuple[float, list[float], list[float]]:
+    """GeNIe-Ada's level for one start image. source: its embedding [D];
+    outputs: the embeddings [L, D] of its edits at the L levels (ascending);
+    target_mean: the weak class's mean embedding. Every embedding is
+    L2-normalised, each output projected on the direction from the source to
+    the target mean; the level kept is the one just after the largest jump
+    between consecutive projections (the first such, on a tie). Returns (level,
+    the projections as a share of the way to the target mean, the jumps)."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if len(outputs) != len(levels) or len(levels) < 2:
+        raise TibalanceError(f"genie.levels: {len(outputs)} edits for {len(levels)} levels (need 2 or more, one each)")
+
+    def unit(v):
+        v = np.asarray(v, dtype=np.float64)
+        return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+    s, t, o = unit(source), unit(target_mean), unit(outputs)
+    direction = t - s
+    norm2 = float(direction @ direction)
+    if norm2 == 0.0:
+        raise TibalanceError("genie: the start image's embedding is the weak class's mean: no direction to it")
+    share = ((o - s) @ direction) / norm2  # 0 at the source, 1 at the target mean
+    jumps = np.abs(np.diff(share))
+    return float(levels[int(np.argmax(jumps)) + 1]), share.tolist(), jumps.tolist()
