@@ -8,7 +8,9 @@ BENCH_JSON: `benchmarks/bench_generative.py --json` (the device and model it
 ran on are printed with the result); CONFIG: a study config (default
 config/config.yaml), or several merged in order as Snakemake merges its
 --configfile list (config/config.yaml config/flowers-sdxl.yaml). Inputs read from it: ti.steps and ti.batch_size,
-lora.steps and lora.batch_size (two adapters a class: lora, ti_lora),
+lora.steps and lora.batch_size (two adapters a class: lora, ti_lora; with
+diff_ii.concept ti_shared_lora, the default, one more for the study, shared by
+its classes: a k-th of a job a class),
 sampling.n_images (an integer; a refill target needs the data, so give
 --images), sampling.steps and sampling.strength (image-to-image runs
 strength x steps: scaled from the benchmark's), coti (cycles x (steps at TI's
@@ -29,7 +31,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tibalance.defaults import COTI_DEFAULTS, LORA_DEFAULTS, SAMPLING_DEFAULTS, TI_DEFAULTS  # noqa: E402
+from tibalance.defaults import (  # noqa: E402
+    COTI_DEFAULTS,
+    DIFF_II_DEFAULTS,
+    LORA_DEFAULTS,
+    SAMPLING_DEFAULTS,
+    TI_DEFAULTS,
+)
 
 T2I_MODES, I2I_MODES = ("raw", "ti", "lora", "ti_lora", "diff_ii", "coti"), ("ti_i2i", "lora_i2i")
 
@@ -77,6 +85,9 @@ def project(bench: dict, cfg: dict, classes: int | None = None, images: int | No
     r = nearest(rows, "lora", int(lora["batch_size"]))
     out.append(("lora (lora, ti_lora)", 2, int(lora["steps"]) * int(lora["batch_size"]) / r["image_steps_per_s"]
                 + r["fixed_s"], f"{lora['steps']} steps x {lora['batch_size']} at {r['image_steps_per_s']}"))
+    lora_job = int(lora["steps"]) * int(lora["batch_size"]) / r["image_steps_per_s"] + r["fixed_s"]
+    if {**DIFF_II_DEFAULTS, **(cfg.get("diff_ii") or {})}["concept"] == "ti_shared_lora":
+        out.append(("lora_shared (diff_ii)", 1 / k, lora_job, f"one job for the {k} classes, as a lora job"))
     per_ti_step = int(ti["batch_size"]) / r_ti["image_steps_per_s"]
     t2i = max((x for x in rows if x["stage"] == "sample"), key=lambda x: x["images_per_s"])
     t2i_image = int(smp["steps"]) / t2i["steps"] / t2i["images_per_s"]
@@ -105,7 +116,7 @@ def markdown(bench: dict, rows: list[dict], cfg_name: str) -> str:
              f"{rows[0]['replicates']} replicate(s):", "",
              f"| stage | jobs a class | s a job | {unit}-hours, all classes | basis |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['stage']} | {r['jobs_per_class']} | {r['s_per_job']:.1f} | {r['s_all'] / 3600:.3f} | "
+        lines.append(f"| {r['stage']} | {r['jobs_per_class']:.3g} | {r['s_per_job']:.1f} | {r['s_all'] / 3600:.3f} | "
                      f"{r['basis']} |")
     lines.append(f"| all | | | {sum(r['s_all'] for r in rows) / 3600:.3f} | |")
     return "\n".join(lines) + "\n"

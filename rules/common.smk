@@ -51,6 +51,7 @@ from tibalance.defaults import (
     PRETRAIN_DEFAULTS,
     PRETRAIN_VAE_KEYS,
     SAMPLING_DEFAULTS,
+    SHARED_ADAPTER,
     TI_DEFAULTS,
     uses,
 )
@@ -176,12 +177,14 @@ GENERATIVE = any(m in MODE_OF for m in config["retrain"]["methods"])
 # generative study; the real-image-guided and LoRA modes when their retraining
 # method is part of the study
 STUDY_MODES = study_modes(config["retrain"]["methods"])
-# the LoRA adapters those modes need (lora_i2i samples with the `lora` adapter;
-# diff_ii with its concept's)
+# the per-class LoRA adapters those modes need (lora_i2i samples with the `lora`
+# adapter; diff_ii with its concept's), and whether diff_ii samples with the one
+# adapter the classes share (concept ti_shared_lora: rule lora_shared)
 STUDY_ADAPTERS = sorted(
-    {uses(m, CONCEPT)[1] for m in STUDY_MODES} - {None},
+    {uses(m, CONCEPT)[1] for m in STUDY_MODES} - {None, SHARED_ADAPTER},
     key=["lora", "ti_lora"].index,
 )
+STUDY_SHARED = any(uses(m, CONCEPT)[1] == SHARED_ADAPTER for m in STUDY_MODES)
 # replicates k > 0 make only what a retraining run reads: the modes of the
 # synthetic methods (oversample counts replicate 0's raw table: the count is the
 # same), their adapters, and the token where a mode or adapter needs it
@@ -193,6 +196,7 @@ REP_MODES = [
 REP_ADAPTERS = [
     k for k in STUDY_ADAPTERS if k in {uses(m, CONCEPT)[1] for m in REP_MODES}
 ]
+REP_SHARED = any(uses(m, CONCEPT)[1] == SHARED_ADAPTER for m in REP_MODES)
 REP_TOKEN = any(uses(m, CONCEPT)[0] for m in REP_MODES) or "ti_lora" in REP_ADAPTERS
 # a COTI token (rule coti) where a mode samples with it (coti; diff_ii on concept coti)
 STUDY_COTI = any(uses(m, CONCEPT)[0] == "coti" for m in STUDY_MODES)
@@ -404,7 +408,9 @@ def _concept_inputs(mode, cls, rep):
     """The token and adapter files a mode samples with (diff_ii: its concept's)."""
     token, adapter = uses(mode, CONCEPT)
     inputs = {"embeds": _embeds(cls, rep, token)} if token else {}
-    if adapter:
+    if adapter == SHARED_ADAPTER:
+        inputs["lora"] = f"results/lora/{adapter}{rep}/pytorch_lora_weights.safetensors"
+    elif adapter:
         inputs["lora"] = (
             f"results/lora/{adapter}/{cls}{rep}/pytorch_lora_weights.safetensors"
         )
@@ -511,6 +517,34 @@ def lora_inputs(wildcards):
 
 def lora_token_params(wildcards):
     return _token(wildcards.cls) if wildcards.adapter == "ti_lora" else {}
+
+
+def lora_shared_inputs(wildcards):
+    """The shared adapter's: every generated class's seed list and token (of the replicate)."""
+    rep = _rep(wildcards)
+    out = {}
+    for cls in generated_classes():
+        out[f"seeds_{cls}"] = f"results/seeds/{cls}{rep}/seeds.csv"
+        out[f"embeds_{cls}"] = _embeds(cls, rep)
+    return out
+
+
+def lora_shared_params(wildcards):
+    """The study's lora section (one adapter: the classes' own lora settings do not reach it)."""
+    return canonical({**LORA_DEFAULTS, **(config.get("lora") or {})})
+
+
+def lora_shared_token_params(wildcards):
+    return canonical({cls: _token(cls) for cls in generated_classes()})
+
+
+def lora_shared_seed(wildcards):
+    k = replicate_index(_rep(wildcards))
+    return (
+        derive_seed(SEED, SHARED_ADAPTER)
+        if k == 0
+        else derive_seed(SEED, SHARED_ADAPTER, f"replicate{k}")
+    )
 
 
 def class_samples(wildcards):
@@ -814,6 +848,9 @@ def study_jobs(wildcards):
     if LEARNED and GENERATIVE:  # pretrained here or shipped
         add("generator_quality")
     adapted = generated_classes()
+    for k in range(REPLICATES):
+        if adapted and (STUDY_SHARED if k == 0 else REP_SHARED):
+            add("lora_shared", replicate=k)
     for cls in weak:
         if cls not in adapted:
             add("select_seeds", cls, replicate=0)

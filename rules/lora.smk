@@ -38,3 +38,44 @@ rule lora:
         resume_dir="results/lora/{adapter}/{cls}{rep}/resume",
     script:
         "../workflow/scripts/lora.py"
+
+
+# Diff-II's concept (diff_ii.concept ti_shared_lora): one LoRA adapter shared by
+# every class the study generates for, trained on all their seed images, each
+# image's prompts with its own class's learned token (the tokens frozen). One
+# job per replicate; each class's diff_ii inversions and samples read it.
+rule lora_shared:
+    input:
+        unpack(lora_shared_inputs),
+        classes="results/data/classes.json",
+        generator=generator_files,
+    output:
+        weights="results/lora/ti_shared{rep}/pytorch_lora_weights.safetensors",
+        loss="results/lora/ti_shared{rep}/loss.csv",
+        preview=report(
+            "results/lora/ti_shared{rep}/preview.png",
+            caption="../workflow/report/lora_preview.rst",
+            category="3. Adaptation",
+            subcategory="shared",
+        ),
+        meta="results/lora/ti_shared{rep}/lora.meta.json",
+    log:
+        "logs/lora/ti_shared{rep}.log",
+    benchmark:
+        "results/benchmarks/lora/ti_shared{rep}.tsv"
+    priority: 30
+    conda:
+        "../envs/diffusion.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=24000,
+        runtime=120,
+    params:
+        lora=lora_shared_params,
+        tokens=lora_shared_token_params,
+        seed=lora_shared_seed,
+        model=MODEL,
+        resume_dir="results/lora/ti_shared{rep}/resume",
+    script:
+        "../workflow/scripts/lora_shared.py"

@@ -49,6 +49,9 @@ def test_projection_arithmetic():
     assert rows["invert (diff_ii)"]["s_per_job"] == pytest.approx(10 * (1 / 10) / 2)  # no guidance: half an image
     assert rows["sampling ti_i2i, lora_i2i"]["s_per_class"] == pytest.approx(2 * 100 * (0.5 / 0.25) / 20)
     assert rows["textual_inversion"]["s_all"] == pytest.approx(10 * 25)
+    # Diff-II's shared adapter (the default concept): one lora job for the 10 classes
+    assert rows["lora_shared (diff_ii)"]["s_all"] == pytest.approx(800 * 4 / 100 + 2)
+    assert "lora_shared (diff_ii)" not in {r["stage"] for r in project(bench, {**cfg, "diff_ii": {"concept": "ti"}})}
     assert project(bench, {**cfg, "replicates": 3}, classes=102)[0]["s_all"] == pytest.approx(102 * 3 * 25)
     every_run = {**cfg, "replicates": "seeds", "retrain": {"seeds": [0, 1, 2, 3, 4]}}  # one replicate a seed
     assert project(bench, every_run, classes=102)[0]["s_all"] == pytest.approx(102 * 5 * 25)

@@ -148,3 +148,50 @@ def test_token_plus_lora_starts_from_the_learned_token(tiny_sd, seed_images, tmp
     assert np.abs(lora_img - raw_img).max() > 0  # same prompt and seeds: the adapter made the difference
     with pytest.raises(TibalanceError, match="mode lora for class ankle_boot needs its LoRA adapter"):
         run("lora")
+
+
+def test_one_adapter_shared_by_the_classes_each_image_prompted_with_its_own_token(tiny_sd, seed_images, tmp_path,
+                                                                                  monkeypatch):
+    """Diff-II's concept: one LoRA on every adapted class's seed images, each
+    image's prompts with its class's token (here the fixed evaluation batch's:
+    latent i is of seed image i // variants), both tokens loaded and frozen."""
+    from conftest import random_images
+
+    import tibalance.adapt as adapt
+    from tibalance.lora import train_shared_lora
+
+    (tmp_path / "other").mkdir()
+    other = random_images(tmp_path / "other", 2, 28, seed=1)
+    tokens = {}
+    for cls, seeds in (("ankle_boot", seed_images), ("bag", other)):
+        ti = tmp_path / f"ti_{cls}"
+        train_textual_inversion(tiny_sd, seeds, cls, cls, {**LORA, "lr": 0.05, "steps": 2}, 7,
+                                str(ti / "e.safetensors"), str(ti / "loss.csv"), str(ti / "p.png"),
+                                str(ti / "resume"))
+        tokens[cls] = {"embeds": str(ti / "e.safetensors"), "placeholder": f"<{cls}>", "num_vectors": 1}
+    seen = []
+
+    class Watched(adapt._FixedEval):
+        def __init__(self, *a, **kw):
+            seen.append(list(a[-1]))
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(adapt, "_FixedEval", Watched)
+    out = tmp_path / "shared"
+    settings = {**LORA, "batch_size": 8}  # 64 latents drawn: a fixed batch of 16
+    res = train_shared_lora(tiny_sd, {"bag": other, "ankle_boot": seed_images}, tokens, settings, 7, str(out / "w"),
+                            str(out / "loss.csv"), str(out / "p.png"), str(out / "resume"), return_pipeline=True)
+    assert res["latents"] == 2 * 5  # 3 + 2 seed images, 2 variants each, classes in name order
+    prompts = seen[0]
+    assert len(prompts) == 16
+    for i, p in enumerate(prompts):
+        assert ("<ankle_boot>" in p) == ((i % 10) // 2 < 3) and ("<bag>" in p) == ((i % 10) // 2 >= 3), (i, p)
+    pipe = res["pipeline"]
+    for cls, t in tokens.items():  # both tokens in, as learned
+        tid = pipe.tokenizer.convert_tokens_to_ids(t["placeholder"])
+        assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[tid].detach().cpu(),
+                           load_file(t["embeds"])[t["placeholder"]][0])
+    assert (out / "w" / WEIGHTS_NAME).exists() and len(pd.read_csv(out / "loss.csv")) == LORA["steps"]
+    with pytest.raises(TibalanceError, match="lora_shared: class 'shirt' has no learned token"):
+        train_shared_lora(tiny_sd, {"shirt": other}, tokens, LORA, 7, str(out / "x"), str(out / "l.csv"),
+                          str(out / "q.png"), str(out / "r"))

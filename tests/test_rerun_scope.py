@@ -2,13 +2,16 @@
 (tibalance.scope.EDITS), an edit for one of the finished tiny run's two adapted
 classes plans exactly the jobs that tibalance.scope's table derives - the
 class's jobs that read the section, all that read theirs, the runs of the
-methods that train on them, the tables - no job of the other classes and no
-run of a method that reads none of them. The table is the one
+methods that train on them, the tables - no job of the other classes (but the
+diff_ii jobs of each, where the edit reaches the adapter the classes share:
+`diff_ii.concept: ti_shared_lora`, the default) and no run of a method that
+reads none of them. The table is the one
 docs/outputs.md's "What an edit reruns" is generated from."""
 import pytest
 import yaml
 from conftest import TINY, planned_jobs, snakemake
 
+from tibalance.defaults import DIFF_II_DEFAULTS
 from tibalance.retrain import REFILLED, ablation_variants, study_modes
 from tibalance.scope import EDITS, Study, rerun
 
@@ -19,28 +22,35 @@ ADAPTED = ["triangle", "circle"]  # square, the third weak class, gets no images
 def _study() -> Study:
     methods = CFG["retrain"]["methods"]
     return Study(modes=tuple(study_modes(methods)), methods=tuple(methods),
-                 ablation=tuple(CFG["ablation"]["methods"]), concept="ti", judge=CFG["judge"]["train_per_class"] > 0)
+                 ablation=tuple(CFG["ablation"]["methods"]),
+                 concept={**DIFF_II_DEFAULTS, **(CFG.get("diff_ii") or {})}["concept"],
+                 judge=CFG["judge"]["train_per_class"] > 0)
 
 
 def expected(section: str, key: str, cls: str) -> list[tuple[str, str]]:
-    """The dry run's (rule, wildcards) for each job the table says the edit reruns."""
-    seeds, ab = CFG["retrain"]["seeds"], CFG["ablation"]
-    variants = ablation_variants(ab["counts"])
+    """The dry run's (rule, wildcards) for each job the table says the edit
+    reruns (a job of every class: that job of each adapted class)."""
     out = []
-    for rule, kind in rerun(section, key, _study()):
-        if rule in ("sample", "filter_samples"):
-            out.append((rule, f"mode={kind}, cls={cls}"))
-        elif rule == "lora":
-            out.append((rule, f"adapter={kind}, cls={cls}"))
-        elif rule == "retrain":
-            out += [(rule, f"method={kind}, seed={s}") for s in seeds]
-        elif rule == "retrain_ablation":
-            out += [(rule, f"method={kind}, variant={v}, seed={s}") for v in variants for s in ab["seeds"]]
-        elif rule in ("report", "cost", "all"):
-            out.append((rule, ""))
-        else:
-            out.append((rule, f"cls={cls}"))
+    for job in rerun(section, key, _study()):
+        for c in (ADAPTED if len(job) == 3 else [cls]):
+            out += _wildcards(*job[:2], c)
     return sorted(out)
+
+
+def _wildcards(rule: str, kind, cls: str) -> list[tuple[str, str]]:
+    seeds, ab = CFG["retrain"]["seeds"], CFG["ablation"]
+    if rule in ("sample", "filter_samples"):
+        return [(rule, f"mode={kind}, cls={cls}")]
+    if rule == "lora":
+        return [(rule, f"adapter={kind}, cls={cls}")]
+    if rule == "retrain":
+        return [(rule, f"method={kind}, seed={s}") for s in seeds]
+    if rule == "retrain_ablation":
+        return [(rule, f"method={kind}, variant={v}, seed={s}")
+                for v in ablation_variants(ab["counts"]) for s in ab["seeds"]]
+    if rule in ("lora_shared", "report", "cost", "all"):
+        return [(rule, "")]
+    return [(rule, f"cls={cls}")]
 
 
 def _plan(wd, tmp_path, cls: str, section: str, key: str, value) -> list[tuple[str, str]]:
@@ -70,7 +80,12 @@ def test_an_edit_of_one_class_plans_exactly_what_reads_it(tiny_run, tmp_path, cl
     jobs = _plan(wd, tmp_path, cls, section, key, value)
     assert jobs == expected(section, key, cls), (section, key, cls)
     others = [c for c in ("triangle", "circle", "square") if c != cls]
-    assert not [j for j in jobs if any(f"cls={o}" in j[1] for o in others)]  # no job of another class
+    theirs = [j for j in jobs if any(f"cls={o}" in j[1] for o in others)]
+    if ("lora_shared", "") in jobs:  # the shared adapter: the other class's diff_ii jobs and what reads them
+        assert theirs and all(r in ("invert", "fid", "sample_grid", "judge") or "mode=diff_ii" in w for r, w in theirs)
+    else:
+        assert not theirs  # no job of another class
+    assert (section == "ti") == (("lora_shared", "") in jobs)  # only the token reaches it
     runs = {w.split(",")[0].removeprefix("method=") for r, w in jobs if r == "retrain"}
     assert not runs & {"baseline", "oversample", "noise", "reweight", "drw", "cmo", *REFILLED}  # nothing without images
 

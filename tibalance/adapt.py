@@ -61,6 +61,7 @@ class Adaptation:
     config_key = "adapt"         # its section of the config (ti, lora): named in warnings
     trains_text_encoder = True   # False: the prompts' encodings are computed once
     subject = ""                 # what the prompts' templates are filled with
+    subjects: list[str] | None = None  # or per seed image (a shared adapter: each image its class's token)
 
     def prepare(self, pipe, device) -> list[torch.nn.Parameter]:
         """Add what trains to the frozen pipeline (already on `device`); return it."""
@@ -112,6 +113,16 @@ def augmented_pixels(paths: list[str], resolution: int, variants: int, rng: rand
             torch.manual_seed(rng.randrange(2**31))
             out.append(to_t(aug(im)))
     return torch.stack(out) * 2 - 1
+
+
+def _subjects(adaptation: Adaptation, n_seeds: int, variants: int, n_latents: int) -> tuple[list[str], torch.Tensor]:
+    """The prompts' subjects (in first-seen order) and each seed latent's index
+    into them: latent i is of seed image i // variants (augmented_pixels' order)."""
+    per_seed = list(adaptation.subjects) if adaptation.subjects else [adaptation.subject] * n_seeds
+    if len(per_seed) != n_seeds:
+        raise TibalanceError(f"{adaptation.label}: {len(per_seed)} subjects for {n_seeds} seed images")
+    names = list(dict.fromkeys(per_seed))
+    return names, torch.tensor([names.index(per_seed[i // variants]) for i in range(n_latents)])
 
 
 def _sync(device) -> None:
@@ -422,9 +433,12 @@ def _steps(ctx: dict, start: int, steps: int, history: list, bar, checkpoint, st
         noisy = noise_sched.add_noise(latents, noise, t)
         with c["autocast"]:
             if c["template_cond"] is None:
-                cond = conditioning.encode(conditioning.ids([templates[w].format(c["subject"]) for w in which]))
-            else:
-                cond = conditioning.take(c["template_cond"], torch.tensor(which, device=device))
+                names = c["subject_names"]
+                cond = conditioning.encode(conditioning.ids(
+                    [templates[w].format(names[int(k)]) for w, k in zip(which, c["subject_of"][idx])]))
+            else:  # the (subject, template) pairs encoded once: row subject x templates + template
+                rows = c["subject_of"][idx] * len(templates) + torch.tensor(which)
+                cond = conditioning.take(c["template_cond"], rows.to(device))
             pred = c["net"](noisy.to(unet.dtype), t, **conditioning.unet_kwargs(cond, unet.dtype)).sample
         loss = F.mse_loss(pred.float(), _target(noise_sched, latents, noise, t).float())
         opt.zero_grad(set_to_none=True)
@@ -495,7 +509,8 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     latents_of = SeedLatents(pipe.vae, pixels, device, vae_dtype, fixed["lazy_encoding"])
     del pixels
     templates = s["templates"] or (OBJECT_TEMPLATES if s["learnable_property"] == "object" else STYLE_TEMPLATES)
-    subject = adaptation.subject
+    names, subject_of = _subjects(adaptation, len(seed_paths), fixed["variants"], latents_of.n)
+    subject = names[0]
     # foreach: the multi-tensor kernels, bit-identical to the per-tensor loop (the CPU default), faster
     opt = torch.optim.AdamW(params, lr=float(s["lr"]), betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8,
                             foreach=bool(s.get("foreach", True)))
@@ -509,11 +524,12 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     template_cond = None  # a frozen text encoder encodes each template once
     if not adaptation.trains_text_encoder:
         with torch.no_grad(), autocast_ctx():
-            template_cond = conditioning.encode(conditioning.ids([t.format(subject) for t in templates]))
+            template_cond = conditioning.encode(conditioning.ids([t.format(n) for n in names for t in templates]))
     scaling = float(pipe.vae.config.scaling_factor)
     n_eval = fixed["eval_latents"]
     evaluation = _FixedEval(n_eval, latents_of, scaling, seed, device, noise_sched, conditioning,
-                            [templates[i % len(templates)].format(subject) for i in range(n_eval)])
+                            [templates[i % len(templates)].format(names[int(subject_of[i % latents_of.n])])
+                             for i in range(n_eval)])
     checkpoint = _Checkpoint(resume_dir, fp)
     start, history, eval_start = checkpoint.restore(adaptation, opt, sched, gen, py_rng)
 
@@ -526,7 +542,8 @@ def fit(model: str, seed_paths: list[str], cls: str, settings: dict, seed: int, 
     bar = tqdm(total=steps, initial=start, desc=f"{adaptation.label} {cls}", mininterval=2.0)
     autocast = autocast_ctx()
     ctx = {"gen": gen, "py_rng": py_rng, "latents_of": latents_of, "device": device, "noise_sched": noise_sched,
-           "conditioning": conditioning, "templates": templates, "subject": subject, "unet": pipe.unet, "net": net,
+           "conditioning": conditioning, "templates": templates, "subject_names": names, "subject_of": subject_of,
+           "unet": pipe.unet, "net": net,
            "opt": opt, "sched": sched, "adaptation": adaptation, "batch_size": bs, "scaling": scaling,
            "autocast": autocast, "template_cond": template_cond, "eval_start": eval_start,
            "log_every": max(1, int(s.get("log_every") or 1)), "every": int(s["checkpoint_every"])}

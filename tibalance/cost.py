@@ -8,7 +8,7 @@ import os
 
 import pandas as pd
 
-from .defaults import uses
+from .defaults import SHARED_ADAPTER, uses
 from .retrain import MODE_OF
 from .util import read_json
 
@@ -29,8 +29,9 @@ def method_stages(method: str, concept: str = "ti") -> dict[str, str | None]:
     seeds = {"select_seeds": None} if token or adapter else {}
     inversions = {"invert": mode} if mode == "diff_ii" else {}
     coti = {"coti": None} if token == "coti" else {}  # COTI goes on from the TI token
+    lora = {"lora_shared": None} if adapter == SHARED_ADAPTER else {"lora": adapter} if adapter else {}
     return {**seeds, **({"textual_inversion": None} if token else {}), **coti,
-            **({"lora": adapter} if adapter else {}), **inversions, "sample": mode, "filter_samples": mode}
+            **lora, **inversions, "sample": mode, "filter_samples": mode}
 
 
 def read_benchmark(path: str) -> dict:

@@ -112,7 +112,10 @@ SAMPLING_DEFAULTS = {
 
 
 DIFF_II_DEFAULTS = {
-    "concept": "ti",          # what the inversions and the denoising are conditioned on: ti | lora | ti_lora
+    # what the inversions and the denoising are conditioned on: the class tokens
+    # with one LoRA shared by the classes (the paper's; rule lora_shared), or per
+    # class: ti | lora | ti_lora | coti
+    "concept": "ti_shared_lora",
     "split_ratio": "auto",    # the share of the denoising steps under the suffixed prompt; auto: the paper's rule
                               # (0.3 at 5 shots, 0.1 at 10, 1.0 long-tailed: diff_ii.paper_split_ratio)
     # context suffixes of the first stage's prompt (the paper's come from a captioner and an LLM)
@@ -190,9 +193,12 @@ LORA_ADAPTER = {"lora": "lora", "lora_i2i": "lora", "ti_lora": "ti_lora"}
 LORA_MODES = tuple(LORA_ADAPTER)
 # the real-image-guided modes: image-to-image from the class's real training images
 I2I_MODES = ("ti_i2i", "lora_i2i")
-# the concepts diff_ii can sample on (diff_ii.concept): the token, the lora adapter,
+# the concepts diff_ii can sample on (diff_ii.concept): the class's token with the
+# adapter every adapted class shares (Diff-II's), the token, the lora adapter,
 # both, or COTI's token
-DIFF_II_CONCEPTS = ("ti", "lora", "ti_lora", "coti")
+DIFF_II_CONCEPTS = ("ti_shared_lora", "ti", "lora", "ti_lora", "coti")
+# the adapter of concept ti_shared_lora: one for the study (results/lora/ti_shared)
+SHARED_ADAPTER = "ti_shared"
 
 
 def uses(mode: str, concept: str = "ti") -> tuple[str | None, str | None]:
@@ -200,5 +206,7 @@ def uses(mode: str, concept: str = "ti") -> tuple[str | None, str | None]:
     (coti's) or None; the LoRA adapter it samples with or None); diff_ii on its
     concept (diff_ii.concept)."""
     if mode == "diff_ii":
+        if concept == "ti_shared_lora":
+            return "ti", SHARED_ADAPTER
         mode = concept
     return TOKEN_OF.get(mode), LORA_ADAPTER.get(mode)

@@ -6,6 +6,9 @@ Two kinds, one job each per weak class:
 - `lora`: the prompts name the class ("a photo of a shirt"), as DataDream does;
 - `ti_lora`: the prompts use the class's learned TI token, loaded and kept
   frozen (token + LoRA, as Diff-Mix does).
+And one adapter shared by every adapted class (`train_shared_lora`, Diff-II's
+concept): the seed images of all of them, each image's prompts with its own
+class's learned token, every token loaded and frozen.
 
 The adapter is saved with the family's `save_lora_weights` (StableDiffusionPipeline's,
 StableDiffusionXLPipeline's: pytorch_lora_weights.safetensors, rank/alpha in its
@@ -35,10 +38,11 @@ class LoraAdaptation(Adaptation):
     label = "LoRA"
     config_key = "lora"
 
-    def __init__(self, settings: dict, subject: str, out_dir: str, embeds: str | None = None,
-                 placeholder: str | None = None):
+    def __init__(self, settings: dict, subject: str, out_dir: str, tokens=(), subjects: list[str] | None = None):
+        """tokens: (embeds file, placeholder) of each learned token the prompts
+        use (loaded, frozen); subjects: per seed image (a shared adapter)."""
         self.s, self.subject, self.out_dir = settings, subject, out_dir
-        self.embeds, self.placeholder = embeds, placeholder
+        self.tokens, self.subjects = list(tokens), subjects
         self.trains_text_encoder = bool(settings["train_text_encoder"])
 
     def _config(self, targets):
@@ -52,8 +56,9 @@ class LoraAdaptation(Adaptation):
         from .inversion import load_token
 
         encoders = [te for _, te in text_pairs(pipe)]
-        if self.embeds:
-            load_token(pipe, self.embeds, self.placeholder)  # the learned token, frozen
+        for embeds, placeholder in self.tokens:
+            load_token(pipe, embeds, placeholder)  # the learned tokens, frozen
+        if self.tokens:
             for te in encoders:
                 te.requires_grad_(False)
         self.pipe_class, self.unet, self.encoders = type(pipe), pipe.unet, encoders
@@ -125,6 +130,34 @@ def train_lora(model: str, seed_paths: list[str], cls: str, cls_name: str, setti
     subject = lora_subject(kind, cls_name, s["prompt_name"], placeholder, num_vectors)
     identity = {"cls": cls, "name": cls_name, "kind": kind, "subject": subject,
                 "embeds": file_digest(embeds) if kind == "ti_lora" else None}
-    ad = LoraAdaptation(s, subject, out_dir, embeds if kind == "ti_lora" else None, placeholder)
+    ad = LoraAdaptation(s, subject, out_dir, [(embeds, placeholder)] if kind == "ti_lora" else [])
     return fit(model, seed_paths, cls, s, seed, ad, identity, loss_out, preview_out, resume_dir,
+               stop_after, return_pipeline)
+
+
+def train_shared_lora(model: str, seeds: dict[str, list[str]], tokens: dict[str, dict], settings: dict,
+                      seed: int, out_dir: str, loss_out: str, preview_out: str, resume_dir: str,
+                      stop_after: int | None = None, return_pipeline: bool = False) -> dict:
+    """One adapter for every class in `seeds` ({class: its seed images}), each
+    image's prompts with its class's learned token (tokens: {class: {embeds,
+    placeholder, num_vectors}}), the tokens frozen: Diff-II's concept (its
+    tokens and one LoRA shared by the classes). Writes what train_lora writes."""
+    s = {**LORA_DEFAULTS, **(settings or {})}
+    missing = [c for c in seeds if c not in tokens]
+    if not seeds or missing:
+        raise TibalanceError(f"lora_shared: class {missing[0]!r} has no learned token" if missing
+                             else "lora_shared: no class to adapt")
+    paths, subjects = [], []
+    for cls in sorted(seeds):
+        if not seeds[cls]:
+            raise TibalanceError(f"lora_shared: class {cls!r} has an empty seed list")
+        t = tokens[cls]
+        paths += list(seeds[cls])
+        subjects += [expand_placeholder(t["placeholder"], t["placeholder"], int(t.get("num_vectors", 1)))] * len(
+            seeds[cls])
+    identity = {"kind": "ti_shared_lora", "classes": sorted(seeds),
+                "embeds": {c: file_digest(tokens[c]["embeds"]) for c in sorted(seeds)}, "subjects": subjects}
+    ad = LoraAdaptation(s, subjects[0], out_dir, [(tokens[c]["embeds"], tokens[c]["placeholder"])
+                                                  for c in sorted(seeds)], subjects)
+    return fit(model, paths, "+".join(sorted(seeds)), s, seed, ad, identity, loss_out, preview_out, resume_dir,
                stop_after, return_pipeline)

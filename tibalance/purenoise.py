@@ -121,6 +121,10 @@ class PureNoise:
             p[i] = share * (1.0 - len(by[c]) / top)
         return cls(mean, std, p, int(from_epoch), int(size))
 
+    def describe(self) -> str:
+        return (f"every class drawn equally often, a draw of class c pure noise with probability "
+                f"{[round(float(p), 3) for p in self.p]} (DAR-BN)")
+
     def draw(self, labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Fresh noise images of these classes, [N, 3, size, size], in pixels (0-1)."""
         n = len(labels)

@@ -6,7 +6,10 @@ edit reruns" is generated from it (`python -m tibalance.docs config`).
 
 A job is (rule, kind): kind is the sampling mode of `sample` and
 `filter_samples`, the adapter of `lora`, the method of `retrain` and
-`retrain_ablation`, None for the rules with one job a class (or a study)."""
+`retrain_ablation`, None for the rules with one job a class (or a study).
+Diff-II's shared adapter (concept ti_shared_lora) reads every class's token,
+so an edit that reaches it reaches every class's diff_ii jobs: those are
+(rule, kind, EVERY), a job of each adapted class."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from .defaults import MODES, uses
 from .retrain import MODE_OF, REFILLED
 
 ALL = None  # every key of the section
+EVERY = "every class"  # a job's third field: the job of each adapted class, not only the edited one's
 
 # which rules' params read which per-class section: {section: [(rule, kind or
 # "*" (every kind the class has), the keys read (ALL) or ("but", keys): all
@@ -54,6 +58,9 @@ SAMPLE_READERS = ("fid", "sample_grid")
 FILTER_READERS = ("judge", "lpips")
 CLASS_READERS = (*SAMPLE_READERS, *FILTER_READERS)
 TABLES = ("report", "cost")
+# the rules with a job a class (the rest: one a study, or one a method)
+CLASS_RULES = ("textual_inversion", "lora", "coti", "invert", "token_neighbours", "sample", "filter_samples",
+               *CLASS_READERS, "noise_images")
 
 
 @dataclass(frozen=True)
@@ -72,19 +79,30 @@ class Study:
         return tuple(a for a in ("lora", "ti_lora") if a in {uses(m, self.concept)[1] for m in self.modes})
 
     @property
+    def shared(self) -> bool:
+        """Whether diff_ii samples with the adapter the classes share (rule lora_shared)."""
+        return "diff_ii" in self.modes and self.concept == "ti_shared_lora"
+
+    @property
     def coti(self) -> bool:
         return any(uses(m, self.concept)[0] == "coti" for m in self.modes)
 
 
-def readers(job: tuple[str, str | None], s: Study) -> list[tuple[str, str | None]]:
-    """The jobs that read `job`'s outputs in study `s` (one class)."""
+def readers(job: tuple, s: Study) -> list[tuple]:
+    """The jobs that read `job`'s outputs in study `s` (one class; a job of every
+    class reaches every class's readers)."""
+    if len(job) == 3:
+        return [(r, k, EVERY) if r in CLASS_RULES else (r, k) for r, k in readers(job[:2], s)]
     rule, kind = job
     token_modes = lambda token: [m for m in s.modes if uses(m, s.concept)[0] == token]  # noqa: E731
     if rule == "textual_inversion":
         out = [("sample", m) for m in token_modes("ti")] + [("token_neighbours", None)]
         out += [("lora", "ti_lora")] if "ti_lora" in s.adapters else []
         out += [("coti", None)] if s.coti else []
-        return out + ([("invert", None)] if "diff_ii" in s.modes and s.concept == "ti" else [])
+        out += [("lora_shared", None)] if s.shared else []
+        return out + ([("invert", None)] if "diff_ii" in s.modes and s.concept in ("ti", "ti_shared_lora") else [])
+    if rule == "lora_shared":
+        return [("invert", None, EVERY), ("sample", "diff_ii", EVERY)]
     if rule == "coti":
         out = [("sample", m) for m in token_modes("coti")] + [("token_neighbours", None)]
         return out + ([("invert", None)] if "diff_ii" in s.modes and s.concept == "coti" else [])
@@ -145,7 +163,7 @@ def rerun(section: str, key: str, s: Study) -> set[tuple[str, str | None]]:
     return seen
 
 
-ORDER = ["textual_inversion", "lora", "coti", "invert", "token_neighbours", "sample", "filter_samples",
+ORDER = ["textual_inversion", "lora", "lora_shared", "coti", "invert", "token_neighbours", "sample", "filter_samples",
          *CLASS_READERS, "noise_images", "retrain", "retrain_ablation", *TABLES, "all"]
 
 
@@ -157,10 +175,13 @@ def markdown() -> str:
     """docs/outputs.md's table: for each edit of one class's settings, the jobs
     of that class it reruns and the retraining runs (of every mode and method
     of the registry; a study reruns those of them it has)."""
-    s = Study(modes=MODES, methods=tuple(MODE_OF) + REFILLED, ablation=tuple(MODE_OF))
+    from .defaults import DIFF_II_DEFAULTS
+
+    s = Study(modes=MODES, methods=tuple(MODE_OF) + REFILLED, ablation=tuple(MODE_OF),
+              concept=DIFF_II_DEFAULTS["concept"])
     lines = ["| a class's edit | reruns, of that class | and the runs of |", "| --- | --- | --- |"]
-    for section, key, _ in DOC_EDITS:
-        jobs = rerun(section, key, s)
+
+    def cells_of(jobs) -> list[str]:
         by = {}
         for rule, kind in jobs:
             by.setdefault(rule, set()).add(kind)
@@ -174,7 +195,16 @@ def markdown() -> str:
                 cells.append(f"`lora` ({_kinds(by[rule], ('lora', 'ti_lora'), 'adapter')})")
             else:
                 cells.append(f"`{rule}`")
-        modes = sorted({k for r, k in jobs if r == "filter_samples"}, key=MODES.index)
+        return cells
+
+    for section, key, _ in DOC_EDITS:
+        jobs = rerun(section, key, s)
+        cells = cells_of({j for j in jobs if len(j) == 2})
+        every = cells_of({j[:2] for j in jobs if len(j) == 3})
+        if every:
+            cells.append("and of every adapted class (`diff_ii.concept: ti_shared_lora`, the default): "
+                         + ", ".join(every))
+        modes = sorted({j[1] for j in jobs if j[0] == "filter_samples"}, key=MODES.index)
         runs = [f"the methods (and ablation cells) on the images of {_kinds(set(modes), MODES, 'mode')}"
                 if modes else ""]
         refilled = [m for m in REFILLED if ("retrain", m) in jobs]

@@ -203,6 +203,20 @@ def lora(cls: str, kind: str, classes: str, seeds_csv: str, model: str, lora_cfg
     side.write(meta, **result)
 
 
+def lora_shared(seeds_csvs: dict[str, str], embeds: dict[str, str], tokens: dict[str, dict], model: str,
+                lora_cfg: dict, seed: int, out_dir: str, loss_out: str, preview_out: str, resume_dir: str,
+                meta: str) -> None:
+    """Diff-II's shared adapter: seeds_csvs and embeds {class: file}, tokens
+    {class: placeholder, num_vectors}."""
+    from .lora import train_shared_lora
+
+    side = Sidecar(seed)
+    seeds = {c: _seed_paths(c, f) for c, f in seeds_csvs.items()}
+    toks = {c: {**tokens[c], "embeds": embeds[c]} for c in seeds}
+    result = train_shared_lora(model, seeds, toks, lora_cfg, seed, out_dir, loss_out, preview_out, resume_dir)
+    side.write(meta, classes=sorted(seeds), **result)
+
+
 def sample(cls: str, mode: str, classes: str, manifest: str, model: str, sampling_cfg: dict, seed: int,
            out_csv: str, image_dir: str, meta: str, **inputs) -> None:
     """inputs: embeds, placeholder, num_vectors, lora, lora_prompt_name, diff_ii, inversions (sample_class's)."""

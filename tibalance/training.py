@@ -219,18 +219,10 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
                      ", every class drawn equally often" if balanced else "")
         if mixer is not None:
             log.info("epoch %d: CMO %s", epoch, "mixes" if epoch in mixing else "mixes nothing (outside its window)")
-        noisy = noise is not None and epoch >= noise.from_epoch
         if noise is not None and epoch == noise.from_epoch:
-            log.info("epoch %d: every class drawn equally often, each draw of class c pure noise with probability "
-                     "%s (DAR-BN)", epoch, [round(float(p), 3) for p in noise.p])
+            log.info("epoch %d: %s", epoch, noise.describe())
         for xb, yb in batches.of_epoch(epoch):
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            xb, noise_rows = noise.replace(xb, yb, g) if noisy else (xb, None)
-            xb, mix = mixer(xb) if epoch in mixing else (xb, None)
-            if pixel_lower is not None:
-                with torch.no_grad(), routing(dar, noise_rows):
-                    xb = pixel_lower(xb).float()
-            xb = xb.to(memory_format=torch.channels_last) if xb.dim() == 4 else xb
+            xb, yb, mix, noise_rows = _prepared(xb, yb, epoch, device, g, noise, dar, mixer, mixing, pixel_lower)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), routing(dar, noise_rows):
                 out = forward(xb)
                 loss = (loss_fn(out, yb) if mix is None
@@ -253,6 +245,19 @@ def train_classifier(paths, labels, classes: list[str], cfg: dict, seed: int,
     plain_bn(model)
     model.eval()
     return TrainedClassifier(model, list(classes), cfg["arch"], size)
+
+
+def _prepared(xb, yb, epoch: int, device, g, noise, dar, mixer, mixing, pixel_lower):
+    """A batch as the trained part sees it: on the device, OPeN's noise drawn in
+    (from its epoch), CMO's mix (in its window), through the frozen stages where
+    they run on every batch; (batch, labels, the mix or None, the noise rows or None)."""
+    xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+    xb, noise_rows = noise.replace(xb, yb, g) if noise is not None and epoch >= noise.from_epoch else (xb, None)
+    xb, mix = mixer(xb) if epoch in mixing else (xb, None)
+    if pixel_lower is not None:
+        with torch.no_grad(), routing(dar, noise_rows):
+            xb = pixel_lower(xb).float()
+    return (xb.to(memory_format=torch.channels_last) if xb.dim() == 4 else xb), yb, mix, noise_rows
 
 
 def warmup_cosine(total: int):
