@@ -9,6 +9,7 @@ import pytest
 
 from tibalance import docs
 from tibalance.defaults import (
+    ABLATION_ROWS,
     COMBINED_METHODS,
     DEFERRED_METHODS,
     FILTER_METHODS,
@@ -53,7 +54,7 @@ def test_the_schema_lists_the_registrys_names():
     # the default: every method but those a study opts into: the combined ones (oversample+<method>) and the
     # yardstick at a method's count (real_oracle@<method>)
     assert tuple(props["retrain"]["properties"]["methods"]["default"]) == tuple(
-        m for m in METHODS if m not in COMBINED_METHODS + ORACLE_AT_METHODS + DEFERRED_METHODS)
+        m for m in METHODS if m not in COMBINED_METHODS + ORACLE_AT_METHODS + DEFERRED_METHODS + ABLATION_ROWS)
     assert tuple(props["ablation"]["properties"]["methods"]["items"]["enum"]) == SYNTHETIC_METHODS
     assert tuple(schema["$defs"]["filter"]["properties"]["method"]["enum"]) == FILTER_METHODS
 

@@ -220,10 +220,10 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     res = wd / "results"
     weak = json.loads((res / "analysis/weak_classes.json").read_text())["classes"]
     summary = pd.read_csv(res / "tables/summary.csv").set_index("method")
-    assert list(summary.index) == ["baseline", "oversample", "noise", "reweight", "drw", "cmo", "real_oracle",
-                                   "real_oracle@ti_i2i", "raw_sd", "ti",
+    assert list(summary.index) == ["baseline", "oversample", "noise", "noise_static", "reweight", "drw", "cmo",
+                                   "real_oracle", "real_oracle@ti_i2i", "raw_sd", "ti",
                                    "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "oversample+ti_i2i",
-                                   "oversample+diff_ii", "noise_static", "deferred_oversample"]
+                                   "oversample+diff_ii", "deferred_oversample"]
     runs = {(meth, s): json.loads((res / f"retrain/{meth}/seed{s}/metrics.json").read_text())
             for meth in summary.index for s in (0, 1)}
     base_counts = runs["baseline", 0]["train_counts"]
@@ -589,11 +589,12 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
     # per weak class its seeds; where it gets images TI, COTI, their nearest words, 2 LoRA, diff_ii's
-    # inversions, 8 modes x (sample, filter), grid, FID, judge, real_oracle's images and noise's; 19 methods x 2
-    # seeds; the training images' features for the knn filters (once); the frozen stages' outputs for the
-    # retraining runs (once)
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 27 + 38 + 3
-                                                              + bool(adapted) + 1)
+    # inversions, 8 modes x (sample, filter), grid, FID, judge, real_oracle's images and noise_static's; 20
+    # methods x 2 seeds; the training images' features for the knn filters (once); the frozen stages' outputs
+    # for the retraining runs (once); Diff-II's shared adapter (once)
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 27 + 40 + 3
+                                                              + bool(adapted) + 1 + 1)
+    assert row("lora_shared").jobs == 1 and row("lora_shared").wall_s == pytest.approx(wall("lora/ti_shared.tsv"))
     assert row("oracle_images", adapted[0], "real_oracle").jobs == 1
     assert row("frozen_features", "", "").jobs == 1
     assert row("train_features").jobs == 1
@@ -683,9 +684,10 @@ def test_forcing_the_report_plans_with_the_params_that_read_the_weak_classes(tin
 
 
 def test_a_study_without_a_generative_method_plans_no_generator(tiny_run, tmp_path):
-    """retrain.methods [baseline, oversample, noise] on a copy of the tiny run
-    holding only its data, baseline and confusion analysis: the DAG plans the
-    seeds, the noise images, the runs and the tables, and no generator, token,
+    """retrain.methods [baseline, oversample, noise, noise_static] on a copy of
+    the tiny run holding only its data, baseline and confusion analysis: the
+    DAG plans the seeds, noise_static's noise images, the runs and the tables,
+    and no generator, token,
     adapter, sampling, filter, judge, grid or FID job."""
     import shutil
 
@@ -696,7 +698,7 @@ def test_a_study_without_a_generative_method_plans_no_generator(tiny_run, tmp_pa
         [n for n in names if n not in keep] if d == str(wd0 / "results") else
         ["locks"] if d == str(wd0 / ".snakemake") else []))
     cfg = yaml.safe_load(TINY.read_text())
-    cfg["retrain"]["methods"] = ["baseline", "oversample", "noise"]
+    cfg["retrain"]["methods"] = ["baseline", "oversample", "noise", "noise_static"]
     cfg["ablation"] = {"methods": []}
     edited = tmp_path / "edited.yaml"
     edited.write_text(yaml.safe_dump(cfg))
@@ -744,7 +746,7 @@ def test_training_from_scratch_retrains_every_run_without_the_baseline(tiny_run,
     p = snakemake(wd, "-n", configfiles=[edited])
     rules = sorted({r for r, _ in _planned_jobs(p.stdout + p.stderr)})
     assert rules == ["all", "cost", "report", "retrain", "retrain_ablation"]
-    assert len(_planned_jobs(p.stdout + p.stderr)) == 38 + 3 + 3  # 19 methods x 2 seeds, 3 ablation runs
+    assert len(_planned_jobs(p.stdout + p.stderr)) == 40 + 3 + 3  # 20 methods x 2 seeds, 3 ablation runs
     for rule in ("retrain", "retrain_ablation"):
         assert "results/baseline/model.pt" not in _job_block(p.stdout, rule)
 

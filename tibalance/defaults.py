@@ -175,6 +175,8 @@ REBALANCE_METHODS = ("noise", "noise_static", "reweight", "drw", "cmo", "cmo_drw
 # training set, but its added images (and swaps) only from retrain.defer_epoch on,
 # the real images alone before it (noise is OPeN deferred already)
 DEFERRED_METHODS = tuple(f"deferred_{m}" for m in ("oversample", *SYNTHETIC_METHODS))
+# rows kept as a named ablation of a paper's method (its older, unfaithful form): a study opts into them
+ABLATION_ROWS = ("noise_static",)
 METHODS = ("baseline", "oversample", *REBALANCE_METHODS, "real_oracle", *ORACLE_AT_METHODS, *SYNTHETIC_METHODS,
            *COMBINED_METHODS, *DEFERRED_METHODS)
 
