@@ -54,3 +54,28 @@ def test_ada_level_refuses_what_it_cannot_rank():
     with pytest.raises(TibalanceError, match="no direction"):
         ada_level(source, np.zeros((5, 2)) + source, source)
     assert LEVELS == (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def test_start_images_are_the_confusers_training_images_in_turn():
+    import pandas as pd
+
+    from tibalance.genie import start_images
+
+    classes = ["tshirt", "trouser", "pullover", "shirt"]
+    manifest = pd.DataFrame(
+        [(f"train/{c}/{i}.png", c, "train") for c in classes for i in range(3)]
+        + [(f"val/{c}/{i}.png", c, "val") for c in classes for i in range(2)]
+        + [(f"test/{c}/0.png", c, "test") for c in classes], columns=["path", "label", "split"])
+    # val: shirts taken for T-shirts twice, a pullover taken for a shirt once, trousers never confused
+    preds = pd.DataFrame([("v1", "shirt", "val", "tshirt"), ("v2", "shirt", "val", "tshirt"),
+                          ("v3", "pullover", "val", "shirt"), ("v4", "trouser", "val", "trouser"),
+                          ("t1", "trouser", "test", "shirt")], columns=["path", "label", "split", "pred"])
+    s = start_images(manifest, preds, classes, "shirt")
+    assert list(s.source_class) == ["tshirt", "pullover"] * 3  # in turn, most confused first; trouser: only on test
+    assert all(p.startswith("train/") for p in s.path)  # never a val or test image
+    assert list(s.path[:2]) == ["train/tshirt/0.png", "train/pullover/0.png"]
+    assert list(start_images(manifest, preds, classes, "shirt", k=1).source_class) == ["tshirt"] * 3
+    with pytest.raises(TibalanceError, match="no val row"):
+        start_images(manifest, preds[preds.split == "test"], classes, "shirt")
+    with pytest.raises(TibalanceError, match="confuses no class with 'trouser'"):
+        start_images(manifest, preds[preds.path != "t1"], classes, "trouser")

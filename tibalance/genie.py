@@ -4,15 +4,17 @@ the classes the baseline confuses with it, by image-to-image towards the weak
 class at a noise level high enough to change the class and low enough to keep
 the source's layout.
 
-This module holds the two decisions the method makes without a generator:
-which classes give the start images (`confusers`, from the baseline's
-confusion on val) and, for GeNIe-Ada, which noise level each start image keeps
+This module holds the decisions the method makes without a generator: which
+classes give the start images (`confusers`, from the baseline's confusion on
+val), which images (`start_images`: their training images, never a val, test
+or judge image) and, for GeNIe-Ada, which noise level each start image keeps
 (`ada_level`: the official notebook's largest-jump rule). The sampling mode
 that runs them is issue #48's remaining work.
 """
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from .util import TibalanceError
 
@@ -30,6 +32,28 @@ def confusers(cm: np.ndarray, classes: list[str], weak: str, k: int | None = 3) 
     both = np.asarray(cm)[w, :] + np.asarray(cm)[:, w]
     order = sorted((c for c in range(len(classes)) if c != w and both[c] > 0), key=lambda c: (-both[c], c))
     return [classes[c] for c in (order if k is None else order[:int(k)])]
+
+
+def start_images(manifest: pd.DataFrame, predictions: pd.DataFrame, classes: list[str], weak: str,
+                 k: int | None = 3) -> pd.DataFrame:
+    """GeNIe's start images for `weak`: the training images (the manifest's
+    train split: never val, test or the judge's pool, which the manifest does
+    not hold) of the classes the baseline confuses with it on val (its
+    predictions' val rows), taken in turn from each confuser (most confused
+    first) so that any first n mix them; columns path, source_class."""
+    from .analysis import confusion_matrix
+
+    val = predictions[predictions["split"] == "val"]
+    if val.empty:
+        raise TibalanceError("genie: the baseline's predictions hold no val row to find the confused classes in")
+    order = confusers(confusion_matrix(val["label"], val["pred"], classes), classes, weak, k)
+    train = manifest[(manifest["split"] == "train") & manifest["label"].isin(order)]
+    if train.empty:
+        raise TibalanceError(f"genie: the baseline confuses no class with {weak!r} on val, or those classes have no "
+                             f"training image: no start image")
+    train = train.assign(rank=train.groupby("label").cumcount(), conf=train["label"].map(order.index))
+    out = train.sort_values(["rank", "conf"], kind="stable")
+    return out[["path", "label"]].rename(columns={"label": "source_class"}).reset_index(drop=True)
 
 
 def ada_level(source: np.ndarray, outputs: np.ndarray, target_mean: np.ndarray,
