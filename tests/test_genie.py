@@ -79,3 +79,26 @@ def test_start_images_are_the_confusers_training_images_in_turn():
         start_images(manifest, preds[preds.split == "test"], classes, "shirt")
     with pytest.raises(TibalanceError, match="confuses no class with 'trouser'"):
         start_images(manifest, preds[preds.path != "t1"], classes, "trouser")
+
+
+def test_the_classifier_chooses_the_level_where_the_edit_turns_into_the_target(tmp_path):
+    """Edits that stay the source image up to 0.6 and are the target class's
+    image from 0.7: whatever the network's weights, the largest jump of the
+    projection is there, so GeNIe-Ada keeps 0.7 (a second start image turns
+    at 0.9)."""
+    import torch
+    from conftest import random_images
+
+    from tibalance.classifier import TrainedClassifier, build_model
+    from tibalance.genie import choose_levels
+
+    torch.manual_seed(0)
+    clf = TrainedClassifier(build_model("resnet18", 3).eval(), ["a", "b", "c"], "resnet18", 32)
+    src1, src2, target = random_images(tmp_path, 3, 32)
+    picks = choose_levels(clf, [src1, src2], [[src1, src1, target, target, target],
+                                              [src2, src2, src2, src2, target]], [target])
+    assert [p["level"] for p in picks] == [0.7, 0.9]
+    assert picks[0]["projections"][0] == pytest.approx(0, abs=1e-6)
+    assert picks[0]["projections"][-1] == pytest.approx(1, abs=1e-6)
+    with pytest.raises(TibalanceError, match="1 edit lists for 2 start images"):
+        choose_levels(clf, [src1, src2], [[src1] * 5], [target])

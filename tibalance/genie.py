@@ -81,3 +81,25 @@ def ada_level(source: np.ndarray, outputs: np.ndarray, target_mean: np.ndarray,
     share = ((o - s) @ direction) / norm2  # 0 at the source, 1 at the target mean
     jumps = np.abs(np.diff(share))
     return float(levels[int(np.argmax(jumps)) + 1]), share.tolist(), jumps.tolist()
+
+
+def choose_levels(clf, sources: list[str], candidates: list[list[str]], target_paths: list[str],
+                  levels=LEVELS) -> list[dict]:
+    """GeNIe-Ada with the baseline classifier `clf` (a TrainedClassifier): for
+    each start image (sources[i]) its edits at the levels (candidates[i], one a
+    level, ascending), embedded by the classifier's penultimate features; the
+    target is the mean of the weak class's (target_paths) normalised features.
+    Per start image: {level, projections, jumps} (ada_level's)."""
+    from .classifier import predict
+
+    if len(candidates) != len(sources):
+        raise TibalanceError(f"genie: {len(candidates)} edit lists for {len(sources)} start images")
+    _, src = predict(clf, list(sources))
+    _, tgt = predict(clf, list(target_paths))
+    if not len(tgt):
+        raise TibalanceError("genie: no image of the weak class to aim the levels at")
+    target_mean = (tgt / np.maximum(np.linalg.norm(tgt, axis=1, keepdims=True), 1e-12)).mean(0)
+    _, out = predict(clf, [p for c in candidates for p in c])
+    out = out.reshape(len(sources), len(levels), -1)
+    return [dict(zip(("level", "projections", "jumps"), ada_level(src[i], out[i], target_mean, levels)))
+            for i in range(len(sources))]
