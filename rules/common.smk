@@ -46,6 +46,8 @@ from tibalance.defaults import (
     DEFERRED_METHODS,
     DIFF_II_DEFAULTS,
     FID_RELIABLE_IMAGES,
+    GENIE_DEFAULTS,
+    GENIE_MODES,
     LORA_DEFAULTS,
     MODES,
     PRETRAIN_DEFAULTS,
@@ -155,6 +157,8 @@ SEED = config["seed"]
 REPLICATES = replicate_count(config)
 # what diff_ii samples on (the study's: it decides which token and adapters are made)
 CONCEPT = {**DIFF_II_DEFAULTS, **(config.get("diff_ii") or {})}["concept"]
+# what the genie modes' prompts name the weak class by (the study's: raw, ti, lora, ti_lora)
+GENIE_CONCEPT = {**GENIE_DEFAULTS, **(config.get("genie") or {})}["concept"]
 
 # real_oracle needs real images the study removed: elsewhere its row is absent,
 # with the reason once on the terminal and under the summary table
@@ -181,10 +185,12 @@ STUDY_MODES = study_modes(config["retrain"]["methods"])
 # adapter; diff_ii with its concept's), and whether diff_ii samples with the one
 # adapter the classes share (concept ti_shared_lora: rule lora_shared)
 STUDY_ADAPTERS = sorted(
-    {uses(m, CONCEPT)[1] for m in STUDY_MODES} - {None, SHARED_ADAPTER},
+    {uses(m, CONCEPT, GENIE_CONCEPT)[1] for m in STUDY_MODES} - {None, SHARED_ADAPTER},
     key=["lora", "ti_lora"].index,
 )
-STUDY_SHARED = any(uses(m, CONCEPT)[1] == SHARED_ADAPTER for m in STUDY_MODES)
+STUDY_SHARED = any(
+    uses(m, CONCEPT, GENIE_CONCEPT)[1] == SHARED_ADAPTER for m in STUDY_MODES
+)
 # replicates k > 0 make only what a retraining run reads: the modes of the
 # synthetic methods (oversample counts replicate 0's raw table: the count is the
 # same), their adapters, and the token where a mode or adapter needs it
@@ -194,13 +200,20 @@ REP_MODES = [
     if m in {MODE_OF[x] for x in config["retrain"]["methods"] if x in MODE_OF}
 ]
 REP_ADAPTERS = [
-    k for k in STUDY_ADAPTERS if k in {uses(m, CONCEPT)[1] for m in REP_MODES}
+    k
+    for k in STUDY_ADAPTERS
+    if k in {uses(m, CONCEPT, GENIE_CONCEPT)[1] for m in REP_MODES}
 ]
-REP_SHARED = any(uses(m, CONCEPT)[1] == SHARED_ADAPTER for m in REP_MODES)
-REP_TOKEN = any(uses(m, CONCEPT)[0] for m in REP_MODES) or "ti_lora" in REP_ADAPTERS
+REP_SHARED = any(
+    uses(m, CONCEPT, GENIE_CONCEPT)[1] == SHARED_ADAPTER for m in REP_MODES
+)
+REP_TOKEN = (
+    any(uses(m, CONCEPT, GENIE_CONCEPT)[0] for m in REP_MODES)
+    or "ti_lora" in REP_ADAPTERS
+)
 # a COTI token (rule coti) where a mode samples with it (coti; diff_ii on concept coti)
-STUDY_COTI = any(uses(m, CONCEPT)[0] == "coti" for m in STUDY_MODES)
-REP_COTI = any(uses(m, CONCEPT)[0] == "coti" for m in REP_MODES)
+STUDY_COTI = any(uses(m, CONCEPT, GENIE_CONCEPT)[0] == "coti" for m in STUDY_MODES)
+REP_COTI = any(uses(m, CONCEPT, GENIE_CONCEPT)[0] == "coti" for m in REP_MODES)
 
 
 def _rep(wildcards):
@@ -356,8 +369,17 @@ def _filter_settings(cls):
     return {**FILTER_DEFAULTS, **class_settings(config, "filter", cls)}
 
 
+def _genie_settings(cls):
+    return {**GENIE_DEFAULTS, **class_settings(config, "genie", cls)}
+
+
 def filter_params(wildcards):
-    return canonical(_filter_settings(wildcards.cls))
+    """The class's filter settings; the genie modes' method is genie.filter (none:
+    their images sit on the class boundary, which an on-class filter would drop)."""
+    f = _filter_settings(wildcards.cls)
+    if wildcards.mode in GENIE_MODES:
+        f["method"] = _genie_settings(wildcards.cls)["filter"]
+    return canonical(f)
 
 
 def _uses_train_features(cls):
@@ -392,7 +414,7 @@ def _concept_params(mode, cls):
     """What sampling in a mode needs beside its inputs: the token's placeholder
     (ti, ti_i2i, ti_lora; diff_ii on a token), the words the lora adapter was
     trained with (lora, lora_i2i; diff_ii on it)."""
-    token, adapter = uses(mode, CONCEPT)
+    token, adapter = uses(mode, CONCEPT, GENIE_CONCEPT)
     if token:
         return _token(cls)
     if adapter == "lora":
@@ -406,7 +428,7 @@ def token_params(wildcards):
 
 def _concept_inputs(mode, cls, rep):
     """The token and adapter files a mode samples with (diff_ii: its concept's)."""
-    token, adapter = uses(mode, CONCEPT)
+    token, adapter = uses(mode, CONCEPT, GENIE_CONCEPT)
     inputs = {"embeds": _embeds(cls, rep, token)} if token else {}
     if adapter == SHARED_ADAPTER:
         inputs["lora"] = f"results/lora/{adapter}{rep}/pytorch_lora_weights.safetensors"
@@ -424,6 +446,12 @@ def sample_inputs(wildcards):
     inputs = _concept_inputs(wildcards.mode, wildcards.cls, rep)
     if wildcards.mode == "diff_ii":
         inputs["inversions"] = f"results/diff_ii/{wildcards.cls}{rep}/inversions.csv"
+    if (
+        wildcards.mode in GENIE_MODES
+    ):  # the confusers (val predictions); genie_ada's levels (the classifier)
+        inputs["predictions"] = "results/baseline/predictions.csv"
+        if wildcards.mode == "genie_ada":
+            inputs["baseline_model"] = "results/baseline/model.pt"
     return inputs
 
 
@@ -443,12 +471,20 @@ def _diff_ii_settings(cls):
     return canonical(d)
 
 
-def diff_ii_params(wildcards):
-    """The class's diff_ii settings, for its diff_ii jobs only (so that an edit
-    of them reruns no other mode's sampling)."""
-    if wildcards.mode != "diff_ii":
-        return {}
-    return {"diff_ii": _diff_ii_settings(wildcards.cls)}
+def mode_params(wildcards):
+    """A mode's own settings, for its jobs only (so that an edit of them reruns no
+    other mode's sampling): the class's diff_ii settings, or its genie ones."""
+    if wildcards.mode == "diff_ii":
+        return {"diff_ii": _diff_ii_settings(wildcards.cls)}
+    if wildcards.mode in GENIE_MODES:
+        g = _genie_settings(wildcards.cls)
+        keys = (
+            ("confusers", "concept", "level")
+            if wildcards.mode == "genie"
+            else ("confusers", "concept", "levels")
+        )
+        return {"genie": canonical({k: g[k] for k in keys})}
+    return {}
 
 
 # the sampling settings that shape an inversion (no scheduler, guidance, strength:

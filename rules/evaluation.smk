@@ -262,5 +262,6 @@ rule cost:
         jobs=study_jobs,
         methods=config["retrain"]["methods"],
         concept=CONCEPT,
+        genie=GENIE_CONCEPT,
     script:
         "../workflow/scripts/cost.py"

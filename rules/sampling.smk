@@ -22,7 +22,7 @@ rule sample:
     params:
         sampling=sampling_params,
         token=token_params,
-        diff_ii=diff_ii_params,
+        own=mode_params,
         seed=class_seed,
         model=MODEL,
         # images live beside samples.csv but are not an output: a rerun keeps

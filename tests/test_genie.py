@@ -102,3 +102,79 @@ def test_the_classifier_chooses_the_level_where_the_edit_turns_into_the_target(t
     assert picks[0]["projections"][-1] == pytest.approx(1, abs=1e-6)
     with pytest.raises(TibalanceError, match="1 edit lists for 2 start images"):
         choose_levels(clf, [src1, src2], [[src1] * 5], [target])
+
+
+def _genie_study(tmp_path):
+    """Three classes' train, val and test images, the baseline's val predictions
+    (shirts taken for T-shirts, a pullover for a shirt) and a saved classifier."""
+    import pandas as pd
+    import torch
+    from conftest import random_images
+
+    from tibalance.classifier import TrainedClassifier, build_model
+
+    rows = []
+    for split, n in (("train", 3), ("val", 2), ("test", 2)):
+        for j, c in enumerate(("tshirt", "pullover", "shirt")):
+            folder = tmp_path / split / c
+            folder.mkdir(parents=True)
+            rows += [(p, c, split) for p in random_images(folder, n, 32, seed=10 * j + n)]
+    manifest = pd.DataFrame(rows, columns=["path", "label", "split"])
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    val = manifest[manifest.split == "val"].assign(pred=lambda d: d.label)
+    val.loc[val.label == "shirt", "pred"] = "tshirt"
+    val.loc[val.index[val.label == "pullover"][0], "pred"] = "shirt"
+    val.to_csv(tmp_path / "predictions.csv", index=False)
+    torch.manual_seed(0)
+    TrainedClassifier(build_model("resnet18", 3).eval(), ["tshirt", "pullover", "shirt"], "resnet18",
+                      32).save(str(tmp_path / "model.pt"))
+    return manifest
+
+
+SAMPLING = {"n_images": 4, "steps": 4, "resolution": 32, "batch_size": 2, "guidance_scale": 2.0}
+
+
+def _run(tiny_sd, tmp_path, mode, out, genie):
+    from tibalance.genie import sample_genie
+
+    return sample_genie(tiny_sd, mode, "shirt", "Shirt", SAMPLING, 7, str(tmp_path / "manifest.csv"),
+                        str(tmp_path / out / "samples.csv"), str(tmp_path / out / "images"), genie,
+                        ["tshirt", "pullover", "shirt"], str(tmp_path / "model.pt"), str(tmp_path / "predictions.csv"))
+
+
+def test_genie_modes_edit_the_confusers_training_images_into_the_weak_class(tiny_sd, tmp_path):
+    """genie_ada: every start a confuser's training image, each labelled the weak
+    class, its level one of the levels, chosen per image and recorded with the
+    projections; `genie` at a level is the adaptive run's candidate at it; a
+    rerun makes the same bytes; val and test images are never opened (absent)."""
+    import shutil
+
+    import pandas as pd
+
+    manifest = _genie_study(tmp_path)
+    for split in ("val", "test"):  # the job must not need them
+        shutil.rmtree(tmp_path / split)
+    levels = [0.5, 0.9]
+    assert _run(tiny_sd, tmp_path, "genie_ada", "ada", {"levels": levels}) == 4
+    t = pd.read_csv(tmp_path / "ada" / "samples.csv")
+    train = manifest[manifest.split == "train"].set_index("path").label
+    assert len(t) == 4 and (t.label == "shirt").all() and (t.method == "genie_ada").all()
+    assert list(t.source_class) == ["tshirt", "pullover", "tshirt", "pullover"]  # in turn, most confused first
+    assert all(train[p] == c for p, c in zip(t.start_image, t.source_class))  # a confuser's training image
+    assert set(t.strength) <= set(levels)
+    assert all(len(str(p).split(";")) == 2 for p in t.projections)
+    for _, r in t.iterrows():  # the kept image is its candidate at the chosen level
+        cand = tmp_path / "ada" / "images" / "candidates" / f"{r['index']:05d}_{r.strength:g}.png"
+        assert open(r.path, "rb").read() == cand.read_bytes()
+    # genie at 0.9: the adaptive run's candidates at 0.9, byte for byte
+    assert _run(tiny_sd, tmp_path, "genie", "fixed", {"level": 0.9}) == 4
+    f = pd.read_csv(tmp_path / "fixed" / "samples.csv")
+    assert (f.strength == 0.9).all() and f.projections.isna().all() and list(f.start_image) == list(t.start_image)
+    for i, p in enumerate(f.path):
+        assert open(p, "rb").read() == (tmp_path / "ada" / "images" / "candidates" / f"{i:05d}_0.9.png").read_bytes()
+    # a rerun from scratch: the same images and levels; a rerun in place makes nothing
+    assert _run(tiny_sd, tmp_path, "genie_ada", "again", {"levels": levels}) == 4
+    t2 = pd.read_csv(tmp_path / "again" / "samples.csv")
+    assert list(t2.strength) == list(t.strength)
+    assert [open(p, "rb").read() for p in t2.path] == [open(p, "rb").read() for p in t.path]
+    assert _run(tiny_sd, tmp_path, "genie_ada", "ada", {"levels": levels}) == 0

@@ -13,11 +13,11 @@ from .retrain import MODE_OF
 from .util import read_json
 
 
-def method_stages(method: str, concept: str = "ti") -> dict[str, str | None]:
+def method_stages(method: str, concept: str = "ti", genie: str = "raw") -> dict[str, str | None]:
     """The jobs a retraining method adds to the shared ones (data, baseline,
     analysis, generator, FID, judge, grids): {stage: the sampling mode (LoRA: the
     adapter) its jobs must have, or None for all of the stage's jobs}; its
-    retraining runs aside. concept: diff_ii's (diff_ii.concept)."""
+    retraining runs aside. concept: diff_ii's (diff_ii.concept); genie: the genie modes' (genie.concept)."""
     if method.startswith("real_oracle"):  # its held-back real images (@<method>: that method's samples are its)
         return {"oracle_images": None}
     if method == "noise_static":  # its pure-noise images
@@ -25,7 +25,7 @@ def method_stages(method: str, concept: str = "ti") -> dict[str, str | None]:
     mode = MODE_OF.get(method)
     if mode is None:  # baseline, oversample, reweight, drw: real images only
         return {}
-    token, adapter = uses(mode, concept)
+    token, adapter = uses(mode, concept, genie)
     seeds = {"select_seeds": None} if token or adapter else {}
     inversions = {"invert": mode} if mode == "diff_ii" else {}
     coti = {"coti": None} if token == "coti" else {}  # COTI goes on from the TI token
@@ -110,14 +110,14 @@ def stage_table(jobs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([t, pd.DataFrame([total])], ignore_index=True)
 
 
-def method_table(jobs: pd.DataFrame, methods: list[str], concept: str = "ti") -> pd.DataFrame:
+def method_table(jobs: pd.DataFrame, methods: list[str], concept: str = "ti", genie: str = "raw") -> pd.DataFrame:
     """Per retraining method: what producing its synthetic images cost per weak
     class (seeds, inversion, sampling, filtering) and its retraining runs, in
     wall/CPU/GPU seconds — the price of a row beside the shared stages."""
     rows = []
     for method in methods:
         synthetic = pd.Series(False, index=jobs.index)
-        for stage, mode in method_stages(method, concept).items():
+        for stage, mode in method_stages(method, concept, genie).items():
             synthetic |= (jobs["stage"] == stage) & (jobs["method"] == mode if mode else True)
         parts = {"synthetic": synthetic, "retrain": (jobs["stage"] == "retrain") & (jobs["method"] == method)}
         row = {"method": method}

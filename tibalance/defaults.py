@@ -126,6 +126,17 @@ DIFF_II_DEFAULTS = {
 }
 
 
+# GeNIe (Koohpayegani et al.): image-to-image from the training images of the
+# classes the baseline confuses with the weak class, prompted with the weak
+# class, at a noise level that changes the class and keeps the layout (genie.py)
+GENIE_DEFAULTS = {
+    "confusers": 3,            # the classes most confused with the weak one on val (an integer, or "all")
+    "concept": "raw",          # what the prompt names the weak class by: raw (its name, the paper's) | ti | lora | ti_lora
+    "level": 0.8,              # genie: the one noise level (the paper's 0.8)
+    "levels": [0.5, 0.6, 0.7, 0.8, 0.9],  # genie_ada: the levels each start image is edited at, one kept
+    "filter": "none",          # the filter method of these modes: none keeps the near-boundary images (the paper's)
+}
+
 # COTI (controllable textual inversion): the class's TI token trained on in
 # active cycles; each cycle its samples and the class's unused real training
 # images are scored and the top ones join the training pool (coti.py)
@@ -153,7 +164,7 @@ FID_RELIABLE_IMAGES = 100
 # tables and docs take them from here.
 # the methods a retraining run trains with (retrain.methods), in the tables' order
 # the methods that train on synthetic images (ablation.methods)
-SYNTHETIC_METHODS = ("raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti")
+SYNTHETIC_METHODS = ("raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "genie", "genie_ada")
 # synthetic on top of oversampling: the oversample set, each of whose weak-class
 # images (real or repeated) is swapped for one of the mode's kept synthetic images
 # with probability retrain.combine_p, drawn anew each epoch
@@ -185,7 +196,7 @@ def undeferred(method: str) -> str:
     """The method a deferred_<method> defers (the method itself otherwise)."""
     return method[len("deferred_"):] if method in DEFERRED_METHODS else method
 # the sampling modes (results/samples/<mode>/)
-MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti")
+MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "genie", "genie_ada")
 # the modes that sample with a learned token of the class: {mode: the token's job}
 # (textual_inversion's, or coti's: the same token trained on in active cycles)
 TOKEN_OF = {"ti": "ti", "ti_i2i": "ti", "ti_lora": "ti", "coti": "coti"}
@@ -195,6 +206,8 @@ LORA_ADAPTER = {"lora": "lora", "lora_i2i": "lora", "ti_lora": "ti_lora"}
 LORA_MODES = tuple(LORA_ADAPTER)
 # the real-image-guided modes: image-to-image from the class's real training images
 I2I_MODES = ("ti_i2i", "lora_i2i")
+# GeNIe's modes: image-to-image from other classes' training images (genie.py)
+GENIE_MODES = ("genie", "genie_ada")
 # the concepts diff_ii can sample on (diff_ii.concept): the class's token with the
 # adapter every adapted class shares (Diff-II's), the token, the lora adapter,
 # both, or COTI's token
@@ -203,12 +216,14 @@ DIFF_II_CONCEPTS = ("ti_shared_lora", "ti", "lora", "ti_lora", "coti")
 SHARED_ADAPTER = "ti_shared"
 
 
-def uses(mode: str, concept: str = "ti") -> tuple[str | None, str | None]:
+def uses(mode: str, concept: str = "ti", genie: str = "raw") -> tuple[str | None, str | None]:
     """(the token the mode samples with: "ti" (textual_inversion's), "coti"
     (coti's) or None; the LoRA adapter it samples with or None); diff_ii on its
-    concept (diff_ii.concept)."""
+    concept (diff_ii.concept), the genie modes on theirs (genie.concept)."""
     if mode == "diff_ii":
         if concept == "ti_shared_lora":
             return "ti", SHARED_ADAPTER
         mode = concept
+    if mode in GENIE_MODES:
+        mode = genie
     return TOKEN_OF.get(mode), LORA_ADAPTER.get(mode)

@@ -8,15 +8,27 @@ This module holds the decisions the method makes without a generator: which
 classes give the start images (`confusers`, from the baseline's confusion on
 val), which images (`start_images`: their training images, never a val, test
 or judge image) and, for GeNIe-Ada, which noise level each start image keeps
-(`ada_level`: the official notebook's largest-jump rule). The sampling mode
-that runs them is issue #48's remaining work.
+(`ada_level`: the official notebook's largest-jump rule, `choose_levels` with
+the baseline classifier), and the two sampling modes (`sample_genie`):
+
+- `genie`: image i starts from start image i mod n (the confusers' training
+  images in turn), noised to `genie.level` (0.8) and denoised under the weak
+  class's prompt; labelled the weak class;
+- `genie_ada`: each start image edited at every level of `genie.levels`
+  (same seed and prompt: the candidate at a level is `genie`'s image at that
+  level), the kept one chosen by `choose_levels`; levels, projections and the
+  source recorded per image.
 """
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pandas as pd
 
 from .util import TibalanceError
+
+log = logging.getLogger(__name__)
 
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9)  # GeNIe-Ada's noise levels (the paper's and the official code's)
 
@@ -103,3 +115,106 @@ def choose_levels(clf, sources: list[str], candidates: list[list[str]], target_p
     out = out.reshape(len(sources), len(levels), -1)
     return [dict(zip(("level", "projections", "jumps"), ada_level(src[i], out[i], target_mean, levels)))
             for i in range(len(sources))]
+
+
+def sample_genie(model: str, mode: str, cls: str, cls_name: str, settings: dict, seed: int, manifest: str,
+                 out_csv: str, image_dir: str, genie: dict, classes: list[str], baseline_model: str,
+                 predictions: str, embeds: str | None = None, placeholder: str | None = None, num_vectors: int = 1,
+                 lora: str | None = None, lora_prompt_name: str | None = None) -> int:
+    """The class's `genie` / `genie_ada` images into image_dir, listed in
+    out_csv (sampling.sample_class's columns, plus source_class and, for
+    genie_ada, projections: the share of the way to the class's mean at each
+    level). classes: the study's, in order (the confusers' ties). Returns how
+    many images were newly generated."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    from .classifier import TrainedClassifier
+    from .defaults import GENIE_DEFAULTS, SAMPLING_DEFAULTS
+    from .generator import model_digest, resolve_resolution
+    from .runtime import pipeline_dtypes
+    from .sampling import (
+        check_inputs,
+        image_seed,
+        load_start_image,
+        mode_pipeline,
+        n_images_for,
+        real_start_images,
+        reuse_keys,
+        subject_of,
+    )
+    from .util import file_digest, fingerprint, pick_device, write_csv
+
+    s, g = {**SAMPLING_DEFAULTS, **(settings or {})}, {**GENIE_DEFAULTS, **(genie or {})}
+    m = pd.read_csv(manifest, dtype=str)
+    n = n_images_for(s["n_images"], cls, m)
+    check_inputs(mode, cls, n, embeds, lora, g["concept"])
+    subject = subject_of(mode, cls, cls_name, s, placeholder, num_vectors, lora_prompt_name, g["concept"])
+    templates = list(s["templates"])
+    prompts = [templates[i % len(templates)].format(subject) for i in range(n)]
+    seeds = [image_seed(seed, cls, i) for i in range(n)]
+    k = None if g["confusers"] == "all" else int(g["confusers"])
+    starts = start_images(m, pd.read_csv(predictions, dtype={"path": str}), classes, cls, k) if n else None
+    start = [starts["path"][i % len(starts)] for i in range(n)] if n else []
+    source = [starts["source_class"][i % len(starts)] for i in range(n)] if n else []
+    levels = [float(g["level"])] if mode == "genie" else [float(x) for x in g["levels"]]
+    res = s["resolution"] = resolve_resolution(s["resolution"], model, "sampling.resolution") if n else s["resolution"]
+    out = Path(image_dir)
+    fp = fingerprint({"model": model, "model_digest": model_digest(model) if n else None, "method": mode,
+                      "subject": subject, "settings": {k_: s[k_] for k_ in reuse_keys(s, mode)}, "seed": seed,
+                      "templates": templates, "genie": {k_: g[k_] for k_ in ("confusers", "concept", "level", "levels")},
+                      "levels": levels, "starts": sorted(set(start)) or None,
+                      "embeds": file_digest(embeds) if embeds else None,
+                      **({"lora": file_digest(lora)} if lora else {}),
+                      **({"classifier": file_digest(baseline_model)} if mode == "genie_ada" and n else {})})
+    fp_file = out / "fingerprint.json"
+    if out.exists() and (not fp_file.exists() or json.loads(fp_file.read_text()).get("fingerprint") != fp):
+        log.info("settings changed: discarding the images in %s", out)
+        shutil.rmtree(out)
+    (out / "candidates").mkdir(parents=True, exist_ok=True)
+    fp_file.write_text(json.dumps({"fingerprint": fp}) + "\n")
+    paths = [out / f"{i:05d}.png" for i in range(n)]
+    cand = {(i, lv): (paths[i] if mode == "genie" else out / "candidates" / f"{i:05d}_{lv:g}.png")
+            for i in range(n) for lv in levels}
+    for stale in set(out.glob("*.png")) - set(paths):
+        stale.unlink()
+    todo = [i for i in range(n) if not paths[i].exists()]
+    missing = [(i, lv) for lv in levels for i in (todo if mode == "genie" else range(n)) if not cand[i, lv].exists()]
+    log.info("class %s, %s: %d images wanted (%d start images of %s), %d edits to make", cls, mode, n,
+             len(starts) if n else 0, ", ".join(dict.fromkeys(source)) or "no class", len(missing))
+    if missing:
+        device = pick_device(s["device"])
+        wdtype, amp_dtype = pipeline_dtypes(device, s.get("mixed_precision", "auto"), "sampling.mixed_precision")
+        autocast = wdtype is None and amp_dtype is not None
+        pipe = mode_pipeline(model, mode, s, device, wdtype, embeds, placeholder, lora, g["concept"])
+        bs = 8 if s["batch_size"] == "auto" else int(s["batch_size"])
+        for lv in levels:  # one level a call (image-to-image takes one strength)
+            need = [i for i, level in missing if level == lv]
+            for b in range(0, len(need), bs):
+                group = need[b:b + bs]
+                kw = dict(num_inference_steps=int(s["steps"]), guidance_scale=float(s["guidance_scale"]),
+                          negative_prompt=[s["negative_prompt"]] * len(group) if s["negative_prompt"] else None,
+                          generator=[torch.Generator().manual_seed(seeds[i]) for i in group],
+                          image=[load_start_image(start[i], res) for i in group], strength=lv)
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    images = pipe([prompts[i] for i in group], **kw).images
+                for i, im in zip(group, images):
+                    tmp = cand[i, lv].with_suffix(".tmp.png")
+                    im.save(tmp)
+                    tmp.replace(cand[i, lv])
+    level_of, proj = [levels[0]] * n, [""] * n
+    if mode == "genie_ada" and n:
+        picks = choose_levels(TrainedClassifier.load(baseline_model), start,
+                              [[str(cand[i, lv]) for lv in levels] for i in range(n)],
+                              real_start_images(m, cls), levels)
+        for i, p in enumerate(picks):
+            level_of[i], proj[i] = p["level"], ";".join(f"{x:.4f}" for x in p["projections"])
+            if not paths[i].exists():
+                shutil.copyfile(cand[i, p["level"]], paths[i])
+    write_csv(pd.DataFrame({"index": range(n), "path": [str(p) for p in paths], "seed": seeds, "prompt": prompts,
+                            "label": cls, "method": mode, "start_image": start, "strength": level_of,
+                            "source_class": source, "projections": proj}), out_csv)
+    return len(todo)

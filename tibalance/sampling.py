@@ -1,4 +1,5 @@
-"""Sampling: synthetic images of a weak class, in one of seven modes:
+"""Sampling: synthetic images of a weak class, in one of these modes (and
+GeNIe's `genie`, `genie_ada`: genie.py, from other classes' images):
 
 - `raw`: text-to-image with the class's plain name (the raw-SD comparison row);
 - `ti`: text-to-image with the learned token;
@@ -11,7 +12,9 @@
 - `ti_lora`: text-to-image with the learned token and its token + LoRA adapter;
 - `diff_ii`: Diff-II (diff_ii.py): DDIM from a random point on the circle
   through two of the class's real images' inversions, the first part of the
-  steps under a prompt with a context suffix; on the token by default.
+  steps under a prompt with a context suffix; on the token and the adapter
+  the adapted classes share by default;
+- `coti`: text-to-image with COTI's token.
 
 One seed per image (derived from the base seed, class and image index, the same
 for every mode so the rows are paired), batched, half precision on GPU, a
@@ -30,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import refill_count
-from .defaults import DIFF_II_DEFAULTS, I2I_MODES, LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES, uses  # noqa: F401 - part of this module's interface
+from .defaults import DIFF_II_DEFAULTS, GENIE_MODES, I2I_MODES, LORA_MODES, MODES, SAMPLING_DEFAULTS, TOKEN_MODES, uses  # noqa: F401 - part of this module's interface
 from .generator import img2img, load_pipeline, model_digest, resolve_resolution
 from .inversion import expand_placeholder, load_token
 from .runtime import channels_last, compiled, pipeline_dtypes, set_attention
@@ -114,7 +117,7 @@ def mode_pipeline(model: str, mode: str, s: dict, device, wdtype, embeds: str | 
     token and/or LoRA adapter (fused), the configured scheduler (diff_ii: DDIM,
     the mirror of its inversions), the family's image-to-image pipeline for the
     real-image-guided modes, the switches."""
-    token, adapter = uses(mode, concept)
+    token, adapter = uses(mode, concept, genie=concept)
     pipe = load_pipeline(model, device=device, dtype=wdtype)
     if channels_last(s.get("channels_last"), device):
         pipe.unet.to(memory_format=torch.channels_last)
@@ -130,7 +133,7 @@ def mode_pipeline(model: str, mode: str, s: dict, device, wdtype, embeds: str | 
         ddim(pipe)
     else:
         pipe.scheduler = make_scheduler(s["scheduler"], pipe.scheduler.config)
-    if mode in I2I_MODES:
+    if mode in I2I_MODES or mode in GENIE_MODES:
         pipe = img2img(pipe)  # the family's image-to-image pipeline, the same loaded weights
     pipe.unet = compiled(pipe.unet, s.get("compile"), "sampling.compile")
     return pipe
@@ -140,7 +143,7 @@ def subject_of(mode: str, cls: str, cls_name: str, s: dict, placeholder: str | N
                lora_prompt_name: str | None, concept: str = "ti") -> str:
     """What the prompts name the class by: the learned token (its vectors spelled
     out), the words a `lora` adapter was trained with, or the class's name."""
-    token, adapter = uses(mode, concept)
+    token, adapter = uses(mode, concept, genie=concept)
     if token:
         return expand_placeholder(placeholder, placeholder, num_vectors)
     if adapter == "lora":
@@ -151,7 +154,7 @@ def subject_of(mode: str, cls: str, cls_name: str, s: dict, placeholder: str | N
 def check_inputs(mode: str, cls: str, n: int, embeds, lora, concept: str = "ti") -> None:
     if mode not in MODES:
         raise TibalanceError(f"sample: unknown mode {mode!r} ({', '.join(MODES)})")
-    token, adapter = uses(mode, concept)
+    token, adapter = uses(mode, concept, genie=concept)
     if token and not embeds and n:  # a class that gets no images has no token (no inversion ran for it)
         raise TibalanceError(f"sample: mode {mode} for class {cls} needs learned embeddings")
     if adapter and not lora and n:

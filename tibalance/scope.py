@@ -35,6 +35,8 @@ READS: dict[str, list[tuple[str, str | None, object]]] = {
     "filter": [("filter_samples", "*", ALL)],
     "diff_ii": [("sample", "diff_ii", ALL), ("invert", None, ("concept", "inversion_refine"))],
     "coti": [("coti", None, ALL)],
+    "genie": [("sample", "genie", ("but", ("levels", "filter"))), ("sample", "genie_ada", ("but", ("level", "filter"))),
+              ("filter_samples", "genie", ("filter",)), ("filter_samples", "genie_ada", ("filter",))],
 }
 
 # one edit of each section (section, key, value), each a key some rule reads:
@@ -48,6 +50,7 @@ EDITS: list[tuple[str, str, object]] = [
     ("filter", "quantile", 0.5),
     ("diff_ii", "split_ratio", 0.9),
     ("coti", "per_cycle", 1),
+    ("genie", "confusers", 2),
 ]
 DOC_EDITS = [*EDITS[:3], ("sampling", "n_images", None), *EDITS[3:]]
 
@@ -71,12 +74,13 @@ class Study:
     methods: tuple[str, ...]
     ablation: tuple[str, ...] = ()
     concept: str = "ti"
+    genie: str = "raw"
     judge: bool = True
     lpips: bool = False
 
     @property
     def adapters(self) -> tuple[str, ...]:
-        return tuple(a for a in ("lora", "ti_lora") if a in {uses(m, self.concept)[1] for m in self.modes})
+        return tuple(a for a in ("lora", "ti_lora") if a in {uses(m, self.concept, self.genie)[1] for m in self.modes})
 
     @property
     def shared(self) -> bool:
@@ -85,7 +89,7 @@ class Study:
 
     @property
     def coti(self) -> bool:
-        return any(uses(m, self.concept)[0] == "coti" for m in self.modes)
+        return any(uses(m, self.concept, self.genie)[0] == "coti" for m in self.modes)
 
 
 def readers(job: tuple, s: Study) -> list[tuple]:
@@ -94,7 +98,7 @@ def readers(job: tuple, s: Study) -> list[tuple]:
     if len(job) == 3:
         return [(r, k, EVERY) if r in CLASS_RULES else (r, k) for r, k in readers(job[:2], s)]
     rule, kind = job
-    token_modes = lambda token: [m for m in s.modes if uses(m, s.concept)[0] == token]  # noqa: E731
+    token_modes = lambda token: [m for m in s.modes if uses(m, s.concept, s.genie)[0] == token]  # noqa: E731
     if rule == "textual_inversion":
         out = [("sample", m) for m in token_modes("ti")] + [("token_neighbours", None)]
         out += [("lora", "ti_lora")] if "ti_lora" in s.adapters else []
@@ -107,7 +111,7 @@ def readers(job: tuple, s: Study) -> list[tuple]:
         out = [("sample", m) for m in token_modes("coti")] + [("token_neighbours", None)]
         return out + ([("invert", None)] if "diff_ii" in s.modes and s.concept == "coti" else [])
     if rule == "lora":
-        return [("sample", m) for m in s.modes if uses(m, s.concept)[1] == kind]
+        return [("sample", m) for m in s.modes if uses(m, s.concept, s.genie)[1] == kind]
     if rule == "invert":
         return [("sample", "diff_ii")]
     if rule == "sample":

@@ -219,11 +219,23 @@ def lora_shared(seeds_csvs: dict[str, str], embeds: dict[str, str], tokens: dict
 
 def sample(cls: str, mode: str, classes: str, manifest: str, model: str, sampling_cfg: dict, seed: int,
            out_csv: str, image_dir: str, meta: str, **inputs) -> None:
-    """inputs: embeds, placeholder, num_vectors, lora, lora_prompt_name, diff_ii, inversions (sample_class's)."""
-    from .sampling import sample_class
+    """inputs: embeds, placeholder, num_vectors, lora, lora_prompt_name, diff_ii, inversions (sample_class's);
+    the genie modes: genie, baseline_model, predictions (genie.sample_genie's)."""
+    from .defaults import GENIE_MODES
 
     side = Sidecar(seed)
-    name = read_json(classes)["names"][cls]
+    info = read_json(classes)
+    name = info["names"][cls]
+    if mode in GENIE_MODES:
+        from .genie import sample_genie
+
+        inputs.pop("inversions", None)
+        new = sample_genie(model, mode, cls, name, sampling_cfg, seed, manifest, out_csv, image_dir,
+                           classes=info["classes"], **inputs)
+        side.write(meta, generated=new)
+        return
+    from .sampling import sample_class
+
     new = sample_class(model, mode, cls, name, sampling_cfg, seed, manifest, out_csv, image_dir, **inputs)
     d = inputs.get("diff_ii")
     side.write(meta, generated=new, **({"split_ratio": d["split_ratio"]} if mode == "diff_ii" and d else {}))
@@ -499,14 +511,14 @@ def report(*args, **kwargs) -> None:
 
 
 def cost(jobs: list[dict], methods: list[str], out_csv: str, methods_csv: str, out_md: str,
-         classes: str | None = None, concept: str = "ti") -> None:
+         classes: str | None = None, concept: str = "ti", genie: str = "raw") -> None:
     """The cost tables from every job's benchmark file and sidecar."""
 
     from . import cost as c
     from .retrain import display_names
 
     rows = c.job_rows(jobs)
-    stages_t, methods_t = c.stage_table(rows), c.method_table(rows, methods, concept)
+    stages_t, methods_t = c.stage_table(rows), c.method_table(rows, methods, concept, genie)
     stages_t = display_names(stages_t, read_json(classes)["names"] if classes else {})
     write_csv(stages_t, out_csv)
     write_csv(methods_t, methods_csv)

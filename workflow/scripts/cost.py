@@ -13,4 +13,5 @@ smk.run(
     out_md=snakemake.output.md,
     classes=snakemake.input.classes,
     concept=snakemake.params.concept,
+    genie=snakemake.params.genie,
 )

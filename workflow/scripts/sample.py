@@ -19,6 +19,7 @@ smk.run(
     embeds=snakemake.input.get("embeds"),
     lora=snakemake.input.get("lora"),
     inversions=snakemake.input.get("inversions"),
+    **{k: snakemake.input[k] for k in ("baseline_model", "predictions") if k in snakemake.input.keys()},
     **snakemake.params.token,
-    **snakemake.params.diff_ii,
+    **snakemake.params.own,
 )
