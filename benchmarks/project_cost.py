@@ -15,7 +15,8 @@ sampling.n_images (an integer; a refill target needs the data, so give
 --images), sampling.steps and sampling.strength (image-to-image runs
 strength x steps: scaled from the benchmark's), coti (cycles x (steps at TI's
 rate + its fixed seconds + the images drawn)), analysis.k and replicates;
-diff_ii's inversions are one UNet pass a step (no guidance: half a sampled
+genie at genie.level and genie_ada at each of genie.levels as image-to-image
+at that strength; diff_ii's inversions are one UNet pass a step (no guidance: half a sampled
 image's) for each of a class's --real-images. Each job also pays the
 benchmark's measured fixed seconds (setup, evaluation, preview). Not counted:
 the classifier trainings (benchmarks/bench_train.py), filter, judge, FID.
@@ -34,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from tibalance.defaults import (  # noqa: E402
     COTI_DEFAULTS,
     DIFF_II_DEFAULTS,
+    GENIE_DEFAULTS,
     LORA_DEFAULTS,
     SAMPLING_DEFAULTS,
     TI_DEFAULTS,
@@ -104,6 +106,13 @@ def project(bench: dict, cfg: dict, classes: int | None = None, images: int | No
         out.append((f"sampling {', '.join(modes)}", len(modes), n * per_image,
                     f"{n} images, {smp['steps']} steps (x{scale:g}) at {r['images_per_s']} images/s "
                     f"({r['steps']} steps, batch {r['batch']})"))
+    # GeNIe: image-to-image at its level (genie), at every level of its list (genie_ada)
+    genie = {**GENIE_DEFAULTS, **(cfg.get("genie") or {})}
+    r = max((x for x in rows if x["stage"] == "i2i"), key=lambda x: x["images_per_s"])
+    per_step = int(smp["steps"]) / r["steps"] / r["images_per_s"] / float(r["strength"])  # an image at level 1
+    for mode, levels in (("genie", [genie["level"]]), ("genie_ada", genie["levels"])):
+        out.append((f"sampling {mode}", 1, n * per_step * sum(float(x) for x in levels),
+                    f"{n} images at levels {', '.join(f'{float(x):g}' for x in levels)}"))
     return [{"stage": s, "jobs_per_class": j, "s_per_job": sec, "s_per_class": j * sec * reps,
              "s_all": j * sec * reps * k, "basis": basis, "classes": k, "replicates": reps}
             for s, j, sec, basis in out]

@@ -125,8 +125,10 @@ def planned_jobs(output):
             rule = line.split()[1].rstrip(":")
             jobs.append([rule, ""])
         elif line.strip().startswith("wildcards:") and jobs:
-            # replicate 0's {rep} is empty: left out ("cls=triangle"), a replicate's kept ("cls=triangle, rep=/rep1")
-            jobs[-1][1] = line.split(":", 1)[1].strip().removesuffix(", rep=")
+            # replicate 0's {rep} is empty: left out ("cls=triangle"; lora_shared's ""), a replicate's kept
+            # ("cls=triangle, rep=/rep1")
+            w = line.split(":", 1)[1].strip().removesuffix(", rep=")
+            jobs[-1][1] = "" if w == "rep=" else w
     return [tuple(j) for j in jobs]
 
 

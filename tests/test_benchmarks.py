@@ -48,6 +48,9 @@ def test_projection_arithmetic():
     assert rows["coti"]["s_per_job"] == pytest.approx(3 * (100 * 4 / 200 + 5 + 8 * 1 / 10))
     assert rows["invert (diff_ii)"]["s_per_job"] == pytest.approx(10 * (1 / 10) / 2)  # no guidance: half an image
     assert rows["sampling ti_i2i, lora_i2i"]["s_per_class"] == pytest.approx(2 * 100 * (0.5 / 0.25) / 20)
+    # GeNIe: 100 images at 0.8 (genie), at 0.5 + 0.6 + 0.7 + 0.8 + 0.9 (genie_ada), from the i2i rate at 0.25
+    assert rows["sampling genie"]["s_per_class"] == pytest.approx(100 * (0.8 / 0.25) / 20)
+    assert rows["sampling genie_ada"]["s_per_class"] == pytest.approx(100 * (3.5 / 0.25) / 20)
     assert rows["textual_inversion"]["s_all"] == pytest.approx(10 * 25)
     # Diff-II's shared adapter (the default concept): one lora job for the 10 classes
     assert rows["lora_shared (diff_ii)"]["s_all"] == pytest.approx(800 * 4 / 100 + 2)

@@ -77,6 +77,16 @@ def test_replicates_remake_each_adaptation_and_seed_k_trains_on_replicate_k(tiny
         + [("token_neighbours", f"cls={cls}")]  # replicate 0's token's nearest words
         + [("retrain", "method=ti, seed=0"), ("retrain", "method=ti, seed=1"),
            ("report", ""), ("cost", ""), ("all", "")]), jobs
+    # Diff-II's adapter the classes share, one a replicate: replicate 1's from their replicate-1 seeds and tokens
+    cfg["retrain"]["methods"] = ["baseline", "diff_ii"]
+    edited.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", configfiles=[edited])
+    assert ("lora_shared", rep) in set(_planned_jobs(p.stdout + p.stderr))
+    shared = _job_block(p.stdout, "lora_shared")
+    for c in adapted:
+        assert f"results/seeds/{c}/rep1/seeds.csv" in shared
+        assert f"results/inversion/{c}/rep1/learned_embeds.safetensors" in shared
+    assert "results/lora/ti_shared/rep1/pytorch_lora_weights.safetensors" in shared
 
 
 def test_replicates_beyond_the_seeds_stop_with_one_line(tmp_path):

@@ -161,6 +161,9 @@ def sample_genie(model: str, mode: str, cls: str, cls_name: str, settings: dict,
     start = [starts["path"][i % len(starts)] for i in range(n)] if n else []
     source = [starts["source_class"][i % len(starts)] for i in range(n)] if n else []
     levels = [float(g["level"])] if mode == "genie" else [float(x) for x in g["levels"]]
+    if len({int(int(s["steps"]) * lv) for lv in levels}) < len(levels):
+        log.warning("genie.levels %s at %s steps: some levels denoise the same steps (the same images); "
+                    "more sampling.steps tell them apart", levels, s["steps"])
     res = s["resolution"] = resolve_resolution(s["resolution"], model, "sampling.resolution") if n else s["resolution"]
     out = Path(image_dir)
     fp = fingerprint({"model": model, "model_digest": model_digest(model) if n else None, "method": mode,
