@@ -41,8 +41,8 @@ include: "rules/common.smk"
 wildcard_constraints:
     cls=r"[a-z0-9_]+",
     rep=r"(/rep[1-9][0-9]*)?",  # replicate k > 0 of a class's adaptation (replicates: R); empty for replicate 0
-    mode=r"ti_i2i|ti_lora|ti|lora_i2i|lora|raw|diff_ii|coti|genie_ada|genie",
-    method=r"(oversample\+|real_oracle@|deferred_)?(ti_i2i|ti_lora|ti|lora_i2i|lora|raw_sd|diff_ii|coti|genie_ada|genie)|(deferred_)?oversample|noise_static|noise|raw|baseline|reweight|drw|cmo_drw|cmo|real_oracle",
+    mode=r"ti_i2i|ti_lora|ti|lora_i2i|lora|raw|diff_ii|coti|genie_ada|genie|fg_i2i",
+    method=r"(oversample\+|real_oracle@|deferred_)?(ti_i2i|ti_lora|ti|lora_i2i|lora|raw_sd|diff_ii|coti|genie_ada|genie|fg_i2i)|(deferred_)?oversample|noise_static|noise|raw|baseline|reweight|drw|cmo_drw|cmo|real_oracle",
     adapter=r"lora|ti_lora",
     seed=r"\d+",
     variant=r"(n\d+|balanced)-(filter|nofilter)",

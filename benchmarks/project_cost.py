@@ -41,7 +41,8 @@ from tibalance.defaults import (  # noqa: E402
     TI_DEFAULTS,
 )
 
-T2I_MODES, I2I_MODES = ("raw", "ti", "lora", "ti_lora", "diff_ii", "coti"), ("ti_i2i", "lora_i2i")
+# fg_i2i: ti_i2i's cost (its guided steps' VAE decoding and classifier gradient not counted)
+T2I_MODES, I2I_MODES = ("raw", "ti", "lora", "ti_lora", "diff_ii", "coti"), ("ti_i2i", "lora_i2i", "fg_i2i")
 
 
 def merged(base: dict, over: dict) -> dict:

@@ -46,6 +46,7 @@ from tibalance.defaults import (
     DEFERRED_METHODS,
     DIFF_II_DEFAULTS,
     FID_RELIABLE_IMAGES,
+    FEEDBACK_DEFAULTS,
     GENIE_DEFAULTS,
     GENIE_MODES,
     LORA_DEFAULTS,
@@ -446,12 +447,12 @@ def sample_inputs(wildcards):
     inputs = _concept_inputs(wildcards.mode, wildcards.cls, rep)
     if wildcards.mode == "diff_ii":
         inputs["inversions"] = f"results/diff_ii/{wildcards.cls}{rep}/inversions.csv"
-    if (
-        wildcards.mode in GENIE_MODES
-    ):  # the confusers (val predictions); genie_ada's levels (the classifier)
+    # the genie modes' confusers: the baseline's val predictions; genie_ada's
+    # levels and fg_i2i's guide: the baseline classifier
+    if wildcards.mode in GENIE_MODES:
         inputs["predictions"] = "results/baseline/predictions.csv"
-        if wildcards.mode == "genie_ada":
-            inputs["baseline_model"] = "results/baseline/model.pt"
+    if wildcards.mode in ("genie_ada", "fg_i2i"):
+        inputs["baseline_model"] = "results/baseline/model.pt"
     return inputs
 
 
@@ -473,9 +474,18 @@ def _diff_ii_settings(cls):
 
 def mode_params(wildcards):
     """A mode's own settings, for its jobs only (so that an edit of them reruns no
-    other mode's sampling): the class's diff_ii settings, or its genie ones."""
+    other mode's sampling): the class's diff_ii, feedback (fg_i2i) or genie settings."""
     if wildcards.mode == "diff_ii":
         return {"diff_ii": _diff_ii_settings(wildcards.cls)}
+    if wildcards.mode == "fg_i2i":
+        return {
+            "feedback": canonical(
+                {
+                    **FEEDBACK_DEFAULTS,
+                    **class_settings(config, "feedback", wildcards.cls),
+                }
+            )
+        }
     if wildcards.mode in GENIE_MODES:
         g = _genie_settings(wildcards.cls)
         keys = (

@@ -47,7 +47,7 @@ def test_projection_arithmetic():
     # coti's defaults: 3 cycles of 100 steps (TI's rate and fixed seconds) and 8 images drawn
     assert rows["coti"]["s_per_job"] == pytest.approx(3 * (100 * 4 / 200 + 5 + 8 * 1 / 10))
     assert rows["invert (diff_ii)"]["s_per_job"] == pytest.approx(10 * (1 / 10) / 2)  # no guidance: half an image
-    assert rows["sampling ti_i2i, lora_i2i"]["s_per_class"] == pytest.approx(2 * 100 * (0.5 / 0.25) / 20)
+    assert rows["sampling ti_i2i, lora_i2i, fg_i2i"]["s_per_class"] == pytest.approx(3 * 100 * (0.5 / 0.25) / 20)
     # GeNIe: 100 images at 0.8 (genie), at 0.5 + 0.6 + 0.7 + 0.8 + 0.9 (genie_ada), from the i2i rate at 0.25
     assert rows["sampling genie"]["s_per_class"] == pytest.approx(100 * (0.8 / 0.25) / 20)
     assert rows["sampling genie_ada"]["s_per_class"] == pytest.approx(100 * (3.5 / 0.25) / 20)

@@ -61,7 +61,7 @@ def test_the_family_runs_every_generative_stage(fam, tiny_run, tmp_path):
         assert (res / f"lora/{kind}/triangle/pytorch_lora_weights.safetensors").stat().st_size > 0
     coti = load_file(res / "coti/triangle/learned_embeds.safetensors")  # COTI's token, on the family's encoders
     assert sorted(coti) == sorted(embeds) and any(not torch.equal(coti[k], embeds[k]) for k in coti)
-    for mode in ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "genie_ada"):
+    for mode in ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "genie_ada", "fg_i2i"):
         samples = pd.read_csv(res / f"samples/{mode}/triangle/samples.csv")
         assert len(samples) == 4
         assert all(Image.open(wd / f).size == (32, 32) for f in samples["path"])  # the model's own size

@@ -210,7 +210,7 @@ def test_tiny_dag_inversion_and_sampling(tiny_run):
         inv = pd.read_csv(res / f"diff_ii/{cls}/inversions.csv")
         assert sorted(inv.image) == sorted(m[(m.split == "train") & (m.label == cls)].path)
         assert all((wd / f).exists() for f in inv.inversion)
-        assert Image.open(res / f"samples/grid/{cls}.png").size == (8 * 128, 10 * 142)  # real + 9 modes
+        assert Image.open(res / f"samples/grid/{cls}.png").size == (8 * 128, 11 * 142)  # real + 10 modes
 
 
 def test_tables_match_the_per_seed_runs(tiny_run):
@@ -223,7 +223,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     assert list(summary.index) == ["baseline", "oversample", "noise", "noise_static", "reweight", "drw", "cmo",
                                    "real_oracle", "real_oracle@ti_i2i", "raw_sd", "ti",
                                    "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "genie_ada",
-                                   "oversample+ti_i2i", "oversample+diff_ii", "deferred_oversample"]
+                                   "fg_i2i", "oversample+ti_i2i", "oversample+diff_ii", "deferred_oversample"]
     runs = {(meth, s): json.loads((res / f"retrain/{meth}/seed{s}/metrics.json").read_text())
             for meth in summary.index for s in (0, 1)}
     base_counts = runs["baseline", 0]["train_counts"]
@@ -270,7 +270,7 @@ def test_tables_match_the_per_seed_runs(tiny_run):
     cells = pd.read_csv(res / "tables/per_class.csv", dtype=str, keep_default_na=False).set_index("class")
     assert sorted(per_class.index) == sorted(weak)
     n_train = pd.read_csv(res / "data/manifest.csv").query("split == 'train'").groupby("label").size()
-    modes = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "genie_ada")
+    modes = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "genie_ada", "fg_i2i")
     for cls in weak:
         n = _wanted(cls, n_train[cls])
         if n == 0:  # a class at its target: no sampling, filter, judge or FID job ran; the tables say so
@@ -582,17 +582,17 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     for cls in adapted:
         assert row("invert", cls, "diff_ii").wall_s == pytest.approx(wall(f"invert/{cls}.tsv"), abs=1e-6)
         assert row("coti", cls).wall_s == pytest.approx(wall(f"coti/{cls}.tsv"), abs=1e-6)
-        for mode in ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "genie_ada"):
+        for mode in ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "genie_ada", "fg_i2i"):
             assert row("sample", cls, mode).wall_s == pytest.approx(wall(f"sample/{mode}/{cls}.tsv"), abs=1e-6)
     r = row("retrain", "", "ti")
     assert r.jobs == 2 and r.wall_s == pytest.approx(wall("retrain/ti/seed0.tsv") + wall("retrain/ti/seed1.tsv"))
     assert len(t[t.stage == "retrain_ablation"]) == 3
     total = t[t.stage == "total"].iloc[0]
     # per weak class its seeds; where it gets images TI, COTI, their nearest words, 2 LoRA, diff_ii's
-    # inversions, 9 modes x (sample, filter), grid, FID, judge, real_oracle's images and noise_static's; 21
+    # inversions, 10 modes x (sample, filter), grid, FID, judge, real_oracle's images and noise_static's; 22
     # methods x 2 seeds; the training images' features for the knn filters (once); the frozen stages' outputs
     # for the retraining runs (once); Diff-II's shared adapter (once)
-    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 29 + 42 + 3
+    assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 31 + 44 + 3
                                                               + bool(adapted) + 1 + 1)
     assert row("lora_shared").jobs == 1 and row("lora_shared").wall_s == pytest.approx(wall("lora/ti_shared.tsv"))
     assert row("oracle_images", adapted[0], "real_oracle").jobs == 1
@@ -746,7 +746,7 @@ def test_training_from_scratch_retrains_every_run_without_the_baseline(tiny_run,
     p = snakemake(wd, "-n", configfiles=[edited])
     rules = sorted({r for r, _ in _planned_jobs(p.stdout + p.stderr)})
     assert rules == ["all", "cost", "report", "retrain", "retrain_ablation"]
-    assert len(_planned_jobs(p.stdout + p.stderr)) == 42 + 3 + 3  # 21 methods x 2 seeds, 3 ablation runs
+    assert len(_planned_jobs(p.stdout + p.stderr)) == 44 + 3 + 3  # 22 methods x 2 seeds, 3 ablation runs
     for rule in ("retrain", "retrain_ablation"):
         assert "results/baseline/model.pt" not in _job_block(p.stdout, rule)
 

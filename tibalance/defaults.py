@@ -137,6 +137,14 @@ GENIE_DEFAULTS = {
     "filter": "none",          # the filter method of these modes: none keeps the near-boundary images (the paper's)
 }
 
+# feedback-guided sampling (Askari-Hemmat et al.): mode fg_i2i, ti_i2i with the
+# baseline classifier's criterion gradient added to the latents (feedback.py)
+FEEDBACK_DEFAULTS = {
+    "scale": 0.1,              # each guided step's move, in units of the latents' spread (0: ti_i2i's images)
+    "share": 0.5,              # the first share of the denoising steps that are guided
+    "criterion": "entropy",    # entropy (towards where the baseline is unsure) | loss (on the weak class)
+}
+
 # COTI (controllable textual inversion): the class's TI token trained on in
 # active cycles; each cycle its samples and the class's unused real training
 # images are scored and the top ones join the training pool (coti.py)
@@ -164,7 +172,8 @@ FID_RELIABLE_IMAGES = 100
 # tables and docs take them from here.
 # the methods a retraining run trains with (retrain.methods), in the tables' order
 # the methods that train on synthetic images (ablation.methods)
-SYNTHETIC_METHODS = ("raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "genie", "genie_ada")
+SYNTHETIC_METHODS = ("raw_sd", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "genie", "genie_ada",
+                     "fg_i2i")
 # synthetic on top of oversampling: the oversample set, each of whose weak-class
 # images (real or repeated) is swapped for one of the mode's kept synthetic images
 # with probability retrain.combine_p, drawn anew each epoch
@@ -196,16 +205,16 @@ def undeferred(method: str) -> str:
     """The method a deferred_<method> defers (the method itself otherwise)."""
     return method[len("deferred_"):] if method in DEFERRED_METHODS else method
 # the sampling modes (results/samples/<mode>/)
-MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "genie", "genie_ada")
+MODES = ("raw", "ti", "ti_i2i", "lora", "lora_i2i", "ti_lora", "diff_ii", "coti", "genie", "genie_ada", "fg_i2i")
 # the modes that sample with a learned token of the class: {mode: the token's job}
 # (textual_inversion's, or coti's: the same token trained on in active cycles)
-TOKEN_OF = {"ti": "ti", "ti_i2i": "ti", "ti_lora": "ti", "coti": "coti"}
+TOKEN_OF = {"ti": "ti", "ti_i2i": "ti", "ti_lora": "ti", "coti": "coti", "fg_i2i": "ti"}
 TOKEN_MODES = tuple(TOKEN_OF)
 # the modes that sample with one of the class's LoRA adapters: {mode: adapter kind}
 LORA_ADAPTER = {"lora": "lora", "lora_i2i": "lora", "ti_lora": "ti_lora"}
 LORA_MODES = tuple(LORA_ADAPTER)
 # the real-image-guided modes: image-to-image from the class's real training images
-I2I_MODES = ("ti_i2i", "lora_i2i")
+I2I_MODES = ("ti_i2i", "lora_i2i", "fg_i2i")
 # GeNIe's modes: image-to-image from other classes' training images (genie.py)
 GENIE_MODES = ("genie", "genie_ada")
 # the concepts diff_ii can sample on (diff_ii.concept): the class's token with the

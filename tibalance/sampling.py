@@ -7,6 +7,8 @@ GeNIe's `genie`, `genie_ada`: genie.py, from other classes' images):
   learned token (real-image-guided, as DA-Fusion): image i starts from real
   image i mod n, noised to `strength` of the schedule (a list of strengths:
   image i takes the (i mod length)-th), then denoised;
+- `fg_i2i`: ti_i2i with the baseline classifier's feedback gradient added to
+  the latents on the first steps (feedback.py);
 - `lora`: text-to-image with the class's name and its LoRA adapter loaded;
 - `lora_i2i`: image-to-image as ti_i2i, with the class's name and its LoRA adapter;
 - `ti_lora`: text-to-image with the learned token and its token + LoRA adapter;
@@ -178,13 +180,15 @@ def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict,
                  manifest: str, out_csv: str, image_dir: str, embeds: str | None = None,
                  placeholder: str | None = None, num_vectors: int = 1, lora: str | None = None,
                  lora_prompt_name: str | None = None, diff_ii: dict | None = None,
-                 inversions: str | None = None) -> int:
+                 inversions: str | None = None, feedback: dict | None = None,
+                 baseline_model: str | None = None) -> int:
     """Generate the class's images into image_dir and list them in out_csv.
 
     embeds: the learned token (ti, ti_i2i, ti_lora); lora: the adapter file
     (lora, lora_i2i, ti_lora), whose prompts name the class by lora_prompt_name
     if set; diff_ii: its settings and inversions: the class's inversion table
-    (diff_ii.py). Returns how many images were newly generated."""
+    (diff_ii.py); feedback: fg_i2i's settings and baseline_model the classifier
+    that guides it (feedback.py). Returns how many images were newly generated."""
     s = {**SAMPLING_DEFAULTS, **(settings or {})}
     d = {**DIFF_II_DEFAULTS, **(diff_ii or {})} if mode == "diff_ii" else {}
     concept = d.get("concept", "ti")
@@ -209,6 +213,7 @@ def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict,
             raise TibalanceError(f"sample: {mode} for class {cls} needs real training images; {manifest} has none")
         starts = [real[i % len(real)] for i in range(n)]
     plan = diff_ii_plan(inversions, d, seed, cls, n) if mode == "diff_ii" and n else None
+    guide = feedback_guide(feedback, baseline_model, cls) if mode == "fg_i2i" and n else None
 
     # images already on disk are reused only when everything that shapes them is unchanged
     # (the mode is keyed "method", and so is samples.csv's column: the names images were made under)
@@ -221,6 +226,7 @@ def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict,
                       "embeds": file_digest(embeds) if embeds else None, "seed": seed, "templates": templates,
                       **({"lora": file_digest(lora)} if lora else {}),
                       **({"diff_ii": plan["key"]} if plan else {}),
+                      **({"feedback": {k: v for k, v in guide.items() if k != "guide"}} if guide else {}),
                       "starts": sorted(set(p for p in starts if p)) or None})
     fp_file = out / "fingerprint.json"
     if out.exists() and (not fp_file.exists() or json.loads(fp_file.read_text()).get("fingerprint") != fp):
@@ -253,6 +259,8 @@ def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict,
                 kw.update(height=res, width=res)
             if plan:
                 texts = two_stage(pipe, plan, group, texts, steps, s["negative_prompt"] or None, kw)
+            if guide:
+                kw["callback_on_step_end"] = guide["guide"]
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 return pipe(texts, **kw).images
 
@@ -281,6 +289,28 @@ def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict,
                             "prompt": prompts, "label": cls, "method": mode,
                             "start_image": [p or "" for p in starts], "strength": strength_col}), out_csv)
     return len(todo)
+
+
+def feedback_guide(feedback: dict | None, baseline_model: str | None, cls: str) -> dict | None:
+    """fg_i2i's guidance (feedback.Feedback) with what keys its images (its
+    settings, the classifier's file); None at scale 0 (ti_i2i's images)."""
+    from .defaults import FEEDBACK_DEFAULTS
+    from .feedback import Feedback
+
+    f = {**FEEDBACK_DEFAULTS, **(feedback or {})}
+    if float(f["scale"]) == 0:
+        return None
+    if not baseline_model:
+        raise TibalanceError(f"sample: fg_i2i for class {cls} needs the baseline classifier (feedback.scale "
+                             f"{f['scale']})")
+    from .classifier import TrainedClassifier
+
+    clf = TrainedClassifier.load(baseline_model)
+    clf.model.requires_grad_(False)
+    if cls not in clf.classes:
+        raise TibalanceError(f"sample: {baseline_model} does not know class {cls!r}")
+    guide = Feedback(float(f["scale"]), float(f["share"]), f["criterion"], clf, clf.classes.index(cls))
+    return {**f, "classifier": file_digest(baseline_model), "guide": guide}
 
 
 def diff_ii_plan(inversions: str | None, d: dict, seed: int, cls: str, n: int) -> dict:

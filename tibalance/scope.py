@@ -35,6 +35,7 @@ READS: dict[str, list[tuple[str, str | None, object]]] = {
     "filter": [("filter_samples", "*", ALL)],
     "diff_ii": [("sample", "diff_ii", ALL), ("invert", None, ("concept", "inversion_refine"))],
     "coti": [("coti", None, ALL)],
+    "feedback": [("sample", "fg_i2i", ALL)],
     "genie": [("sample", "genie", ("but", ("levels", "filter"))), ("sample", "genie_ada", ("but", ("level", "filter"))),
               ("filter_samples", "genie", ("filter",)), ("filter_samples", "genie_ada", ("filter",))],
 }
@@ -51,6 +52,7 @@ EDITS: list[tuple[str, str, object]] = [
     ("diff_ii", "split_ratio", 0.9),
     ("coti", "per_cycle", 1),
     ("genie", "confusers", 2),
+    ("feedback", "scale", 0.2),
 ]
 DOC_EDITS = [*EDITS[:3], ("sampling", "n_images", None), *EDITS[3:]]
 
