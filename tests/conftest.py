@@ -81,6 +81,23 @@ def tiny_sd(tmp_path_factory):
     return str(path)
 
 
+def pixel_images(folder, n: int, mean, std, seed: int = 0, size: int = 24) -> list[str]:
+    """n RGB PNGs in folder (made if missing) whose pixels are drawn per channel
+    from normal(mean, std), clipped to 0-255: a class with known pixel statistics."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        px = np.clip(rng.normal(mean, std, (size, size, 3)), 0, 255).astype(np.uint8)
+        p = folder / f"real{i}.png"
+        Image.fromarray(px).save(p)
+        paths.append(str(p))
+    return paths
+
+
 def random_images(folder, n: int, size: int, prefix: str = "", seed: int = 0) -> list[str]:
     """n random RGB PNGs of size x size px in folder: their paths."""
     import numpy as np

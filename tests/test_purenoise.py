@@ -1,11 +1,10 @@
 """OPeN as the paper runs it (the `noise` method): DAR-BN keeps the noise out of
 the running statistics the test uses, fresh noise for every draw at the
 training resolution, from the deferral epoch under class-balanced draws."""
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from conftest import pixel_images
 
 from tibalance.classifier import IMAGENET_MEAN, IMAGENET_STD, build_model
 from tibalance.purenoise import DarBatchNorm2d, PureNoise, plain_bn, routing, use_dar_bn
@@ -14,16 +13,8 @@ from tibalance.retrain import build_training_set
 from tibalance.training import train_classifier
 
 
-def _images(folder, n, mean, std, seed=0, size=16):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        px = np.clip(rng.normal(mean, std, (size, size, 3)), 0, 255).astype(np.uint8)
-        p = folder / f"{i}.png"
-        Image.fromarray(px).save(p)
-        paths.append(str(p))
-    return paths
+def _images(folder, n, mean, std, seed=0):
+    return pixel_images(folder, n, mean, std, seed, size=16)  # 16 px: drawn there and resized, noise would shrink
 
 
 def _bn_state(model):

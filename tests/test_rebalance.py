@@ -7,23 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import pixel_images as _images
 from PIL import Image
 
 from tibalance.rebalance import class_weights, cutmix, defer_epoch, noise_count, noise_images, pixel_stats
 from tibalance.retrain import build_training_set
 from tibalance.training import train_classifier
 from tibalance.util import TibalanceError
-
-
-def _images(folder, n, mean, std, seed=0, size=24):
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        px = np.clip(rng.normal(mean, std, (size, size, 3)), 0, 255).astype(np.uint8)
-        p = folder / f"real{i}.png"
-        Image.fromarray(px).save(p)
-        paths.append(str(p))
-    return paths
 
 
 def test_noise_images_have_the_class_statistics_and_the_stated_share(tmp_path):
