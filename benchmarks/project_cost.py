@@ -9,8 +9,8 @@ ran on are printed with the result); CONFIG: a study config (default
 config/config.yaml), or several merged in order as Snakemake merges its
 --configfile list (config/config.yaml config/flowers-sdxl.yaml). Inputs read from it: ti.steps and ti.batch_size,
 lora.steps and lora.batch_size (two adapters a class: lora, ti_lora; with
-diff_ii.concept ti_shared_lora, the default, one more for the study, shared by
-its classes: a k-th of a job a class),
+diff_ii.concept ti_shared_lora, the default's with more than one class, one
+more for the study, shared by its classes: a k-th of a job a class),
 sampling.n_images (an integer; a refill target needs the data, so give
 --images), sampling.steps and sampling.strength (image-to-image runs
 strength x steps: scaled from the benchmark's), coti (cycles x (steps at TI's
@@ -89,7 +89,8 @@ def project(bench: dict, cfg: dict, classes: int | None = None, images: int | No
     out.append(("lora (lora, ti_lora)", 2, int(lora["steps"]) * int(lora["batch_size"]) / r["image_steps_per_s"]
                 + r["fixed_s"], f"{lora['steps']} steps x {lora['batch_size']} at {r['image_steps_per_s']}"))
     lora_job = int(lora["steps"]) * int(lora["batch_size"]) / r["image_steps_per_s"] + r["fixed_s"]
-    if {**DIFF_II_DEFAULTS, **(cfg.get("diff_ii") or {})}["concept"] == "ti_shared_lora":
+    concept = {**DIFF_II_DEFAULTS, **(cfg.get("diff_ii") or {})}["concept"]
+    if concept == "ti_shared_lora" or concept == "auto" and k > 1:
         out.append(("lora_shared (diff_ii)", 1 / k, lora_job, f"one job for the {k} classes, as a lora job"))
     per_ti_step = int(ti["batch_size"]) / r_ti["image_steps_per_s"]
     t2i = max((x for x in rows if x["stage"] == "sample"), key=lambda x: x["images_per_s"])

@@ -156,7 +156,8 @@ except TibalanceError as e:
 
 SEED = config["seed"]
 REPLICATES = replicate_count(config)
-# what diff_ii samples on (the study's: it decides which token and adapters are made)
+# what diff_ii samples on (the study's: it decides which token and adapters are
+# made); auto: diff_ii_concept() resolves it once the weak classes are known
 CONCEPT = {**DIFF_II_DEFAULTS, **(config.get("diff_ii") or {})}["concept"]
 # what the genie modes' prompts name the weak class by (the study's: raw, ti, lora, ti_lora)
 GENIE_CONCEPT = {**GENIE_DEFAULTS, **(config.get("genie") or {})}["concept"]
@@ -405,6 +406,15 @@ def _token(cls):
     }
 
 
+def diff_ii_concept():
+    """diff_ii.concept as the study runs it: auto is the paper's (the tokens with
+    one LoRA the classes share) where more than one class gets images, the
+    class's token alone where one does (after the checkpoint)."""
+    if CONCEPT != "auto":
+        return CONCEPT
+    return "ti_shared_lora" if len(generated_classes()) > 1 else "ti"
+
+
 def _embeds(cls, rep="", token="ti"):
     """The class's learned token: textual_inversion's, or coti's (token "coti")."""
     folder = "coti" if token == "coti" else "inversion"
@@ -415,7 +425,7 @@ def _concept_params(mode, cls):
     """What sampling in a mode needs beside its inputs: the token's placeholder
     (ti, ti_i2i, ti_lora; diff_ii on a token), the words the lora adapter was
     trained with (lora, lora_i2i; diff_ii on it)."""
-    token, adapter = uses(mode, CONCEPT, GENIE_CONCEPT)
+    token, adapter = uses(mode, diff_ii_concept(), GENIE_CONCEPT)
     if token:
         return _token(cls)
     if adapter == "lora":
@@ -429,7 +439,7 @@ def token_params(wildcards):
 
 def _concept_inputs(mode, cls, rep):
     """The token and adapter files a mode samples with (diff_ii: its concept's)."""
-    token, adapter = uses(mode, CONCEPT, GENIE_CONCEPT)
+    token, adapter = uses(mode, diff_ii_concept(), GENIE_CONCEPT)
     inputs = {"embeds": _embeds(cls, rep, token)} if token else {}
     if adapter == SHARED_ADAPTER:
         inputs["lora"] = f"results/lora/{adapter}{rep}/pytorch_lora_weights.safetensors"
@@ -463,7 +473,7 @@ def _diff_ii_given(cls):
 def _diff_ii_settings(cls):
     """The class's diff_ii settings, split_ratio: auto resolved by the paper's
     rule from its real training images (after the checkpoint, as images_wanted)."""
-    d = _diff_ii_given(cls)
+    d = {**_diff_ii_given(cls), "concept": diff_ii_concept()}
     if d["split_ratio"] == "auto":
         checkpoints.analyse_confusion.get()
         shots = read_json("results/data/classes.json")["counts"][cls].get("train", 0)
@@ -517,10 +527,11 @@ def invert_sampling_params(wildcards):
 
 
 def invert_diff_ii_params(wildcards):
-    d = _diff_ii_given(
-        wildcards.cls
-    )  # the keys that shape an inversion: no checkpoint to wait for
-    return canonical({k: d[k] for k in ("concept", "inversion_refine")})
+    """The keys that shape an inversion: the concept (resolved) and the refinements."""
+    d = _diff_ii_given(wildcards.cls)
+    return canonical(
+        {"concept": diff_ii_concept(), "inversion_refine": d["inversion_refine"]}
+    )
 
 
 def invert_token_params(wildcards):
@@ -895,7 +906,11 @@ def study_jobs(wildcards):
         add("generator_quality")
     adapted = generated_classes()
     for k in range(REPLICATES):
-        if adapted and (STUDY_SHARED if k == 0 else REP_SHARED):
+        if (
+            adapted
+            and (STUDY_SHARED if k == 0 else REP_SHARED)
+            and diff_ii_concept() == "ti_shared_lora"
+        ):
             add("lora_shared", replicate=k)
     for cls in weak:
         if cls not in adapted:

@@ -261,7 +261,7 @@ rule cost:
     params:
         jobs=study_jobs,
         methods=config["retrain"]["methods"],
-        concept=CONCEPT,
+        concept=lambda wildcards: diff_ii_concept(),
         genie=GENIE_CONCEPT,
     script:
         "../workflow/scripts/cost.py"

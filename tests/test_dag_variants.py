@@ -200,3 +200,25 @@ def test_no_weak_class_stops_at_the_analysis_with_one_line(tmp_path):
     # nothing that reads the weak classes ran (frozen_features, which does not, may have)
     assert not list((wd / "results").glob("retrain/*/seed*/metrics.json"))
     assert not (wd / "results/inversion").exists() and not (wd / "results/seeds").exists()
+
+
+def test_diff_ii_auto_shares_an_adapter_only_between_classes(tiny_run, tmp_path):
+    """diff_ii.concept auto (the default): the tiny run's two adapted classes
+    share one LoRA adapter (rule lora_shared ran, both classes' inversions read
+    it); the same study with one class getting images samples on its token
+    alone: no lora_shared job, its inversion and diff_ii samples remade on the
+    token, nothing of the other modes."""
+    wd0, _ = tiny_run
+    assert (wd0 / "results/lora/ti_shared/pytorch_lora_weights.safetensors").exists()
+    wd = tmp_path / "one"
+    shutil.copytree(wd0, wd, symlinks=True, ignore=shutil.ignore_patterns("locks"))
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["classes"]["circle"] = {"sampling": {"n_images": 0}}  # circle gets no images: triangle alone is adapted
+    edited = tmp_path / "one.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", configfiles=[edited])
+    jobs = _planned_jobs(p.stdout + p.stderr)
+    assert not [j for j in jobs if j[0] == "lora_shared"]
+    assert ("invert", "cls=triangle") in jobs and ("sample", "mode=diff_ii, cls=triangle") in jobs
+    assert "ti_shared" not in _job_block(p.stdout, "invert") + _job_block(p.stdout, "sample")
+    assert not [j for j in jobs if j[0] == "sample" and "cls=triangle" in j[1] and "diff_ii" not in j[1]]

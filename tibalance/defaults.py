@@ -113,9 +113,10 @@ SAMPLING_DEFAULTS = {
 
 DIFF_II_DEFAULTS = {
     # what the inversions and the denoising are conditioned on: the class tokens
-    # with one LoRA shared by the classes (the paper's; rule lora_shared), or per
-    # class: ti | lora | ti_lora | coti
-    "concept": "ti_shared_lora",
+    # with one LoRA shared by the classes (ti_shared_lora, the paper's; rule
+    # lora_shared), or per class: ti | lora | ti_lora | coti; auto: the shared one
+    # where more than one class gets images, the token where one does
+    "concept": "auto",
     "split_ratio": "auto",    # the share of the denoising steps under the suffixed prompt; auto: the paper's rule
                               # (0.3 at 5 shots, 0.1 at 10, 1.0 long-tailed: diff_ii.paper_split_ratio)
     # context suffixes of the first stage's prompt (the paper's come from a captioner and an LLM)
@@ -220,7 +221,7 @@ GENIE_MODES = ("genie", "genie_ada")
 # the concepts diff_ii can sample on (diff_ii.concept): the class's token with the
 # adapter every adapted class shares (Diff-II's), the token, the lora adapter,
 # both, or COTI's token
-DIFF_II_CONCEPTS = ("ti_shared_lora", "ti", "lora", "ti_lora", "coti")
+DIFF_II_CONCEPTS = ("auto", "ti_shared_lora", "ti", "lora", "ti_lora", "coti")
 # the adapter of concept ti_shared_lora: one for the study (results/lora/ti_shared)
 SHARED_ADAPTER = "ti_shared"
 
@@ -230,7 +231,7 @@ def uses(mode: str, concept: str = "ti", genie: str = "raw") -> tuple[str | None
     (coti's) or None; the LoRA adapter it samples with or None); diff_ii on its
     concept (diff_ii.concept), the genie modes on theirs (genie.concept)."""
     if mode == "diff_ii":
-        if concept == "ti_shared_lora":
+        if concept in ("ti_shared_lora", "auto"):  # auto: the token, and the shared adapter where it resolves to it
             return "ti", SHARED_ADAPTER
         mode = concept
     if mode in GENIE_MODES:

@@ -87,7 +87,7 @@ class Study:
     @property
     def shared(self) -> bool:
         """Whether diff_ii samples with the adapter the classes share (rule lora_shared)."""
-        return "diff_ii" in self.modes and self.concept == "ti_shared_lora"
+        return "diff_ii" in self.modes and self.concept in ("ti_shared_lora", "auto")  # auto: several classes
 
     @property
     def coti(self) -> bool:
@@ -106,7 +106,7 @@ def readers(job: tuple, s: Study) -> list[tuple]:
         out += [("lora", "ti_lora")] if "ti_lora" in s.adapters else []
         out += [("coti", None)] if s.coti else []
         out += [("lora_shared", None)] if s.shared else []
-        return out + ([("invert", None)] if "diff_ii" in s.modes and s.concept in ("ti", "ti_shared_lora") else [])
+        return out + ([("invert", None)] if "diff_ii" in s.modes and s.concept in ("ti", "ti_shared_lora", "auto") else [])
     if rule == "lora_shared":
         return [("invert", None, EVERY), ("sample", "diff_ii", EVERY)]
     if rule == "coti":
@@ -208,7 +208,8 @@ def markdown() -> str:
         cells = cells_of({j for j in jobs if len(j) == 2})
         every = cells_of({j[:2] for j in jobs if len(j) == 3})
         if every:
-            cells.append("and of every adapted class (`diff_ii.concept: ti_shared_lora`, the default): "
+            cells.append("and of every adapted class (`diff_ii.concept: ti_shared_lora`, the default's where "
+                         "more than one class gets images): "
                          + ", ".join(every))
         modes = sorted({j[1] for j in jobs if j[0] == "filter_samples"}, key=MODES.index)
         runs = [f"the methods (and ablation cells) on the images of {_kinds(set(modes), MODES, 'mode')}"
