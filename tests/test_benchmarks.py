@@ -83,3 +83,29 @@ def test_project_cost_merges_its_configs_as_snakemake_does():
     base = {"ti": {"steps": 1000, "lr": 0.005}, "generator": {"model": "a/b"}, "seed": 0}
     assert merged(base, {"ti": {"steps": 500}, "generator": {"model": "c/d"}}) == {
         "ti": {"steps": 500, "lr": 0.005}, "generator": {"model": "c/d"}, "seed": 0}
+
+
+def test_denoising_steps_per_kept_image_per_method():
+    """The cost table's unet_steps_per_kept: a mode's sampling steps (text-to-image
+    every step, image-to-image int(steps x strength), genie_ada every level)
+    over the images its filter kept, summed over classes."""
+    import pandas as pd
+
+    from tibalance.cost import method_table, unet_steps
+
+    assert unet_steps(["", "", ""], 10) == 30
+    assert unet_steps([0.5, 0.25, 1.0], 10) == 5 + 2 + 10
+    assert unet_steps([0.9, 0.9], 10, levels=[0.5, 0.6, 0.7, 0.8, 0.9]) == 2 * (5 + 6 + 7 + 8 + 9)
+    jobs = pd.DataFrame([
+        {"stage": "sample", "class": "a", "method": "ti_i2i", "unet_steps": 50},
+        {"stage": "sample", "class": "b", "method": "ti_i2i", "unet_steps": 30},
+        {"stage": "filter_samples", "class": "a", "method": "ti_i2i", "kept": 8},
+        {"stage": "filter_samples", "class": "b", "method": "ti_i2i", "kept": 2},
+        {"stage": "sample", "class": "a", "method": "genie_ada", "unet_steps": 350},
+        {"stage": "filter_samples", "class": "a", "method": "genie_ada", "kept": 10}]).assign(
+        wall_s=1.0, cpu_s=1.0, gpu_s=0.0)
+    t = method_table(jobs, ["baseline", "ti_i2i", "oversample+ti_i2i", "genie_ada"]).set_index("method")
+    assert t.loc["ti_i2i", "unet_steps_per_kept"] == pytest.approx(80 / 10)
+    assert t.loc["oversample+ti_i2i", "unet_steps_per_kept"] == pytest.approx(8.0)  # the mode's images
+    assert t.loc["genie_ada", "unet_steps_per_kept"] == pytest.approx(35.0)
+    assert pd.isna(t.loc["baseline", "unet_steps_per_kept"])

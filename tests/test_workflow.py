@@ -595,6 +595,15 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 31 + 44 + 3
                                                               + bool(adapted) + 1 + 1)
     assert row("lora_shared").jobs == 1 and row("lora_shared").wall_s == pytest.approx(wall("lora/ti_shared.tsv"))
+    # the denoising steps per kept image: ti_i2i's from its sample and filter tables (2 steps at strength 0.5)
+    from tibalance.cost import unet_steps
+
+    methods = pd.read_csv(res / "tables/cost_methods.csv").set_index("method")
+    steps = yaml.safe_load(TINY.read_text())["sampling"]["steps"]
+    made = sum(unet_steps(pd.read_csv(res / f"samples/ti_i2i/{c}/samples.csv").strength, steps) for c in adapted)
+    kept = sum(int(pd.read_csv(res / f"samples/ti_i2i/{c}/filtered.csv").kept.sum()) for c in adapted)
+    assert made > 0 and kept > 0
+    assert methods.loc["ti_i2i", "unet_steps_per_kept"] == pytest.approx(made / kept)
     assert row("oracle_images", adapted[0], "real_oracle").jobs == 1
     assert row("frozen_features", "", "").jobs == 1
     assert row("train_features").jobs == 1

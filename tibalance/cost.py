@@ -34,6 +34,23 @@ def method_stages(method: str, concept: str = "ti", genie: str = "raw") -> dict[
             **lora, **inversions, "sample": mode, "filter_samples": mode}
 
 
+def unet_steps(strengths, steps: int, levels=None) -> int:
+    """The denoising steps a sample table's images took: text-to-image (strength
+    '' or NaN) `steps` each; image-to-image min(int(steps x strength), steps)
+    each, as diffusers' img2img runs them; with `levels` (genie_ada) every level
+    of each image."""
+    def one(v) -> int:
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return int(steps)
+        return int(steps) if math.isnan(v) else min(int(int(steps) * v), int(steps))
+
+    if levels is not None:
+        return len(list(strengths)) * sum(one(v) for v in levels)
+    return sum(one(v) for v in strengths)
+
+
 def read_benchmark(path: str) -> dict:
     """One job's benchmark file: wall and CPU seconds, peak RSS (MiB); the mean
     over its lines where Snakemake repeated the job (benchmark repeats). A
@@ -63,11 +80,14 @@ def job_rows(jobs: list[dict]) -> pd.DataFrame:
             b["cpu_s"] = float(m["cpu_seconds"])
         rows.append({"stage": j["rule"], "class": j.get("class") or "", "method": j.get("method") or "",
                      "replicate": j.get("replicate"), **b, "gpu_s": b["wall_s"] * gpus,
-                     "precision": precision_word(m), "cpu": cpu_word(m)})
+                     "precision": precision_word(m), "cpu": cpu_word(m),
+                     "unet_steps": m.get("unet_steps", float("nan")), "kept": m.get("kept", float("nan"))})
     return pd.DataFrame(rows, columns=JOB_COLUMNS)
 
 
-JOB_COLUMNS = ["stage", "class", "method", "replicate", "wall_s", "cpu_s", "max_rss_mib", "gpu_s", "precision", "cpu"]
+# unet_steps: a sample job's denoising steps (its sidecar's); kept: a filter job's kept images
+JOB_COLUMNS = ["stage", "class", "method", "replicate", "wall_s", "cpu_s", "max_rss_mib", "gpu_s", "precision", "cpu",
+               "unet_steps", "kept"]
 
 
 def precision_word(meta: dict) -> str:
@@ -113,7 +133,9 @@ def stage_table(jobs: pd.DataFrame) -> pd.DataFrame:
 def method_table(jobs: pd.DataFrame, methods: list[str], concept: str = "ti", genie: str = "raw") -> pd.DataFrame:
     """Per retraining method: what producing its synthetic images cost per weak
     class (seeds, inversion, sampling, filtering) and its retraining runs, in
-    wall/CPU/GPU seconds — the price of a row beside the shared stages."""
+    wall/CPU/GPU seconds — the price of a row beside the shared stages; for a
+    method on a sampling mode, its mode's denoising steps per kept image
+    (`unet_steps_per_kept`: sampling's only, not an inversion's or a token's)."""
     rows = []
     for method in methods:
         synthetic = pd.Series(False, index=jobs.index)
@@ -127,6 +149,11 @@ def method_table(jobs: pd.DataFrame, methods: list[str], concept: str = "ti", ge
         row["retrain_runs"] = int(parts["retrain"].sum())
         row["total_wall_s"] = row["synthetic_wall_s"] + row["retrain_wall_s"]
         row["total_gpu_s"] = row["synthetic_gpu_s"] + row["retrain_gpu_s"]
+        mode = method_stages(method, concept, genie).get("sample")
+        steps = pd.to_numeric(jobs.loc[(jobs["stage"] == "sample") & (jobs["method"] == mode), "unet_steps"])
+        kept = pd.to_numeric(jobs.loc[(jobs["stage"] == "filter_samples") & (jobs["method"] == mode), "kept"])
+        row["unet_steps_per_kept"] = (float(steps.sum() / kept.sum()) if mode and kept.sum() > 0
+                                      and steps.notna().any() else float("nan"))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -221,7 +221,7 @@ def sample(cls: str, mode: str, classes: str, manifest: str, model: str, samplin
            out_csv: str, image_dir: str, meta: str, **inputs) -> None:
     """inputs: embeds, placeholder, num_vectors, lora, lora_prompt_name, diff_ii, inversions (sample_class's);
     the genie modes: genie, baseline_model, predictions (genie.sample_genie's)."""
-    from .defaults import GENIE_MODES
+    from .defaults import GENIE_DEFAULTS, GENIE_MODES, I2I_MODES
 
     side = Sidecar(seed)
     info = read_json(classes)
@@ -232,13 +232,28 @@ def sample(cls: str, mode: str, classes: str, manifest: str, model: str, samplin
         inputs.pop("inversions", None)
         new = sample_genie(model, mode, cls, name, sampling_cfg, seed, manifest, out_csv, image_dir,
                            classes=info["classes"], **inputs)
-        side.write(meta, generated=new)
+        g = {**GENIE_DEFAULTS, **(inputs.get("genie") or {})}
+        side.write(meta, generated=new, unet_steps=_unet_steps(out_csv, sampling_cfg,
+                                                               g["levels"] if mode == "genie_ada" else None))
         return
     from .sampling import sample_class
 
     new = sample_class(model, mode, cls, name, sampling_cfg, seed, manifest, out_csv, image_dir, **inputs)
     d = inputs.get("diff_ii")
-    side.write(meta, generated=new, **({"split_ratio": d["split_ratio"]} if mode == "diff_ii" and d else {}))
+    side.write(meta, generated=new, unet_steps=_unet_steps(out_csv, sampling_cfg, image_to_image=mode in I2I_MODES),
+               **({"split_ratio": d["split_ratio"]} if mode == "diff_ii" and d else {}))
+
+
+def _unet_steps(out_csv: str, sampling_cfg: dict, levels=None, image_to_image: bool = True) -> int:
+    """A sample table's denoising steps (cost.unet_steps on its strength column;
+    every step for each image of a mode that denoises from noise, diff_ii's
+    interpolation strengths aside)."""
+    from .cost import unet_steps
+    from .defaults import SAMPLING_DEFAULTS
+
+    steps = int({**SAMPLING_DEFAULTS, **(sampling_cfg or {})}["steps"])
+    strengths = pd.read_csv(out_csv)["strength"].tolist()
+    return unet_steps(strengths if image_to_image else [None] * len(strengths), steps, levels)
 
 
 def invert(cls: str, classes: str, manifest: str, model: str, sampling_cfg: dict, diff_ii_cfg: dict,
