@@ -501,7 +501,7 @@ def mode_params(wildcards):
         keys = (
             ("confusers", "concept", "level")
             if wildcards.mode == "genie"
-            else ("confusers", "concept", "levels")
+            else ("confusers", "concept", "levels", "early_stop")
         )
         return {"genie": canonical({k: g[k] for k in keys})}
     return {}

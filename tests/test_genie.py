@@ -178,3 +178,13 @@ def test_genie_modes_edit_the_confusers_training_images_into_the_weak_class(tiny
     assert list(t2.strength) == list(t.strength)
     assert [open(p, "rb").read() for p in t2.path] == [open(p, "rb").read() for p in t.path]
     assert _run(tiny_sd, tmp_path, "genie_ada", "ada", {"levels": levels}) == 0
+    # the early stop: past a share no higher level is made (here at once: the first level kept);
+    # never passed: the full run's images and levels
+    _run(tiny_sd, tmp_path, "genie_ada", "early", {"levels": levels, "early_stop": -1e9})
+    e = pd.read_csv(tmp_path / "early" / "samples.csv")
+    assert (e.strength == 0.5).all() and all(len(str(p).split(";")) == 1 for p in e.projections)
+    assert sorted(q.name for q in (tmp_path / "early" / "images" / "candidates").glob("*.png")) == [
+        f"{i:05d}_0.5.png" for i in range(4)]
+    _run(tiny_sd, tmp_path, "genie_ada", "late", {"levels": levels, "early_stop": 1e9})
+    late = pd.read_csv(tmp_path / "late" / "samples.csv")
+    assert list(late.strength) == list(t.strength) and list(late.projections) == list(t.projections)

@@ -135,6 +135,7 @@ GENIE_DEFAULTS = {
     "concept": "raw",          # what the prompt names the weak class by: raw (its name, the paper's) | ti | lora | ti_lora
     "level": 0.8,              # genie: the one noise level (the paper's 0.8)
     "levels": [0.5, 0.6, 0.7, 0.8, 0.9],  # genie_ada: the levels each start image is edited at, one kept
+    "early_stop": None,        # genie_ada: a share of the way to the class's mean past which no higher level is made
     "filter": "none",          # the filter method of these modes: none keeps the near-boundary images (the paper's)
 }
 

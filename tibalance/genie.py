@@ -80,7 +80,14 @@ def ada_level(source: np.ndarray, outputs: np.ndarray, target_mean: np.ndarray,
     outputs = np.asarray(outputs, dtype=np.float64)
     if len(outputs) != len(levels) or len(levels) < 2:
         raise TibalanceError(f"genie.levels: {len(outputs)} edits for {len(levels)} levels (need 2 or more, one each)")
+    share = shares(source, outputs, target_mean)
+    jumps = np.abs(np.diff(share))
+    return float(levels[int(np.argmax(jumps)) + 1]), share.tolist(), jumps.tolist()
 
+
+def shares(source: np.ndarray, outputs: np.ndarray, target_mean: np.ndarray) -> np.ndarray:
+    """Each output's projection on the direction from the source to the target
+    mean (all L2-normalised), as a share of the way: 0 at the source, 1 at the mean."""
     def unit(v):
         v = np.asarray(v, dtype=np.float64)
         return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
@@ -90,9 +97,43 @@ def ada_level(source: np.ndarray, outputs: np.ndarray, target_mean: np.ndarray,
     norm2 = float(direction @ direction)
     if norm2 == 0.0:
         raise TibalanceError("genie: the start image's embedding is the weak class's mean: no direction to it")
-    share = ((o - s) @ direction) / norm2  # 0 at the source, 1 at the target mean
-    jumps = np.abs(np.diff(share))
-    return float(levels[int(np.argmax(jumps)) + 1]), share.tolist(), jumps.tolist()
+    return ((o - s) @ direction) / norm2
+
+
+class Aim:
+    """The baseline classifier's view of GeNIe-Ada's edits: the start images'
+    penultimate features and the weak class's mean normalised feature (of
+    target_paths); `shares` and `choose` project edits on the way between."""
+
+    def __init__(self, clf, sources: list[str], target_paths: list[str]):
+        from .classifier import predict
+
+        self.clf, self.predict = clf, predict
+        _, self.src = predict(clf, list(sources))
+        _, tgt = predict(clf, list(target_paths))
+        if not len(tgt):
+            raise TibalanceError("genie: no image of the weak class to aim the levels at")
+        self.target_mean = (tgt / np.maximum(np.linalg.norm(tgt, axis=1, keepdims=True), 1e-12)).mean(0)
+
+    def shares(self, rows: list[int], paths: list[str]) -> list[float]:
+        """Each edit's projection, as a share of the way from its start image (rows) to the class's mean."""
+        _, out = self.predict(self.clf, list(paths))
+        return [float(shares(self.src[i], o[None], self.target_mean)[0]) for i, o in zip(rows, out)]
+
+    def choose(self, candidates: list[list[str]], levels) -> list[dict]:
+        """Per start image, its edits at the first len(candidates[i]) levels:
+        {level, projections, jumps} (ada_level's; one edit: that level)."""
+        flat = [p for c in candidates for p in c]
+        _, out = self.predict(self.clf, flat) if flat else (None, np.zeros((0, 1)))
+        picks, k = [], 0
+        for i, c in enumerate(candidates):
+            emb, k = out[k:k + len(c)], k + len(c)
+            if len(c) == 1:
+                picks.append({"level": float(levels[0]), "projections": self.shares([i], c), "jumps": []})
+                continue
+            picks.append(dict(zip(("level", "projections", "jumps"),
+                                  ada_level(self.src[i], emb, self.target_mean, list(levels)[:len(c)]))))
+        return picks
 
 
 def choose_levels(clf, sources: list[str], candidates: list[list[str]], target_paths: list[str],
@@ -102,19 +143,11 @@ def choose_levels(clf, sources: list[str], candidates: list[list[str]], target_p
     level, ascending), embedded by the classifier's penultimate features; the
     target is the mean of the weak class's (target_paths) normalised features.
     Per start image: {level, projections, jumps} (ada_level's)."""
-    from .classifier import predict
-
     if len(candidates) != len(sources):
         raise TibalanceError(f"genie: {len(candidates)} edit lists for {len(sources)} start images")
-    _, src = predict(clf, list(sources))
-    _, tgt = predict(clf, list(target_paths))
-    if not len(tgt):
-        raise TibalanceError("genie: no image of the weak class to aim the levels at")
-    target_mean = (tgt / np.maximum(np.linalg.norm(tgt, axis=1, keepdims=True), 1e-12)).mean(0)
-    _, out = predict(clf, [p for c in candidates for p in c])
-    out = out.reshape(len(sources), len(levels), -1)
-    return [dict(zip(("level", "projections", "jumps"), ada_level(src[i], out[i], target_mean, levels)))
-            for i in range(len(sources))]
+    if any(len(c) != len(levels) for c in candidates):
+        raise TibalanceError(f"genie: an edit list does not hold one edit a level ({len(levels)})")
+    return Aim(clf, sources, target_paths).choose(candidates, levels)
 
 
 def sample_genie(model: str, mode: str, cls: str, cls_name: str, settings: dict, seed: int, manifest: str,
@@ -168,7 +201,8 @@ def sample_genie(model: str, mode: str, cls: str, cls_name: str, settings: dict,
     out = Path(image_dir)
     fp = fingerprint({"model": model, "model_digest": model_digest(model) if n else None, "method": mode,
                       "subject": subject, "settings": {k_: s[k_] for k_ in reuse_keys(s, mode)}, "seed": seed,
-                      "templates": templates, "genie": {k_: g[k_] for k_ in ("confusers", "concept", "level", "levels")},
+                      "templates": templates,
+                      "genie": {k_: g.get(k_) for k_ in ("confusers", "concept", "level", "levels", "early_stop")},
                       "levels": levels, "starts": sorted(set(start)) or None,
                       "embeds": file_digest(embeds) if embeds else None,
                       **({"lora": file_digest(lora)} if lora else {}),
@@ -185,17 +219,22 @@ def sample_genie(model: str, mode: str, cls: str, cls_name: str, settings: dict,
     for stale in set(out.glob("*.png")) - set(paths):
         stale.unlink()
     todo = [i for i in range(n) if not paths[i].exists()]
-    missing = [(i, lv) for lv in levels for i in (todo if mode == "genie" else range(n)) if not cand[i, lv].exists()]
-    log.info("class %s, %s: %d images wanted (%d start images of %s), %d edits to make", cls, mode, n,
-             len(starts) if n else 0, ", ".join(dict.fromkeys(source)) or "no class", len(missing))
-    if missing:
-        device = pick_device(s["device"])
-        wdtype, amp_dtype = pipeline_dtypes(device, s.get("mixed_precision", "auto"), "sampling.mixed_precision")
-        autocast = wdtype is None and amp_dtype is not None
-        pipe = mode_pipeline(model, mode, s, device, wdtype, embeds, placeholder, lora, g["concept"])
-        bs = 8 if s["batch_size"] == "auto" else int(s["batch_size"])
-        for lv in levels:  # one level a call (image-to-image takes one strength)
-            need = [i for i, level in missing if level == lv]
+    log.info("class %s, %s: %d images wanted (%d start images of %s), %d to make", cls, mode, n,
+             len(starts) if n else 0, ", ".join(dict.fromkeys(source)) or "no class", len(todo))
+    stop = g.get("early_stop") if mode == "genie_ada" else None
+    aim = Aim(TrainedClassifier.load(baseline_model), start, real_start_images(m, cls)) if stop is not None else None
+    active = list(todo if mode == "genie" else range(n))  # genie_ada: every image's levels, to choose among
+    done = {i: [] for i in range(n)}  # the levels each image was edited at
+    pipe = None
+    for lv in levels:  # one level a call (image-to-image takes one strength)
+        need = [i for i in active if not cand[i, lv].exists()]
+        if need and pipe is None:
+            device = pick_device(s["device"])
+            wdtype, amp_dtype = pipeline_dtypes(device, s.get("mixed_precision", "auto"), "sampling.mixed_precision")
+            autocast = wdtype is None and amp_dtype is not None
+            pipe = mode_pipeline(model, mode, s, device, wdtype, embeds, placeholder, lora, g["concept"])
+            bs = 8 if s["batch_size"] == "auto" else int(s["batch_size"])
+        if need:
             for b in range(0, len(need), bs):
                 group = need[b:b + bs]
                 kw = dict(num_inference_steps=int(s["steps"]), guidance_scale=float(s["guidance_scale"]),
@@ -208,11 +247,15 @@ def sample_genie(model: str, mode: str, cls: str, cls_name: str, settings: dict,
                     tmp = cand[i, lv].with_suffix(".tmp.png")
                     im.save(tmp)
                     tmp.replace(cand[i, lv])
+        for i in active:
+            done[i].append(lv)
+        if aim is not None and active:  # the early stop: an edit past `stop` of the way ends its image's levels
+            passed = aim.shares(active, [str(cand[i, lv]) for i in active])
+            active = [i for i, x in zip(active, passed) if x < float(stop)]
     level_of, proj = [levels[0]] * n, [""] * n
     if mode == "genie_ada" and n:
-        picks = choose_levels(TrainedClassifier.load(baseline_model), start,
-                              [[str(cand[i, lv]) for lv in levels] for i in range(n)],
-                              real_start_images(m, cls), levels)
+        aim = aim or Aim(TrainedClassifier.load(baseline_model), start, real_start_images(m, cls))
+        picks = aim.choose([[str(cand[i, lv]) for lv in done[i]] for i in range(n)], levels)
         for i, p in enumerate(picks):
             level_of[i], proj[i] = p["level"], ";".join(f"{x:.4f}" for x in p["projections"])
             if not paths[i].exists():

@@ -36,7 +36,8 @@ READS: dict[str, list[tuple[str, str | None, object]]] = {
     "diff_ii": [("sample", "diff_ii", ALL), ("invert", None, ("concept", "inversion_refine"))],
     "coti": [("coti", None, ALL)],
     "feedback": [("sample", "fg_i2i", ALL)],
-    "genie": [("sample", "genie", ("but", ("levels", "filter"))), ("sample", "genie_ada", ("but", ("level", "filter"))),
+    "genie": [("sample", "genie", ("but", ("levels", "early_stop", "filter"))),
+              ("sample", "genie_ada", ("but", ("level", "filter"))),
               ("filter_samples", "genie", ("filter",)), ("filter_samples", "genie_ada", ("filter",))],
 }
 
