@@ -220,5 +220,8 @@ def test_diff_ii_auto_shares_an_adapter_only_between_classes(tiny_run, tmp_path)
     jobs = _planned_jobs(p.stdout + p.stderr)
     assert not [j for j in jobs if j[0] == "lora_shared"]
     assert ("invert", "cls=triangle") in jobs and ("sample", "mode=diff_ii, cls=triangle") in jobs
-    assert "ti_shared" not in _job_block(p.stdout, "invert") + _job_block(p.stdout, "sample")
+    block = _job_block(p.stdout, "invert") + "\n" + _job_block(p.stdout, "sample")
+    inputs = [line for line in block.splitlines() if line.strip().startswith("input:")]
+    assert inputs and not [line for line in inputs if "ti_shared" in line]  # the token alone
+    assert "'concept': 'ti'" in block  # its params say so (they were the shared adapter's)
     assert not [j for j in jobs if j[0] == "sample" and "cls=triangle" in j[1] and "diff_ii" not in j[1]]

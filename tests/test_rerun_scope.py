@@ -30,10 +30,10 @@ def _study() -> Study:
 def expected(section: str, key: str, cls: str) -> list[tuple[str, str]]:
     """The dry run's (rule, wildcards) for each job the table says the edit
     reruns (a job of every class: that job of each adapted class)."""
-    out = []
+    out = set()  # a class's own job and the same job of every class: one job
     for job in rerun(section, key, _study()):
         for c in (ADAPTED if len(job) == 3 else [cls]):
-            out += _wildcards(*job[:2], c)
+            out.update(_wildcards(*job[:2], c))
     return sorted(out)
 
 

@@ -259,9 +259,12 @@ def test_tables_match_the_per_seed_runs(tiny_run):
                 assert counts[cls] == base_counts[cls]
                 continue
             filtered = pd.read_csv(res / f"samples/{kind}/{cls}/filtered.csv")
-            assert list(filtered.kept) == list(filtered.score >= filtered.cutoff)
-            added = (len(filtered) if method.startswith("oversample") or method.endswith("noise")
-                     else int(filtered.kept.sum()))
+            if filtered.score.notna().any():  # a filter that scores (genie_ada's none keeps all, unscored)
+                assert list(filtered.kept) == list(filtered.score >= filtered.cutoff)
+            else:
+                assert filtered.kept.all()
+            refilled = method in ("oversample", "noise_static", "deferred_oversample") or method.startswith("oversample")
+            added = len(filtered) if refilled else int(filtered.kept.sum())
             assert counts[cls] == base_counts[cls] + added  # oversample+: the same count, some swapped
             if method.startswith("oversample+"):
                 assert runs[method, 0]["swap_p"] == 0.5
@@ -595,15 +598,22 @@ def test_cost_table_sums_the_benchmark_files(tiny_run):
     assert total.jobs == t[t.stage != "total"].jobs.sum() == (4 + 2 + len(weak) + len(adapted) * 31 + 44 + 3
                                                               + bool(adapted) + 1 + 1)
     assert row("lora_shared").jobs == 1 and row("lora_shared").wall_s == pytest.approx(wall("lora/ti_shared.tsv"))
-    # the denoising steps per kept image: ti_i2i's from its sample and filter tables (2 steps at strength 0.5)
+    # the denoising steps per kept image: genie_ada's (its filter keeps all) from its tables, each image at
+    # both its levels (2 steps: 1 at 0.5, 2 at 1.0); ti_i2i's (1 step an image) where its filter kept any
     from tibalance.cost import unet_steps
 
     methods = pd.read_csv(res / "tables/cost_methods.csv").set_index("method")
-    steps = yaml.safe_load(TINY.read_text())["sampling"]["steps"]
-    made = sum(unet_steps(pd.read_csv(res / f"samples/ti_i2i/{c}/samples.csv").strength, steps) for c in adapted)
-    kept = sum(int(pd.read_csv(res / f"samples/ti_i2i/{c}/filtered.csv").kept.sum()) for c in adapted)
-    assert made > 0 and kept > 0
-    assert methods.loc["ti_i2i", "unet_steps_per_kept"] == pytest.approx(made / kept)
+    cfg = yaml.safe_load(TINY.read_text())
+    for mode, levels in (("genie_ada", cfg["genie"]["levels"]), ("ti_i2i", None)):
+        made = sum(unet_steps(pd.read_csv(res / f"samples/{mode}/{c}/samples.csv").strength, cfg["sampling"]["steps"],
+                              levels) for c in adapted)
+        kept = sum(int(pd.read_csv(res / f"samples/{mode}/{c}/filtered.csv").kept.sum()) for c in adapted)
+        assert made > 0
+        if kept:
+            assert methods.loc[mode, "unet_steps_per_kept"] == pytest.approx(made / kept)
+        else:
+            assert pd.isna(methods.loc[mode, "unet_steps_per_kept"])
+    assert methods.loc["genie_ada", "unet_steps_per_kept"] == pytest.approx(3.0)
     assert row("oracle_images", adapted[0], "real_oracle").jobs == 1
     assert row("frozen_features", "", "").jobs == 1
     assert row("train_features").jobs == 1

@@ -190,7 +190,7 @@ def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict,
     (diff_ii.py); feedback: fg_i2i's settings and baseline_model the classifier
     that guides it (feedback.py). Returns how many images were newly generated."""
     s = {**SAMPLING_DEFAULTS, **(settings or {})}
-    d = {**DIFF_II_DEFAULTS, **(diff_ii or {})} if mode == "diff_ii" else {}
+    d = diff_ii_settings(diff_ii, lora) if mode == "diff_ii" else {}
     concept = d.get("concept", "ti")
     m = pd.read_csv(manifest, dtype=str)
     n = n_images_for(s["n_images"], cls, m)
@@ -291,6 +291,16 @@ def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict,
     return len(todo)
 
 
+def diff_ii_settings(diff_ii: dict | None, lora: str | None) -> dict:
+    """diff_ii's settings with their defaults; concept auto (the workflow resolves
+    it by the classes adapted) in a direct call: the shared adapter where one is
+    given, the token alone where none is."""
+    d = {**DIFF_II_DEFAULTS, **(diff_ii or {})}
+    if d["concept"] == "auto":
+        d["concept"] = "ti_shared_lora" if lora else "ti"
+    return d
+
+
 def feedback_guide(feedback: dict | None, baseline_model: str | None, cls: str) -> dict | None:
     """fg_i2i's guidance (feedback.Feedback) with what keys its images (its
     settings, the classifier's file); None at scale 0 (ti_i2i's images)."""
@@ -364,7 +374,7 @@ def invert_job(model: str, cls: str, cls_name: str, manifest: str, settings: dic
     from .diff_ii import invert_class, write_inversions
 
     s = {**SAMPLING_DEFAULTS, **(settings or {})}
-    d = {**DIFF_II_DEFAULTS, **(diff_ii or {})}
+    d = diff_ii_settings(diff_ii, lora)
     images = real_start_images(pd.read_csv(manifest, dtype=str), cls)
     if not images:
         raise TibalanceError(f"invert: class {cls} has no real training image in {manifest}")
