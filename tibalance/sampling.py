@@ -189,6 +189,8 @@ def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict,
     if set; diff_ii: its settings and inversions: the class's inversion table
     (diff_ii.py); feedback: fg_i2i's settings and baseline_model the classifier
     that guides it (feedback.py). Returns how many images were newly generated."""
+    if mode in GENIE_MODES:
+        raise TibalanceError(f"sample: mode {mode} starts from other classes' images: genie.sample_genie makes it")
     s = {**SAMPLING_DEFAULTS, **(settings or {})}
     d = diff_ii_settings(diff_ii, lora) if mode == "diff_ii" else {}
     concept = d.get("concept", "ti")
