@@ -139,7 +139,8 @@ def method_table(jobs: pd.DataFrame, methods: list[str], concept: str = "ti", ge
     rows = []
     for method in methods:
         synthetic = pd.Series(False, index=jobs.index)
-        for stage, mode in method_stages(method, concept, genie).items():
+        stages = method_stages(method, concept, genie)
+        for stage, mode in stages.items():
             synthetic |= (jobs["stage"] == stage) & (jobs["method"] == mode if mode else True)
         parts = {"synthetic": synthetic, "retrain": (jobs["stage"] == "retrain") & (jobs["method"] == method)}
         row = {"method": method}
@@ -149,7 +150,7 @@ def method_table(jobs: pd.DataFrame, methods: list[str], concept: str = "ti", ge
         row["retrain_runs"] = int(parts["retrain"].sum())
         row["total_wall_s"] = row["synthetic_wall_s"] + row["retrain_wall_s"]
         row["total_gpu_s"] = row["synthetic_gpu_s"] + row["retrain_gpu_s"]
-        mode = method_stages(method, concept, genie).get("sample")
+        mode = stages.get("sample")
         steps = pd.to_numeric(jobs.loc[(jobs["stage"] == "sample") & (jobs["method"] == mode), "unet_steps"])
         kept = pd.to_numeric(jobs.loc[(jobs["stage"] == "filter_samples") & (jobs["method"] == mode), "kept"])
         row["unet_steps_per_kept"] = (float(steps.sum() / kept.sum()) if mode and kept.sum() > 0

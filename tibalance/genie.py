@@ -129,7 +129,8 @@ class Aim:
         for i, c in enumerate(candidates):
             emb, k = out[k:k + len(c)], k + len(c)
             if len(c) == 1:
-                picks.append({"level": float(levels[0]), "projections": self.shares([i], c), "jumps": []})
+                picks.append({"level": float(levels[0]), "jumps": [],
+                              "projections": shares(self.src[i], emb, self.target_mean).tolist()})
                 continue
             picks.append(dict(zip(("level", "projections", "jumps"),
                                   ada_level(self.src[i], emb, self.target_mean, list(levels)[:len(c)]))))
@@ -159,7 +160,6 @@ def sample_genie(model: str, mode: str, cls: str, cls_name: str, settings: dict,
     genie_ada, projections: the share of the way to the class's mean at each
     level). classes: the study's, in order (the confusers' ties). Returns how
     many images were newly generated."""
-    import json
     import shutil
     from pathlib import Path
 
@@ -171,6 +171,7 @@ def sample_genie(model: str, mode: str, cls: str, cls_name: str, settings: dict,
     from .runtime import pipeline_dtypes
     from .sampling import (
         check_inputs,
+        image_folder,
         image_seed,
         load_start_image,
         mode_pipeline,
@@ -207,17 +208,10 @@ def sample_genie(model: str, mode: str, cls: str, cls_name: str, settings: dict,
                       "embeds": file_digest(embeds) if embeds else None,
                       **({"lora": file_digest(lora)} if lora else {}),
                       **({"classifier": file_digest(baseline_model)} if mode == "genie_ada" and n else {})})
-    fp_file = out / "fingerprint.json"
-    if out.exists() and (not fp_file.exists() or json.loads(fp_file.read_text()).get("fingerprint") != fp):
-        log.info("settings changed: discarding the images in %s", out)
-        shutil.rmtree(out)
-    (out / "candidates").mkdir(parents=True, exist_ok=True)
-    fp_file.write_text(json.dumps({"fingerprint": fp}) + "\n")
-    paths = [out / f"{i:05d}.png" for i in range(n)]
+    paths = image_folder(out, fp, n)
+    (out / "candidates").mkdir(exist_ok=True)
     cand = {(i, lv): (paths[i] if mode == "genie" else out / "candidates" / f"{i:05d}_{lv:g}.png")
             for i in range(n) for lv in levels}
-    for stale in set(out.glob("*.png")) - set(paths):
-        stale.unlink()
     todo = [i for i in range(n) if not paths[i].exists()]
     log.info("class %s, %s: %d images wanted (%d start images of %s), %d to make", cls, mode, n,
              len(starts) if n else 0, ", ".join(dict.fromkeys(source)) or "no class", len(todo))

@@ -114,11 +114,10 @@ class PureNoise:
         top = max(len(v) for v in by.values())
         mean, std, p = torch.zeros(len(classes), 3), torch.zeros(len(classes), 3), torch.zeros(len(classes))
         for i, c in enumerate(classes):
-            if not by[c]:
-                continue  # never drawn
-            m, s, _ = pixel_stats(by[c])
-            mean[i], std[i] = torch.from_numpy(m / 255.0).float(), torch.from_numpy(s / 255.0).float()
-            p[i] = share * (1.0 - len(by[c]) / top)
+            p[i] = share * (1.0 - len(by[c]) / top) if by[c] else 0.0
+            if p[i] > 0:  # only a class whose draws can be noise needs its pixels read
+                m, s, _ = pixel_stats(by[c])
+                mean[i], std[i] = torch.from_numpy(m / 255.0).float(), torch.from_numpy(s / 255.0).float()
         return cls(mean, std, p, int(from_epoch), int(size))
 
     def describe(self) -> str:

@@ -230,16 +230,7 @@ def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict,
                       **({"diff_ii": plan["key"]} if plan else {}),
                       **({"feedback": {k: v for k, v in guide.items() if k != "guide"}} if guide else {}),
                       "starts": sorted(set(p for p in starts if p)) or None})
-    fp_file = out / "fingerprint.json"
-    if out.exists() and (not fp_file.exists() or json.loads(fp_file.read_text()).get("fingerprint") != fp):
-        log.info("settings changed: discarding the images in %s", out)
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fp_file.write_text(json.dumps({"fingerprint": fp}) + "\n")
-
-    paths = [out / f"{i:05d}.png" for i in range(n)]
-    for stale in set(out.glob("*.png")) - set(paths):  # a smaller count leaves no image of a larger one
-        stale.unlink()
+    paths = image_folder(out, fp, n)
     todo = [i for i in range(n) if not paths[i].exists()]
     log.info("class %s, %s: %d images wanted, %d on disk, %d to generate", cls, mode, n, n - len(todo), len(todo))
     if n == 0:
@@ -291,6 +282,22 @@ def sample_class(model: str, mode: str, cls: str, cls_name: str, settings: dict,
                             "prompt": prompts, "label": cls, "method": mode,
                             "start_image": [p or "" for p in starts], "strength": strength_col}), out_csv)
     return len(todo)
+
+
+def image_folder(out: Path, fp: str, n: int) -> list[Path]:
+    """A sample table's image folder, kept only while `fp` (the fingerprint of what
+    shapes its images) holds, emptied otherwise; the paths of its n images (a
+    smaller count leaves no image of a larger one)."""
+    fp_file = out / "fingerprint.json"
+    if out.exists() and (not fp_file.exists() or json.loads(fp_file.read_text()).get("fingerprint") != fp):
+        log.info("settings changed: discarding the images in %s", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fp_file.write_text(json.dumps({"fingerprint": fp}) + "\n")
+    paths = [out / f"{i:05d}.png" for i in range(n)]
+    for stale in set(out.glob("*.png")) - set(paths):
+        stale.unlink()
+    return paths
 
 
 def diff_ii_settings(diff_ii: dict | None, lora: str | None) -> dict:
