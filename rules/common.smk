@@ -319,15 +319,18 @@ def adapted_classes():
     return [c for c in weak_classes() if images_wanted(c) > 0]
 
 
-def class_seed(wildcards):
-    """The class's seed; replicate k > 0 derives its own from it (replicate 0's is
-    the one an R = 1 study has, so adding replicates reruns nothing of it)."""
+def _replicate_seed(wildcards, name):
+    """The seed of `name` (a class, or the shared adapter); replicate k > 0 derives
+    its own from it (replicate 0's is the one an R = 1 study has, so adding
+    replicates reruns nothing of it)."""
     k = replicate_index(_rep(wildcards))
     return (
-        derive_seed(SEED, wildcards.cls)
-        if k == 0
-        else derive_seed(SEED, wildcards.cls, f"replicate{k}")
+        derive_seed(SEED, name) if k == 0 else derive_seed(SEED, name, f"replicate{k}")
     )
+
+
+def class_seed(wildcards):
+    return _replicate_seed(wildcards, wildcards.cls)
 
 
 def seeds_params(wildcards):
@@ -596,12 +599,7 @@ def lora_shared_token_params(wildcards):
 
 
 def lora_shared_seed(wildcards):
-    k = replicate_index(_rep(wildcards))
-    return (
-        derive_seed(SEED, SHARED_ADAPTER)
-        if k == 0
-        else derive_seed(SEED, SHARED_ADAPTER, f"replicate{k}")
-    )
+    return _replicate_seed(wildcards, SHARED_ADAPTER)
 
 
 def class_samples(wildcards):

@@ -153,8 +153,8 @@ def train_shared_lora(model: str, seeds: dict[str, list[str]], tokens: dict[str,
             raise TibalanceError(f"lora_shared: class {cls!r} has an empty seed list")
         t = tokens[cls]
         paths += list(seeds[cls])
-        subjects += [expand_placeholder(t["placeholder"], t["placeholder"], int(t.get("num_vectors", 1)))] * len(
-            seeds[cls])
+        subjects += [lora_subject("ti_lora", cls, placeholder=t["placeholder"],
+                                  num_vectors=int(t.get("num_vectors", 1)))] * len(seeds[cls])
     identity = {"kind": "ti_shared_lora", "classes": sorted(seeds),
                 "embeds": {c: file_digest(tokens[c]["embeds"]) for c in sorted(seeds)}, "subjects": subjects}
     ad = LoraAdaptation(s, subjects[0], out_dir, [(tokens[c]["embeds"], tokens[c]["placeholder"])
