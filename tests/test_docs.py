@@ -139,10 +139,11 @@ def test_make_verdict_is_the_demo_with_every_run_its_own_replicate():
     """`make verdict` layers config/demo-replicates.yaml on config/demo.yaml the
     way Snakemake merges --configfile overlays: every run its own replicate
     (R = the demo's 5 seeds: every declared row has 5 units), the family the
-    demo declares (verdict.primary, among the demo's methods) run with
-    baseline, oversample and the yardsticks at the declared methods' counts,
-    and every other setting the demo's own (so nothing of `make demo`'s
-    replicate 0 reruns)."""
+    demo declares (verdict.primary, among the demo's methods) and GeNIe-Ada
+    declared beside it, run with baseline, oversample and the yardsticks at
+    the declared methods' counts, and every other setting the demo's own but
+    GeNIe's section, which only genie_ada's jobs read (so nothing of `make
+    demo`'s replicate 0 reruns)."""
     import copy
 
     import yaml
@@ -153,8 +154,9 @@ def test_make_verdict_is_the_demo_with_every_run_its_own_replicate():
     demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     merged = copy.deepcopy(demo)
     update_config(merged, yaml.safe_load((ROOT / "config" / "demo-replicates.yaml").read_text()))
-    declared = demo["verdict"]["primary"]
-    assert set(declared) <= set(demo["retrain"]["methods"]) and len(declared) >= 1
+    assert set(demo["verdict"]["primary"]) <= set(demo["retrain"]["methods"]) and demo["verdict"]["primary"]
+    declared = merged["verdict"]["primary"]
+    assert declared == [*demo["verdict"]["primary"], "genie_ada"] and "genie" not in demo
     methods = set(merged["retrain"]["methods"])
     assert {"baseline", "oversample", *declared, *(f"real_oracle@{m}" for m in declared)} <= methods
     assert methods <= set(METHODS)
@@ -164,8 +166,10 @@ def test_make_verdict_is_the_demo_with_every_run_its_own_replicate():
     check_verdict(merged)
     assert {k: v for k, v in merged["retrain"].items() if k != "methods"} == {
         k: v for k, v in demo["retrain"].items() if k != "methods"}
-    assert {k: v for k, v in merged.items() if k not in ("retrain", "replicates")} == {
-        k: v for k, v in demo.items() if k != "retrain"}
+    assert {k: v for k, v in merged.items() if k not in ("retrain", "replicates", "verdict", "genie")} == {
+        k: v for k, v in demo.items() if k not in ("retrain", "verdict")}
+    assert {k: v for k, v in merged["verdict"].items() if k != "primary"} == {
+        k: v for k, v in demo["verdict"].items() if k != "primary"}
 
 
 def test_replicates_and_the_declared_family_are_checked_in_one_line():
