@@ -37,7 +37,6 @@ from tibalance.fetch import (
     lpips_weights_file,
     weights_to_fetch,
 )
-from tibalance.diff_ii import paper_split_ratio
 from tibalance.generator import check_model, is_local, shipped_or_given
 from tibalance.ship import SIDECAR as SHIPPED_SIDECAR
 from tibalance.fetch import fetched_folder
@@ -56,6 +55,7 @@ from tibalance.defaults import (
     SAMPLING_DEFAULTS,
     SHARED_ADAPTER,
     TI_DEFAULTS,
+    paper_split_ratio,
     uses,
 )
 from tibalance.rebalance import NOISE_DEFAULTS, noise_count

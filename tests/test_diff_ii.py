@@ -195,8 +195,8 @@ def test_suffixes_from_a_file_and_bad_settings():
 
 def test_split_ratio_auto_is_the_papers_rule_by_shots_and_imbalance():
     """Diff-II: 0.3 at 5 shots, 0.1 at 10, 1.0 on long-tailed data."""
-    from tibalance.defaults import DIFF_II_DEFAULTS
-    from tibalance.diff_ii import paper_split_ratio, stage_steps
+    from tibalance.defaults import DIFF_II_DEFAULTS, paper_split_ratio
+    from tibalance.diff_ii import stage_steps
     from tibalance.util import TibalanceError
 
     assert DIFF_II_DEFAULTS["split_ratio"] == "auto"

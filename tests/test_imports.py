@@ -72,3 +72,37 @@ def test_no_function_in_the_package_is_over_120_lines():
             for n in ast.walk(ast.parse(p.read_text()))
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 120]
     assert not long, long
+
+
+def workflow_imports(root: Path = PKG.parent) -> list[str]:
+    """The import statements at the top level of the Snakefile and rules/*.smk
+    (a statement over several lines kept whole): what every snakemake start
+    executes before it plans a job."""
+    out = []
+    for f in [root / "Snakefile", *sorted((root / "rules").glob("*.smk"))]:
+        lines = f.read_text().splitlines()
+        i = 0
+        while i < len(lines):
+            if lines[i].startswith(("import ", "from ")):
+                stmt = lines[i]
+                while stmt.count("(") > stmt.count(")"):
+                    i += 1
+                    stmt += "\n" + lines[i]
+                out.append(stmt)
+            i += 1
+    return out
+
+
+def test_planning_a_workflow_imports_no_torch():
+    """Every snakemake start (each dry run, each planned edit, each SLURM job's
+    own start) parses the Snakefile: its imports must not pull in torch (a
+    second on 2 cores) - tibalance.defaults' rule for what the Snakefile reads.
+    Catches a workflow-level import from a module that imports torch at its top."""
+    import subprocess
+    import sys
+
+    stmts = workflow_imports()
+    assert any("tibalance.defaults" in s for s in stmts) and any("paper_split_ratio" in s for s in stmts)
+    code = "import sys\n" + "\n".join(stmts) + "\nprint(sorted(m for m in ('torch', 'torchvision', 'diffusers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=PKG.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -118,13 +118,23 @@ DIFF_II_DEFAULTS = {
     # where more than one class gets images, the token where one does
     "concept": "auto",
     "split_ratio": "auto",    # the share of the denoising steps under the suffixed prompt; auto: the paper's rule
-                              # (0.3 at 5 shots, 0.1 at 10, 1.0 long-tailed: diff_ii.paper_split_ratio)
+                              # (0.3 at 5 shots, 0.1 at 10, 1.0 long-tailed: paper_split_ratio)
     # context suffixes of the first stage's prompt (the paper's come from a captioner and an LLM)
     "suffixes": ["on a plain background", "in natural light", "in a close-up photo", "seen from the side",
                  "in a cluttered scene", "outdoors", "indoors", "in soft shadow"],
     "suffix_file": None,      # a text file of suffixes, one per line (replaces the list)
     "inversion_refine": 0,    # fixed-point refinements of each DDIM inversion step (0: plain, the paper's)
 }
+
+
+def paper_split_ratio(shots: int, long_tailed: bool) -> float:
+    """Diff-II's split ratio by its paper's rule (diff_ii.split_ratio: auto):
+    1.0 on long-tailed data; else by the class's real training images, 0.3 at 5
+    shots and 0.1 at 10 (up to 7 shots the 5-shot value, from 8 the 10-shot
+    one, and for every larger class)."""
+    if long_tailed:
+        return 1.0
+    return 0.3 if int(shots) <= 7 else 0.1
 
 
 # GeNIe (Koohpayegani et al.): image-to-image from the training images of the

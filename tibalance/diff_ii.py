@@ -83,21 +83,11 @@ def read_suffixes(settings: dict) -> list[str]:
     return [str(s) for s in settings.get("suffixes") or []]
 
 
-def paper_split_ratio(shots: int, long_tailed: bool) -> float:
-    """Diff-II's split ratio by its paper's rule (diff_ii.split_ratio: auto):
-    1.0 on long-tailed data; else by the class's real training images, 0.3 at 5
-    shots and 0.1 at 10 (up to 7 shots the 5-shot value, from 8 the 10-shot
-    one, and for every larger class)."""
-    if long_tailed:
-        return 1.0
-    return 0.3 if int(shots) <= 7 else 0.1
-
-
 def stage_steps(steps: int, split_ratio: float) -> int:
     """How many of the denoising steps take the suffixed prompt."""
     if split_ratio == "auto":
         raise TibalanceError("diff_ii.split_ratio: auto is resolved per class by the workflow "
-                             "(diff_ii.paper_split_ratio); give a number here")
+                             "(defaults.paper_split_ratio); give a number here")
     if not 0 <= float(split_ratio) <= 1:
         raise TibalanceError(f"diff_ii.split_ratio: {split_ratio} is not between 0 and 1")
     return int(round(float(split_ratio) * int(steps)))

@@ -336,7 +336,8 @@ def diff_ii_plan(inversions: str | None, d: dict, seed: int, cls: str, n: int) -
     """Each diff_ii image's start (two inversions and an angle, or noise) and
     suffix, drawn by its own seed; its reuse key (the inversions' files, the
     split and the suffixes)."""
-    from .diff_ii import draw, load_pool, pair_seed, paper_split_ratio, read_suffixes
+    from .defaults import paper_split_ratio
+    from .diff_ii import draw, load_pool, pair_seed, read_suffixes
 
     if not inversions:
         raise TibalanceError(f"sample: mode diff_ii for class {cls} needs its inversions")
