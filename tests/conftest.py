@@ -17,17 +17,48 @@ TINY = REPO / "tests" / "configs" / "tiny.yaml"
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
+_warm = {}
+
+
+def warm_client() -> str | None:
+    """This worker's warm Python for the jobs' scripts (tests/warm.py), started
+    on first use and stopped when the worker exits; None where it cannot start
+    or TIBALANCE_TEST_COLD is set (every job a plain process)."""
+    if os.environ.get("TIBALANCE_TEST_COLD"):
+        return None
+    if "client" not in _warm:
+        import atexit
+        import tempfile
+
+        from warm import ONE_THREAD
+
+        folder = tempfile.mkdtemp(prefix="warm")
+        client = os.path.join(folder, "python")
+        server = subprocess.Popen([sys.executable, str(REPO / "tests" / "warm.py"), "serve",
+                                   os.path.join(folder, "s"), client], stdout=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, PYTHONUNBUFFERED="1", **ONE_THREAD))
+        atexit.register(server.kill)
+        _warm["client"] = client if server.stdout.readline().strip() == "ready" else None
+    return _warm["client"]
+
+
 def snakemake(workdir, *args, configfiles=(TINY,), check=True, cores=2):
     """Run the real workflow (repo Snakefile) in `workdir`.
 
     One thread per job (--max-threads 1, also in the SLURM runs, so their
     results match byte for byte): the tiny DAG's jobs spend their time starting
-    Python, so two of them side by side on 2 cores finish twice as fast."""
+    Python, so two of them side by side on 2 cores finish twice as fast. A
+    local run's script jobs start in this worker's warm Python (tests/warm.py:
+    torch, diffusers and the stages imported once, each job a fork); a run on
+    an executor (SLURM) starts plain ones."""
     # --configfile takes a list: it goes last so it cannot swallow a target
     threads = [] if "--max-threads" in args else ["--max-threads", "1"]
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
            *(["--cores", str(cores)] if cores is not None else []), *threads, *args,
            "--configfile", *[str(c) for c in configfiles]]
+    remote = any(str(a).startswith(("--executor", "--profile", "--workflow-profile")) for a in args)
+    if not remote and (client := warm_client()):
+        cmd = [sys.executable, str(REPO / "tests" / "warm.py"), "snakemake", client, *cmd[1:]]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and p.returncode != 0:
