@@ -89,3 +89,14 @@ def test_a_killed_client_takes_its_job_with_it(client, tmp_path):
         time.sleep(0.05)
     else:
         pytest.fail(f"the job {job} outlived its killed client")
+
+
+def test_a_closed_stdin_is_handed_on_as_dev_null(client, tmp_path):
+    """CI runs the suite with no stdin: the job still runs warm, reading nothing."""
+    from warm import ONE_THREAD
+
+    script = tmp_path / "job.py"
+    script.write_text("import sys; print('torch' in sys.modules, repr(sys.stdin.read()))\n")
+    p = subprocess.run([client, str(script)], capture_output=True, text=True, preexec_fn=lambda: os.close(0),
+                       env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD}, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "True ''", p.stderr

@@ -57,13 +57,20 @@ args = sys.argv[1:]
 mine = {{k: v for k, v in os.environ.items() if k.startswith({prefixes!r})}}
 if not (args and args[0].endswith(".py") and os.path.isfile(args[0])) or mine != ENV:
     os.execv(PYTHON, [PYTHON, *args])
+fds = []
+for fd in (0, 1, 2):  # a closed one (CI's stdin) handed on as /dev/null
+    try:
+        os.fstat(fd)
+        fds.append(fd)
+    except OSError:
+        fds.append(os.open(os.devnull, os.O_RDWR))
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 try:
     s.connect(SOCK)
-except OSError:
+    req = json.dumps({{"argv": args, "cwd": os.getcwd(), "env": dict(os.environ)}}).encode()
+    socket.send_fds(s, [len(req).to_bytes(8, "big") + req], fds)
+except OSError:  # no server: the plain Python
     os.execv(PYTHON, [PYTHON, *args])
-req = json.dumps({{"argv": args, "cwd": os.getcwd(), "env": dict(os.environ)}}).encode()
-socket.send_fds(s, [len(req).to_bytes(8, "big") + req], [0, 1, 2])
 status = b""
 while chunk := s.recv(64):
     status += chunk
