@@ -164,6 +164,11 @@ def import_env(env) -> dict:
 
 def serve(sock_path: str, client_path: str) -> None:
     started = import_env(os.environ)  # before the imports (torch's sets TORCHINDUCTOR_CACHE_DIR)
+    try:  # the supervisors wait on a pidfd (Linux 5.3): without one, every job runs plain
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        print("unavailable: no pidfd_open", flush=True)
+        return
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     # what the jobs import (the stages import their heavy modules inside functions)
     import diffusers  # noqa: F401
