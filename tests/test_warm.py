@@ -100,3 +100,23 @@ def test_a_closed_stdin_is_handed_on_as_dev_null(client, tmp_path):
     p = subprocess.run([client, str(script)], capture_output=True, text=True, preexec_fn=lambda: os.close(0),
                        env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD}, timeout=60)
     assert p.returncode == 0 and p.stdout.strip() == "True ''", p.stderr
+
+
+def test_the_switches_every_job_sets_itself_keep_it_warm_and_a_fetch_runs_plain(client, tmp_path):
+    """A test that ran a stage in-process leaves the hubs' offline switches (and a
+    claimed GPU) in the worker's environment: the jobs set the first themselves
+    before importing a hub library and read the second only at CUDA's start, so
+    they still run warm; a fetch rule's script (online) runs plain."""
+    from warm import OFFLINE
+
+    from tibalance.smk import OFFLINE as JOB_OFFLINE
+
+    assert set(OFFLINE) == set(JOB_OFFLINE)
+    script = tmp_path / "tmpab12.sample.py"
+    script.write_text(SCRIPT)
+    p = run(client, script, tmp_path, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="0")
+    assert p.returncode == 0 and p.stdout.startswith("True "), p.stderr
+    fetch = tmp_path / "tmpab12.fetch_generator.py"
+    fetch.write_text(SCRIPT)
+    p = run(client, fetch, tmp_path)
+    assert p.returncode == 0 and p.stdout.startswith("False "), p.stderr

@@ -42,11 +42,16 @@ import sys
 # what the server's imports read from the environment: a job whose values
 # differ runs as a plain process. The thread counts among them (Snakemake sets
 # them per job from its threads; OpenBLAS reads its own when numpy loads it):
-# the server is started with one thread each, the tests' jobs' count.
+# the server is started with one thread each, the tests' jobs' count. The hubs'
+# offline switches are not compared: every job but a fetch sets them before it
+# imports a hub library (tibalance.smk.run), so the server imports under them,
+# and the fetch rules' scripts run plain.
 IMPORT_ENV = ("ATEN_", "ONEDNN_", "DNNL_", "KMP_", "OMP_", "GOTO_", "OPENBLAS_", "MKL_", "VECLIB_", "NUMEXPR_",
-              "TORCH", "PYTORCH", "CUDA", "HF_", "TRANSFORMERS", "DIFFUSERS", "PYTHONPATH", "PYTHONHASHSEED")
+              "TORCH", "PYTORCH", "HF_", "TRANSFORMERS", "DIFFUSERS", "PYTHONPATH", "PYTHONHASHSEED")
 ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")}
+OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")  # tibalance.smk.OFFLINE's keys
+PLAIN_SCRIPTS = ("fetch_dataset.py", "fetch_generator.py", "fetch_weights.py")  # online jobs
 
 
 CLIENT = '''#!{python} -SE
@@ -54,8 +59,9 @@ CLIENT = '''#!{python} -SE
 import json, os, socket, sys
 PYTHON, SOCK, ENV = {python!r}, {sock!r}, {env!r}
 args = sys.argv[1:]
-mine = {{k: v for k, v in os.environ.items() if k.startswith({prefixes!r})}}
-if not (args and args[0].endswith(".py") and os.path.isfile(args[0])) or mine != ENV:
+mine = {{k: v for k, v in os.environ.items() if k.startswith({prefixes!r}) and k not in {offline!r}}}
+script = args[0] if args else ""
+if not (script.endswith(".py") and os.path.isfile(script)) or script.endswith({plain!r}) or mine != ENV:
     os.execv(PYTHON, [PYTHON, *args])
 fds = []
 for fd in (0, 1, 2):  # a closed one (CI's stdin) handed on as /dev/null
@@ -159,11 +165,12 @@ def _supervise(conn: socket.socket) -> None:
 
 
 def import_env(env) -> dict:
-    return {k: v for k, v in env.items() if k.startswith(IMPORT_ENV)}
+    return {k: v for k, v in env.items() if k.startswith(IMPORT_ENV) and k not in OFFLINE}
 
 
 def serve(sock_path: str, client_path: str) -> None:
     started = import_env(os.environ)  # before the imports (torch's sets TORCHINDUCTOR_CACHE_DIR)
+    os.environ.update({k: "1" for k in OFFLINE})  # as a job sets them before its hub imports
     try:  # the supervisors wait on a pidfd (Linux 5.3): without one, every job runs plain
         os.close(os.pidfd_open(os.getpid()))
     except (AttributeError, OSError):
@@ -212,8 +219,8 @@ def serve(sock_path: str, client_path: str) -> None:
 def write_client(path: str, sock_path: str, env: dict) -> None:
     """The client script for this server (its Python, the environment it imported under)."""
     with open(path, "w") as f:
-        f.write(CLIENT.format(python=sys.executable, sock=sock_path, env=env,
-                              prefixes=IMPORT_ENV))
+        f.write(CLIENT.format(python=sys.executable, sock=sock_path, env=env, prefixes=IMPORT_ENV,
+                              offline=OFFLINE, plain=PLAIN_SCRIPTS))
     os.chmod(path, 0o755)
 
 
