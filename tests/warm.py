@@ -54,37 +54,45 @@ OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")  # t
 PLAIN_SCRIPTS = ("fetch_dataset.py", "fetch_generator.py", "fetch_weights.py")  # online jobs
 
 
-CLIENT = '''#!{python} -SE
+CLIENT = """#!{python} -SE
 # a job's script through the warm server at {sock} (tests/warm.py); a plain Python otherwise
-import json, os, socket, sys
-PYTHON, SOCK, ENV = {python!r}, {sock!r}, {env!r}
-args = sys.argv[1:]
-mine = {{k: v for k, v in os.environ.items() if k.startswith({prefixes!r}) and k not in {offline!r}}}
-script = args[0] if args else ""
-if not (script.endswith(".py") and os.path.isfile(script)) or script.endswith({plain!r}) or mine != ENV:
-    os.execv(PYTHON, [PYTHON, *args])
-fds = []
-for fd in (0, 1, 2):  # a closed one (CI's stdin) handed on as /dev/null
+import sys
+sys.path.insert(0, {tests!r})
+from warm import client
+client({python!r}, {sock!r}, {env!r})
+"""
+
+
+def client(python: str, sock: str, env: dict) -> None:
+    """The job's process as Snakemake starts it: hand the script to the server
+    and exit with its status; exec the plain Python where the server cannot
+    stand in (see the module's docstring)."""
+    args = sys.argv[1:]
+    script = args[0] if args else ""
+    if not (script.endswith(".py") and os.path.isfile(script)) or script.endswith(PLAIN_SCRIPTS) \
+            or import_env(os.environ) != env:
+        os.execv(python, [python, *args])
+    fds = []
+    for fd in (0, 1, 2):  # a closed one (CI's stdin) handed on as /dev/null
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:
+            fds.append(os.open(os.devnull, os.O_RDWR))
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        os.fstat(fd)
-        fds.append(fd)
-    except OSError:
-        fds.append(os.open(os.devnull, os.O_RDWR))
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-try:
-    s.connect(SOCK)
-    req = json.dumps({{"argv": args, "cwd": os.getcwd(), "env": dict(os.environ)}}).encode()
-    socket.send_fds(s, [len(req).to_bytes(8, "big") + req], fds)
-except OSError:  # no server: the plain Python
-    os.execv(PYTHON, [PYTHON, *args])
-status = b""
-while chunk := s.recv(64):
-    status += chunk
-code = int(status) if status else 1
-if code < 0:  # the job died of a signal: so does this process
-    os.kill(os.getpid(), -code)
-sys.exit(code)
-'''
+        s.connect(sock)
+        req = json.dumps({"argv": args, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+        socket.send_fds(s, [len(req).to_bytes(8, "big") + req], fds)
+    except OSError:  # no server: the plain Python
+        os.execv(python, [python, *args])
+    status = b""
+    while chunk := s.recv(64):
+        status += chunk
+    code = int(status) if status else 1
+    if code < 0:  # the job died of a signal: so does this process
+        os.kill(os.getpid(), -code)
+    sys.exit(code)
 
 
 def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
@@ -119,8 +127,9 @@ def _job(req: dict, fds: list[int]) -> None:
             runpy.run_path(sys.argv[0], run_name="__main__")
             code = 0
         except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            if not isinstance(e.code, int) and e.code is not None:
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:  # sys.exit("message"), as Python itself prints it
                 print(e.code, file=sys.stderr)
         except BaseException:
             import traceback
@@ -219,8 +228,8 @@ def serve(sock_path: str, client_path: str) -> None:
 def write_client(path: str, sock_path: str, env: dict) -> None:
     """The client script for this server (its Python, the environment it imported under)."""
     with open(path, "w") as f:
-        f.write(CLIENT.format(python=sys.executable, sock=sock_path, env=env, prefixes=IMPORT_ENV,
-                              offline=OFFLINE, plain=PLAIN_SCRIPTS))
+        f.write(CLIENT.format(python=sys.executable, sock=sock_path, env=env,
+                              tests=os.path.dirname(os.path.abspath(__file__))))
     os.chmod(path, 0o755)
 
 
